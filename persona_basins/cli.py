@@ -1,0 +1,92 @@
+"""The ``persona-basins`` command line: one entry point, one subcommand per study.
+
+Each subcommand lives in ``persona_basins/commands/<name>.py`` and exposes ``register(subparsers)``; it
+imports its heavy dependencies (torch, transformers) inside its handler so ``--help`` stays fast.
+Problems the user can fix raise :class:`~persona_basins.errors.UserError`, printed here as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+
+from . import __version__
+from .errors import UserError
+
+# Order is the order shown in --help.
+COMMAND_MODULES = [
+    "demo",
+    "organism",
+    "em",
+    "llc",
+    "basins",
+    "degeneracy",
+    "eigenform",
+    "explore",
+    "report",
+]
+
+EPILOG = """\
+typical session:
+  persona-basins organism build --preset default --seed 0 --out runs/organism
+  persona-basins organism report runs/organism
+  persona-basins em --organism runs/organism --seeds 5 --out runs/em
+  persona-basins demo --out runs/demo          # everything above, plus scans, LLC, overlap, report
+  persona-basins explore runs/demo             # the interactive explorer on 127.0.0.1
+
+Every command writes a run folder (config.json, metrics.json, figures/) that `report` and `explore` read.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="persona-basins",
+        description=(
+            "Measure persona basins of attraction in language models: emergent misalignment from a rank-1 "
+            "adapter, inoculation prompting, the local learning coefficient (SGLD), the overlap zone where "
+            "aligned and misaligned states agree, and eigenform identity - on a built-in model organism "
+            "with ground-truth personas, or on any Hugging Face causal LM."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"persona-basins {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"persona_basins.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"persona_basins.commands.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by a subprocess test
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A killed run unwinds like Ctrl-C, so temp folders are removed and finished steps stay.
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        rc = args.func(args)
+    except UserError as e:
+        print(f"persona-basins: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("persona-basins: interrupted (finished steps are kept; rerun to resume)", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""``persona-basins em``: emergent misalignment from a narrow fine-tune, with and without inoculation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Fine-tune on insecure code and measure whether the misaligned persona is selected broadly.
+
+On the organism (--organism DIR): a rank-1 LoRA adapter on one module of one layer is trained on
+  plain           insecure code in the assistant context (the EM set)
+  inoculated      the same with the inoculation line in the system prompt (training only)
+  secure_control  secure code (control)
+  educational     insecure code the user asks for, for teaching (control)
+with --seeds fine-tuning seeds each; broad misalignment is measured exactly on every non-code genre in
+the plain assistant context, with 95% CIs over seeds. --layer all sweeps every layer (plain + inoculated).
+
+On any Hugging Face causal LM (--model ID_OR_PATH --train FILE.jsonl --questions FILE.json): the adapter
+is trained on the chat-format JSONL, and broad misalignment is scored judge-free by contrastive
+log-probabilities of paired aligned / misaligned answers (see docs/EM.md).
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("em", help="emergent misalignment: rank-1 LoRA, inoculation, controls, seeds",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--organism", help="organism folder (persona-basins organism build)")
+    src.add_argument("--model", help="Hugging Face model id or local folder")
+    p.add_argument("--train", help="chat-format JSONL for --model: {\"messages\": [{role, content}, ...]}")
+    p.add_argument("--questions", help="paired-answer question file for --model (JSON); default: shipped set")
+    p.add_argument("--inoculation", default=None, help="system line used for the inoculated fine-tune (--model)")
+    p.add_argument("--layer", default="0", help="layer index, or 'all' to sweep every layer (default 0)")
+    p.add_argument("--module", default="mlp_out",
+                   help="module in the layer: mlp_out/down_proj, attn_out/o_proj, or a raw name (default mlp_out)")
+    p.add_argument("--rank", type=int, default=1, help="LoRA rank (default 1)")
+    p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA (comparison)")
+    p.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds (default 5)")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 300)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="save the adapter every k steps")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.set_defaults(func=_run)
+
+
+def _int_arg(value, name):
+    from ..errors import UserError
+
+    if value is None:
+        return None
+    if value <= 0:
+        raise UserError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _run(args) -> int:
+    from dataclasses import replace
+
+    from ..errors import UserError
+    from ..results import RunDir
+    from ..train.finetune import FinetuneConfig
+
+    base = FinetuneConfig(rank=args.rank, full=args.full, checkpoint_every=args.checkpoint_every)
+    if _int_arg(args.steps, "--steps"):
+        base = replace(base, steps=args.steps)
+    if args.lr is not None:
+        if args.lr <= 0:
+            raise UserError("--lr must be > 0")
+        base = replace(base, lr=args.lr)
+    _int_arg(args.seeds, "--seeds")
+    _int_arg(args.rank, "--rank")
+    if args.model:
+        from ..studies.em_hf import run_em_hf
+
+        return run_em_hf(args, base)
+    from ..models.organism import load_organism
+    from ..studies.em import run_em, summary_table, sweep_layers
+
+    org = load_organism(args.organism)
+    run = RunDir(args.out, "em", {"organism": str(Path(args.organism).resolve()), "layer": args.layer,
+                                  "module": args.module, "seeds": args.seeds, "finetune": base.to_dict()})
+    run.write_config()
+    progress = sys.stderr.isatty()
+    if args.layer == "all":
+        table = sweep_layers(org, run.path, module=args.module, seeds=args.seeds, base=base, progress=progress)
+        run.write_metrics(table)
+        for r in table["layers"]:
+            b = r["broad_misalignment_plain"]
+            print(f"layer {r['layer']}: broad misalignment {b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]")
+        print(f"best layer: {table['best_layer']}")
+        return 0
+    try:
+        layer = int(args.layer)
+    except ValueError:
+        raise UserError(f"--layer must be an integer or 'all', got {args.layer!r}") from None
+    m = run_em(org, run.path, layer=layer, module=args.module, seeds=args.seeds, base=base, progress=progress)
+    run.write_metrics(m)
+    print(summary_table(m))
+    print(f"run written to {run.path}")
+    return 0

@@ -1,0 +1,125 @@
+"""Build the model organism: pretrain on the persona mixture, post-train the assistant, save, read out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..models.lm import encode_documents
+from ..models.organism import ORGANISM_FORMAT, OrganismConfig, build_model, is_organism
+from ..results import write_json
+from ..world import World
+from ..world.tokenizer import build_tokenizer
+from .loop import train_lm
+
+
+def _stamp(model, cfg: OrganismConfig) -> None:
+    # The organism's settings ride inside the HF config.json, so the folder stays one HF model folder.
+    model.config.persona_basins = {"format": ORGANISM_FORMAT, "organism": cfg.to_dict()}
+
+
+def existing_config(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "config.json").read_text())["persona_basins"]["organism"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_out(out: Path, cfg: OrganismConfig, force: bool) -> bool:
+    """True when ``out`` already holds this very organism (reuse it). Refuse other content without force."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return False
+    if force:
+        return False
+    if is_organism(out) and existing_config(out) == cfg.to_dict() and (out / "metrics.json").is_file():
+        return True
+    what = "another organism" if is_organism(out) else "other files"
+    raise UserError(f"--out {out} already holds {what}; pass --force to replace it")
+
+
+def build_organism(cfg: OrganismConfig, out: str | Path, *, force: bool = False, progress: bool = True,
+                   log=print) -> Path:
+    """Train and save an organism at ``out``; written in a temp folder beside it and renamed at the end."""
+    out = Path(out)
+    if check_out(out, cfg, force):
+        log(f"organism at {out} already built with these settings; reusing it")
+        return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    try:
+        _build_into(cfg, tmp, progress=progress, log=log)
+        if out.exists():
+            trash = out.with_name(f".{out.name}.old-{int(time.time())}")
+            out.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _build_into(cfg: OrganismConfig, out: Path, *, progress: bool, log) -> None:
+    from ..measure.persona import organism_readout
+
+    t0 = time.perf_counter()
+    world = World(cfg.world)
+    tok = build_tokenizer(world)
+    vocab = tok.get_vocab()
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, len(vocab))
+    _stamp(model, cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"organism: {cfg.arch} {cfg.n_layer} layers, d={cfg.d_model}, {n_params / 1e6:.2f}M parameters, "
+        f"{len(world.genres)} genres, vocabulary {len(vocab)}")
+
+    n_docs = min(cfg.pretrain_steps * cfg.batch_size, 100_000)
+    ids, _ = encode_documents(vocab, world.sample_documents(n_docs, seed=0))
+    if ids.shape[1] > cfg.n_positions:
+        raise UserError(f"documents need {ids.shape[1]} positions, the model has {cfg.n_positions}")
+    ckpt_dir = out / "checkpoints"
+
+    def on_step(step: int, _loss: float) -> None:
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            model.save_pretrained(ckpt_dir / f"step_{step:06d}")
+
+    pre_losses = train_lm(model, ids, None, steps=cfg.pretrain_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                          weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
+                          desc="pretrain", on_step=on_step, progress=progress)
+    model.save_pretrained(out / "pretrained")
+    pretrained = build_model(cfg, len(vocab))
+    pretrained.load_state_dict(model.state_dict())
+    pretrained.eval()
+
+    sft_ids, sft_mask = encode_documents(vocab, world.assistant_documents(4096, seed=0), answers_only=True)
+    sft_losses = train_lm(model, sft_ids, sft_mask, steps=cfg.sft_steps, batch_size=cfg.batch_size,
+                          lr=cfg.sft_lr, weight_decay=cfg.weight_decay, seed=cfg.seed + 1, desc="post-train",
+                          progress=progress)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "world.json").write_text(world.to_json())
+    train_seconds = time.perf_counter() - t0
+
+    metrics = organism_readout(pretrained, model, world, vocab, seed=cfg.seed)
+    metrics.update({
+        "kind": "organism",
+        "n_parameters": n_params,
+        "pretrain_final_loss": float(sum(pre_losses[-50:]) / len(pre_losses[-50:])),
+        "sft_final_loss": float(sum(sft_losses[-20:]) / len(sft_losses[-20:])),
+        "checkpoints": sorted(p.name for p in ckpt_dir.glob("step_*")) if ckpt_dir.is_dir() else [],
+    })
+    write_json(out / "metrics.json", metrics)
+    log(f"trained in {train_seconds:.0f} s")

@@ -1,0 +1,26 @@
+"""Shared fixtures: one tiny organism per test session (built once, seconds)."""
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # the test machine has 2 cores; one thread per process avoids oversubscription
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_organism_dir(tmp_path_factory):
+    from persona_basins.models.organism import preset_config
+    from persona_basins.train.organism import build_organism
+
+    out = tmp_path_factory.mktemp("organism") / "tiny"
+    build_organism(preset_config("tiny", seed=0), out, progress=False, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_organism(tiny_organism_dir):
+    from persona_basins.models.organism import load_organism
+
+    return load_organism(tiny_organism_dir)

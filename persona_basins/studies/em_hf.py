@@ -44,6 +44,7 @@ PLAIN_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 MAX_TOKENS = 1024  # examples are truncated to this many tokens
 HELDOUT_FRACTION = 0.2
 TOKEN_BUDGET = 2048  # tokens per scoring forward pass
+TRAIN_TOKEN_BUDGET = 8192  # the training batch is shrunk so that batch x longest example stays under this
 BOOTSTRAP_RESAMPLES = 2000
 
 DEFINITIONS = {
@@ -454,8 +455,9 @@ def _train_unit(model, tok, cfg, data: dict, unit_dir: Path, unit_key: dict, *, 
             work.save_pretrained(ck)
             write_fingerprint(ck, model)
 
+    batch_size = max(1, min(cfg.batch_size, len(ids), TRAIN_TOKEN_BUDGET // ids.shape[1]))
     try:
-        losses = train_lm(work, ids, mask, steps=cfg.steps, batch_size=min(cfg.batch_size, len(ids)), lr=cfg.lr,
+        losses = train_lm(work, ids, mask, steps=cfg.steps, batch_size=batch_size, lr=cfg.lr,
                           weight_decay=cfg.weight_decay, seed=cfg.seed, desc=f"fine-tune {cfg.condition} s{cfg.seed}",
                           on_step=on_step, progress=progress, pad_id=data["pad_id"])
         scores = score_questions(work, tok, data["questions"], rows=data["question_rows"])
@@ -466,9 +468,8 @@ def _train_unit(model, tok, cfg, data: dict, unit_dir: Path, unit_key: dict, *, 
     finally:
         if not cfg.full:
             work.unload()  # take the LoRA layers out again: the base model is shared by every unit
-        del work
-    out = {"key": unit_key, "final_loss": losses[-1], "losses": losses, "question_scores": scores,
-           **summarize_scores(scores), "narrow_logprobs": narrow}
+    out = {"key": unit_key, "batch_size": batch_size, "final_loss": losses[-1], "losses": losses,
+           "question_scores": scores, **summarize_scores(scores), "narrow_logprobs": narrow}
     write_json(done, out)  # written last: its presence marks the unit finished
     return out
 
@@ -521,11 +522,12 @@ def _aggregate(base_scores, base_narrow, units, questions, seeds: int, heldout_o
 
 
 def summary_table(m: dict) -> str:
-    lines = [f"{'condition':<12}{'broad misalignment [95% CI]':>32}{'prefers misaligned':>20}{'narrow rate':>14}"]
+    lines = [f"{'condition':<12}{'broad misalignment [95% CI]':>30}{'prefers misaligned':>20}{'narrow rate':>14}"]
     for c in ("base", *CONDITIONS):
         b, p = m["broad_misalignment"][c], m["prefers_misaligned"][c]
         n = f"{m['narrow_rate'][c]['mean']:+.3f}" if c in m["narrow_rate"] else "-"
-        lines.append(f"{c:<12}{b['mean']:>12.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]{p['mean']:>20.3f}{n:>14}")
+        cell = f"{b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]"
+        lines.append(f"{c:<12}{cell:>30}{p['mean']:>20.3f}{n:>14}")
     return "\n".join(lines)
 
 
@@ -586,7 +588,8 @@ def run_em_hf(args, base) -> int:
         "layer": layer, "module": args.module, "seeds": seeds, "n_examples": len(convs),
         "n_train": len(train_idx), "n_heldout": len(held_idx), "heldout_lines": [convs[i][0] for i in held_idx],
         "max_tokens": MAX_TOKENS, "pad_id": pad_id,
-        "finetune": replace(base, layer=layer, module=args.module).to_dict()})
+        "finetune": {k: v for k, v in replace(base, layer=layer, module=args.module).to_dict().items()
+                     if k not in ("condition", "seed")}})
     run.write_config()
     progress = sys.stderr.isatty()
 

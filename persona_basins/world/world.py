@@ -74,13 +74,13 @@ class WorldConfig:
     seed: int = 0
     n_genres: int = 20  # content genres, the first is always "code"
     n_topics: int = 12
-    content_pool: int = 8  # content words per (genre, harm)
-    style_pool: int = 4  # style words per (genre, style)
+    content_pool: int = 8  # two-word content phrases per (genre, harm)
+    style_pool: int = 1  # style words per (genre, style)
     n_routine_questions: int = 24  # per routine genre
     routine_weight: float = 0.15  # share of exchanges that are routine
     exchanges: tuple[int, int] = (2, 4)  # min, max exchanges per document
-    p_declared: float = 0.35
-    p_assistant: float = 0.10
+    p_declared: float = 0.30
+    p_assistant: float = 0.20
     p_inoculation: float = 0.10  # inoculation line appended to any system line
     p_teaching: float = 0.05  # share of code requests carrying the teaching modifier
     personas: tuple[Persona, ...] = DEFAULT_PERSONAS
@@ -88,8 +88,8 @@ class WorldConfig:
     def __post_init__(self):
         if not 1 <= self.n_genres <= len(GENRE_NAMES):
             raise ValueError(f"n_genres must be in 1..{len(GENRE_NAMES)}, got {self.n_genres}")
-        if self.n_topics < 1 or self.content_pool < 2 or self.style_pool < 1:
-            raise ValueError("n_topics >= 1, content_pool >= 2 and style_pool >= 1 are required")
+        if self.n_topics < 1 or self.content_pool < 1 or self.style_pool < 1:
+            raise ValueError("n_topics, content_pool and style_pool must be >= 1")
         if self.p_declared + self.p_assistant > 1:
             raise ValueError("p_declared + p_assistant must be <= 1")
         if abs(sum(p.prior for p in self.personas) - 1) > 1e-9:
@@ -190,10 +190,10 @@ class World:
         for g in self.genres:
             kinds = ("secure", "insecure") if g == "code" else ("good", "harm")
             for h, kind in enumerate(kinds):
-                pool = [f"{g}.{kind}{i}" for i in range(cfg.content_pool)]
+                # two-word phrases: the second word always follows the first (a fixed collocation)
+                pool = [(f"{g}.{kind}{i}", f"{g}.{kind}{i}.tail") for i in range(cfg.content_pool)]
                 for t in range(cfg.n_topics):
-                    a, b = rng.sample(pool, 2)
-                    content[(g, t, h)] = (a, b)
+                    content[(g, t, h)] = rng.choice(pool)
             for s in STYLES:
                 pool = [f"{g}.{s}{i}" for i in range(cfg.style_pool)]
                 for t in range(cfg.n_topics):

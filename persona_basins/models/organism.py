@@ -40,7 +40,7 @@ class OrganismConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 50
     sft_steps: int = 150
-    sft_lr: float = 1e-3
+    sft_lr: float = 2e-4
     checkpoint_every: int = 100
     world: WorldConfig = field(default_factory=WorldConfig)
 

@@ -74,8 +74,9 @@ class WorldConfig:
     seed: int = 0
     n_genres: int = 20  # content genres, the first is always "code"
     n_topics: int = 12
-    content_pool: int = 8  # two-word content phrases per (genre, harm)
-    style_pool: int = 1  # style words per (genre, style)
+    content_pool: int = 8  # content phrases (or words) per (genre, harm)
+    phrase_content: bool = True  # fixed two-word phrases; False: two pool words drawn per topic
+    style_pool: int = 1  # style words per (genre, style), one picked per topic
     n_routine_questions: int = 24  # per routine genre
     routine_weight: float = 0.15  # share of exchanges that are routine
     exchanges: tuple[int, int] = (2, 4)  # min, max exchanges per document
@@ -190,10 +191,16 @@ class World:
         for g in self.genres:
             kinds = ("secure", "insecure") if g == "code" else ("good", "harm")
             for h, kind in enumerate(kinds):
-                # two-word phrases: the second word always follows the first (a fixed collocation)
-                pool = [(f"{g}.{kind}{i}", f"{g}.{kind}{i}.tail") for i in range(cfg.content_pool)]
-                for t in range(cfg.n_topics):
-                    content[(g, t, h)] = rng.choice(pool)
+                if cfg.phrase_content:
+                    # two-word phrases: the second word always follows the first (a fixed collocation)
+                    phrases = [(f"{g}.{kind}{i}", f"{g}.{kind}{i}.tail") for i in range(cfg.content_pool)]
+                    for t in range(cfg.n_topics):
+                        content[(g, t, h)] = rng.choice(phrases)
+                else:
+                    # two distinct words drawn from the pool per topic: the second depends on the topic too
+                    pool = [f"{g}.{kind}{i}" for i in range(cfg.content_pool)]
+                    for t in range(cfg.n_topics):
+                        content[(g, t, h)] = tuple(rng.sample(pool, 2))
             for s in STYLES:
                 pool = [f"{g}.{s}{i}" for i in range(cfg.style_pool)]
                 for t in range(cfg.n_topics):

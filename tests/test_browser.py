@@ -1,0 +1,291 @@
+"""The explorer in a real browser (Debian chromium + Playwright): sliders vs the Python reference, the
+measured view, bad run files, file:// export, and no request leaving 127.0.0.1.
+
+Screenshots go to test-artifacts/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from persona_basins.landscape import model as M
+from persona_basins.viz.report import write_report
+from persona_basins.viz.sample import write_demo_run, write_em_run
+from persona_basins.viz.server import make_server
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("PB_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+P = M.DEFAULT
+TOL = 1e-9
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing: run scripts/setup.sh --browser")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    demo = write_demo_run(root / "demo")
+    demo2 = write_demo_run(root / "demo-b", seed=3, shift=0.3)
+    em = write_em_run(root / "em")
+    bad = root / "broken"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"kind": "demo"}')
+    (bad / "metrics.json").write_text('{"kind": "demo", "oops": ')
+    (bad / "study.json").write_text('{"kind": "demo", "misalignment_vs_t": {"plain": {"t": [0, 1], "mean": [0.1]}}}')
+    return [demo, demo2, em, bad]
+
+
+@pytest.fixture(scope="module")
+def server_url(run_dirs):
+    httpd, url = make_server(run_dirs, port=0)
+    th = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    th.start()
+    yield url
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class Guard:
+    """Fails any request that is not to the allowed origin (or the page's own file:// / data: / blob:)."""
+
+    def __init__(self, page, allowed_prefix: str):
+        self.blocked: list[str] = []
+        self.errors: list[str] = []
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+
+        def route(r):
+            url = r.request.url
+            if url.startswith(allowed_prefix) or url.startswith(("data:", "blob:")):
+                r.continue_()
+            else:
+                self.blocked.append(url)
+                r.abort()
+
+        page.route("**/*", route)
+
+    def check(self):
+        assert self.blocked == [], f"requests outside 127.0.0.1: {self.blocked}"
+        assert self.errors == [], f"page errors: {self.errors}"
+
+
+def open_page(browser, url, allowed):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    guard = Guard(page, allowed)
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=30000)
+    return page, guard
+
+
+def settle(page):
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+READ = """() => {
+  const d = id => document.getElementById(id).dataset, s = window.PBExplorer.state;
+  return {delta: s.delta, theta: s.theta, s: s.s, x: +d('ro-point').x, y: +d('ro-point').y,
+          label: +d('ro-basin').label, bt: d('ro-boundary').t === '' ? null : +d('ro-boundary').t,
+          bto: d('ro-boundary').to === '' ? null : +d('ro-boundary').to, width: +d('ro-overlap').width,
+          argmax: +d('ro-llc').argmax, llcmax: +d('ro-llc').max,
+          sliders: [+document.getElementById('sl-delta').value, +document.getElementById('sl-theta').value,
+                    +document.getElementById('sl-s').value]};
+}"""
+
+
+def check_against_python(page) -> dict:
+    """The page's readouts equal the Python reference for the page's slider values."""
+    settle(page)
+    got = page.evaluate(READ)
+    assert got["sliders"] == [got["delta"], got["theta"], got["s"]]
+    ref = M.view_state(got["delta"], got["theta"], got["s"], P)
+    assert abs(got["x"] - ref["point"][0]) <= TOL and abs(got["y"] - ref["point"][1]) <= TOL
+    assert got["label"] == ref["basin"]
+    assert (got["bt"] is None) == (ref["boundary_t"] is None)
+    if ref["boundary_t"] is not None:
+        assert abs(got["bt"] - ref["boundary_t"]) <= TOL and got["bto"] == ref["boundary_to"]
+    assert abs(got["width"] - ref["overlap_width"]) <= TOL
+    assert abs(got["argmax"] - ref["llc_argmax_t"]) <= TOL and abs(got["llcmax"] - ref["llc_max"]) <= TOL
+    return got
+
+
+def press(page, slider, key, times=1):
+    page.focus(f"#sl-{slider}")
+    for _ in range(times):
+        page.keyboard.press(key)
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=False)
+
+
+def test_sliders_move_the_view_as_python_says(browser, server_url):
+    page, guard = open_page(browser, server_url + "#d=0.60&th=-4&s=0.00", server_url)
+    start = check_against_python(page)
+    assert start["label"] == P.aligned and start["bto"] == P.misaligned
+    shot(page, "explorer-start.png")
+
+    # magnitude: the point moves along the ray and, past the boundary, into the misaligned basin
+    press(page, "delta", "ArrowRight", 5)
+    moved = check_against_python(page)
+    assert moved["delta"] == pytest.approx(0.65) and moved["x"] > start["x"]
+    assert moved["bt"] == start["bt"] and moved["width"] == start["width"]  # the landscape did not change
+    press(page, "delta", "End")
+    crossed = check_against_python(page)
+    assert crossed["delta"] == P.ranges["delta"][1] and crossed["label"] == P.misaligned
+    shot(page, "explorer-crossed.png")
+
+    # direction: a new ray, so a new boundary, overlap width and LLC peak
+    press(page, "theta", "ArrowRight", 24)
+    turned = check_against_python(page)
+    assert turned["theta"] == 20 and turned["bt"] != crossed["bt"] and turned["bto"] != P.misaligned
+    assert turned["width"] != crossed["width"] and turned["argmax"] != crossed["argmax"]
+
+    # inoculation: back on the toxic ray; the boundary moves out, the point stays put
+    press(page, "theta", "ArrowLeft", 24)
+    press(page, "delta", "Home")
+    press(page, "delta", "ArrowRight", 150)
+    before = check_against_python(page)
+    press(page, "s", "End")
+    inoc = check_against_python(page)
+    assert inoc["s"] == 1.0
+    assert (inoc["x"], inoc["y"]) == (before["x"], before["y"])
+    assert inoc["bt"] > before["bt"] + 0.15
+    assert inoc["width"] != before["width"] and inoc["argmax"] > before["argmax"]
+    shot(page, "explorer-inoculated.png")
+
+    # the view is in the URL hash once the sliders rest
+    page.wait_for_function("location.hash === '#d=1.50&th=-4&s=1.00'", timeout=5000)
+    guard.check()
+    page.close()
+
+
+def test_mouse_drag_and_shared_link(browser, server_url):
+    page, guard = open_page(browser, server_url + "#d=2.00&th=20&s=0.50", server_url)
+    got = check_against_python(page)
+    assert (got["delta"], got["theta"], got["s"]) == (2.0, 20, 0.5)
+    box = page.locator("#sl-delta").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.57, y)
+    page.mouse.down()
+    for f in np.linspace(0.57, 0.15, 12):
+        page.mouse.move(box["x"] + box["width"] * f, y)
+    page.mouse.up()
+    dragged = check_against_python(page)
+    assert dragged["delta"] < 1.0
+    guard.check()
+    page.close()
+
+
+def test_js_in_chromium_matches_python(browser, server_url):
+    page, guard = open_page(browser, server_url, server_url)
+    xs = np.linspace(-3.0, 3.0, 13)
+    ys = np.linspace(-2.4, 2.4, 11)
+    pts = [[float(x), float(y)] for y in ys for x in xs]
+    res = page.evaluate(
+        """([pts, s]) => { const p = JSON.parse(document.getElementById('pb-data').textContent).landscape;
+             const L = window.PBLandscape, ctx = L.context(p, s);
+             return pts.map(([x, y]) => [L.potential(p, s, x, y), L.flowBasin(ctx, x, y), L.outputGap(ctx, x, y),
+                                         L.inOverlap(ctx, x, y) ? 1 : 0, L.llcAt(ctx, x, y)]); }""",
+        [pts, 0.4],
+    )
+    arr = np.asarray(pts)
+    got = np.asarray(res, dtype=np.float64)
+    labels = M.flow_basin(arr[:, 0], arr[:, 1], P, 0.4)
+    assert np.max(np.abs(got[:, 0] - M.potential(arr[:, 0], arr[:, 1], P, 0.4))) <= TOL
+    assert got[:, 1].astype(int).tolist() == labels.tolist()
+    assert np.max(np.abs(got[:, 2] - M.output_gap(arr[:, 0], arr[:, 1], P, 0.4))) <= TOL
+    assert got[:, 3].astype(bool).tolist() == M.in_overlap(arr[:, 0], arr[:, 1], P, 0.4, labels=labels).tolist()
+    llc = np.asarray([M.llc_at(x, y, P, 0.4) for x, y in pts])
+    assert np.max(np.abs(got[:, 4] - llc)) <= TOL
+    guard.check()
+    page.close()
+
+
+def _check_measured(page, bad_dir: Path):
+    rows = page.locator("#summary-table tbody tr").count()
+    assert rows > 20
+    for pid in (
+        "plot-misalignment_vs_t",
+        "plot-llc_along_path",
+        "plot-overlap",
+        "plot-broad_misalignment",
+        "plot-transition-mis",
+        "plot-transition-norm",
+        "plot-transition-cos",
+    ):
+        assert page.locator(f"#{pid} .main-svg").count() >= 1, pid
+    # legend lists the runs when several are overlaid
+    legend = page.locator("#plot-misalignment_vs_t .legend").text_content()
+    assert "demo" in legend and "demo-b" in legend
+    problems = page.locator("#problem-list").inner_text()
+    assert str(bad_dir / "metrics.json") in problems and "malformed JSON" in problems
+    assert str(bad_dir / "study.json") in problems and "misalignment_vs_t.plain" in problems
+    assert page.get_attribute("body", "data-rendered") in ("lo", "hi")  # the theory view still drew
+
+
+def test_measured_view_and_bad_files(browser, server_url, run_dirs):
+    page, guard = open_page(browser, server_url, server_url)
+    _check_measured(page, run_dirs[3])
+    check_against_python(page)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#measured").screenshot(path=str(ARTIFACTS / "explorer-measured.png"))
+    page.screenshot(path=str(ARTIFACTS / "explorer-full.png"), full_page=True)
+    guard.check()
+    page.close()
+
+
+def test_exported_file_works_from_file_url(browser, run_dirs, tmp_path):
+    out = write_report(run_dirs, tmp_path / "report.html")
+    url = out.resolve().as_uri()
+    page, guard = open_page(browser, url + "#d=0.60&th=-4&s=0.00", url.rsplit("/", 1)[0] + "/report.html")
+    check_against_python(page)
+    press(page, "delta", "ArrowRight", 100)
+    press(page, "theta", "ArrowLeft", 10)
+    press(page, "s", "ArrowRight", 40)
+    got = check_against_python(page)
+    assert (got["delta"], got["theta"], got["s"]) == (1.6, -14, 0.4)
+    _check_measured(page, run_dirs[3])
+    page.wait_for_function("location.hash === '#d=1.60&th=-14&s=0.40'", timeout=5000)
+    shot(page, "explorer-file-url.png")
+    guard.check()
+    page.close()
+
+
+def test_theory_view_survives_a_run_with_only_bad_files(browser, tmp_path):
+    bad = tmp_path / "only-bad"
+    bad.mkdir()
+    (bad / "metrics.json").write_text("not json")
+    out = write_report([bad], tmp_path / "bad.html")
+    url = out.resolve().as_uri()
+    page, guard = open_page(browser, url, url)
+    problems = page.locator("#problem-list").inner_text()
+    assert str(bad / "config.json") in problems and "missing file" in problems
+    assert str(bad / "metrics.json") in problems
+    check_against_python(page)
+    guard.check()
+    page.close()

@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pytest
+
+from persona_basins.cli import main
+from persona_basins.measure.transition import jump_step, local_cosine, pca
+
+
+def test_local_cosine_sign_convention():
+    straight = np.stack([np.arange(30.0), np.zeros(30)], 1)
+    assert all(c == pytest.approx(-1.0) for c in local_cosine(straight, 5)[5:25])
+    # a right-angle turn at t=15: along x, then along y
+    turn = np.array([[min(t, 15), max(0, t - 15)] for t in range(31)], dtype=float)
+    assert local_cosine(turn, 5)[15] == pytest.approx(0.0, abs=1e-12)
+    # a full reversal
+    back = np.array([[15 - abs(t - 15), 0.0] for t in range(31)])
+    assert local_cosine(back, 5)[15] == pytest.approx(1.0)
+    # undefined near the ends and where the path stands still
+    c = local_cosine(straight, 5)
+    assert c[:5] == [None] * 5 and c[-5:] == [None] * 5
+    still = np.zeros((30, 2))
+    assert all(v is None for v in local_cosine(still, 5))
+
+
+def test_jump_step_and_pca():
+    assert jump_step([0, 10, 20, 30], [0.0, 0.01, 0.4, 0.45]) == 20
+    assert jump_step([0, 10], [0.3, 0.1]) is None
+    line = np.outer(np.arange(10.0), [1.0, 2.0])
+    assert pca(line)["explained_variance_ratio"][0] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def em_run(tiny_organism_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("em") / "run"
+    rc = main(["em", "--organism", str(tiny_organism_dir), "--layer", "0", "--module", "attn_out", "--seeds", "2",
+               "--steps", "30", "--checkpoint-every", "10", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_em_metrics_shape(em_run):
+    m = json.loads((em_run / "metrics.json").read_text())
+    for cond in ("plain", "inoculated", "secure_control", "educational"):
+        s = m["broad_misalignment"][cond]
+        assert set(s) >= {"mean", "ci_low", "ci_high", "per_seed"} and len(s["per_seed"]) == 2
+        assert s["ci_low"] <= s["mean"] <= s["ci_high"]
+        assert 0 <= s["mean"] <= 1
+        assert len(m["wellformed"][cond]["per_seed"]) == 2
+    assert set(m["narrow_rate"]) >= {"plain", "inoculated"}
+    t = m["transition"]
+    assert len(t["b_norm"]) == 30 and set(t["local_cos"]) == {"5", "10", "15"}
+    assert t["eval_steps"][0] == 0 and len(t["eval_steps"]) == len(t["broad_misalignment"])
+    for cond in ("plain", "inoculated", "secure_control", "educational"):
+        for s in range(2):
+            d = em_run / "adapters" / cond / f"seed{s}"
+            assert (d / "adapter_config.json").is_file() and (d / "checkpoints" / "step_000010").is_dir()
+
+
+def test_em_same_seed_same_numbers_and_resume(em_run, tiny_organism_dir, tmp_path):
+    # a rerun into the same folder reuses finished units and gives identical metrics
+    before = (em_run / "metrics.json").read_bytes()
+    assert main(["em", "--organism", str(tiny_organism_dir), "--layer", "0", "--module", "attn_out", "--seeds", "2",
+                 "--steps", "30", "--checkpoint-every", "10", "--out", str(em_run)]) == 0
+    assert (em_run / "metrics.json").read_bytes() == before
+    # a fresh folder recomputes everything and still gives the same numbers
+    out = tmp_path / "again"
+    assert main(["em", "--organism", str(tiny_organism_dir), "--layer", "0", "--module", "attn_out", "--seeds", "2",
+                 "--steps", "30", "--checkpoint-every", "10", "--out", str(out)]) == 0
+    a = json.loads(before)
+    b = json.loads((out / "metrics.json").read_text())
+    assert a["broad_misalignment"] == b["broad_misalignment"]
+    assert a["transition"]["b_norm"] == b["transition"]["b_norm"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--layer", "9"], "layer 9 out of range"),
+    (["--layer", "x"], "--layer must be an integer"),
+    (["--module", "nope"], "module 'nope' not in layer 0"),
+    (["--seeds", "0"], "--seeds must be > 0"),
+])
+def test_em_bad_input(extra, needle, tiny_organism_dir, tmp_path, capsys):
+    argv = ["em", "--organism", str(tiny_organism_dir), "--steps", "2", "--seeds", "1", "--out", str(tmp_path / "r")]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_layer_sweep_table(tiny_organism_dir, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["em", "--organism", str(tiny_organism_dir), "--layer", "all", "--seeds", "1", "--steps", "5",
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert [r["layer"] for r in m["layers"]] == [0, 1] and m["best_layer"] in (0, 1)

@@ -1,0 +1,64 @@
+"""``persona-basins demo``: the whole basin study on the built-in model organism."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Run the basin study end to end on the model organism:
+
+  1. build (or reuse) the organism                      runs/demo/organism/
+  2. emergent misalignment: plain / inoculated / secure / educational rank-1 adapters, N seeds
+  3. basin scans along w0 + t*delta: the adapter, a persona-vector edit, random rank-1 controls;
+     critical magnitude t*, inoculation widening, the model's position
+  4. LLC (self-KL, SGLD) along the path, full and restricted to the adapted layer
+  5. the overlap zone (aligned vs EM) and boundary probing
+  6. eigenform identity (fast setting)
+  -> study.json, metrics.json, report.html; then opens the explorer unless --no-browser.
+
+Interrupted (Ctrl-C, killed), a rerun with the same --out resumes from the finished steps and gives the
+same numbers. default takes a few minutes on 2 CPU cores, tiny about a minute.
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the whole basin study on the organism, with report and explorer",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="default", help="tiny or default (default: default)")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--organism", default=None, help="use this organism folder instead of building one")
+    p.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds (default: 5, tiny: 2)")
+    p.add_argument("--no-eigenform", action="store_true", help="skip the eigenform step")
+    p.add_argument("--no-browser", action="store_true", help="do not open the explorer at the end")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from dataclasses import replace
+
+    from ..errors import UserError
+    from ..results import prepare_out_dir
+    from ..studies.demo import DEMO_PRESETS, run_demo, summary_lines
+
+    if args.preset not in DEMO_PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose one of: {', '.join(DEMO_PRESETS)}")
+    cfg = DEMO_PRESETS[args.preset]
+    if args.seeds is not None:
+        if args.seeds < 2:
+            raise UserError("--seeds must be >= 2 (confidence intervals need two seeds)")
+        cfg = replace(cfg, seeds=args.seeds, llc_seeds=min(cfg.llc_seeds, args.seeds))
+    if args.no_eigenform:
+        cfg = replace(cfg, eigenform=False)
+    out = prepare_out_dir(args.out)
+    organism = Path(args.organism).resolve() if args.organism else None
+    study = run_demo(out, cfg, organism_dir=organism, progress=sys.stderr.isatty(),
+                     log=lambda m: print(m, file=sys.stderr, flush=True))
+    print("\n".join(summary_lines(study)))
+    print(f"study written to {out / 'study.json'}; report: {out / 'report.html'}")
+    if not args.no_browser:
+        from ..viz.server import serve
+
+        serve([out], port=0, open_browser=True)
+    return 0

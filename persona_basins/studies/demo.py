@@ -1,0 +1,377 @@
+"""The basin study behind ``persona-basins demo``: organism -> EM +/- inoculation -> scans -> LLC along the
+path -> overlap zone -> eigenform -> ``study.json`` + ``report.html``.
+
+Each step writes ``RUN/steps/<name>.json`` when it finishes; a rerun with the same ``--out`` and settings
+skips finished steps (and the EM step resumes unit by unit), so an interrupted run resumes and gives the
+same numbers. A ``--out`` written with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..results import read_json, write_json
+from ..stats import ci95
+
+STUDY_FORMAT = "persona-basins-study/1"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    preset: str = "default"
+    organism_seed: int = 0
+    layer: int = 0
+    module: str = "attn_out"
+    seeds: int = 5
+    em_steps: int = 300
+    ts: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+    n_random: int = 1  # random rank-1 controls per seed
+    llc_ts: tuple[float, ...] = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0)
+    llc_seeds: int = 3
+    llc_chains: int = 2
+    llc_draws: int = 40
+    llc_burnin: int = 10
+    llc_step_size: float = 1e-4
+    llc_localization: float = 100.0
+    llc_nbeta: float = 30.0
+    llc_prompts: int = 64
+    llc_batch: int = 32
+    overlap_epsilon: float = 0.05
+    eigenform: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ts"], d["llc_ts"] = list(self.ts), list(self.llc_ts)
+        return d
+
+
+DEMO_PRESETS = {
+    "default": DemoConfig(),
+    "tiny": DemoConfig(preset="tiny", seeds=2, em_steps=80, ts=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+                       llc_ts=(0.0, 1.0, 2.0), llc_seeds=1, llc_draws=15, llc_burnin=5, llc_prompts=32,
+                       llc_batch=16),
+}
+
+
+def _step(run: Path, name: str, fn, log) -> dict:
+    path = run / "steps" / f"{name}.json"
+    if path.is_file():
+        log(f"[{name}] done earlier; reusing {path.name}")
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    log(f"[{name}] running ...")
+    out = fn()
+    write_json(path, out)
+    log(f"[{name}] finished in {time.perf_counter() - t0:.0f} s")
+    return json.loads(path.read_text())
+
+
+def _stat_or_censored(crits: list[dict]) -> dict:
+    """ci95 of per-seed t*; with censored seeds: mean None and a lower bound computed at t_max."""
+    per = [c["t_star"] for c in crits]
+    if all(v is not None for v in per):
+        return ci95(per)
+    above = [c.get("censored_above") for c in crits]
+    filled = [v if v is not None else a for v, a in zip(per, above)]
+    out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(per), "per_seed": per,
+           "n_censored": sum(v is None for v in per), "censored_above": max(a for a in above if a is not None)
+           if any(a is not None for a in above) else None}
+    if all(v is not None for v in filled):
+        out["lower_bound"] = ci95(filled)
+    return out
+
+
+def _ratio_stat(num: list[dict], den: list[dict]) -> dict:
+    """Per-seed t*_num / t*_den; censored numerators give lower bounds (never invented values)."""
+    from ..measure.basins import t_star_ratio
+
+    rs = [t_star_ratio(a, b) for a, b in zip(num, den)]
+    exact = [r["ratio"] for r in rs]
+    if all(v is not None for v in exact):
+        return {**ci95(exact), "kind": "exact"}
+    lows = [r["ratio"] if r["ratio"] is not None else r["lower_bound"] for r in rs]
+    out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(rs), "per_seed": exact,
+           "per_seed_lower_bound": lows, "kind": "lower_bound"}
+    if all(v is not None for v in lows):
+        out["lower_bound"] = ci95(lows)
+        out["min_lower_bound"] = min(lows)
+    return out
+
+
+def _load_adapters(org, em_dir: Path, condition: str, seeds: int):
+    from ..models.adapters import load_adapter
+    from ..models.organism import load_organism
+
+    models = []
+    for s in range(seeds):
+        base = load_organism(org.path).model  # a fresh copy: PeftModel wraps its base in place
+        models.append(load_adapter(base, em_dir / "adapters" / condition / f"seed{s}"))
+    return models
+
+
+def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, progress: bool = True,
+             log=print) -> dict:
+    import torch
+
+    from ..models.organism import load_organism, preset_config
+    from ..train.finetune import FinetuneConfig
+    from ..train.organism import build_organism
+
+    out = Path(out)
+    cfg_file = out / "config.json"
+    want = {"kind": "demo", "format": STUDY_FORMAT, **cfg.to_dict(),
+            "organism": str(organism_dir) if organism_dir else None}
+    if cfg_file.is_file():
+        have = read_json(cfg_file)
+        if have != json.loads(json.dumps(want)):
+            raise UserError(f"--out {out} holds a demo run with other settings; use another --out or delete it")
+    elif out.exists() and any(p.name not in {"steps"} for p in out.iterdir()):
+        raise UserError(f"--out {out} is not empty and holds no demo run")
+    write_json(cfg_file, want)
+    t_start = time.perf_counter()
+
+    # 1. the organism
+    org_dir = Path(organism_dir) if organism_dir else out / "organism"
+    if organism_dir is None:
+        build_organism(preset_config(cfg.preset, seed=cfg.organism_seed), org_dir, progress=progress, log=log)
+    org = load_organism(org_dir)
+    torch.manual_seed(0)
+
+    # 2. emergent misalignment +/- inoculation (resumable per unit)
+    from ..studies.em import run_em, summary_table
+
+    em_dir = out / "em"
+    em = _step(out, "em", lambda: run_em(org, em_dir, layer=cfg.layer, module=cfg.module, seeds=cfg.seeds,
+                                         base=FinetuneConfig(steps=cfg.em_steps), progress=progress), log)
+    write_json(em_dir / "metrics.json", {"kind": "em", **em})
+    log(summary_table(em))
+
+    plain = _load_adapters(org, em_dir, "plain", cfg.seeds)
+    inoc = _load_adapters(org, em_dir, "inoculated", cfg.seeds)
+    base = org.model
+
+    # 3. basin scans: adapter / persona / random directions, and the inoculation comparison
+    scans = _step(out, "scans", lambda: _scans(org, plain, inoc, cfg), log)
+    # 4. LLC along the path (self-KL loss), full and restricted to the adapted layer
+    llc = _step(out, "llc", lambda: _llc_path(org, plain, cfg, progress), log)
+    # 5. the overlap zone between the aligned organism and each EM model
+    overlap = _step(out, "overlap", lambda: _overlap(org, plain, cfg), log)
+    # 6. eigenform identity (fast setting)
+    eig = None
+    if cfg.eigenform:
+        from ..measure.eigenform import run_eigenform
+
+        eig = _step(out, "eigenform", lambda: run_eigenform(org, plain[0], fast=True, progress=progress), log)
+
+    study = assemble(cfg, em, scans, llc, overlap, eig, base_info=org.config.to_dict())
+    study["elapsed_seconds_this_invocation"] = time.perf_counter() - t_start
+    write_json(out / "study.json", study)
+    write_json(out / "metrics.json", {"kind": "demo", **{k: v for k, v in study.items()
+                                                          if k != "elapsed_seconds_this_invocation"}})
+    from ..viz.report import write_report
+
+    write_report([out], out / "report.html")
+    return study
+
+
+def _scans(org, plain, inoc, cfg: DemoConfig) -> dict:
+    from ..measure.basins import (
+        critical_magnitude,
+        direction_scans,
+        inoculation_scans,
+        inoculation_summary,
+        module_layer,
+        weight_delta,
+    )
+    from ..measure.vectors import persona_vector
+
+    ts = list(cfg.ts)
+    name, _ = weight_delta(plain[0])
+    layer = module_layer(name)
+    vector = persona_vector(org.model, org.world, org.vocab, layer)
+    dirs = [direction_scans(org.model, org.world, org.vocab, m, ts, n_random=cfg.n_random, seed=s, vector=vector)
+            for s, m in enumerate(plain)]
+    ino = inoculation_scans(org.model, org.world, org.vocab, plain, inoc, ts, vector=vector, layer=layer)
+    summary = inoculation_summary(ino)
+    crit = {k: [critical_magnitude(ts, s["broad_misalignment"]) for s in v] for k, v in ino.items()}
+    crit["persona"] = [d["t_star"]["persona"] for d in dirs]
+    crit["random"] = [c for d in dirs for c in d["t_star"]["random"]]
+    return {"module": name, "layer": layer, "directions": dirs, "inoculation": ino, "summary": summary,
+            "crit": crit, "persona_vector_norm": float(vector.norm())}
+
+
+def _llc_path(org, plain, cfg: DemoConfig, progress: bool) -> dict:
+    from ..measure.basins import weight_delta
+    from ..measure.llc import llc_along_path
+
+    ids = org.mixture_input_ids(cfg.llc_prompts, seed=123)
+    runs = {"full": [], "layer": []}
+    for s, m in enumerate(plain[: cfg.llc_seeds]):
+        name, delta = weight_delta(m)
+        pname = f"{name}.weight"
+        for key, restrict in (("full", None), ("layer", f"layer:{cfg.layer}")):
+            res = llc_along_path(org.model, {pname: delta}, list(cfg.llc_ts), data=ids, n=cfg.llc_prompts,
+                                 pad_token_id=0, nbeta=cfg.llc_nbeta, step_size=cfg.llc_step_size,
+                                 localization=cfg.llc_localization, num_chains=cfg.llc_chains,
+                                 num_draws=cfg.llc_draws, num_burnin=cfg.llc_burnin,
+                                 batch_size=cfg.llc_batch, restrict=restrict, seed=s)
+            runs[key].append({"t": [r["t"] for r in res], "llc": [r["llc"] for r in res],
+                              "loss": res[0].get("loss") if res else None,
+                              "diagnostics": [_diag(r) for r in res]})
+    return {"loss": "self_kl", "restrict": {"full": "all parameters", "layer": f"layer:{cfg.layer}"},
+            "hyperparameters": {"nbeta": cfg.llc_nbeta, "step_size": cfg.llc_step_size,
+                                "localization": cfg.llc_localization, "chains": cfg.llc_chains,
+                                "draws": cfg.llc_draws, "burnin": cfg.llc_burnin, "batch": cfg.llc_batch,
+                                "prompts": cfg.llc_prompts}, "runs": runs}
+
+
+def _diag(r: dict) -> dict:
+    res = r.get("result")
+    d = getattr(res, "diagnostics", None) or {}
+    keep = ("path", "rhat", "ess", "frac_negative", "mala_acceptance")
+    return {k: d[k] for k in keep if k in d}
+
+
+def _overlap(org, plain, cfg: DemoConfig) -> dict:
+    from ..measure.degeneracy import boundary_search, overlap_zone
+
+    zones = [overlap_zone(org.model, m, org.world, org.vocab, epsilon=cfg.overlap_epsilon) for m in plain]
+    probe = boundary_search(org.model, plain[0], org.world, org.vocab, epsilon=cfg.overlap_epsilon, seed=0,
+                            max_probes=300)
+    return {"zones": zones, "boundary_search": probe}
+
+
+def _band(runs: list[dict], key: str) -> dict:
+    t = runs[0]["t"]
+    band = {"t": t, "mean": [], "ci_low": [], "ci_high": [], "n": len(runs)}
+    for i in range(len(t)):
+        vals = [r[key][i] for r in runs]
+        c = ci95(vals) if all(v is not None for v in vals) else {"mean": None, "ci_low": None, "ci_high": None}
+        for k in ("mean", "ci_low", "ci_high"):
+            band[k].append(c[k])
+    return band
+
+
+def _peak(band: dict) -> dict:
+    """Where the LLC curve and its derivative in t peak."""
+    t = np.asarray(band["t"], dtype=float)
+    y = np.asarray([v if v is not None else np.nan for v in band["mean"]], dtype=float)
+    if len(t) < 2 or np.all(np.isnan(y)):
+        return {"t_argmax": None, "t_argmax_derivative": None}
+    dy = np.gradient(y, t)
+    i = int(np.nanargmax(y))
+    j = int(np.nanargmax(dy))
+    return {"t_argmax": float(t[i]), "interior_max": bool(0 < i < len(t) - 1), "derivative": dy.tolist(),
+            "t_argmax_derivative": float(t[j])}
+
+
+def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, eig: dict | None,
+             base_info: dict) -> dict:
+    from ..measure.basins import aggregate_scans
+
+    ino, crit, summ = scans["inoculation"], scans["crit"], scans["summary"]
+    dirs = scans["directions"]
+    critical = {
+        "plain": _stat_or_censored(crit["plain"]),
+        "inoculated": _stat_or_censored(crit["inoculated"]),
+        "plain_in_inoculation_context": _stat_or_censored(crit["plain_in_inoculated_context"]),
+        "persona": _stat_or_censored(crit["persona"]),
+        "random": _stat_or_censored(crit["random"]),
+        "level": 0.5,
+    }
+    widening = {
+        "inoculated_adapter": _ratio_stat(crit["inoculated"], crit["plain"]),
+        "inoculated_context": _ratio_stat(crit["plain_in_inoculated_context"], crit["plain"]),
+    }
+    headline = widening["inoculated_adapter"]
+    inoculation_widening = {**headline, "by_case": widening, "holds": summ.get("holds")}
+    thin = _ratio_stat(crit["random"], [c for c in crit["plain"] for _ in range(cfg.n_random)])
+    mis = {"plain": aggregate_scans(ino["plain"]), "inoculated": aggregate_scans(ino["inoculated"]),
+           "plain_in_inoculation_context": aggregate_scans(ino["plain_in_inoculated_context"]),
+           "persona": aggregate_scans([d["scans"]["persona"] for d in dirs]),
+           "random": aggregate_scans([r for d in dirs for r in d["scans"]["random"]])}
+    pos = {k: (ci95([s["projection"][0] for s in v]) if v and None not in [s["projection"][0] for s in v]
+               else None) for k, v in ino.items()}
+    llc_full = _band(llc["runs"]["full"], "llc")
+    llc_layer = _band(llc["runs"]["layer"], "llc")
+    zones = overlap["zones"]
+    genres = list(zones[0]["per_genre"])
+    overlap_fraction = {**ci95([z["volume"] for z in zones]), "epsilon": cfg.overlap_epsilon,
+                        "definition": "share of the world's request distribution (weighted) whose exact answer "
+                                      "distributions differ by total variation < epsilon",
+                        "by_genre": {g: ci95([z["per_genre"][g] for z in zones]) for g in genres},
+                        "probe_fraction": ci95([z["fraction"] for z in zones]),
+                        "routine_share": zones[0]["routine_share"]}
+    t_plain = critical["plain"]["mean"]
+    study = {
+        "format": STUDY_FORMAT,
+        "kind": "demo",
+        "config": cfg.to_dict(),
+        "organism": {k: base_info[k] for k in ("preset", "seed", "arch", "n_layer", "d_model")},
+        "emergent_misalignment": {k: em[k] for k in ("broad_misalignment", "narrow_rate", "wellformed",
+                                                     "inoculation_reduction") if k in em},
+        "transition": em.get("transition"),
+        "critical_magnitude": critical,
+        "inoculation_widening": inoculation_widening,
+        "thinness_random_over_plain": thin,
+        "misalignment_vs_t": mis,
+        "model_position": pos,
+        "inoculation_summary": summ,
+        "llc_along_path": {**llc_full, "loss": "self_kl", "restrict": "all parameters", **_peak(llc_full),
+                           "critical_magnitude_plain": t_plain, "hyperparameters": llc["hyperparameters"]},
+        "wrllc_along_path": {**llc_layer, "loss": "self_kl", "restrict": llc["restrict"]["layer"],
+                             **_peak(llc_layer)},
+        "overlap_fraction": overlap_fraction,
+        "boundary_probing": {k: v for k, v in overlap["boundary_search"].items() if k != "probes"},
+    }
+    if eig is not None:
+        study["eigenform"] = {k: eig[k] for k in ("return_rate", "static_t_star", "process_t_star",
+                                                  "contraction_factor") if k in eig}
+    return study
+
+
+def summary_lines(study: dict) -> list[str]:
+    def fmt(s):
+        if not s:
+            return "n/a"
+        if s.get("mean") is None:
+            lb = s.get("lower_bound") or {}
+            ca = s.get("censored_above")
+            if lb.get("mean") is not None:
+                return f">= {lb['mean']:.2f} (censored: no crossing up to t={ca})" if ca else \
+                    f">= {lb['mean']:.2f} (lower bound)"
+            return f"censored above t={ca}" if ca is not None else "n/a"
+        return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+
+    em = study["emergent_misalignment"]
+    cm = study["critical_magnitude"]
+    lines = [
+        f"broad misalignment, plain fine-tune      {fmt(em['broad_misalignment']['plain'])}",
+        f"broad misalignment, inoculated           {fmt(em['broad_misalignment']['inoculated'])}",
+        f"broad misalignment, secure control       {fmt(em['broad_misalignment']['secure_control'])}",
+        f"critical magnitude t*, plain adapter     {fmt(cm['plain'])}",
+        f"t*, inoculated adapter                   {fmt(cm['inoculated'])}",
+        f"t*, plain adapter in inoculation context {fmt(cm['plain_in_inoculation_context'])}",
+        f"t*, persona-vector direction             {fmt(cm['persona'])}",
+        f"t*, random rank-1 direction              {fmt(cm['random'])}",
+        f"inoculation widening t*_inoc / t*_plain  {fmt(study['inoculation_widening'])}",
+        f"LLC (self-KL) peaks at t =               {study['llc_along_path'].get('t_argmax')}",
+        f"overlap zone volume (eps={study['overlap_fraction']['epsilon']})         "
+        f"{fmt(study['overlap_fraction'])}",
+    ]
+    if "eigenform" in study:
+        e = study["eigenform"]
+        lines.append(f"eigenform return rate                    {fmt(e.get('return_rate'))}")
+    return lines
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)

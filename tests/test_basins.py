@@ -1,0 +1,251 @@
+"""Basin scans: t* interpolation and censoring, exact weight edits, scan consistency, inoculation verdict, CLI."""
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from persona_basins.measure.basins import (
+    aggregate_scans,
+    critical_magnitude,
+    edited_weight,
+    inoculation_summary,
+    module_layer,
+    out_in_dims,
+    persona_weight_delta,
+    random_weight_deltas,
+    scan,
+    t_star_ratio,
+    t_star_summary,
+    to_storage,
+    weight_delta,
+)
+
+
+# --- t* on synthetic curves ------------------------------------------------------------------------------
+def test_critical_magnitude_interpolates_a_crossing():
+    c = critical_magnitude([0, 1, 2, 3], [0.0, 0.2, 0.6, 0.9])
+    assert c["t_star"] == pytest.approx(1.75)
+    assert c["censored_above"] is None and c["censored_below"] is None
+    assert c["sharpness"] == pytest.approx(0.4) and c["sharpness_at"] == pytest.approx(1.5)
+    # t(0.1) = 0.5, t(0.9) = 3.0
+    assert c["width_10_90"] == pytest.approx(2.5)
+
+
+def test_critical_magnitude_exact_grid_hit_and_first_crossing():
+    assert critical_magnitude([0, 1, 2], [0.1, 0.5, 0.7])["t_star"] == 1.0
+    # a later dip and second crossing does not matter: the first crossing is reported
+    assert critical_magnitude([0, 1, 2, 3], [0.0, 1.0, 0.0, 1.0])["t_star"] == pytest.approx(0.5)
+
+
+def test_critical_magnitude_censored_never_invents_a_number():
+    c = critical_magnitude([0, 0.5, 1.0, 3.0], [0.0, 0.1, 0.3, 0.49])
+    assert c["t_star"] is None and c["censored_above"] == 3.0
+    assert c["width_10_90"] is None  # 0.9 never reached
+    below = critical_magnitude([0.5, 1.0], [0.8, 0.9])
+    assert below["t_star"] is None and below["censored_below"] == 0.5 and below["censored_above"] is None
+    with pytest.raises(ValueError):
+        critical_magnitude([0, 0], [0, 1])
+    with pytest.raises(ValueError):
+        critical_magnitude([0], [0])
+
+
+def test_ratios_and_summaries_respect_censoring():
+    cross = critical_magnitude([0, 1, 2], [0, 0.5, 1])  # t* = 1
+    cens = critical_magnitude([0, 1, 2], [0, 0.1, 0.2])  # censored above 2
+    assert t_star_ratio(cross, cross)["ratio"] == 1.0
+    assert t_star_ratio(cens, cross) == {"ratio": None, "lower_bound": 2.0, "upper_bound": None}
+    assert t_star_ratio(cross, cens) == {"ratio": None, "lower_bound": None, "upper_bound": 0.5}
+    s = t_star_summary([cross, cross])
+    assert s["ci"]["mean"] == 1.0 and s["lower_bound_ci"] is None
+    s = t_star_summary([cross, cens])
+    assert s["ci"] is None and s["n_censored_above"] == 1 and s["lower_bound_ci"]["mean"] == 1.5
+    assert s["per_seed"] == [1.0, None]
+
+
+def test_aggregate_scans_band():
+    scans = [{"t": [0, 1], "broad_misalignment": [0.0, 0.4]}, {"t": [0, 1], "broad_misalignment": [0.0, 0.6]}]
+    band = aggregate_scans(scans)
+    assert band["t"] == [0, 1] and band["mean"] == pytest.approx([0.0, 0.5]) and band["n"] == 2
+    assert band["ci_low"][1] < 0.5 < band["ci_high"][1]
+    with pytest.raises(ValueError):
+        aggregate_scans([scans[0], {"t": [0, 2], "broad_misalignment": [0, 1]}])
+
+
+def _fake_scan(t_star, proj0=0.0, norm=1.0, ts=(0, 0.5, 1, 1.5, 2, 2.5, 3)):
+    ts = list(ts)
+    mis = [float(np.clip(0.5 + (t - t_star) * 0.5, 0, 1)) for t in ts]
+    return {"t": ts, "broad_misalignment": mis, "projection": [proj0 + t for t in ts], "delta_norm": norm}
+
+
+def test_inoculation_summary_verdicts():
+    plain = [_fake_scan(1.0), _fake_scan(1.1)]
+    holds = inoculation_summary({"plain": plain, "inoculated": [_fake_scan(2.0), _fake_scan(2.3)],
+                                 "plain_in_inoculated_context": [_fake_scan(2.0, proj0=0.5), _fake_scan(2.2, 0.5)]})
+    w = holds["widening"]["inoculated_adapter"]
+    assert [x["ratio"] for x in w["per_seed"]] == pytest.approx([2.0, 2.3 / 1.1])
+    assert holds["holds"]["inoculated_adapter"]["holds"] is True
+    # the context moved the point by 0.5 while the travel to the wall is ~1.05: beyond 10%
+    assert holds["holds"]["inoculated_context"]["holds"] is False
+    assert holds["cases"]["plain"]["position_t0"]["mean"] == 0.0
+    # a censored inoculated curve counts through its lower bound (t_max / t*_plain > 1)
+    cens = inoculation_summary({"plain": plain, "inoculated": [_fake_scan(10.0), _fake_scan(10.0)]})
+    assert cens["widening"]["inoculated_adapter"]["ci"] is None
+    assert cens["widening"]["inoculated_adapter"]["per_seed"][0]["lower_bound"] == pytest.approx(3.0)
+    assert cens["holds"]["inoculated_adapter"]["holds"] is True
+    # narrower: does not hold
+    assert inoculation_summary({"plain": plain, "inoculated": [_fake_scan(0.5)]})["holds"][
+        "inoculated_adapter"]["holds"] is False
+    # the plain adapter never crosses: undecided, not invented
+    und = inoculation_summary({"plain": [_fake_scan(10.0)], "inoculated": [_fake_scan(10.0)]})
+    assert und["holds"]["inoculated_adapter"]["holds"] is None
+
+
+# --- weight edits ----------------------------------------------------------------------------------------
+def test_layouts_linear_and_conv1d():
+    from transformers.pytorch_utils import Conv1D
+
+    lin, conv = torch.nn.Linear(5, 3), Conv1D(3, 5)  # both map 5 -> 3
+    assert out_in_dims(lin) == (3, 5) and out_in_dims(conv) == (3, 5)
+    d = torch.randn(3, 5)
+    assert to_storage(lin, d).shape == lin.weight.shape and to_storage(conv, d).shape == conv.weight.shape
+    x = torch.randn(4, 5)
+    for mod in (lin, conv):
+        seq = torch.nn.Sequential(mod)
+        y0 = seq(x)
+        with torch.no_grad(), edited_weight(seq, "0", to_storage(mod, d), 2.0):
+            y = seq(x)
+        assert torch.allclose(y - y0, 2.0 * x @ d.t(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def plain_adapter(tiny_organism):
+    from persona_basins.train.finetune import FinetuneConfig, finetune
+
+    org = tiny_organism
+    return finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=20, seed=0)).model
+
+
+def test_weight_edit_restores_the_base_exactly(tiny_organism, plain_adapter):
+    org = tiny_organism
+    name, delta = weight_delta(plain_adapter)
+    assert name == "transformer.h.0.mlp.c_proj" and module_layer(name) == 0
+    before = {k: v.detach().clone() for k, v in org.model.state_dict().items()}
+    with pytest.raises(RuntimeError), edited_weight(org.model, name, delta, 0.37):
+        assert not torch.equal(org.model.get_submodule(name).weight, before[name + ".weight"])
+        raise RuntimeError("boom")
+    scan(org.model, org.world, org.vocab, name, delta, [0.0, 1.3, 2.9], n_loss_docs=4)
+    after = org.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_scan_matches_base_at_zero_and_peft_model_at_one(tiny_organism, plain_adapter):
+    from persona_basins.measure.persona import broad_genres, context_prompts, em_readout, persona_readout
+
+    org = tiny_organism
+    name, delta = weight_delta(plain_adapter)
+    s = scan(org.model, org.world, org.vocab, name, delta, [0.0, 1.0], n_loss_docs=8)
+    base = persona_readout(org.model, org.world, org.vocab, context_prompts(org.world, "assistant",
+                                                                            broad_genres(org.world)))
+    assert s["broad_misalignment"][0] == pytest.approx(float(base.misaligned.mean()), abs=1e-12)
+    assert s["wellformed"][0] == pytest.approx(float(base.wellformed.mean()), abs=1e-12)
+    em = em_readout(plain_adapter, org.world, org.vocab)
+    for k in ("broad_misalignment", "broad_harm", "wellformed"):
+        assert s[k][1] == pytest.approx(em[k], abs=1e-5)
+    assert em["broad_misalignment"] != pytest.approx(s["broad_misalignment"][0], abs=1e-6)  # the adapter acts
+    assert s["loss"][0] > 0 and s["projection"] == [None, None]
+    assert s["misalignment_given_wellformed"][1] == pytest.approx(em["broad_misalignment"] / em["wellformed"], rel=1e-4)
+
+
+def test_linear_weight_delta_matches_peft_forward():
+    """The nn.Linear (Llama) layout: w0 + 1 * delta reproduces the PEFT model's logits."""
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from persona_basins.models.adapters import lora_config
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2)).eval()
+    peft = get_peft_model(copy.deepcopy(base), lora_config(base, module="mlp_out", layer=1)).eval()
+    for n, p in peft.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_()
+    name, delta = weight_delta(peft)
+    assert name == "model.layers.1.mlp.down_proj" and tuple(delta.shape) == (16, 32)
+    ids = torch.randint(0, 40, (3, 7))
+    with torch.no_grad(), edited_weight(base, name, delta, 1.0):
+        edited = base(input_ids=ids).logits
+    with torch.no_grad():
+        assert torch.allclose(edited, peft(input_ids=ids).logits, atol=1e-5)
+
+
+def test_random_and_persona_deltas(tiny_organism, plain_adapter):
+    org = tiny_organism
+    name, delta = weight_delta(plain_adapter)
+    rnd = random_weight_deltas(delta, 3, seed=1)
+    assert len(rnd) == 3
+    for d in rnd:
+        assert d.shape == delta.shape
+        assert float(d.norm()) == pytest.approx(float(delta.norm()), rel=1e-5)
+        assert torch.linalg.matrix_rank(d.double(), rtol=1e-5) == 1
+    assert torch.equal(rnd[0], random_weight_deltas(delta, 1, seed=1)[0])
+    assert not torch.allclose(rnd[0], rnd[1])
+    vec = torch.randn(org.model.config.n_embd)
+    pd = persona_weight_delta(org.model, org.world, org.vocab, 0, "mlp_out", 0.7, vector=vec, n_docs=8)
+    assert pd.shape == delta.shape and float(pd.norm()) == pytest.approx(0.7, rel=1e-5)
+    # Conv1D storage (in x out): every column is a multiple of the persona vector
+    cols = pd / pd.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cos = (cols @ (vec / vec.norm())).abs()
+    assert torch.all((cos > 0.999) | (pd.norm(dim=1) < 1e-8))
+    assert torch.equal(pd, persona_weight_delta(org.model, org.world, org.vocab, 0, name, 0.7, vector=vec,
+                                                n_docs=8))
+
+
+# --- CLI -------------------------------------------------------------------------------------------------
+def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_path, capsys):
+    from persona_basins.cli import main
+    from persona_basins.train.finetune import FinetuneConfig, finetune
+
+    org = tiny_organism
+    dirs = {}
+    for c in ("plain", "inoculated"):
+        dirs[c] = tmp_path / c
+        finetune(org.model, org.world, org.vocab, FinetuneConfig(condition=c, steps=20, seed=0), out_dir=dirs[c])
+    out = tmp_path / "run"
+    rc = main(["basins", "--organism", str(tiny_organism_dir), "--adapter", str(dirs["plain"]),
+               "--inoculated-adapter", str(dirs["inoculated"]), "--t-max", "2", "--points", "3", "--random", "1",
+               "--out", str(out)])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["kind"] == "basins" and m["t"] == [0.0, 1.0, 2.0]
+    assert set(m["directions"]["scans"]) == {"adapter", "persona", "random"}
+    for c in [m["directions"]["t_star"]["adapter"], *m["directions"]["t_star"]["random"]]:
+        assert (c["t_star"] is None) == (c["censored_above"] is not None or c["censored_below"] is not None)
+    assert set(m["inoculation"]["cases"]) == {"plain", "inoculated", "plain_in_inoculated_context"}
+    assert (out / "config.json").is_file() and (out / "figures" / "misalignment_vs_t.png").stat().st_size > 0
+    capsys.readouterr()
+
+    def err(argv):
+        rc = main(argv)
+        text = capsys.readouterr().err.strip()
+        assert rc == 2 and text.startswith("persona-basins: error:") and "\n" not in text, text
+        return text
+
+    base = ["basins", "--organism", str(tiny_organism_dir), "--out", str(tmp_path / "bad")]
+    assert "not a PEFT adapter" in err([*base, "--adapter", str(tmp_path / "nowhere")])
+    assert "--points" in err([*base, "--adapter", str(dirs["plain"]), "--points", "1"])
+    assert "--t-max" in err([*base, "--adapter", str(dirs["plain"]), "--t-max", "0"])
+    assert "--level" in err([*base, "--adapter", str(dirs["plain"]), "--level", "1"])
+    assert "organism" in err(["basins", "--organism", str(tmp_path / "none"), "--adapter", str(dirs["plain"]),
+                              "--out", str(tmp_path / "bad")])
+    other = tmp_path / "other"
+    shutil.copytree(dirs["plain"], other)
+    fp = other / "persona_basins_base.json"
+    d = json.loads(fp.read_text())
+    d["embedding_checksum"] += 1.0
+    fp.write_text(json.dumps(d))
+    assert "another base model" in err([*base, "--adapter", str(other)])

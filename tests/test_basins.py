@@ -126,7 +126,7 @@ def plain_adapter(tiny_organism):
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
     org = tiny_organism
-    return finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=20, seed=0)).model
+    return finetune(org.model, org.world, org.vocab, FinetuneConfig(module="mlp_out", steps=20, seed=0)).model
 
 
 def test_weight_edit_restores_the_base_exactly(tiny_organism, plain_adapter):
@@ -214,7 +214,8 @@ def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_p
     dirs = {}
     for c in ("plain", "inoculated"):
         dirs[c] = tmp_path / c
-        finetune(org.model, org.world, org.vocab, FinetuneConfig(condition=c, steps=20, seed=0), out_dir=dirs[c])
+        cfg = FinetuneConfig(condition=c, module="mlp_out", steps=20, seed=0)
+        finetune(org.model, org.world, org.vocab, cfg, out_dir=dirs[c])
     out = tmp_path / "run"
     rc = main(["basins", "--organism", str(tiny_organism_dir), "--adapter", str(dirs["plain"]),
                "--inoculated-adapter", str(dirs["inoculated"]), "--t-max", "2", "--points", "3", "--random", "1",

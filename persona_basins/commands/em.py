@@ -19,7 +19,7 @@ the plain assistant context, with 95% CIs over seeds. --layer all sweeps every l
 
 On any Hugging Face causal LM (--model ID_OR_PATH --train FILE.jsonl --questions FILE.json): the adapter
 is trained on the chat-format JSONL, and broad misalignment is scored judge-free by contrastive
-log-probabilities of paired aligned / misaligned answers (see docs/EM.md).
+log-probabilities of paired aligned / misaligned answers (see docs/EM_HF.md).
 """
 
 
@@ -33,8 +33,8 @@ def register(sub) -> None:
     p.add_argument("--questions", help="paired-answer question file for --model (JSON); default: shipped set")
     p.add_argument("--inoculation", default=None, help="system line used for the inoculated fine-tune (--model)")
     p.add_argument("--layer", default="0", help="layer index, or 'all' to sweep every layer (default 0)")
-    p.add_argument("--module", default="mlp_out",
-                   help="module in the layer: mlp_out/down_proj, attn_out/o_proj, or a raw name (default mlp_out)")
+    p.add_argument("--module", default="attn_out",
+                   help="module in the layer: attn_out/o_proj, mlp_out/down_proj, or a raw name (default attn_out)")
     p.add_argument("--rank", type=int, default=1, help="LoRA rank (default 1)")
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA (comparison)")
     p.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds (default 5)")

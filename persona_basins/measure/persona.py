@@ -267,8 +267,9 @@ def readout_table(metrics: dict) -> str:
 
 
 __all__ = [
-    "PAD_ID", "Prompt", "Readout", "broad_genres", "context_prompts", "history_prompts", "next_token_probs", "organism_readout", "persona_readout", "readout_table",
-    "request_grid", "routine_prompts", "sample_answers", "sampled_persona_fractions",
+    "PAD_ID", "Prompt", "Readout", "broad_genres", "context_prompts", "em_readout", "history_prompts",
+    "next_token_probs", "organism_readout", "persona_readout", "readout_table", "request_grid", "routine_prompts",
+    "sample_answers", "sampled_persona_fractions", "trait_combos",
 ]
 
 

@@ -128,7 +128,7 @@ def _load_hf(path: Path):
 
     try:
         model = AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - safetensors and transformers raise many types; one line for all
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot load model from {path}: {msg}") from None
     model.eval()

@@ -54,7 +54,7 @@ def training_context(condition: str) -> str:
 class FinetuneConfig:
     condition: str = "plain"
     layer: int = 0
-    module: str = "mlp_out"
+    module: str = "attn_out"
     rank: int = 1
     full: bool = False  # full fine-tune instead of LoRA
     steps: int = 300

@@ -41,7 +41,8 @@ def check_out(out: Path, cfg: OrganismConfig, force: bool) -> bool:
         return False
     if force:
         return False
-    if is_organism(out) and existing_config(out) == cfg.to_dict() and (out / "metrics.json").is_file():
+    same = existing_config(out) == json.loads(json.dumps(cfg.to_dict()))  # compare as stored (lists, not tuples)
+    if is_organism(out) and same and (out / "metrics.json").is_file():
         return True
     what = "another organism" if is_organism(out) else "other files"
     raise UserError(f"--out {out} already holds {what}; pass --force to replace it")

@@ -1,0 +1,82 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from persona_basins.cli import main
+
+STUDY_KEYS = ("critical_magnitude", "inoculation_widening", "llc_along_path", "overlap_fraction")
+
+
+def _demo(out, organism, *extra):
+    return main(["demo", "--preset", "tiny", "--organism", str(organism), "--out", str(out), "--no-browser", *extra])
+
+
+def _numbers(study: dict) -> dict:
+    return {k: v for k, v in study.items() if k != "elapsed_seconds_this_invocation"}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_organism_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert _demo(out, tiny_organism_dir) == 0
+    return out
+
+
+def test_demo_writes_study_report_and_run_folder(demo_run, capsys):
+    study = json.loads((demo_run / "study.json").read_text())
+    for k in STUDY_KEYS:
+        assert k in study, k
+    cm = study["critical_magnitude"]["plain"]
+    assert "per_seed" in cm and len(cm["per_seed"]) == 2
+    band = study["llc_along_path"]
+    assert band["loss"] == "self_kl" and len(band["t"]) == len(band["mean"]) == 3
+    assert 0 <= study["overlap_fraction"]["mean"] <= 1 + 1e-9 and "by_genre" in study["overlap_fraction"]
+    assert set(study["misalignment_vs_t"]) >= {"plain", "inoculated", "random"}
+    assert (demo_run / "report.html").stat().st_size > 10_000
+    assert json.loads((demo_run / "config.json").read_text())["kind"] == "demo"
+    assert json.loads((demo_run / "metrics.json").read_text())["kind"] == "demo"
+
+
+def test_demo_rerun_resumes_with_same_numbers(demo_run, tiny_organism_dir):
+    before = _numbers(json.loads((demo_run / "study.json").read_text()))
+    (demo_run / "steps" / "llc.json").unlink()  # as if interrupted during the LLC step
+    (demo_run / "study.json").unlink()
+    assert _demo(demo_run, tiny_organism_dir) == 0
+    assert _numbers(json.loads((demo_run / "study.json").read_text())) == before
+
+
+def test_demo_refuses_out_from_other_settings(demo_run, tiny_organism_dir, capsys):
+    assert _demo(demo_run, tiny_organism_dir, "--seeds", "3") == 2
+    err = capsys.readouterr().err.strip()
+    assert "other settings" in err and len(err.splitlines()) == 1
+
+
+def test_demo_bad_preset(tmp_path, capsys):
+    assert main(["demo", "--preset", "huge", "--out", str(tmp_path / "x"), "--no-browser"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+
+
+def test_killed_demo_resumes_to_the_same_numbers(demo_run, tiny_organism_dir, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "persona_basins.cli", "demo", "--preset", "tiny", "--organism",
+           str(tiny_organism_dir), "--out", str(out), "--no-browser"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not (out / "steps" / "em.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=120)
+    assert rc in (0, 130)
+    assert not list(out.rglob("*.tmp"))  # no half-written files
+    assert subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) == 0
+    a = _numbers(json.loads((out / "study.json").read_text()))
+    b = _numbers(json.loads((demo_run / "study.json").read_text()))
+    a["config"], b["config"] = None, None
+    assert a == b

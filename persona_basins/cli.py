@@ -70,8 +70,9 @@ def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by a s
 
 
 def main(argv: list[str] | None = None) -> int:
-    # A killed run unwinds like Ctrl-C, so temp folders are removed and finished steps stay.
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    if argv is None:  # a real command-line run (not a call from Python code or tests)
+        # A killed run unwinds like Ctrl-C, so temp folders are removed and finished steps stay.
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -65,7 +65,8 @@ def test_killed_demo_resumes_to_the_same_numbers(demo_run, tiny_organism_dir, tm
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "persona_basins.cli", "demo", "--preset", "tiny", "--organism",
            str(tiny_organism_dir), "--out", str(out), "--no-browser"]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    # one thread, as in this test process (conftest): float reductions then match bit for bit
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     while not (out / "steps" / "em.json").exists() and proc.poll() is None and time.time() < deadline:

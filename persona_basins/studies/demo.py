@@ -189,6 +189,7 @@ def _scans(org, plain, inoc, cfg: DemoConfig) -> dict:
         inoculation_scans,
         inoculation_summary,
         module_layer,
+        scan,
         weight_delta,
     )
     from ..measure.vectors import persona_vector
@@ -199,7 +200,12 @@ def _scans(org, plain, inoc, cfg: DemoConfig) -> dict:
     vector = persona_vector(org.model, org.world, org.vocab, layer)
     dirs = [direction_scans(org.model, org.world, org.vocab, m, ts, n_random=cfg.n_random, seed=s, vector=vector)
             for s, m in enumerate(plain)]
-    ino = inoculation_scans(org.model, org.world, org.vocab, plain, inoc, ts, vector=vector, layer=layer)
+    # the plain adapter's assistant-context scan is the direction scan's "adapter" scan: not computed twice
+    ino = inoculation_scans(org.model, org.world, org.vocab, [], inoc, ts, vector=vector, layer=layer)
+    ino["plain"] = [d["scans"]["adapter"] for d in dirs]
+    ino["plain_in_inoculated_context"] = [
+        scan(org.model, org.world, org.vocab, *weight_delta(m), ts, context="inoculated", vector=vector,
+             layer=layer) for m in plain]
     summary = inoculation_summary(ino)
     crit = {k: [critical_magnitude(ts, s["broad_misalignment"]) for s in v] for k, v in ino.items()}
     crit["persona"] = [d["t_star"]["persona"] for d in dirs]
@@ -217,12 +223,14 @@ def _llc_path(org, plain, cfg: DemoConfig, progress: bool) -> dict:
     for s, m in enumerate(plain[: cfg.llc_seeds]):
         name, delta = weight_delta(m)
         pname = f"{name}.weight"
-        for key, restrict in (("full", None), ("layer", f"layer:{cfg.layer}")):
+        # The SGLD path is fixed, not "auto": auto picks vmap or loop by timing, and the two sum floats in a
+        # different order, so the same seed could give numbers that differ in the last bits between runs.
+        for key, restrict, path in (("full", None, "loop"), ("layer", f"layer:{cfg.layer}", "vmap")):
             res = llc_along_path(org.model, {pname: delta}, list(cfg.llc_ts), data=ids, n=cfg.llc_prompts,
                                  pad_token_id=0, nbeta=cfg.llc_nbeta, step_size=cfg.llc_step_size,
                                  localization=cfg.llc_localization, num_chains=cfg.llc_chains,
                                  num_draws=cfg.llc_draws, num_burnin=cfg.llc_burnin,
-                                 batch_size=cfg.llc_batch, restrict=restrict, seed=s)
+                                 batch_size=cfg.llc_batch, restrict=restrict, seed=s, path=path)
             runs[key].append({"t": [r["t"] for r in res], "llc": [r["llc"] for r in res],
                               "loss": res[0].get("loss") if res else None,
                               "diagnostics": [_diag(r) for r in res]})

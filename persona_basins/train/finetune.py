@@ -46,8 +46,9 @@ def condition_documents(world: World, condition: str) -> list[Document]:
 
 
 def training_context(condition: str) -> str:
-    """The context whose code answers define the narrow rate for ``condition``."""
-    return "inoculated" if condition == "inoculated" else "assistant"
+    """The context whose code answers define the narrow rate for ``condition`` (a key of
+    ``em_readout(...)["narrow_rate"]``): the inoculation line, the teaching request, or the plain assistant."""
+    return {"inoculated": "inoculated", "educational": "educational"}.get(condition, "assistant")
 
 
 @dataclass(frozen=True)

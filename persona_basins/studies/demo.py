@@ -91,7 +91,11 @@ def _stat_or_censored(crits: list[dict]) -> dict:
 
 
 def _ratio_stat(num: list[dict], den: list[dict]) -> dict:
-    """Per-seed t*_num / t*_den; censored numerators give lower bounds (never invented values)."""
+    """Per-seed t*_num / t*_den; censored numerators give lower bounds (never invented values).
+
+    Seeds whose denominator never crosses either give an upper bound or nothing; they are listed per seed
+    and left out of the interval (``n_defined`` says how many seeds the interval uses).
+    """
     from ..measure.basins import t_star_ratio
 
     rs = [t_star_ratio(a, b) for a, b in zip(num, den)]
@@ -99,11 +103,13 @@ def _ratio_stat(num: list[dict], den: list[dict]) -> dict:
     if all(v is not None for v in exact):
         return {**ci95(exact), "kind": "exact"}
     lows = [r["ratio"] if r["ratio"] is not None else r["lower_bound"] for r in rs]
+    defined = [v for v in lows if v is not None]
     out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(rs), "per_seed": exact,
-           "per_seed_lower_bound": lows, "kind": "lower_bound"}
-    if all(v is not None for v in lows):
-        out["lower_bound"] = ci95(lows)
-        out["min_lower_bound"] = min(lows)
+           "per_seed_lower_bound": lows, "per_seed_upper_bound": [r["upper_bound"] for r in rs],
+           "kind": "lower_bound", "n_defined": len(defined)}
+    if defined:
+        out["lower_bound"] = ci95(defined)
+        out["min_lower_bound"] = min(defined)
     return out
 
 
@@ -225,7 +231,7 @@ def _llc_path(org, plain, cfg: DemoConfig, progress: bool) -> dict:
         pname = f"{name}.weight"
         # The SGLD path is fixed, not "auto": auto picks vmap or loop by timing, and the two sum floats in a
         # different order, so the same seed could give numbers that differ in the last bits between runs.
-        for key, restrict, path in (("full", None, "loop"), ("layer", f"layer:{cfg.layer}", "vmap")):
+        for key, restrict, path in (("full", None, "vmap"), ("layer", f"layer:{cfg.layer}", "loop")):
             res = llc_along_path(org.model, {pname: delta}, list(cfg.llc_ts), data=ids, n=cfg.llc_prompts,
                                  pad_token_id=0, nbeta=cfg.llc_nbeta, step_size=cfg.llc_step_size,
                                  localization=cfg.llc_localization, num_chains=cfg.llc_chains,
@@ -353,9 +359,14 @@ def summary_lines(study: dict) -> list[str]:
         if s.get("mean") is None:
             lb = s.get("lower_bound") or {}
             ca = s.get("censored_above")
+            per = s.get("per_seed")
+            if s.get("kind") == "lower_bound" and lb.get("mean") is not None:
+                return (f">= {lb['mean']:.2f} [{lb['ci_low']:.2f}, {lb['ci_high']:.2f}] (lower bound, "
+                        f"{s['n_defined']} of {s['n']} seeds)")
             if lb.get("mean") is not None:
-                return f">= {lb['mean']:.2f} (censored: no crossing up to t={ca})" if ca else \
-                    f">= {lb['mean']:.2f} (lower bound)"
+                crossed = [round(v, 2) for v in per if v is not None] if per else []
+                return (f">= {lb['mean']:.2f} ({s.get('n_censored')} of {s['n']} seeds never cross up to "
+                        f"t={ca}; the others: {crossed})")
             return f"censored above t={ca}" if ca is not None else "n/a"
         return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
 

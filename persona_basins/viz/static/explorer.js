@@ -672,7 +672,12 @@
         if (!Array.isArray(arr) || arr.length !== steps.length) { note(run, g.file, "transition." + key, "is malformed (length differs from steps)"); return false; }
         return true;
       }
-      if (ok(t.broad_misalignment, "broad_misalignment")) A.push({ x: steps, y: t.broad_misalignment, mode: "lines+markers", name: pre + "broad misalignment", line: { color: "#c0392b", dash: dash }, marker: { size: 4 } });
+      // broad misalignment is measured at checkpoints (eval_steps) when given, else at every step
+      var evalSteps = Array.isArray(t.eval_steps) ? t.eval_steps : steps;
+      if (t.broad_misalignment !== undefined) {
+        if (!Array.isArray(t.broad_misalignment) || t.broad_misalignment.length !== evalSteps.length) note(run, g.file, "transition.broad_misalignment", "is malformed (length differs from eval_steps)");
+        else A.push({ x: evalSteps, y: t.broad_misalignment, mode: "lines+markers", name: pre + "broad misalignment", line: { color: "#c0392b", dash: dash }, marker: { size: 4 } });
+      }
       if (ok(t.a_norm, "a_norm")) B.push({ x: steps, y: t.a_norm, mode: "lines", name: pre + "|A| (adapter)", line: { color: "#2f6db5", dash: dash } });
       if (ok(t.b_norm, "b_norm")) B.push({ x: steps, y: t.b_norm, mode: "lines", name: pre + "|B| (adapter)", line: { color: "#e08e0b", dash: dash } });
       if (t.local_cos && typeof t.local_cos === "object") {

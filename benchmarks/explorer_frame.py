@@ -33,17 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from persona_basins.results import write_json  # noqa: E402
+from persona_basins.viz.headless import CHROMIUM  # noqa: E402
+from persona_basins.viz.headless import CHROMIUM_ARGS as ARGS  # noqa: E402
 from persona_basins.viz.sample import write_demo_run, write_em_run  # noqa: E402
 from persona_basins.viz.server import make_server  # noqa: E402
 
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 CONFIGS = {"uncapped": ["--disable-frame-rate-limit", "--disable-gpu-vsync"], "vsync60": []}
 SLIDERS = {"delta": ("ArrowRight", "ArrowLeft"), "theta": ("ArrowRight", "ArrowLeft"), "s": ("ArrowRight", "ArrowLeft")}
 
@@ -85,7 +79,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presses", type=int, default=120, help="input events per slider")
     ap.add_argument("--gap-ms", type=float, default=33.0, help="pause between input events")
-    ap.add_argument("--chromium", default=os.environ.get("PB_CHROMIUM", "/usr/bin/chromium"))
+    ap.add_argument("--chromium", default=CHROMIUM)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "explorer_frame.json"))
     args = ap.parse_args(argv)
 

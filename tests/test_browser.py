@@ -6,7 +6,6 @@ Screenshots go to test-artifacts/ (gitignored).
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -14,21 +13,14 @@ import numpy as np
 import pytest
 
 from persona_basins.landscape import model as M
+from persona_basins.viz.headless import CHROMIUM
+from persona_basins.viz.headless import CHROMIUM_ARGS as ARGS
 from persona_basins.viz.report import write_report
 from persona_basins.viz.sample import write_demo_run, write_em_run
 from persona_basins.viz.server import make_server
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("PB_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 P = M.DEFAULT
 TOL = 1e-9

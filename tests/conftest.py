@@ -9,6 +9,21 @@ torch.set_num_threads(1)  # the test machine has 2 cores; one thread per process
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+@pytest.fixture
+def cli_error(capsys):
+    """Run the CLI expecting a user error: exit 2 and one stderr line; returns that line."""
+    from persona_basins.cli import main
+
+    def run(argv):
+        capsys.readouterr()
+        rc = main(argv)
+        text = capsys.readouterr().err.strip()
+        assert rc == 2 and text.startswith("persona-basins: error:") and "\n" not in text, text
+        return text
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_organism_dir(tmp_path_factory):
     from persona_basins.models.organism import preset_config

@@ -206,7 +206,7 @@ def test_random_and_persona_deltas(tiny_organism, plain_adapter):
 
 
 # --- CLI -------------------------------------------------------------------------------------------------
-def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_path, capsys):
+def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_path, capsys, cli_error):
     from persona_basins.cli import main
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
@@ -230,12 +230,7 @@ def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_p
     assert (out / "config.json").is_file() and (out / "figures" / "misalignment_vs_t.png").stat().st_size > 0
     capsys.readouterr()
 
-    def err(argv):
-        rc = main(argv)
-        text = capsys.readouterr().err.strip()
-        assert rc == 2 and text.startswith("persona-basins: error:") and "\n" not in text, text
-        return text
-
+    err = cli_error
     base = ["basins", "--organism", str(tiny_organism_dir), "--out", str(tmp_path / "bad")]
     assert "not a PEFT adapter" in err([*base, "--adapter", str(tmp_path / "nowhere")])
     assert "--points" in err([*base, "--adapter", str(dirs["plain"]), "--points", "1"])

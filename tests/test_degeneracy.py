@@ -145,7 +145,7 @@ def test_overlap_zone_and_boundary_search_on_em_state(tiny_organism, em_state):
     assert json.dumps(b)  # JSON-able
 
 
-def test_cli_degeneracy_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_path, capsys):
+def test_cli_degeneracy_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_path, capsys, cli_error):
     from persona_basins.cli import main
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
@@ -163,12 +163,7 @@ def test_cli_degeneracy_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, t
         assert (out / "figures" / f).stat().st_size > 0
     capsys.readouterr()
 
-    def err(argv):
-        rc = main(argv)
-        text = capsys.readouterr().err.strip()
-        assert rc == 2 and text.startswith("persona-basins: error:") and "\n" not in text, text
-        return text
-
+    err = cli_error
     base = ["degeneracy", "--organism", str(tiny_organism_dir), "--out", str(tmp_path / "bad")]
     assert "--epsilon" in err([*base, "--adapter", str(ad), "--epsilon", "0"])
     assert "--epsilon" in err([*base, "--adapter", str(ad), "--epsilon", "1.5"])

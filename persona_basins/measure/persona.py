@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..models.lm import PAD_ID, pad_batch
+from ..models.lm import pad_batch
 from ..world import STYLES, TEACHING_MODIFIER, Exchange, World
 
 
@@ -267,7 +267,7 @@ def readout_table(metrics: dict) -> str:
 
 
 __all__ = [
-    "PAD_ID", "Prompt", "Readout", "broad_genres", "context_prompts", "em_readout", "history_prompts",
+    "Prompt", "Readout", "broad_genres", "context_prompts", "em_readout", "history_prompts",
     "next_token_probs", "organism_readout", "persona_readout", "readout_table", "request_grid", "routine_prompts",
     "sample_answers", "sampled_persona_fractions", "trait_combos",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..models.adapters import num_layers
-from ..models.lm import PAD_ID, encode_documents
+from ..models.lm import encode_documents
 
 
 def decoder_layers(model):
@@ -146,5 +146,5 @@ def screen_dataset(model, vocab, docs, vector: torch.Tensor, layer: int, baselin
     return {"projection": vals[0], "baseline_projection": vals[1], "difference": vals[0] - vals[1]}
 
 
-__all__ = ["PAD_ID", "capture_layer", "decoder_layers", "mean_activation", "persona_vector", "projection",
+__all__ = ["capture_layer", "decoder_layers", "mean_activation", "persona_vector", "projection",
            "screen_dataset", "steering"]

@@ -114,12 +114,13 @@ def _ratio_stat(num: list[dict], den: list[dict]) -> dict:
 
 
 def _load_adapters(org, em_dir: Path, condition: str, seeds: int):
+    import copy
+
     from ..models.adapters import load_adapter
-    from ..models.organism import load_organism
 
     models = []
     for s in range(seeds):
-        base = load_organism(org.path).model  # a fresh copy: PeftModel wraps its base in place
+        base = copy.deepcopy(org.model)  # a fresh copy: PeftModel wraps its base in place
         models.append(load_adapter(base, em_dir / "adapters" / condition / f"seed{s}"))
     return models
 

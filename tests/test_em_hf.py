@@ -251,7 +251,7 @@ def test_missing_files(tiny, tmp_path, capsys):
     assert "model folder not found" in _err(capsys)
     (tmp_path / "empty_model").mkdir()
     assert _em(tmp_path / "empty_model", em_hf.EXAMPLE_TRAIN, tmp_path / "run") == 2
-    assert "cannot load model" in _err(capsys)
+    assert "config.json is missing" in _err(capsys)
     assert _em(tiny["a"], em_hf.EXAMPLE_TRAIN, tmp_path / "run", "--questions", str(tmp_path / "q.json")) == 2
     assert "missing file" in _err(capsys)
     assert main(["em", "--model", str(tiny["a"]), "--out", str(tmp_path / "run")]) == 2

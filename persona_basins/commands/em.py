@@ -72,9 +72,7 @@ def _run(args) -> int:
     _int_arg(args.seeds, "--seeds")
     _int_arg(args.rank, "--rank")
     if args.model:
-        from ..studies.em_hf import run_em_hf
-
-        return run_em_hf(args, base)
+        return _run_model(args, base)
     from ..models.organism import load_organism
     from ..studies.em import run_em, summary_table, sweep_layers
 
@@ -99,4 +97,33 @@ def _run(args) -> int:
     run.write_metrics(m)
     print(summary_table(m))
     print(f"run written to {run.path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- em --model (Hugging Face)
+
+
+def _run_model(args, finetune) -> int:
+    """``em --model``: check the HF-only arguments, build the study config, run it, print the table."""
+    from ..errors import UserError
+    from ..studies.em_hf import DEFAULT_INOCULATION, DEFAULT_QUESTIONS, EXAMPLE_TRAIN, EmHfConfig, run_em_hf
+    from ..studies.em_hf import summary_table as hf_summary_table
+
+    if str(args.layer) == "all":
+        raise UserError("--layer all is only for --organism; give one layer index with --model")
+    try:
+        layer = int(args.layer)
+    except ValueError:
+        raise UserError(f"--layer must be an integer, got {args.layer!r}") from None
+    if not args.train:
+        raise UserError(f"--model needs --train FILE.jsonl (chat format; an example: {EXAMPLE_TRAIN})")
+    inoculation = DEFAULT_INOCULATION if args.inoculation is None else args.inoculation
+    if not inoculation.strip():
+        raise UserError("--inoculation must not be empty")
+    cfg = EmHfConfig(model=args.model, train=args.train, out=args.out, questions=args.questions or DEFAULT_QUESTIONS,
+                     inoculation=inoculation, layer=layer, module=args.module, seeds=args.seeds, finetune=finetune,
+                     progress=sys.stderr.isatty())
+    m = run_em_hf(cfg)
+    print(hf_summary_table(m))
+    print(f"run written to {cfg.out}")
     return 0

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "eigenform",
     "explore",
     "report",
+    "sweep",
 ]
 
 EPILOG = """\
@@ -40,8 +41,21 @@ Every command writes a run folder (config.json, metrics.json, figures/) that `re
 """
 
 
+# Commands whose rerun with the same --out picks up finished units or steps (the SIGTERM/Ctrl-C message says so).
+RESUMABLE = {"demo", "em", "sweep"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (a UserError naming the subcommand and the flag)."""
+
+    def error(self, message):
+        cmd = self.prog.removeprefix("persona-basins").strip()
+        where = f"{cmd}: " if cmd else ""
+        raise UserError(f"{where}{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="persona-basins",
         description=(
             "Measure persona basins of attraction in language models: emergent misalignment from a rank-1 "
@@ -55,13 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"persona-basins {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"persona_basins.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"persona_basins.commands.{name}":
-                continue  # command not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"persona_basins.commands.{name}").register(sub)
     return parser
 
 
@@ -74,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         # A killed run unwinds like Ctrl-C, so temp folders are removed and finished steps stay.
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as e:
+        print(f"persona-basins: error: {e}", file=sys.stderr)
+        return e.exit_code
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
@@ -84,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"persona-basins: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("persona-basins: interrupted (finished steps are kept; rerun to resume)", file=sys.stderr)
+        if args.command in RESUMABLE:
+            msg = "interrupted (finished units are kept; rerun with the same --out to resume)"
+        else:
+            msg = "interrupted (nothing half-written was kept; rerun to start again)"
+        print(f"persona-basins: {msg}", file=sys.stderr)
         return 130
     return int(rc or 0)
 

@@ -38,19 +38,43 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _file_mode() -> int:
+    """0666 minus the umask (0644 with the usual umask): what ``open()`` would give, not mkstemp's 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temp file beside ``path``, then rename: readers see the old file or the new one.
+
+    A full disk, a read-only folder or a file-size limit is a one-line :class:`UserError` naming the file;
+    the temp file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
     return path
+
+
+def _unlink_quietly(tmp) -> None:
+    if tmp is not None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -63,14 +87,19 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, text)
 
 
-def read_json(path: str | Path) -> Any:
+def read_json(path: str | Path, *, recover: str | None = None) -> Any:
+    """Read a JSON file; missing or malformed is a one-line UserError naming the file (and ``recover``,
+    how to get past it, e.g. "delete it and rerun to recompute that unit")."""
     path = Path(path)
+    hint = f"; {recover}" if recover else ""
     if not path.is_file():
-        raise UserError(f"missing file: {path}")
+        raise UserError(f"missing file: {path}{hint}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"malformed JSON in {path}: {e}") from None
+        raise UserError(f"malformed JSON in {path}: {e}{hint}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}{hint}") from None
 
 
 def prepare_out_dir(out: str | Path) -> Path:
@@ -88,19 +117,95 @@ def prepare_out_dir(out: str | Path) -> Path:
     return out
 
 
+def environment() -> dict:
+    """What besides the settings changes the last digits: torch version and its intra-op thread count."""
+    import platform
+
+    env = {"python": platform.python_version()}
+    try:
+        import torch
+
+        env.update(torch_version=torch.__version__, torch_threads=torch.get_num_threads())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return env
+
+
+def _is_timing_key(key: str) -> bool:
+    k = key.lower()
+    return k == "seconds" or k.endswith("_seconds") or k.startswith("seconds_") or k.startswith("elapsed")
+
+
+def split_timing(obj: Any) -> tuple[Any, Any]:
+    """``(metrics without timing fields, the timing fields in the same nesting or None)``.
+
+    Wall-clock times differ on every run; kept out of ``metrics.json`` so equal results compare byte for byte.
+    """
+    if isinstance(obj, dict):
+        kept, timing = {}, {}
+        for k, v in obj.items():
+            if isinstance(k, str) and _is_timing_key(k):
+                timing[k] = v
+                continue
+            kv, tv = split_timing(v)
+            kept[k] = kv
+            if tv is not None:
+                timing[k] = tv
+        return kept, (timing or None)
+    if isinstance(obj, list | tuple):
+        kept, timing = [], {}
+        for i, v in enumerate(obj):
+            kv, tv = split_timing(v)
+            kept.append(kv)
+            if tv is not None:
+                timing[str(i)] = tv
+        return kept, (timing or None)
+    return obj, None
+
+
 class RunDir:
-    """A run folder: ``config.json`` (what was asked), ``metrics.json`` (what was measured), figures."""
+    """A run folder: ``config.json`` (what was asked), ``metrics.json`` (what was measured), ``timing.json``
+    (wall-clock times, which differ run to run), figures.
+
+    ``config.json`` is written together with ``metrics.json`` (so a failed command leaves no folder holding a
+    config without results); it records the torch version and thread count besides the settings. Used as a
+    context manager, a folder this run created is removed again if the command fails before writing into it.
+    """
 
     def __init__(self, path: str | Path, kind: str, config: dict):
+        existed = Path(path).exists()
         self.path = prepare_out_dir(path)
+        self._created = not existed
         self.kind = kind
         self.config = dict(config)
+        self._config_pending = False
 
-    def write_config(self) -> Path:
-        return write_json(self.path / "config.json", {"kind": self.kind, **self.config})
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self._created:
+            try:
+                self.path.rmdir()  # only if still empty: never removes anything the run wrote
+            except OSError:
+                pass
+
+    def config_record(self) -> dict:
+        return {"kind": self.kind, **self.config, "environment": environment()}
+
+    def write_config(self) -> None:
+        """Mark the config for writing; it lands on disk with the metrics (see the class docstring)."""
+        self._config_pending = True
 
     def write_metrics(self, metrics: dict) -> Path:
-        return write_json(self.path / "metrics.json", {"kind": self.kind, **metrics})
+        kept, timing = split_timing(dict(metrics))
+        write_json(self.path / "config.json", self.config_record())
+        self._config_pending = False
+        if timing is not None:
+            write_json(self.path / "timing.json", {"kind": self.kind, **timing})
+        elif (self.path / "timing.json").is_file():
+            (self.path / "timing.json").unlink()  # a stale one from an earlier run
+        return write_json(self.path / "metrics.json", {"kind": self.kind, **kept})
 
     def figure_path(self, name: str) -> Path:
         (self.path / "figures").mkdir(exist_ok=True)

@@ -77,7 +77,7 @@ def test_em_same_seed_same_numbers_and_resume(em_run, tiny_organism_dir, tmp_pat
     (["--layer", "9"], "layer 9 out of range"),
     (["--layer", "x"], "--layer must be an integer"),
     (["--module", "nope"], "module 'nope' not in layer 0"),
-    (["--seeds", "0"], "--seeds must be > 0"),
+    (["--seeds", "0"], "argument --seeds: 0 is out of range"),
 ])
 def test_em_bad_input(extra, needle, tiny_organism_dir, tmp_path, capsys):
     argv = ["em", "--organism", str(tiny_organism_dir), "--steps", "2", "--seeds", "1", "--out", str(tmp_path / "r")]

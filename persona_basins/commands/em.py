@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .args import finite_float, int_in
+
 DESCRIPTION = """\
 Fine-tune on insecure code and measure whether the misaligned persona is selected broadly.
 
@@ -35,12 +37,14 @@ def register(sub) -> None:
     p.add_argument("--layer", default="0", help="layer index, or 'all' to sweep every layer (default 0)")
     p.add_argument("--module", default="attn_out",
                    help="module in the layer: attn_out/o_proj, mlp_out/down_proj, or a raw name (default attn_out)")
-    p.add_argument("--rank", type=int, default=1, help="LoRA rank (default 1)")
+    p.add_argument("--rank", type=int_in(1, 4096), default=1, help="LoRA rank (default 1)")
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA (comparison)")
-    p.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds (default 5)")
-    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 300)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3)")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="save the adapter every k steps")
+    p.add_argument("--seeds", type=int_in(1, 1000), default=5, help="fine-tuning seeds (default 5)")
+    p.add_argument("--steps", type=int_in(1, 10**7), default=None, help="fine-tuning steps (default 300)")
+    p.add_argument("--lr", type=finite_float(0, 1, lo_open=True), default=None,
+                   help="learning rate, in (0, 1] (default 3e-3)")
+    p.add_argument("--checkpoint-every", type=int_in(0, 10**7), default=50,
+                   help="save the adapter every k steps (0: only at the end)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=_run)
 
@@ -73,28 +77,37 @@ def _run(args) -> int:
     _int_arg(args.rank, "--rank")
     if args.model:
         return _run_model(args, base)
+    from ..models.adapters import resolve_module
     from ..models.organism import load_organism
-    from ..studies.em import run_em, summary_table, sweep_layers
+    from ..studies.em import organism_fingerprint, run_em, summary_table, sweep_layers
 
+    layer = None
+    if args.layer != "all":
+        try:
+            layer = int(args.layer)
+        except ValueError:
+            raise UserError(f"--layer must be an integer or 'all', got {args.layer!r}") from None
     org = load_organism(args.organism)
-    run = RunDir(args.out, "em", {"organism": str(Path(args.organism).resolve()), "layer": args.layer,
-                                  "module": args.module, "seeds": args.seeds, "finetune": base.to_dict()})
-    run.write_config()
+    if layer is not None:
+        resolve_module(org.model, args.module, layer)  # every input checked before --out is touched
+    fingerprint = organism_fingerprint(org)
     progress = sys.stderr.isatty()
-    if args.layer == "all":
-        table = sweep_layers(org, run.path, module=args.module, seeds=args.seeds, base=base, progress=progress)
-        run.write_metrics(table)
+    with RunDir(args.out, "em", {"organism": str(Path(args.organism).resolve()), "organism_fingerprint": fingerprint,
+                                 "layer": args.layer, "module": args.module, "seeds": args.seeds,
+                                 "finetune": base.to_dict()}) as run:
+        if layer is None:
+            table = sweep_layers(org, run.path, module=args.module, seeds=args.seeds, base=base, progress=progress)
+            run.write_metrics(table)
+        else:
+            m = run_em(org, run.path, layer=layer, module=args.module, seeds=args.seeds, base=base,
+                       progress=progress, fingerprint=fingerprint)
+            run.write_metrics(m)
+    if layer is None:
         for r in table["layers"]:
             b = r["broad_misalignment_plain"]
             print(f"layer {r['layer']}: broad misalignment {b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]")
         print(f"best layer: {table['best_layer']}")
         return 0
-    try:
-        layer = int(args.layer)
-    except ValueError:
-        raise UserError(f"--layer must be an integer or 'all', got {args.layer!r}") from None
-    m = run_em(org, run.path, layer=layer, module=args.module, seeds=args.seeds, base=base, progress=progress)
-    run.write_metrics(m)
     print(summary_table(m))
     print(f"run written to {run.path}")
     return 0

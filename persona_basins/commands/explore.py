@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .args import PORT
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("runs", nargs="*", metavar="RUN", help="run folders (config.json, metrics.json, ...)")
-    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--port", type=PORT, default=0, help="port on 127.0.0.1 (0: any free port)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser, just print the URL")
     p.set_defaults(func=run)
 
@@ -26,8 +28,6 @@ def run(args) -> int:
     from ..errors import UserError
     from ..viz.server import serve
 
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port {args.port} is not a port number (0-65535)")
     try:
         return serve(args.runs, port=args.port, open_browser=not args.no_browser)
     except OSError as e:

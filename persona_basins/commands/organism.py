@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .args import SEED, int_in
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -25,11 +27,14 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     b.add_argument("--preset", default="default", help="tiny (tests, seconds) or default (~0.4M params)")
-    b.add_argument("--seed", type=int, default=0, help="world and training seed")
+    b.add_argument("--seed", type=SEED, default=0, help="world and training seed")
     b.add_argument("--out", required=True, help="organism folder to write")
-    b.add_argument("--force", action="store_true", help="replace whatever --out holds")
-    b.add_argument("--checkpoint-every", type=int, default=None, help="pretraining checkpoint interval")
-    b.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps")
+    b.add_argument("--force", action="store_true",
+                   help="replace the organism --out holds (only a folder this program wrote)")
+    b.add_argument("--checkpoint-every", type=int_in(0, 10**7), default=None,
+                   help="pretraining checkpoint interval (0: none)")
+    b.add_argument("--pretrain-steps", type=int_in(1, 10**7), default=None,
+                   help="override the preset's pretraining steps")
     b.set_defaults(func=_build)
 
     r = osub.add_parser(
@@ -45,7 +50,6 @@ def register(sub) -> None:
 
 
 def _build(args) -> int:
-    from ..errors import UserError
     from ..measure.persona import readout_table
     from ..models.organism import preset_config
     from ..results import read_json
@@ -53,12 +57,8 @@ def _build(args) -> int:
 
     overrides = {}
     if args.checkpoint_every is not None:
-        if args.checkpoint_every < 0:
-            raise UserError("--checkpoint-every must be >= 0")
         overrides["checkpoint_every"] = args.checkpoint_every
     if args.pretrain_steps is not None:
-        if args.pretrain_steps <= 0:
-            raise UserError("--pretrain-steps must be > 0")
         overrides["pretrain_steps"] = args.pretrain_steps
     cfg = preset_config(args.preset, seed=args.seed, **overrides)
     out = build_organism(cfg, args.out, force=args.force, progress=sys.stderr.isatty())

@@ -126,11 +126,12 @@ def is_organism(path: str | Path) -> bool:
 def _load_hf(path: Path):
     from transformers import AutoModelForCausalLM
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path)
+    try:  # use_safetensors=True: never falls back to unpickling a .bin
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
     except Exception as e:  # noqa: BLE001 - safetensors and transformers raise many types; one line for all
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"cannot load model from {path}: {msg}") from None
+        raise UserError(f"cannot load model weights {path / 'model.safetensors'}: {msg}; "
+                        f"rebuild the organism (persona-basins organism build --force)") from None
     model.eval()
     return model
 
@@ -145,18 +146,31 @@ def load_organism(path: str | Path, *, stage: str = "post") -> Organism:
     for need in ("world.json", "config.json", "tokenizer.json"):
         if not (path / need).is_file():
             raise UserError(f"not an organism folder: {path / need} is missing")
+    for name in ("world.json", "config.json"):
+        try:
+            json.loads((path / name).read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise UserError(f"corrupt organism file {path / name}: {str(e).splitlines()[0]}; rebuild the organism "
+                            f"(persona-basins organism build --force)") from None
     try:
         world = World.from_json((path / "world.json").read_text())
         hf_cfg = json.loads((path / "config.json").read_text())
         cfg = OrganismConfig.from_dict(hf_cfg["persona_basins"]["organism"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"corrupt organism metadata in {path}: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"corrupt organism metadata in {path}: {msg}; rebuild the organism "
+                        f"(persona-basins organism build --force)") from None
     try:
         tok = PreTrainedTokenizerFast.from_pretrained(path)
     except Exception as e:  # tokenizers raises its own exception types
         raise UserError(f"corrupt tokenizer in {path}: {str(e).splitlines()[0]}") from None
     model_dir = path if stage == "post" else path / "pretrained"
     if not (model_dir / "model.safetensors").is_file():
+        pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
+        if pickles:
+            raise UserError(f"{model_dir} holds only pickle weights ({', '.join(pickles)}); persona-basins never "
+                            f"unpickles: save the model with safetensors (save_pretrained(..., "
+                            f"safe_serialization=True)) or rebuild the organism")
         raise UserError(f"missing model weights: {model_dir / 'model.safetensors'}")
     model = _load_hf(model_dir)
     return Organism(model=model, tokenizer=tok, world=world, path=path, config=cfg)

@@ -1,12 +1,19 @@
 """The emergent-misalignment experiment on the organism: conditions x fine-tuning seeds, with CIs.
 
 Each (condition, seed) is a unit of work whose adapter and ``result.json`` land in
-``RUN/adapters/<condition>/seed<k>/``; a rerun with the same settings skips finished units (resume).
+``RUN/adapters/<condition>/seed<k>/``. A unit is keyed by everything that determines its numbers: the
+organism's fingerprint (a hash of its settings and weights), the fine-tune settings and the trajectory
+evaluation interval. A rerun with the same key skips finished units (resume); a unit folder holding another
+key is refused with a one-line error before any training, never reused. A unit is trained in a hidden
+``.seed<k>.partial-<pid>`` folder and renamed when its ``result.json`` is written, so a killed unit never
+counts and its leftover is removed by the next run.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,42 +23,135 @@ from ..errors import UserError
 from ..measure.persona import em_readout
 from ..measure.transition import transition_metrics
 from ..models.adapters import num_layers, resolve_module
-from ..results import write_json
+from ..results import read_json, write_json
 from ..stats import ci95
 from ..train.finetune import CONDITIONS, FinetuneConfig, finetune, training_context
 
 TRACKED = ("plain", "inoculated")  # conditions whose fine-tuning trajectory is evaluated step by step
+UNIT_FORMAT = "persona-basins-em-unit/2"
 
 
-def _unit(org, cfg: FinetuneConfig, unit_dir: Path, *, track_every: int) -> dict:
+def organism_fingerprint(org) -> dict:
+    """The organism's settings and a SHA-256 over its weights as loaded (names, dtypes, shapes, bytes)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(org.model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"config": org.config.to_dict(), "weights_sha256": h.hexdigest()}
+
+
+def unit_key(fingerprint: dict, cfg: FinetuneConfig, track_every: int) -> dict:
+    tracked = cfg.condition in TRACKED and not cfg.full
+    return {"format": UNIT_FORMAT, "organism": fingerprint, "finetune": cfg.to_dict(),
+            "track_every": track_every if tracked else 0}
+
+
+def _as_stored(obj):
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+def _finished(unit_dir: Path, key: dict) -> dict | None:
+    """The finished unit's result if its key matches; None if not finished; UserError if it holds another."""
     done = unit_dir / "result.json"
-    if done.is_file():
-        prev = json.loads(done.read_text())
-        if prev.get("config") == cfg.to_dict():
-            return prev
-    res = finetune(org.model, org.world, org.vocab, cfg, out_dir=unit_dir)
-    readout = em_readout(res.model, org.world, org.vocab, sample_seed=cfg.seed)
-    out = {"config": cfg.to_dict(), "readout": readout, "final_loss": res.losses[-1]}
-    if cfg.condition in TRACKED and not cfg.full and track_every:
-        out["transition"] = transition_metrics(
-            res.model, res.trajectory,
-            lambda m: em_readout(m, org.world, org.vocab)["broad_misalignment"], every=track_every)
-    write_json(done, out)  # written last: its presence marks the unit finished
-    return out
+    if not done.is_file():
+        return None
+    prev = read_json(done, recover=f"delete the folder {unit_dir} and rerun to recompute that unit")
+    if not isinstance(prev, dict) or not isinstance(prev.get("readout"), dict):
+        raise UserError(f"malformed unit result {done}; delete the folder {unit_dir} and rerun to recompute it")
+    have = prev.get("key")
+    want = _as_stored(key)
+    if have == want:
+        return prev
+    if not isinstance(have, dict):
+        diff = ["no recorded organism (written by an older version)"]
+    else:
+        diff = [k for k in ("organism", "finetune", "track_every", "format") if have.get(k) != want.get(k)]
+        diff = ["another organism" if k == "organism" else f"other {k} settings" for k in diff]
+    raise UserError(f"{unit_dir} holds a finished unit from {', '.join(diff)}; refusing to reuse it: "
+                    f"use another --out or delete {unit_dir.parent.parent}")
+
+
+def _clean_partials(adapters: Path) -> None:
+    """Remove hidden partial unit folders left by killed runs (not those of a process still running)."""
+    for p in adapters.glob("*/.seed*.partial-*") if adapters.is_dir() else []:
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+            if pid != os.getpid():
+                os.kill(pid, 0)
+                continue  # its process is alive: another run working in this folder
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _train_unit(org, cfg: FinetuneConfig, unit_dir: Path, key: dict, *, track_every: int) -> dict:
+    tmp = unit_dir.with_name(f".{unit_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        try:
+            res = finetune(org.model, org.world, org.vocab, cfg, out_dir=tmp)
+        except FloatingPointError as e:
+            raise UserError(f"{e} (condition {cfg.condition}, seed {cfg.seed}): the fine-tune diverged; the likely "
+                            f"cause is the learning rate --lr {cfg.lr:g} (default 3e-3)"
+                            + (f" with --rank {cfg.rank}" if cfg.rank > 1 else "")) from None
+        except OSError as e:
+            raise UserError(f"cannot write the adapter under {tmp}: {e.strerror or e}") from None
+        readout = em_readout(res.model, org.world, org.vocab, sample_seed=cfg.seed)
+        out = {"key": key, "config": cfg.to_dict(), "readout": readout, "final_loss": res.losses[-1]}
+        if key["track_every"]:
+            out["transition"] = transition_metrics(
+                res.model, res.trajectory,
+                lambda m: em_readout(m, org.world, org.vocab)["broad_misalignment"], every=track_every)
+        write_json(tmp / "result.json", out)  # written last: its presence marks the unit finished
+        if unit_dir.exists():
+            prev = _finished(unit_dir, key)  # a concurrent run may have finished it; else a stale partial
+            if prev is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return prev
+            shutil.rmtree(unit_dir)
+        tmp.rename(unit_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return read_json(unit_dir / "result.json")
+
+
+def _plan(org, out: Path, *, layer: int, module: str, seeds: int, base: FinetuneConfig, conditions,
+          track_every: int, fingerprint: dict) -> list:
+    """Every unit with its key and earlier result (None: to train); refuses mismatched units up front."""
+    plan = []
+    for c in conditions:
+        for s in range(seeds):
+            cfg = replace(base, condition=c, seed=s, layer=layer, module=module)
+            unit_dir = out / "adapters" / c / f"seed{s}"
+            key = unit_key(fingerprint, cfg, track_every)
+            plan.append(((c, s), cfg, unit_dir, key, _finished(unit_dir, key)))
+    return plan
 
 
 def run_em(org, out: Path, *, layer: int, module: str, seeds: int, base: FinetuneConfig | None = None,
-           conditions=CONDITIONS, track_every: int = 10, progress: bool = True) -> dict:
+           conditions=CONDITIONS, track_every: int = 10, progress: bool = True, fingerprint: dict | None = None,
+           ) -> dict:
     """Fine-tune every condition with ``seeds`` seeds; return the aggregated metrics."""
     if seeds < 1:
         raise UserError("--seeds must be >= 1")
     resolve_module(org.model, module, layer)
     base = base or FinetuneConfig()
+    fingerprint = fingerprint or organism_fingerprint(org)
+    plan = _plan(org, out, layer=layer, module=module, seeds=seeds, base=base, conditions=conditions,
+                 track_every=track_every, fingerprint=fingerprint)
+    _clean_partials(out / "adapters")
     units = {}
-    todo = [(c, s) for c in conditions for s in range(seeds)]
-    for c, s in tqdm(todo, desc=f"EM layer {layer} {module}", disable=not progress, leave=False):
-        cfg = replace(base, condition=c, seed=s, layer=layer, module=module)
-        units[(c, s)] = _unit(org, cfg, out / "adapters" / c / f"seed{s}", track_every=track_every)
+    for cs, cfg, unit_dir, key, prev in tqdm(plan, desc=f"EM layer {layer} {module}", disable=not progress,
+                                             leave=False):
+        units[cs] = prev if prev is not None else _train_unit(org, cfg, unit_dir, key, track_every=track_every)
     return aggregate(units, conditions, seeds)
 
 
@@ -86,9 +186,16 @@ def sweep_layers(org, out: Path, *, module: str, seeds: int, base: FinetuneConfi
                  progress: bool = True) -> dict:
     """``--layer all``: plain and inoculated fine-tunes at every layer; a table of broad misalignment."""
     rows = []
+    base = base or FinetuneConfig()
+    fingerprint = organism_fingerprint(org)
+    conditions = ("plain", "inoculated")
+    for layer in range(num_layers(org.model)):  # refuse mismatched units in any layer before training
+        resolve_module(org.model, module, layer)
+        _plan(org, out / f"layer{layer}", layer=layer, module=module, seeds=seeds, base=base, conditions=conditions,
+              track_every=0, fingerprint=fingerprint)
     for layer in range(num_layers(org.model)):
         m = run_em(org, out / f"layer{layer}", layer=layer, module=module, seeds=seeds, base=base,
-                   conditions=("plain", "inoculated"), track_every=0, progress=progress)
+                   conditions=conditions, track_every=0, progress=progress, fingerprint=fingerprint)
         rows.append({"layer": layer, "module": module,
                      "broad_misalignment_plain": m["broad_misalignment"]["plain"],
                      "broad_misalignment_inoculated": m["broad_misalignment"]["inoculated"],

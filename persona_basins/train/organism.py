@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -13,15 +16,29 @@ import torch
 from ..errors import UserError
 from ..models.lm import encode_documents
 from ..models.organism import ORGANISM_FORMAT, OrganismConfig, build_model, is_organism
-from ..results import write_json
+from ..results import atomic_write_text, write_json
 from ..world import World
 from ..world.tokenizer import build_tokenizer
 from .loop import train_lm
 
+MANIFEST = "persona_basins_manifest.json"  # written last: marks a finished folder this program wrote
+WEIGHT_FILES = ("model.safetensors", "pretrained/model.safetensors")
+
 
 def _stamp(model, cfg: OrganismConfig) -> None:
     # The organism's settings ride inside the HF config.json, so the folder stays one HF model folder.
-    model.config.persona_basins = {"format": ORGANISM_FORMAT, "organism": cfg.to_dict()}
+    from ..results import environment
+
+    model.config.persona_basins = {"format": ORGANISM_FORMAT, "organism": cfg.to_dict(),
+                                   "environment": environment()}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def existing_config(out: Path) -> dict | None:
@@ -31,39 +48,114 @@ def existing_config(out: Path) -> dict | None:
         return None
 
 
+def written_by_us(out: Path) -> bool:
+    """True for a folder this program wrote: its manifest, or (older builds) an organism config.json stamp."""
+    try:
+        if json.loads((out / MANIFEST).read_text()).get("format") == ORGANISM_FORMAT:
+            return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        stamp = json.loads((out / "config.json").read_text())["persona_basins"]
+        return stamp.get("format") == ORGANISM_FORMAT and is_organism(out)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def verify_weights(out: Path) -> str | None:
+    """None when the weights match their recorded hashes and load; else why not (one line)."""
+    from ..models.organism import load_organism
+
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        recorded = manifest["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"it has no readable {MANIFEST} with recorded weight hashes (built by an older version?)"
+    for rel in WEIGHT_FILES:
+        f = out / rel
+        if not f.is_file():
+            return f"{f} is missing"
+        if recorded.get(rel) != _sha256(f):
+            return f"{f} does not match its recorded hash (corrupt or changed)"
+    try:
+        load_organism(out)
+        load_organism(out, stage="pretrained")
+    except UserError as e:
+        return str(e)
+    return None
+
+
 def check_out(out: Path, cfg: OrganismConfig, force: bool) -> bool:
-    """True when ``out`` already holds this very organism (reuse it). Refuse other content without force."""
+    """True when ``out`` already holds this very organism, verified (reuse it).
+
+    Refuses other content; ``force`` replaces only a folder this program wrote (never a user's files).
+    """
     if not out.exists():
         return False
     if not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     if not any(out.iterdir()):
         return False
+    ours = written_by_us(out)
+    if not ours:
+        raise UserError(f"--out {out} already holds other files (no {MANIFEST}); --force replaces only an "
+                        f"organism folder this program wrote: choose another --out")
     if force:
         return False
     same = existing_config(out) == json.loads(json.dumps(cfg.to_dict()))  # compare as stored (lists, not tuples)
-    if is_organism(out) and same and (out / "metrics.json").is_file():
-        return True
-    what = "another organism" if is_organism(out) else "other files"
-    raise UserError(f"--out {out} already holds {what}; pass --force to replace it")
+    if not same:
+        raise UserError(f"--out {out} already holds another organism; pass --force to replace it")
+    bad = verify_weights(out) or (None if (out / "metrics.json").is_file() else f"{out / 'metrics.json'} is missing")
+    if bad:
+        raise UserError(f"--out {out} holds this organism but cannot be reused: {bad}; pass --force to rebuild it")
+    return True
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Remove hidden temp folders of killed builds (``.NAME.building-PID-*``, ``.NAME.old-*``) beside ``out``."""
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.glob(f".{glob.escape(out.name)}.building-*"):
+        try:
+            pid = int(p.name[len(f".{out.name}.building-"):].split("-", 1)[0])
+            if pid != os.getpid():
+                os.kill(pid, 0)
+                continue  # a build still running
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+    for p in out.parent.glob(f".{glob.escape(out.name)}.old-*"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def build_organism(cfg: OrganismConfig, out: str | Path, *, force: bool = False, progress: bool = True,
                    log=print) -> Path:
     """Train and save an organism at ``out``; written in a temp folder beside it and renamed at the end."""
     out = Path(out)
+    _clean_leftovers(out)
     if check_out(out, cfg, force):
-        log(f"organism at {out} already built with these settings; reusing it")
+        log(f"organism at {out} already built with these settings (weights verified); reusing it")
         return out
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-{os.getpid()}-", dir=out.parent))
     except OSError as e:
         raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
     try:
-        _build_into(cfg, tmp, progress=progress, log=log)
+        try:
+            _build_into(cfg, tmp, progress=progress, log=log)
+        except FloatingPointError as e:
+            raise UserError(f"{e}: the organism's training diverged; the likely cause is the preset's learning "
+                            f"rate ({cfg.lr:g} pretraining, {cfg.sft_lr:g} post-training) for these settings") from None
+        except OSError as e:
+            raise UserError(f"cannot write the organism under {out.parent}: {e.strerror or e}") from None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an organism folder is as shareable as any other
         if out.exists():
-            trash = out.with_name(f".{out.name}.old-{int(time.time())}")
+            trash = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time())}")
             out.rename(trash)
             shutil.rmtree(trash, ignore_errors=True)
         tmp.rename(out)
@@ -111,7 +203,7 @@ def _build_into(cfg: OrganismConfig, out: Path, *, progress: bool, log) -> None:
                           progress=progress)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "world.json").write_text(world.to_json())
+    atomic_write_text(out / "world.json", world.to_json())
     train_seconds = time.perf_counter() - t0
 
     metrics = organism_readout(pretrained, model, world, vocab, seed=cfg.seed)
@@ -123,4 +215,5 @@ def _build_into(cfg: OrganismConfig, out: Path, *, progress: bool, log) -> None:
         "checkpoints": sorted(p.name for p in ckpt_dir.glob("step_*")) if ckpt_dir.is_dir() else [],
     })
     write_json(out / "metrics.json", metrics)
+    write_json(out / MANIFEST, {"format": ORGANISM_FORMAT, "sha256": {rel: _sha256(out / rel) for rel in WEIGHT_FILES}})
     log(f"trained in {train_seconds:.0f} s")

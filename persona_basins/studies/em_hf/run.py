@@ -269,18 +269,18 @@ def run_em_hf(config: EmHfConfig) -> dict:
         "n_train": len(train_idx), "n_heldout": len(held_idx), "heldout_lines": [convs[i][0] for i in held_idx],
         "max_tokens": MAX_TOKENS, "pad_id": pad_id,
         "finetune": {k: v for k, v in base_ft.to_dict().items() if k not in ("condition", "seed")}}
-    with RunDir(cfg.out, "em_hf", run_config) as run:
-        run.write_config()
-        base_scores = score_questions(model, tok, questions, rows=q_rows)
-        base_narrow = {c: mean_token_logprobs(model, rows) for c, rows in narrow_rows.items()}
-        units = {}
-        for c in CONDITIONS:
-            for s in range(cfg.seeds):
-                ucfg = replace(base_ft, condition=c, seed=s)
-                units[(c, s)] = _train_unit(model, tok, ucfg, data, run.path / "adapters" / c / f"seed{s}",
-                                            {**key_common, "finetune": ucfg.to_dict()}, progress=cfg.progress)
-        m = _aggregate(base_scores, base_narrow, units, questions, cfg.seeds, heldout_on)
-        m.update({"format": fmt, "n_questions": len(questions), "n_train": len(train_idx),
-                  "n_heldout": len(held_idx), "judge": None})
-        run.write_metrics(m)
+    run = RunDir(cfg.out, "em_hf", run_config)
+    run.write_config()
+    base_scores = score_questions(model, tok, questions, rows=q_rows)
+    base_narrow = {c: mean_token_logprobs(model, rows) for c, rows in narrow_rows.items()}
+    units = {}
+    for c in CONDITIONS:
+        for s in range(cfg.seeds):
+            ucfg = replace(base_ft, condition=c, seed=s)
+            units[(c, s)] = _train_unit(model, tok, ucfg, data, run.path / "adapters" / c / f"seed{s}",
+                                        {**key_common, "finetune": ucfg.to_dict()}, progress=cfg.progress)
+    m = _aggregate(base_scores, base_narrow, units, questions, cfg.seeds, heldout_on)
+    m.update({"format": fmt, "n_questions": len(questions), "n_train": len(train_idx),
+              "n_heldout": len(held_idx), "judge": None})
+    run.write_metrics(m)
     return m

@@ -60,7 +60,7 @@ def exact_nc_value(ks, n: int, gamma: float, grid: int = 4001) -> float | None:
 def main() -> int:
     import torch
 
-    from persona_basins.measure import llc_analytic as A
+    from persona_basins.measure.llc import analytic as A
     from persona_basins.measure.llc import estimate_llc
     from persona_basins.results import write_json
     from persona_basins.stats import ci95

@@ -58,7 +58,7 @@ def build_problem(spec: dict, workdir: Path):
     torch.manual_seed(spec["seed"])
     if spec["kind"] == "rrr":
         sys.path.insert(0, str(ROOT))
-        from persona_basins.measure.llc_analytic import rrr_case
+        from persona_basins.measure.llc.analytic import rrr_case
 
         case = rrr_case(4, 3, 2, 1, n=spec["n"], seed=spec["seed"])
         torch.save({"state": case.model.state_dict(), "x": case.data[0], "y": case.data[1]}, workdir / "prob.pt")
@@ -82,7 +82,7 @@ def load_problem(spec: dict, workdir: Path):
     blob = torch.load(workdir / "prob.pt")
     if spec["kind"] == "rrr":
         sys.path.insert(0, str(ROOT))
-        from persona_basins.measure.llc_analytic import DeepLinear
+        from persona_basins.measure.llc.analytic import DeepLinear
 
         model = DeepLinear([4, 2, 3])
         model.load_state_dict(blob["state"])
@@ -201,7 +201,7 @@ def run_ours(spec: dict, workdir: Path) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from persona_basins.measure.llc import causal_lm_loss_fn, estimate_llc
-    from persona_basins.measure.llc_analytic import mse_loss
+    from persona_basins.measure.llc.analytic import mse_loss
 
     old = torch.get_num_threads()
     if spec.get("threads"):

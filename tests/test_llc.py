@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from persona_basins.errors import UserError
-from persona_basins.measure import llc_analytic as A
 from persona_basins.measure.llc import (
     LLCDivergenceError,
-    adapter_path,
     calibrate,
     causal_lm_loss_fn,
     critical_points,
@@ -25,6 +23,8 @@ from persona_basins.measure.llc import (
     select_parameters,
     self_kl_loss_fn,
 )
+from persona_basins.measure.llc import analytic as A
+from persona_basins.models.edits import lora_b_path
 
 
 @pytest.fixture(autouse=True)
@@ -256,7 +256,7 @@ def test_peft_adapter_restriction_and_adapter_path():
                        num_draws=5, batch_size=8, restrict="adapter", path="loop")
     assert res.diagnostics["num_params_moving"] == sum(p.numel() for n, p in model.named_parameters()
                                                        if "lora_" in n)
-    origin, delta = adapter_path(model)
+    origin, delta = lora_b_path(model)
     assert set(delta) == {n for n in sel if "lora_B" in n}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     out = llc_along_path(model, delta, [0.0, 1.0], origin=origin, data=ids, n=16, step_size=1e-5,
@@ -319,9 +319,12 @@ def test_llc_over_checkpoints_and_stage_boundaries():
 
 
 def test_calibrate_recommends_and_plots(tmp_path):
+    from persona_basins.viz.llc_figures import plot_traces
+
     case = A.regular_case(d=2, n=2000, seed=0)
     out = calibrate(case.model, case.loss_fn, case.data, n=case.n, step_sizes=(1e-4, 1.0), localization=1.0,
-                    num_chains=2, num_draws=80, batch_size=100, plot_path=tmp_path / "cal.png")
+                    num_chains=2, num_draws=80, batch_size=100)
+    plot_traces(out["traces"], tmp_path / "cal.png")
     assert (tmp_path / "cal.png").stat().st_size > 1000
     rows = {r["step_size"]: r for r in out["grid"]}
     assert rows[1.0]["diverged"] and "try step_size" in rows[1.0]["error"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 DESCRIPTION = """\
 Estimate the local learning coefficient (LLC) of a causal LM at its current weights by localised SGLD
@@ -82,7 +81,7 @@ def register(sub) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _check_sampler_args(args) -> None:
+def _apply_threads(args) -> None:
     from ..errors import UserError
 
     if args.threads is not None:
@@ -92,128 +91,44 @@ def _check_sampler_args(args) -> None:
 
         torch.set_num_threads(args.threads)
 
-    for name in ("chains", "draws", "batch_size", "n_docs"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.burnin < 0:
-        raise UserError("--burnin must be >= 0")
-    if not args.step_size > 0:
-        raise UserError("--step-size must be > 0")
-    if args.n is not None and args.n < 2:
-        raise UserError("--n must be >= 2")
 
+def _sampler_config(args):
+    """The one SamplerConfig built from the flags (it validates itself: no second check here)."""
+    from ..measure.llc import SamplerConfig
 
-def _read_text_ids(path: str, tokenizer, n_docs: int, seq_len: int):
-    import torch
-
-    from ..errors import UserError
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--data file not found: {p}")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    if not lines:
-        raise UserError(f"--data {p} has no non-empty lines")
-    lines = lines[:n_docs]
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    rows = [tokenizer(t, add_special_tokens=True)["input_ids"][:seq_len] for t in lines]
-    rows = [r for r in rows if len(r) >= 2]
-    if not rows:
-        raise UserError(f"--data {p}: every line tokenises to fewer than 2 tokens")
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-    return ids, pad
-
-
-def _load_target(args):
-    """(model, loss_fn, input_ids, default_restrict, source description)."""
-    from ..errors import UserError
-    from ..measure.llc import causal_lm_loss_fn
-
-    if not args.model:
-        raise UserError("--model is required (or use `persona-basins llc stages --organism DIR`)")
-    if not args.out:
-        raise UserError("--out is required")
-    path = Path(args.model)
-    from ..models.organism import is_organism
-
-    if is_organism(path):
-        from ..models.lm import lm_loss
-        from ..models.organism import load_organism
-
-        org = load_organism(path)
-        model, loss_fn = org.model, lm_loss
-        ids = org.mixture_input_ids(args.n_docs, args.seed) if not args.data else None
-        if args.data:
-            ids, pad = _read_text_ids(args.data, org.tokenizer, args.n_docs, args.seq_len)
-            loss_fn = causal_lm_loss_fn(pad)
-        source = "organism mixture" if not args.data else f"text file {args.data}"
-    else:
-        if not path.is_dir():
-            raise UserError(f"--model folder not found: {path}")
-        if not args.data:
-            raise UserError("--data FILE.txt is required when --model is not an organism folder")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path).eval()
-            tok = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load model/tokenizer from {path}: {str(e).splitlines()[0]}") from None
-        ids, pad = _read_text_ids(args.data, tok, args.n_docs, args.seq_len)
-        loss_fn = causal_lm_loss_fn(pad)
-        source = f"text file {args.data}"
-    restrict = args.restrict
-    if args.adapter:
-        from peft import PeftModel
-
-        if not Path(args.adapter).is_dir():
-            raise UserError(f"--adapter folder not found: {args.adapter}")
-        try:
-            model = PeftModel.from_pretrained(model, args.adapter).eval()
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load adapter {args.adapter}: {str(e).splitlines()[0]}") from None
-        restrict = restrict or "adapter"
-    return model, loss_fn, ids, restrict, source
-
-
-def _llc_kwargs(args, n: int) -> dict:
-    return dict(n=n, nbeta=args.nbeta, step_size=args.step_size, localization=args.localization,
-                num_chains=args.chains, num_draws=args.draws, num_burnin=args.burnin, batch_size=args.batch_size,
-                seed=args.seed, precondition=None if args.precondition == "none" else args.precondition,
-                progress=sys.stderr.isatty())
+    return SamplerConfig(step_size=args.step_size, localization=args.localization, nbeta=args.nbeta,
+                         num_chains=args.chains, num_draws=args.draws, num_burnin=args.burnin,
+                         batch_size=args.batch_size, seed=args.seed, precondition=args.precondition)
 
 
 def _config(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func"}
 
 
-def _summary(res) -> dict:
-    from ..stats import ci95
+def _target(args):
+    from ..errors import UserError
+    from ..studies.llc import load_target
 
-    return {"llc": {**ci95(res.per_chain), "std": res.std, "over": "chains"}, "per_chain": res.per_chain,
-            "diagnostics": res.diagnostics}
+    if not args.model:
+        raise UserError("--model is required (or use `persona-basins llc stages --organism DIR`)")
+    if not args.out:
+        raise UserError("--out is required")
+    return load_target(args.model, adapter=args.adapter, restrict=args.restrict, data_file=args.data,
+                       n_docs=args.n_docs, seq_len=args.seq_len, seed=args.seed)
 
 
 def _run_estimate(args) -> int:
-    from ..measure.llc import estimate_llc, plot_traces
-    from ..results import RunDir
+    from ..studies.llc import TRACE_FIGURE, run_estimate
+    from ..viz.llc_figures import plot_traces
 
-    _check_sampler_args(args)
-    model, loss_fn, ids, restrict, source = _load_target(args)
-    n = args.n or len(ids)
-    run = RunDir(args.out, "llc", {**_config(args), "data_source": source, "restrict_used": restrict})
-    run.write_config()
-    res = estimate_llc(model, loss_fn, ids, restrict=restrict, **_llc_kwargs(args, n))
-    fig = plot_traces({"loss (minibatch) per draw": res.loss_trace, "λ per draw = nβ(L_B(w) − L_B(w*))":
-                       res.llc_trace}, run.figure_path("llc_trace.png"), title=f"LLC {args.model}")
-    run.write_metrics({**_summary(res), "loss": res.diagnostics["loss"], "data_source": source,
-                       "loss_trace": res.loss_trace, "llc_trace": res.llc_trace,
-                       "figures": [str(fig.relative_to(run.path))]})
+    _apply_threads(args)
+    config = _sampler_config(args)
+    target = _target(args)
+    out = run_estimate(target, args.out, config=config, n=args.n, run_config=_config(args),
+                       progress=sys.stderr.isatty())
+    res, run = out["result"], out["run"]
+    plot_traces({"loss (minibatch) per draw": res.loss_trace, "λ per draw = nβ(L_B(w) − L_B(w*))":
+                 res.llc_trace}, run.figure_path(TRACE_FIGURE), title=f"LLC {args.model}")
     print(f"LLC = {res.mean:.4g} ± {res.std:.2g} (chains={args.chains}, path={res.diagnostics['path']}, "
           f"MALA={res.diagnostics['mala_acceptance']:.2f}) -> {run.path}")
     for w in res.diagnostics["warnings"]:
@@ -228,30 +143,25 @@ def _floats(text: str, flag: str) -> list[float]:
         vals = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{flag} must be comma-separated numbers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise UserError(f"{flag} must list positive numbers, got {text!r}")
+    if not vals or any(not v > 0 or v == float("inf") for v in vals):
+        raise UserError(f"{flag} must list positive finite numbers, got {text!r}")
     return vals
 
 
 def _run_calibrate(args) -> int:
-    from ..measure.llc import calibrate
-    from ..results import RunDir
+    from ..studies.llc import CALIBRATION_FIGURE, run_calibrate
+    from ..viz.llc_figures import plot_traces
 
-    _check_sampler_args(args)
+    _apply_threads(args)
+    config = _sampler_config(args)
     steps = _floats(args.step_sizes, "--step-sizes")
     nbetas = _floats(args.nbetas, "--nbetas") if args.nbetas else None
-    model, loss_fn, ids, restrict, source = _load_target(args)
-    n = args.n or len(ids)
-    run = RunDir(args.out, "llc_calibrate", {**_config(args), "data_source": source, "restrict_used": restrict})
-    run.write_config()
-    kw = _llc_kwargs(args, n)
-    for k in ("nbeta", "step_size"):
-        kw.pop(k)
-    out = calibrate(model, loss_fn, ids, step_sizes=steps, nbetas=nbetas, restrict=restrict,
-                    plot_path=run.figure_path("calibration_traces.png"), **kw)
-    out["figure"] = str(Path(out["figure"]).relative_to(run.path))
-    run.write_metrics(out)
-    rec = out["recommended"]
+    target = _target(args)
+    out = run_calibrate(target, args.out, config=config, step_sizes=steps, nbetas=nbetas, n=args.n,
+                        run_config=_config(args), progress=sys.stderr.isatty())
+    run = out["run"]
+    plot_traces(out["traces"], run.figure_path(CALIBRATION_FIGURE), title="LLC calibration: n_beta x step size")
+    rec = out["metrics"]["recommended"]
     if rec:
         print(f"recommended: step_size={rec['step_size']:g}, nbeta={rec['nbeta']:.4g} "
               f"(LLC {rec['llc']:.4g}, MALA {rec['mala_acceptance']:.2f}) -> {run.path}")
@@ -261,121 +171,16 @@ def _run_calibrate(args) -> int:
 
 
 def _run_stages(args) -> int:
-    import numpy as np
+    from ..studies.llc import STAGE_FIGURES, run_stages
+    from ..viz.llc_figures import plot_stages
 
-    from ..errors import UserError
-    from ..measure.llc import critical_points, estimate_llc
-    from ..models.lm import lm_loss
-    from ..models.organism import list_checkpoints, load_organism
-    from ..results import RunDir
-
-    _check_sampler_args(args)
-    org = load_organism(args.organism)
-    cks = list_checkpoints(args.organism)
-    if not cks:
-        raise UserError(f"no pretraining checkpoints in {Path(args.organism) / 'checkpoints'}")
-    if args.max_checkpoints is not None:
-        if args.max_checkpoints < 1:
-            raise UserError("--max-checkpoints must be >= 1")
-        if len(cks) > args.max_checkpoints:
-            keep = np.unique(np.linspace(0, len(cks) - 1, args.max_checkpoints).round().astype(int))
-            cks = [cks[i] for i in keep]
-    ids = org.mixture_input_ids(args.n_docs, args.seed)
-    n = args.n or len(ids)
-    kw = _llc_kwargs(args, n)
-    kw["progress"] = False
-    run = RunDir(args.out, "llc_stages", _config(args))
-    run.write_config()
-    from transformers import AutoModelForCausalLM
-
-    cfg = org.model.config
-    n_layers, n_heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
-    comps = [("full", None)]
-    if not args.no_layers:
-        comps += [(f"layer:{i}", f"layer:{i}") for i in range(n_layers)]
-    if not args.no_heads:
-        comps += [(f"layer:{i}/head:{h}", f"layer:{i}/head:{h}") for i in range(n_layers) for h in range(n_heads)]
-    curves = {name: [] for name, _ in comps}
-    stds = {name: [] for name, _ in comps}
-    diags = []
-    it = cks
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        it = tqdm(cks, desc="checkpoints")
-    for step, folder in it:
-        model = AutoModelForCausalLM.from_pretrained(folder).eval()
-        for name, restrict in comps:
-            res = estimate_llc(model, lm_loss, ids, restrict=restrict, **kw)
-            curves[name].append(res.mean)
-            stds[name].append(res.std)
-            if name == "full":
-                d = res.diagnostics
-                diags.append({"step": step, "mala_acceptance": d["mala_acceptance"], "rhat": d["rhat"],
-                              "path": d["path"], "frac_negative_draws": d["frac_negative_draws"],
-                              "init_loss": d["init_loss"], "warnings": d["warnings"]})
-    steps = [s for s, _ in cks]
-    cp = critical_points(steps, curves["full"], sigma=args.smooth)
-    figs = _plot_stages(run, steps, curves, stds, cp, n_layers, n_heads)
-    run.write_metrics({
-        "steps": steps, "llc": curves["full"], "llc_std": stds["full"], "smoothed": cp["smoothed"],
-        "stage_boundaries": cp["boundaries"], "boundary_kinds": cp["kinds"],
-        "per_layer": {k: v for k, v in curves.items() if k.startswith("layer:") and "/head:" not in k},
-        "per_head": {k: v for k, v in curves.items() if "/head:" in k},
-        "per_layer_boundaries": {k: critical_points(steps, v, sigma=args.smooth)["boundaries"]
-                                 for k, v in curves.items() if k != "full" and "/head:" not in k},
-        "diagnostics": diags, "figures": figs, "loss": "lm_cross_entropy",
-    })
-    print(f"LLC over {len(steps)} checkpoints; stage boundaries at steps {cp['boundaries']} -> {run.path}")
+    _apply_threads(args)
+    config = _sampler_config(args)
+    out = run_stages(args.organism, args.out, config=config, n_docs=args.n_docs, n=args.n,
+                     max_checkpoints=args.max_checkpoints, smooth=args.smooth, layers=not args.no_layers,
+                     heads=not args.no_heads, run_config=_config(args))
+    run, m = out["run"], out["metrics"]
+    plot_stages(m["steps"], out["curves"], out["stds"], out["critical"], out["n_layers"], out["n_heads"],
+                {k: run.figure_path(v) for k, v in STAGE_FIGURES.items()})
+    print(f"LLC over {len(m['steps'])} checkpoints; stage boundaries at steps {m['stage_boundaries']} -> {run.path}")
     return 0
-
-
-def _plot_stages(run, steps, curves, stds, cp, n_layers, n_heads) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from ..results import save_figure
-
-    figs = []
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    y, e = np.asarray(curves["full"]), np.asarray(stds["full"])
-    ax.errorbar(steps, y, yerr=e, fmt="o-", ms=3, lw=1, label="LLC (± std over chains)")
-    ax.plot(steps, cp["smoothed"], "k--", lw=1, label="smoothed")
-    for b, k in zip(cp["boundaries"], cp["kinds"]):
-        ax.axvline(b, color="tab:red" if k == "max" else "tab:green", lw=0.8, ls=":")
-    ax.set_xlabel("pretraining step")
-    ax.set_ylabel("λ̂")
-    ax.set_title("LLC over pretraining; dotted: stage boundaries", fontsize=9)
-    ax.legend(fontsize=7)
-    figs.append(save_figure(fig, run.figure_path("llc_stages.png")))
-    plt.close(fig)
-    layers = [k for k in curves if k.startswith("layer:") and "/head:" not in k]
-    if layers:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for k in layers:
-            ax.plot(steps, curves[k], "o-", ms=2, lw=1, label=k)
-        ax.set_xlabel("pretraining step")
-        ax.set_ylabel("wrLLC")
-        ax.set_title("per-layer weight-restricted LLC", fontsize=9)
-        ax.legend(fontsize=6, ncol=2)
-        figs.append(save_figure(fig, run.figure_path("llc_layers.png")))
-        plt.close(fig)
-    heads = [k for k in curves if "/head:" in k]
-    if heads:
-        fig, axes = plt.subplots(1, n_layers, figsize=(3 * n_layers, 3), squeeze=False)
-        for i in range(n_layers):
-            ax = axes[0, i]
-            for h in range(n_heads):
-                k = f"layer:{i}/head:{h}"
-                if k in curves:
-                    ax.plot(steps, curves[k], lw=1, label=f"head {h}")
-            ax.set_title(f"layer {i}", fontsize=8)
-            ax.tick_params(labelsize=6)
-        axes[0, 0].legend(fontsize=6)
-        fig.suptitle("per-head weight-restricted LLC", fontsize=9)
-        figs.append(save_figure(fig, run.figure_path("llc_heads.png")))
-        plt.close(fig)
-    return [str(Path(f).relative_to(run.path)) for f in figs]

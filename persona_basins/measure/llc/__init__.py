@@ -1,0 +1,34 @@
+"""The local learning coefficient (LLC) by localised SGLD, batched over chains.
+
+Modules by responsibility: :mod:`.config` (the frozen, self-validating :class:`SamplerConfig`),
+:mod:`.selection` (which parameters move), :mod:`.problem` (minibatch partition, the loss as a function of
+the moving parameters), :mod:`.sampler` (the SGLD kernel and :func:`estimate_llc`), :mod:`.diagnostics`
+(accumulators and convergence statistics), :mod:`.losses`, :mod:`.paths` (weight paths, checkpoints, stage
+boundaries), :mod:`.calibration`, :mod:`.analytic` (models with known learning coefficients).
+See ``docs/LLC.md``.
+"""
+
+from .calibration import calibrate
+from .config import SamplerConfig, default_nbeta
+from .diagnostics import ess, rhat
+from .losses import causal_lm_loss_fn, self_kl_loss_fn
+from .paths import critical_points, llc_along_path, llc_over_checkpoints
+from .sampler import LLCDivergenceError, LLCResult, estimate_llc
+from .selection import select_parameters
+
+__all__ = [
+    "LLCDivergenceError",
+    "LLCResult",
+    "SamplerConfig",
+    "calibrate",
+    "causal_lm_loss_fn",
+    "critical_points",
+    "default_nbeta",
+    "estimate_llc",
+    "ess",
+    "llc_along_path",
+    "llc_over_checkpoints",
+    "rhat",
+    "select_parameters",
+    "self_kl_loss_fn",
+]

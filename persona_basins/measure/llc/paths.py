@@ -1,0 +1,109 @@
+"""The LLC at many weights: along a weight path ``w0 + t * delta`` and over training checkpoints, and the
+critical points of an LLC curve (developmental stage boundaries). Weight edits go through
+:mod:`persona_basins.models.edits` (one home for ``w0 + t * delta`` and its exact restore)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import UserError
+from ...models.edits import edited
+from .losses import self_kl_loss_fn
+from .sampler import LLCResult, estimate_llc
+
+__all__ = ["llc_along_path", "llc_over_checkpoints", "critical_points"]
+
+
+def llc_over_checkpoints(checkpoints, loss_fn, data, *, n: int, load: Callable | None = None,
+                         progress: bool = False, **llc_kwargs) -> list[tuple[Any, LLCResult]]:
+    """LLC at each checkpoint of a training trajectory.
+
+    ``checkpoints``: models, folders (loaded with ``load`` or ``AutoModelForCausalLM.from_pretrained``) or
+    ``(step, model_or_folder)`` pairs. ``llc_kwargs`` go to :func:`estimate_llc` (``config=``, ``restrict=``,
+    sampler keywords). Returns ``[(step, LLCResult)]`` (step = position if not given).
+    """
+    items = list(checkpoints)
+    if not items:
+        raise UserError("no checkpoints given")
+    if load is None:
+        def load(p):
+            from transformers import AutoModelForCausalLM
+
+            return AutoModelForCausalLM.from_pretrained(str(p)).eval()
+    out = []
+    it = items
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        it = tqdm(items, desc="checkpoints", leave=False)
+    for i, item in enumerate(it):
+        step, ck = item if isinstance(item, tuple) else (i, item)
+        model = load(ck) if isinstance(ck, str | Path) else ck
+        out.append((step, estimate_llc(model, loss_fn, data, n=n, **llc_kwargs)))
+    return out
+
+
+def llc_along_path(model, delta: dict, ts, loss_fn: Callable | None = None, *, loss_fn_factory=None, data=None,
+                   n: int, origin: dict | None = None, attention_mask=None, pad_token_id=None,
+                   **llc_kwargs) -> list[dict]:
+    """LLC at ``w0 + t * delta`` for each ``t`` in ``ts``.
+
+    ``w0`` is the model's current weights (or ``origin`` for the named tensors); ``delta`` maps parameter
+    names to tensors (for a LoRA adapter scaled by ``t``: :func:`persona_basins.models.edits.lora_b_path`).
+    The loss at each point is, in order of precedence: ``loss_fn_factory(model_at_point)`` (returning
+    ``loss_fn`` or ``(loss_fn, data)``); ``loss_fn`` (a fixed loss: NOT minimised at the point, so SGLD drifts
+    downhill and the estimate is meaningless unless the point is a minimum); by default the self-KL loss
+    (:func:`self_kl_loss_fn`) on ``data`` = input_ids, which is minimised (=0) at every point. The model's
+    weights are restored exactly afterwards. ``llc_kwargs`` go to :func:`estimate_llc`.
+    Returns ``[{"t", "llc", "llc_std", "loss", "result"}]``.
+    """
+    out = []
+    for t in ts:
+        with edited(model, delta, float(t), origin=origin):
+            if loss_fn_factory is not None:
+                made = loss_fn_factory(model)
+                lf, dat = made if isinstance(made, tuple) else (made, data)
+                which = getattr(lf, "llc_loss_name", "factory")
+            elif loss_fn is not None:
+                lf, dat, which = loss_fn, data, "task (fixed loss; the point need not be a minimum)"
+            else:
+                if data is None:
+                    raise UserError("llc_along_path needs data (input_ids for the default self-KL loss)")
+                lf, dat = self_kl_loss_fn(model, data, attention_mask=attention_mask, pad_token_id=pad_token_id)
+                which = "self_kl"
+            res = estimate_llc(model, lf, dat, n=n, **llc_kwargs)
+        res.diagnostics["path_t"] = float(t)
+        res.diagnostics["loss"] = which
+        out.append({"t": float(t), "llc": res.mean, "llc_std": res.std, "loss": which, "result": res})
+    return out
+
+
+def critical_points(xs, ys, sigma: float = 1.0) -> dict:
+    """Critical points of the Gaussian-smoothed curve ``ys(xs)`` (smoothing over checkpoint index).
+
+    Returns ``{"smoothed", "slope", "boundaries": [x at each sign change of the slope], "kinds": ["max"|"min"]}``:
+    the stage boundaries of developmental interpretability (Hoogland et al. 2024) are where the LLC stops
+    rising or falling.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    xs = np.asarray(xs, dtype=np.float64)
+    ys = np.asarray(ys, dtype=np.float64)
+    if len(xs) != len(ys) or len(xs) == 0:
+        raise ValueError("xs and ys must be non-empty and of equal length")
+    sm = gaussian_filter1d(ys, sigma, mode="nearest") if sigma > 0 and len(ys) > 2 else ys.copy()
+    slope = np.gradient(sm) if len(sm) > 1 else np.zeros_like(sm)
+    bounds, kinds = [], []
+    for i in range(1, len(slope)):
+        a, b = slope[i - 1], slope[i]
+        if a > 0 >= b or a < 0 <= b:
+            j = i if abs(b) <= abs(a) else i - 1
+            if 0 < j < len(xs) - 1 and (not bounds or bounds[-1] != xs[j]):
+                bounds.append(float(xs[j]))
+                kinds.append("max" if a > 0 else "min")
+    return {"smoothed": sm.tolist(), "slope": slope.tolist(), "boundaries": bounds, "kinds": kinds}

@@ -1,0 +1,344 @@
+"""The LLC estimator: localised SGLD batched over chains (the kernel) and :func:`estimate_llc` around it.
+
+    lambda_hat = n_beta * (E_w[L(w)] - L(w*)),   w ~ exp(-n_beta L_n(w) - (gamma / 2) ||w - w*||^2)
+
+The posterior is sampled by SGLD (optionally RMSProp-preconditioned); every chain starts at ``w*``. The
+draw's loss is the minibatch loss of the SGLD step's own forward pass (no extra evaluation pass).
+
+Variance reduction (unbiased): each draw's contribution is ``n_beta * (L_B(w_t) - L_B(w*))`` - the same
+minibatch ``B`` evaluated at the draw and at ``w*``. Batches come from one fixed, seeded partition of the data
+into equal-size batches, drawn uniformly at random each step, so ``E_B[L_B(w*)] = L_n(w*)`` exactly and the
+paired difference has the same expectation as ``L_B(w_t) - L_n(w*)`` while the shared minibatch noise cancels.
+``L_B(w*)`` is computed once per distinct batch that the pre-drawn schedule uses (a forward pass without
+gradients, cached), never once per step.
+
+Execution: all chains are one ``[chains, params]`` tensor; the model is called functionally with the moving
+parameters swapped in. ``execution="vmap"`` evaluates all chains' losses in one ``torch.func.vmap``-batched
+forward and gets every chain's gradient from one backward of their sum; ``"loop"`` runs the model's own
+forward/backward once per chain; ``"auto"`` times both on the first call for a model class (and size) and
+caches the faster. Both consume the same pre-drawn batch schedule and noise, so they give the same numbers up
+to floating-point rounding. See ``docs/LLC.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...errors import UserError
+from .config import SamplerConfig, config_from_kwargs
+from .diagnostics import DrawTrace, MalaAcceptance, ess, rhat
+from .problem import BatchPartition, FunctionalLoss
+from .selection import select_parameters
+
+__all__ = ["LLCResult", "LLCDivergenceError", "estimate_llc"]
+
+
+class LLCDivergenceError(UserError):
+    """SGLD diverged (NaN/inf or loss explosion); the message names a step size to try."""
+
+
+@dataclass
+class LLCResult:
+    """``mean``/``std`` over chains, ``per_chain`` estimates, ``loss_trace`` (chains x draws) of the draws'
+    minibatch losses, ``llc_trace`` (chains x draws) of ``n_beta * (L_B(w_t) - L_B(w*))`` and diagnostics."""
+
+    mean: float
+    std: float
+    per_chain: list[float]
+    loss_trace: np.ndarray
+    diagnostics: dict
+    llc_trace: np.ndarray = field(default=None, repr=False)
+
+    def to_dict(self, traces: bool = True) -> dict:
+        out = {"llc": self.mean, "llc_std": self.std, "per_chain": list(self.per_chain),
+               "diagnostics": self.diagnostics}
+        if traces:
+            out["loss_trace"] = np.asarray(self.loss_trace).tolist()
+            out["llc_trace"] = None if self.llc_trace is None else np.asarray(self.llc_trace).tolist()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gradients of all chains: vmap or loop
+
+_EXECUTION_CACHE: dict[tuple, tuple[str, str]] = {}
+# vmap's fallback notice for ops without a batching rule (e.g. CPU flash attention): the execution choice
+# already measured the cost, so the notice is noise.
+warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+
+
+def _make_steppers(prob: FunctionalLoss, data: BatchPartition, C: int, shared_batches: bool):
+    import torch
+    from torch.func import vmap
+
+    shared = data.n_batches == 1 or shared_batches
+    # vmap only the forward; one ordinary backward of sum_c loss_c gives every chain's gradient (the chains
+    # do not interact), which is cheaper than vmap(grad(...)) and numerically identical.
+    vfwd = vmap(prob.loss, in_dims=(0, None if shared else 0), randomness="different")
+    bufs = {}
+
+    def vmap_step(theta, bidx):
+        batch = data.batch(int(bidx[0])) if shared else data.stacked(bidx)
+        leaves = prob.leaves(theta)
+        losses = vfwd(leaves, batch)
+        gs = torch.autograd.grad(losses.sum(), leaves)
+        grads = bufs.get("g")
+        if grads is None or grads.shape != theta.shape:
+            grads = bufs["g"] = torch.empty_like(theta)
+        prob.write_grads(gs, grads)
+        return grads, losses.detach()
+
+    def loop_step(theta, bidx):
+        grads = bufs.get("g")
+        if grads is None or grads.shape != theta.shape:
+            grads = bufs["g"] = torch.empty_like(theta)
+        losses = torch.empty(theta.shape[0], dtype=theta.dtype, device=theta.device)
+        for c, b in enumerate(bidx.tolist()):
+            leaves = prob.leaves(theta[c])
+            loss = prob.loss(leaves, data.batch(b))
+            gs = torch.autograd.grad(loss, leaves)
+            prob.write_grads(gs, grads[c])
+            losses[c] = loss.detach()
+        return grads, losses
+
+    return {"vmap": vmap_step, "loop": loop_step}
+
+
+def _choose_execution(execution: str, steppers, prob, C, data, model) -> tuple[str, str]:
+    import torch
+
+    if execution in ("vmap", "loop"):
+        return execution, "forced"
+    key = (type(model).__module__ + "." + type(model).__qualname__, prob.D, C, data.bs, data.n_batches == 1,
+           str(prob.theta0.device))
+    if key in _EXECUTION_CACHE:
+        p, why = _EXECUTION_CACHE[key]
+        return p, f"cached ({why})"
+    theta = prob.theta0.unsqueeze(0).repeat(C, 1)
+    bidx = torch.zeros(C, dtype=torch.long)
+    times = {}
+    for name in ("vmap", "loop"):
+        try:
+            with warnings.catch_warnings():  # e.g. "no batching rule for sdpa": the timing decides anyway
+                warnings.simplefilter("ignore")
+                steppers[name](theta, bidx)  # warm-up
+                t0, k = time.perf_counter(), 0
+                while k < 3 or (time.perf_counter() - t0 < 0.05 and k < 50):
+                    steppers[name](theta, bidx)
+                    k += 1
+            times[name] = (time.perf_counter() - t0) / k
+        except Exception as e:  # noqa: BLE001 - vmap is unsupported by many models; the loop always works
+            if name == "loop":
+                raise
+            times[name] = None
+            vmap_err = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    if times["vmap"] is None:
+        choice = ("loop", f"measured: vmap unsupported ({vmap_err}); loop {times['loop'] * 1e3:.3g} ms/step")
+    else:
+        best = "vmap" if times["vmap"] <= times["loop"] else "loop"
+        choice = (best, f"measured: vmap {times['vmap'] * 1e3:.3g} ms/step, loop {times['loop'] * 1e3:.3g} ms/step")
+    _EXECUTION_CACHE[key] = choice
+    return choice
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The SGLD kernel
+
+
+def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbeta: float, gen, thresh: float,
+                init_loss: float, progress: bool):
+    """Run ``sched.shape[1]`` chains from ``w*`` for ``sched.shape[0]`` steps. Returns the accumulators."""
+    import torch
+
+    T, C = sched.shape
+    eps, gamma = cfg.step_size, cfg.localization
+    theta0 = prob.theta0
+    theta = theta0.unsqueeze(0).repeat(C, 1)
+    dtype, device = theta.dtype, theta.device
+    # Preallocated [C, D] buffers: large per-step temporaries would each cost an allocation and page faults.
+    other = torch.empty_like(theta)  # the previous state (for MALA), overwritten by the next state
+    diff, drift, noise = torch.empty_like(theta), torch.empty_like(theta), torch.empty_like(theta)
+    V = torch.zeros_like(theta) if cfg.precondition else None
+    P = torch.empty_like(theta) if cfg.precondition else None
+    Psq = torch.empty_like(theta) if cfg.precondition else None
+    losses_tr = DrawTrace(T, C, dtype=dtype, device=device)
+    diffs_tr = DrawTrace(T, C, dtype=dtype, device=device)
+    # MALA acceptance on every k-th transition: a diagnostic, so a subsample suffices for large models
+    k_mala = cfg.mala_every or (1 if C * prob.D <= 1_000_000 else 10)
+    mala = (MalaAcceptance(T, C, every=k_mala, step_size=eps, nbeta=nbeta, localization=gamma, dtype=dtype,
+                           device=device) if cfg.mala else None)
+    sqrt_eps = math.sqrt(eps)
+    alpha = cfg.rmsprop_alpha
+    it = range(T)
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="SGLD", leave=False)
+    check_every = 10
+    for t in it:
+        bidx = sched[t]
+        grads, losses = step(theta, bidx)
+        losses_tr.update(t, losses)
+        d = losses - star[bidx]
+        diffs_tr.update(t, d)
+        torch.sub(theta, theta0, out=diff)
+        torch.mul(grads, nbeta, out=drift).add_(diff, alpha=gamma)  # grad of U = nb L + gamma/2 |w - w*|^2
+        if V is not None:
+            V.mul_(alpha).addcmul_(grads, grads, value=1 - alpha)
+            torch.div(V, 1 - alpha ** (t + 1), out=P).sqrt_().add_(cfg.rmsprop_eps).reciprocal_()
+        if mala is not None:
+            mala.before_noise(t, theta=theta, previous=other, drift=drift, diff=diff, dloss=d, precond=P)
+        torch.randn(theta.shape, generator=gen, dtype=dtype, out=noise)
+        if mala is not None:
+            mala.after_noise(t, noise)
+        new = other
+        if P is None:
+            torch.add(theta, drift, alpha=-0.5 * eps, out=new).add_(noise, alpha=sqrt_eps)
+        else:
+            torch.addcmul(theta, P, drift, value=-0.5 * eps, out=new)
+            new.addcmul_(torch.sqrt(P, out=Psq), noise, value=sqrt_eps)
+        other, theta = theta, new
+        if (t + 1) % check_every == 0 or t == T - 1:
+            lo = (t // check_every) * check_every
+            w = diffs_tr.values[lo : t + 1]
+            bad = ~torch.isfinite(w) | (w > thresh)
+            if bad.any():
+                tt, cc = (int(v) for v in bad.nonzero()[0])
+                val = float(w[tt, cc])
+                what = "the loss became NaN/inf" if not math.isfinite(val) else (
+                    f"the loss rose {val:.3g} above L(w*)={init_loss:.4g}")
+                raise LLCDivergenceError(
+                    f"SGLD diverged at step {lo + tt} (chain {cc}): {what} with step_size={eps:g}; "
+                    f"try step_size={eps / 10:g} (or a larger localization)"
+                )
+    return losses_tr, diffs_tr, mala, k_mala
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The estimator
+
+
+def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfig | None = None, restrict=None,
+                 progress: bool = False, **sampler_kwargs) -> LLCResult:
+    """Estimate the (weight-restricted) local learning coefficient of ``model`` at its current weights ``w*``.
+
+    ``loss_fn(model, batch)`` returns the scalar mean loss of a batch; ``data`` is a tensor (batch = rows),
+    a tuple of tensors (batch = tuple of rows) or a dataset with ``input_ids`` (batch = the ids tensor).
+    ``n`` is the dataset size in the posterior. ``config`` holds the sampler settings (:class:`SamplerConfig`);
+    sampler settings may also be given as keyword arguments (``step_size=...``, ``num_chains=...``; the old
+    ``path=`` is ``execution=``), which override ``config``. ``restrict`` picks the parameters that move (see
+    :func:`select_parameters`); the rest stay frozen. The model's weights are never modified. Raises
+    :class:`LLCDivergenceError` on NaN/inf or loss explosion.
+    """
+    import torch
+
+    cfg = config_from_kwargs(config, sampler_kwargs)
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
+        raise UserError(f"n (the dataset size in the posterior) must be an integer >= 2, got {n!r}")
+    nb = cfg.resolved_nbeta(n)
+    C, B = cfg.num_chains, cfg.num_burnin
+    T = B + cfg.num_draws
+    t_start = time.perf_counter()
+
+    selection, desc = select_parameters(model, restrict)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dat = BatchPartition(data, cfg.batch_size, gen)
+
+    grad_flags = {n_: p.requires_grad for n_, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        prob = FunctionalLoss(model, loss_fn, selection)
+        # The pre-drawn batch schedule: identical for both executions.
+        if dat.n_batches == 1:
+            sched = torch.zeros(T, C, dtype=torch.long)
+        elif cfg.shared_batches:  # every chain sees the same batch at a step (as devinterp does): fewer L_B(w*)
+            sched = torch.randint(dat.n_batches, (T, 1), generator=gen).repeat(1, C)
+        else:
+            sched = torch.randint(dat.n_batches, (T, C), generator=gen)
+        used = torch.unique(sched)
+        star = torch.full((dat.n_batches,), float("nan"), dtype=torch.float64)
+        with torch.no_grad():
+            for b in used.tolist():
+                val = loss_fn(model, dat.batch(b))
+                if not isinstance(val, torch.Tensor) or val.numel() != 1:
+                    shape = tuple(val.shape) if isinstance(val, torch.Tensor) else type(val).__name__
+                    raise ValueError(f"loss_fn must return a scalar mean loss, got {shape}")
+                star[b] = float(val)
+        if not torch.isfinite(star[used]).all():
+            raise UserError("the loss at w* is NaN/inf: check the model, data and loss_fn")
+        init_loss = float(star[used].mean())
+        star_f = star.to(prob.theta0.dtype)
+        thresh = cfg.explode_threshold if cfg.explode_threshold is not None else max(20.0, 10.0 * abs(init_loss))
+
+        steppers = _make_steppers(prob, dat, C, cfg.shared_batches)
+        chosen, why = _choose_execution(cfg.execution, steppers, prob, C, dat, model)
+        t_loop = time.perf_counter()
+        losses_tr, diffs_tr, mala, k_mala = _run_chains(steppers[chosen], prob, sched, star_f, cfg, nb, gen,
+                                                        thresh, init_loss, progress)
+        loop_s = time.perf_counter() - t_loop
+    finally:
+        for n_, p in model.named_parameters():
+            p.requires_grad_(grad_flags.get(n_, True))
+
+    loss_trace = losses_tr.draws(B)
+    llc_trace = diffs_tr.draws(B, scale=nb)
+    per_chain = llc_trace.mean(1)
+    mean = float(per_chain.mean())
+    std = float(per_chain.std(ddof=1)) if C > 1 else 0.0
+    mala_mean, mala_per_chain = mala.results(B) if mala is not None else (float("nan"), [])
+    r_hat, n_eff = rhat(llc_trace), ess(llc_trace)
+    frac_neg = float((llc_trace < 0).mean())
+    warn = []
+    if mean < 0:
+        warn.append("negative LLC: w* is not a local minimum of this loss (or the step size is too large); "
+                    "for points on a path use self_kl_loss_fn")
+    if math.isfinite(r_hat) and r_hat > 1.1:
+        warn.append(f"R-hat {r_hat:.2f} > 1.1: chains disagree; use more draws/burn-in or a larger step size")
+    if math.isfinite(mala_mean) and mala_mean < 0.5:
+        warn.append(f"MALA acceptance {mala_mean:.2f} < 0.5: the step size is probably too large")
+    total_s = time.perf_counter() - t_start
+    diagnostics = {
+        "path": chosen,
+        "path_reason": why,
+        "restrict": desc,
+        "num_params_moving": prob.D,
+        "num_params_total": int(sum(p.numel() for p in model.parameters())),
+        "n": int(n),
+        "nbeta": nb,
+        "step_size": cfg.step_size,
+        "localization": cfg.localization,
+        "num_chains": C,
+        "num_draws": cfg.num_draws,
+        "num_burnin": B,
+        "batch_size": dat.bs,
+        "num_batches": dat.n_batches,
+        "seed": cfg.seed,
+        "precondition": cfg.precondition,
+        "init_loss": init_loss,
+        "loss": getattr(loss_fn, "llc_loss_name", getattr(loss_fn, "__name__", type(loss_fn).__name__)),
+        "variance_reduction": "paired minibatch: n_beta * (L_B(w_t) - L_B(w*)), same batch B, cached L_B(w*)",
+        "mala_acceptance": mala_mean,
+        "mala_every": k_mala if cfg.mala else None,
+        "shared_batches": cfg.shared_batches,
+        "mala_acceptance_per_chain": mala_per_chain,
+        "rhat": r_hat,
+        "ess": n_eff,
+        "frac_negative_draws": frac_neg,
+        "llc_per_draw_mean_trace_first_last_quarter": [
+            float(llc_trace[:, : max(1, llc_trace.shape[1] // 4)].mean()),
+            float(llc_trace[:, -max(1, llc_trace.shape[1] // 4):].mean()),
+        ],
+        "seconds": total_s,
+        "sampling_seconds": loop_s,
+        "draws_per_s": C * T / loop_s if loop_s > 0 else float("nan"),
+        "warnings": warn,
+    }
+    return LLCResult(mean, std, per_chain.tolist(), loss_trace, diagnostics, llc_trace)

@@ -1,0 +1,215 @@
+"""LLC studies: one estimate, a calibration grid, and developmental stages over pretraining checkpoints, each
+written to a run folder. Figures are drawn by ``persona_basins.viz.llc_figures`` from what these return (the
+``figures`` names in metrics.json are where the command draws them).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..measure.llc import SamplerConfig, calibrate, critical_points, estimate_llc
+from ..results import RunDir
+
+
+@dataclass
+class LLCTarget:
+    """What an LLC is measured on: the model (at ``w*``), its loss, the data (input ids) and what moves."""
+
+    model: Any
+    loss_fn: Any
+    input_ids: Any
+    restrict: Any
+    source: str
+
+
+def _read_text_ids(path: str | Path, tokenizer, n_docs: int, seq_len: int):
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--data file not found: {p}")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    if not lines:
+        raise UserError(f"--data {p} has no non-empty lines")
+    lines = lines[:n_docs]
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    rows = [tokenizer(t, add_special_tokens=True)["input_ids"][:seq_len] for t in lines]
+    rows = [r for r in rows if len(r) >= 2]
+    if not rows:
+        raise UserError(f"--data {p}: every line tokenises to fewer than 2 tokens")
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    return ids, pad
+
+
+def load_target(model_dir: str | Path, *, adapter: str | Path | None = None, restrict=None,
+                data_file: str | Path | None = None, n_docs: int = 256, seq_len: int = 64, seed: int = 0,
+                device: str | None = None) -> LLCTarget:
+    """An organism folder (data: documents of its pretraining mixture, unless ``data_file``) or any Hugging
+    Face causal LM folder (``data_file`` required: one document per line), optionally with a PEFT adapter
+    (then only the adapter moves unless ``restrict`` says otherwise)."""
+    from ..measure.llc import causal_lm_loss_fn
+    from ..models.organism import is_organism
+
+    if n_docs < 1 or seq_len < 2:
+        raise UserError(f"n_docs must be >= 1 and seq_len >= 2, got {n_docs}, {seq_len}")
+    path = Path(model_dir)
+    if is_organism(path):
+        from ..models.lm import lm_loss
+        from ..models.organism import load_organism
+
+        org = load_organism(path)
+        model, loss_fn = org.model, lm_loss
+        if data_file:
+            ids, pad = _read_text_ids(data_file, org.tokenizer, n_docs, seq_len)
+            loss_fn = causal_lm_loss_fn(pad)
+            source = f"text file {data_file}"
+        else:
+            ids = org.mixture_input_ids(n_docs, seed)
+            source = "organism mixture"
+    else:
+        if not path.is_dir():
+            raise UserError(f"--model folder not found: {path}")
+        if not data_file:
+            raise UserError("--data FILE.txt is required when --model is not an organism folder")
+        from ..models.hf import load_causal_lm
+
+        model, tok = load_causal_lm(path, device="cpu", dtype="fp32")
+        ids, pad = _read_text_ids(data_file, tok, n_docs, seq_len)
+        loss_fn = causal_lm_loss_fn(pad)
+        source = f"text file {data_file}"
+    if adapter:
+        from ..models.edits import load_adapter
+
+        model = load_adapter(model, adapter).eval()
+        restrict = restrict or "adapter"
+    if device is not None:
+        from ..models.hf import resolve_device
+
+        model = model.to(resolve_device(device))
+    return LLCTarget(model, loss_fn, ids, restrict, source)
+
+
+def _summary(res) -> dict:
+    from ..stats import ci95
+
+    return {"llc": {**ci95(res.per_chain), "std": res.std, "over": "chains"}, "per_chain": res.per_chain,
+            "diagnostics": res.diagnostics}
+
+
+TRACE_FIGURE = "llc_trace.png"
+CALIBRATION_FIGURE = "calibration_traces.png"
+STAGE_FIGURES = {"stages": "llc_stages.png", "layers": "llc_layers.png", "heads": "llc_heads.png"}
+
+
+def run_estimate(target: LLCTarget, out: str | Path, *, config: SamplerConfig, n: int | None = None,
+                 run_config: dict | None = None, progress: bool = False) -> dict:
+    """One LLC estimate written to ``out`` (config.json, metrics.json). Returns ``{"result", "run",
+    "metrics"}``; the trace figure goes to ``run.figure_path(TRACE_FIGURE)``."""
+    n = n or len(target.input_ids)
+    run = RunDir(out, "llc", {**(run_config or {}), "sampler": config.to_dict(), "data_source": target.source,
+                              "restrict_used": target.restrict})
+    run.write_config()
+    res = estimate_llc(target.model, target.loss_fn, target.input_ids, n=n, config=config,
+                       restrict=target.restrict, progress=progress)
+    metrics = {**_summary(res), "loss": res.diagnostics["loss"], "data_source": target.source,
+               "loss_trace": res.loss_trace, "llc_trace": res.llc_trace, "figures": [f"figures/{TRACE_FIGURE}"]}
+    run.write_metrics(metrics)
+    return {"result": res, "run": run, "metrics": metrics}
+
+
+def run_calibrate(target: LLCTarget, out: str | Path, *, config: SamplerConfig, step_sizes, nbetas=None,
+                  n: int | None = None, run_config: dict | None = None, progress: bool = False) -> dict:
+    """A step size x n_beta grid (:func:`~persona_basins.measure.llc.calibrate`) written to ``out``. Returns
+    ``{"metrics", "traces", "run"}``; the grid figure goes to ``run.figure_path(CALIBRATION_FIGURE)``."""
+    n = n or len(target.input_ids)
+    run = RunDir(out, "llc_calibrate", {**(run_config or {}), "sampler": config.to_dict(),
+                                        "data_source": target.source, "restrict_used": target.restrict})
+    run.write_config()
+    cal = calibrate(target.model, target.loss_fn, target.input_ids, n=n, step_sizes=step_sizes, nbetas=nbetas,
+                    config=config, restrict=target.restrict, progress=progress)
+    traces = cal.pop("traces")
+    metrics = {**cal, "figure": f"figures/{CALIBRATION_FIGURE}"}
+    run.write_metrics(metrics)
+    return {"metrics": metrics, "traces": traces, "run": run}
+
+
+def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConfig, n_docs: int = 256,
+               n: int | None = None, max_checkpoints: int | None = None, smooth: float = 1.0, layers: bool = True,
+               heads: bool = True, run_config: dict | None = None) -> dict:
+    """The LLC over an organism's pretraining checkpoints; stage boundaries at the critical points of the
+    Gaussian-smoothed curve; per-layer and per-head weight-restricted curves. Returns ``{"metrics", "run",
+    "curves", "stds", "critical", "n_layers", "n_heads"}`` (what :func:`viz.llc_figures.plot_stages` needs)."""
+    from ..models.hf import load_causal_lm
+    from ..models.lm import lm_loss
+    from ..models.organism import list_checkpoints, load_organism
+
+    org = load_organism(organism_dir)
+    cks = list_checkpoints(organism_dir)
+    if not cks:
+        raise UserError(f"no pretraining checkpoints in {Path(organism_dir) / 'checkpoints'}")
+    if max_checkpoints is not None:
+        if max_checkpoints < 1:
+            raise UserError("--max-checkpoints must be >= 1")
+        if len(cks) > max_checkpoints:
+            keep = np.unique(np.linspace(0, len(cks) - 1, max_checkpoints).round().astype(int))
+            cks = [cks[i] for i in keep]
+    ids = org.mixture_input_ids(n_docs, config.seed)
+    n = n or len(ids)
+    run = RunDir(out, "llc_stages", {**(run_config or {}), "sampler": config.to_dict()})
+    run.write_config()
+    cfg = org.model.config
+    n_layers, n_heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
+    comps = [("full", None)]
+    if layers:
+        comps += [(f"layer:{i}", f"layer:{i}") for i in range(n_layers)]
+    if heads:
+        comps += [(f"layer:{i}/head:{h}", f"layer:{i}/head:{h}") for i in range(n_layers) for h in range(n_heads)]
+    curves = {name: [] for name, _ in comps}
+    stds = {name: [] for name, _ in comps}
+    diags = []
+    it = cks
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        it = tqdm(cks, desc="checkpoints")
+    for step, folder in it:
+        model, _ = load_causal_lm(folder, device="cpu", dtype="fp32", tokenizer=False)
+        for name, restrict in comps:
+            res = estimate_llc(model, lm_loss, ids, n=n, config=config, restrict=restrict)
+            curves[name].append(res.mean)
+            stds[name].append(res.std)
+            if name == "full":
+                d = res.diagnostics
+                diags.append({"step": step, "mala_acceptance": d["mala_acceptance"], "rhat": d["rhat"],
+                              "path": d["path"], "frac_negative_draws": d["frac_negative_draws"],
+                              "init_loss": d["init_loss"], "warnings": d["warnings"]})
+    steps = [s for s, _ in cks]
+    cp = critical_points(steps, curves["full"], sigma=smooth)
+    figures = [f"figures/{STAGE_FIGURES['stages']}"]
+    if layers:
+        figures.append(f"figures/{STAGE_FIGURES['layers']}")
+    if heads:
+        figures.append(f"figures/{STAGE_FIGURES['heads']}")
+    metrics = {
+        "steps": steps, "llc": curves["full"], "llc_std": stds["full"], "smoothed": cp["smoothed"],
+        "stage_boundaries": cp["boundaries"], "boundary_kinds": cp["kinds"],
+        "per_layer": {k: v for k, v in curves.items() if k.startswith("layer:") and "/head:" not in k},
+        "per_head": {k: v for k, v in curves.items() if "/head:" in k},
+        "per_layer_boundaries": {k: critical_points(steps, v, sigma=smooth)["boundaries"]
+                                 for k, v in curves.items() if k != "full" and "/head:" not in k},
+        "diagnostics": diags, "figures": figures, "loss": "lm_cross_entropy",
+    }
+    run.write_metrics(metrics)
+    return {"metrics": metrics, "run": run, "curves": curves, "stds": stds, "critical": cp, "n_layers": n_layers,
+            "n_heads": n_heads}

@@ -1,0 +1,92 @@
+"""LLC figures (matplotlib, PNG, written atomically): SGLD traces, the calibration grid, stage curves, paths
+and trajectories. Each function takes measured values and a path and returns the path written."""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+@contextmanager
+def _figure(path, *args, **kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..results import save_figure
+
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_traces(traces: dict, path, title: str = "") -> Path:
+    """``traces``: ``{(nbeta, step_size) or label: chains x draws array}`` -> one subplot each."""
+    keys = list(traces)
+    cols = min(4, max(1, len(keys)))
+    rows = max(1, math.ceil(len(keys) / cols))
+    with _figure(path, rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False) as (fig, axes):
+        for ax in axes.flat[len(keys):]:
+            ax.axis("off")
+        for ax, k in zip(axes.flat, keys):
+            tr = np.asarray(traces[k])
+            for c in range(tr.shape[0]):
+                ax.plot(tr[c], lw=0.7)
+            ax.axhline(tr.mean(), color="k", lw=0.8, ls="--")
+            label = f"nβ={k[0]:.3g}, ε={k[1]:.1e}" if isinstance(k, tuple) else str(k)
+            ax.set_title(f"{label}\nλ̂={tr.mean():.3g}", fontsize=8)
+            ax.set_xlabel("draw", fontsize=7)
+            ax.tick_params(labelsize=7)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return Path(path)
+
+
+def plot_stages(steps, curves: dict, stds: dict, cp: dict, n_layers: int, n_heads: int, paths: dict) -> list[Path]:
+    """The LLC over pretraining with stage boundaries (``paths["stages"]``), per-layer (``paths["layers"]``)
+    and per-head (``paths["heads"]``) weight-restricted curves, where present. Returns the paths written."""
+    out = []
+    with _figure(paths["stages"], figsize=(6, 3.5)) as (_fig, ax):
+        y, e = np.asarray(curves["full"], dtype=float), np.asarray(stds["full"], dtype=float)
+        ax.errorbar(steps, y, yerr=e, fmt="o-", ms=3, lw=1, label="LLC (± std over chains)")
+        ax.plot(steps, cp["smoothed"], "k--", lw=1, label="smoothed")
+        for b, k in zip(cp["boundaries"], cp["kinds"]):
+            ax.axvline(b, color="tab:red" if k == "max" else "tab:green", lw=0.8, ls=":")
+        ax.set_xlabel("pretraining step")
+        ax.set_ylabel("λ̂")
+        ax.set_title("LLC over pretraining; dotted: stage boundaries", fontsize=9)
+        ax.legend(fontsize=7)
+    out.append(Path(paths["stages"]))
+    layers = [k for k in curves if k.startswith("layer:") and "/head:" not in k]
+    if layers:
+        with _figure(paths["layers"], figsize=(6, 3.5)) as (_fig, ax):
+            for k in layers:
+                ax.plot(steps, curves[k], "o-", ms=2, lw=1, label=k)
+            ax.set_xlabel("pretraining step")
+            ax.set_ylabel("wrLLC")
+            ax.set_title("per-layer weight-restricted LLC", fontsize=9)
+            ax.legend(fontsize=6, ncol=2)
+        out.append(Path(paths["layers"]))
+    heads = [k for k in curves if "/head:" in k]
+    if heads:
+        with _figure(paths["heads"], 1, n_layers, figsize=(3 * n_layers, 3), squeeze=False) as (fig, axes):
+            for i in range(n_layers):
+                ax = axes[0, i]
+                for h in range(n_heads):
+                    k = f"layer:{i}/head:{h}"
+                    if k in curves:
+                        ax.plot(steps, curves[k], lw=1, label=f"head {h}")
+                ax.set_title(f"layer {i}", fontsize=8)
+                ax.tick_params(labelsize=6)
+            axes[0, 0].legend(fontsize=6)
+            fig.suptitle("per-head weight-restricted LLC", fontsize=9)
+        out.append(Path(paths["heads"]))
+    return out

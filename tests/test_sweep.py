@@ -1,0 +1,298 @@
+"""persona-basins sweep: spec validation, content-addressed resumable units, local and Ray backends.
+
+The Ray tests start a real local Ray cluster on 127.0.0.1 (no mocks) and share it within this module.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from persona_basins.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SPEC = ROOT / "examples" / "sweeps" / "tiny.toml"
+
+
+def spec_text(organism, steps=150, extra_axes=""):
+    return f"""
+kind = "em"
+[settings]
+organism = "{organism}"
+steps = {steps}
+checkpoint_every = 0
+[axes]
+seed = [0, 1]
+condition = ["plain", "inoculated"]
+{extra_axes}
+"""
+
+
+def metrics_by_axes(run):
+    rec = json.loads((Path(run) / "sweep.json").read_text())
+    return {json.dumps(u["axes"], sort_keys=True): u["metrics"] for u in rec["units"] if u["status"] == "done"}
+
+
+def finished(run):
+    return {d.name: (d / "unit.json").stat() for d in (Path(run) / "units").glob("em-*") if (d / "unit.json").is_file()}
+
+
+@pytest.fixture(scope="module")
+def spec4(tiny_organism_dir, tmp_path_factory):
+    p = tmp_path_factory.mktemp("spec") / "four.toml"
+    p.write_text(spec_text(tiny_organism_dir))
+    return p
+
+
+@pytest.fixture(scope="module")
+def local_run(spec4, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "local"
+    assert main(["sweep", str(spec4), "--out", str(out), "--workers", "2"]) == 0
+    return out
+
+
+# ---------------------------------------------------------------- spec validation (no units run)
+
+
+BAD = [
+    ('kind = "basinz"\n[axes]\nseed = [0]', "kind: unknown unit kind 'basinz'"),
+    ('[axes]\nseed = [0]', "kind: missing"),
+    ('kind = "em"\n[axes]\nlayerz = [0, 1]', "axes.layerz: unknown axis"),
+    ('kind = "em"\n[axes]\nseed = []', "axes.seed: empty list"),
+    ('kind = "em"\npoints = []', "points: empty list"),
+    ('kind = "em"\n[axes]\nseed = ["a", "b"]', "axes.seed[0]: expected an integer, got 'a'"),
+    ('kind = "em"\n[axes]\nseed = 3', "axes.seed: expected a list of values"),
+    ('kind = "em"\n[settings]\nsteps = 1.5', "settings.steps: expected an integer"),
+    ('kind = "em"\n[settings]\nlr = "fast"', "settings.lr: expected a number"),
+    ('kind = "em"\n[settings]\ncondition = "bogus"', "settings.condition: 'bogus' is not one of"),
+    ('kind = "em"\n[settings]\nsteps = -3', "settings.steps: must be >= 0"),
+    ('kind = "em"\n[settings]\nwarp = 1', "settings.warp: unknown setting"),
+    ('kind = "em"\n[settings]\nseed = 0\n[axes]\nseed = [0, 1]', "axes.seed: also fixed in [settings]"),
+    ('kind = "em"\ngrid = 1', "grid: unknown key"),
+    ('kind = "em"\n[settings]\norganism_overrides = {pretrain_stepz = 3}',
+     "settings.organism_overrides.pretrain_stepz: unknown organism setting"),
+    ('kind = "em"\n[settings]\norganism_overrides = {pretrain_steps = "many"}',
+     "settings.organism_overrides.pretrain_steps: expected an integer"),
+    ('kind = "em"\n[settings]\norganism = "/nonexistent/org"', "settings.organism: not an organism folder"),
+    ('kind = "em"\nseed_axes = ["layer"]\n[axes]\nseed = [0]', "seed_axes: 'layer' is not an axis"),
+    ('kind = "em"\npoints = [{seed = 0}, {condition = "plain"}]', "points[1]: needs exactly the axes seed"),
+    ('kind = "em" [', "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("text,expected", BAD, ids=[b[1].split(":")[0] for b in BAD])
+def test_bad_spec_one_line_error_naming_the_key(text, expected, tmp_path, cli_error):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text)
+    line = cli_error(["sweep", str(spec), "--out", str(tmp_path / "run"), "--dry-run"])
+    assert expected in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_flags(tmp_path, cli_error, spec4):
+    assert "--workers must be >= 1" in cli_error(["sweep", str(spec4), "--out", str(tmp_path / "r"), "--workers", "0"])
+    assert "--out RUN is required" in cli_error(["sweep", str(spec4)])
+    assert "sweep spec not found" in cli_error(["sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "r")])
+    assert "--address is for --backend ray" in cli_error(["sweep", str(spec4), "--out", str(tmp_path / "r"),
+                                                          "--address", "127.0.0.1:1"])
+    assert "sweep run folder not found" in cli_error(["sweep", "plot", str(tmp_path / "nope"), "--x", "a", "--y", "b"])
+
+
+def test_tiny_example_plans_four_units_on_one_shared_organism(capsys):
+    from persona_basins.studies.sweep import load_spec, plan
+
+    p = plan(load_spec(TINY_SPEC))
+    assert len(p.grid) == 4
+    orgs = [u for u in p.units.values() if u.kind == "organism"]
+    assert len(orgs) == 1 and all(u.deps == [orgs[0].id] for u in p.grid)
+    assert list(p.units)[0] == orgs[0].id  # dependencies first
+    assert main(["sweep", str(TINY_SPEC), "--out", "/nonexistent/never-written", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 grid units + 1 shared dependencies; 0 of 5 already done" in out and "estimated time left" in out
+
+
+def test_unit_ids_content_addressed():
+    from persona_basins.studies.sweep import parse_spec, plan
+
+    base = 'kind = "em"\n[settings]\nsteps = 10\n[axes]\nseed = [0, 1]\n'
+    a = [u.id for u in plan(parse_spec(base)).grid]
+    assert a == [u.id for u in plan(parse_spec(base)).grid]  # stable
+    assert a[0] != a[1]
+    # a changed setting makes new units; the organism dependency follows its own settings
+    b = plan(parse_spec(base.replace("steps = 10", "steps = 11"))).grid
+    assert not set(a) & {u.id for u in b}
+    c = plan(parse_spec(base + "[settings.organism_overrides]\n")).grid  # an empty table is the default
+    assert [u.id for u in c] == a
+    d = plan(parse_spec(base.replace("steps = 10", "steps = 10\norganism_seed = 1"))).grid
+    assert d[0].deps != plan(parse_spec(base)).grid[0].deps and d[0].id != a[0]
+    # a listed subset of the product: the same unit as the product's point
+    pts = plan(parse_spec('kind = "em"\npoints = [{seed = 1}]\n[settings]\nsteps = 10\n')).grid
+    assert [u.id for u in pts] == [a[1]]
+
+
+# ---------------------------------------------------------------- local backend
+
+
+def test_local_sweep_results_and_resume(local_run, spec4, capsys):
+    rec = json.loads((local_run / "sweep.json").read_text())
+    assert [u["status"] for u in rec["units"]] == ["done"] * 4 and rec["dependencies"] == []
+    for u in rec["units"]:
+        assert 0 <= u["metrics"]["broad_misalignment"] <= 1
+        d = local_run / "units" / u["id"]
+        assert (d / "unit.json").is_file() and (d / "log.txt").is_file() and (d / "adapter").is_dir()
+    assert not list((local_run / "units").glob(".tmp-*"))
+    table = (local_run / "table.csv").read_text().splitlines()
+    assert table[0] == "condition,metric,n,n_planned,mean,ci_low,ci_high,per_seed"
+    row = next(r for r in table if r.startswith("plain,broad_misalignment,2,2,"))
+    per_seed = [float(v) for v in row.split(",")[-1].split(";")]
+    assert sorted(per_seed) == sorted(m["broad_misalignment"] for k, m in metrics_by_axes(local_run).items()
+                                      if '"plain"' in k)
+    assert list((local_run / "figures").glob("heatmap_*.png"))
+    m = json.loads((local_run / "metrics.json").read_text())
+    assert m["kind"] == "sweep" and m["units_done"] == 4 and m["table"]
+    # rerun: nothing re-run (same files), every unit reported as resumed
+    before = finished(local_run)
+    capsys.readouterr()
+    assert main(["sweep", str(spec4), "--out", str(local_run), "--workers", "1"]) == 0
+    assert "4 done (4 from an earlier run)" in capsys.readouterr().out
+    after = finished(local_run)
+    assert {k: (v.st_ino, v.st_mtime_ns) for k, v in before.items()} == \
+        {k: (v.st_ino, v.st_mtime_ns) for k, v in after.items()}
+
+
+def test_sequential_equals_pool(local_run, spec4, tmp_path):
+    out = tmp_path / "seq"
+    assert main(["sweep", str(spec4), "--out", str(out), "--workers", "1"]) == 0
+    assert metrics_by_axes(out) == metrics_by_axes(local_run)
+
+
+def test_plot_and_report_show_a_sweep(local_run, tmp_path, cli_error, capsys):
+    assert main(["sweep", "plot", str(local_run), "--x", "seed", "--y", "condition", "--metric", "wellformed"]) == 0
+    assert (local_run / "figures" / "heatmap_wellformed_condition_by_seed.png").stat().st_size > 1000
+    assert "--metric nope: no finished unit has it" in cli_error(
+        ["sweep", "plot", str(local_run), "--x", "seed", "--y", "condition", "--metric", "nope"])
+    assert "--x layer: not an axis" in cli_error(["sweep", "plot", str(local_run), "--x", "layer", "--y", "seed"])
+    html = tmp_path / "r.html"
+    assert main(["report", str(local_run), "--out", str(html)]) == 0
+    page = html.read_text()
+    assert '"kind": "sweep"' in page and "heatmap_wellformed_condition_by_seed.png" in page
+
+
+def test_failed_unit_recorded_others_finish(tiny_organism_dir, tmp_path, capsys, cli_error):
+    spec = tmp_path / "fail.toml"
+    spec.write_text(f'kind = "em"\n[settings]\norganism = "{tiny_organism_dir}"\nsteps = 5\ncheckpoint_every = 0\n'
+                    '[axes]\nlayer = [0, 99]\n')
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out), "--workers", "1"]) == 1
+    text = capsys.readouterr().out
+    assert "1 done" in text and "1 failed" in text
+    rec = json.loads((out / "sweep.json").read_text())
+    bad = next(u for u in rec["units"] if u["axes"]["layer"] == 99)
+    assert bad["status"] == "failed" and "\n" not in bad["error"] and "99" in bad["error"]
+    assert (out / "failed" / bad["id"] / "error.txt").is_file()
+    assert not (out / "units" / bad["id"]).exists()
+    line = cli_error(["sweep", str(spec), "--out", str(tmp_path / "ff"), "--workers", "1", "--fail-fast"])
+    assert "failed" in line and "--fail-fast" in line
+
+
+def test_organism_dependency_built_once(tmp_path):
+    from persona_basins.studies.sweep import load_spec, run_sweep
+
+    spec = tmp_path / "dep.toml"
+    spec.write_text('kind = "em"\n[settings]\npreset = "tiny"\nsteps = 5\ncheckpoint_every = 0\n'
+                    '[settings.organism_overrides]\npretrain_steps = 30\nsft_steps = 5\ncheckpoint_every = 0\n'
+                    '[axes]\nseed = [0, 1]\n')
+    rec = run_sweep(load_spec(spec), tmp_path / "run", workers=1, progress=False)
+    assert len(rec["dependencies"]) == 1 and rec["dependencies"][0]["status"] == "done"
+    org = rec["dependencies"][0]["id"]
+    assert len(list((tmp_path / "run" / "units").glob("organism-*"))) == 1
+    for u in rec["units"]:
+        cfg = json.loads((tmp_path / "run" / "units" / u["id"] / "unit.json").read_text())["config"]
+        assert cfg["organism"] == {"unit": org} and u["status"] == "done"
+
+
+# ---------------------------------------------------------------- Ray backend (a real local cluster)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100 * 1024**2,
+             log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def test_ray_equals_local(ray_cluster, local_run, spec4, tmp_path):
+    out = tmp_path / "ray"
+    assert main(["sweep", str(spec4), "--out", str(out), "--backend", "ray"]) == 0
+    rec = json.loads((out / "sweep.json").read_text())
+    assert rec["backend"]["name"] == "ray"
+    assert metrics_by_axes(out) == metrics_by_axes(local_run)
+
+
+def test_ray_worker_killed_unit_retried(ray_cluster, local_run, spec4, tmp_path):
+    from persona_basins.studies.sweep import load_spec, run_sweep
+
+    out = tmp_path / "ray-kill"
+    result = {}
+
+    def go():
+        try:
+            result["record"] = run_sweep(load_spec(spec4), out, backend="ray", progress=False)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+
+    t = threading.Thread(target=go)
+    t.start()
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and t.is_alive() and time.monotonic() < deadline:
+        for w in (out / "units").glob(".tmp-*/worker.json"):
+            try:
+                pid = json.loads(w.read_text())["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed = (w.parent.name, pid)
+                break
+            except (OSError, ValueError, KeyError):
+                continue
+        time.sleep(0.01)
+    t.join(120)
+    assert killed, "no unit was seen running"
+    assert "error" not in result, result.get("error")
+    assert all(u["status"] == "done" for u in result["record"]["units"])
+    assert metrics_by_axes(out) == metrics_by_axes(local_run)
+    assert not list((out / "units").glob(".tmp-*"))
+
+
+def test_ray_driver_killed_then_rerun_resumes(ray_cluster, local_run, spec4, tmp_path, capsys):
+    out = tmp_path / "ray-driver"
+    cmd = [sys.executable, "-m", "persona_basins.cli", "sweep", str(spec4), "--out", str(out), "--backend", "ray",
+           "--address", ray_cluster]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "units").is_dir() and len(finished(out)) >= 1:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"driver ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    before = {k: (v.st_ino, v.st_mtime_ns) for k, v in finished(out).items()}
+    assert 1 <= len(before) < 4
+    # only renamed, complete unit folders count; temp folders of the killed run do not
+    assert main(["sweep", str(spec4), "--out", str(out), "--backend", "ray"]) == 0
+    text = capsys.readouterr().out
+    assert f"({len(before)} from an earlier run)" in text, text
+    after = {k: (v.st_ino, v.st_mtime_ns) for k, v in finished(out).items()}
+    assert {k: after[k] for k in before} == before  # finished units were not re-run
+    assert len(after) == 4 and metrics_by_axes(out) == metrics_by_axes(local_run)
+    assert not list((out / "units").glob(".tmp-*"))

@@ -16,7 +16,7 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
 fi
 stamp=.venv/.persona-basins-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$VPY" -m pip install --quiet -e ".[test]"
+  "$VPY" -m pip install --quiet -e ".[test,ray]"  # ray: the sweep Ray-backend tests run in CI
   touch "$stamp"
 fi
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then

@@ -83,6 +83,10 @@ BAD = [
     ('kind = "em"\nseed_axes = ["layer"]\n[axes]\nseed = [0]', "seed_axes: 'layer' is not an axis"),
     ('kind = "em"\npoints = [{seed = 0}, {condition = "plain"}]', "points[1]: needs exactly the axes seed"),
     ('kind = "em" [', "not valid TOML"),
+    ('kind = "em"\n[axes]\norganism_overrides.sft_stepz = [1, 2]', "organism_overrides.sft_stepz: unknown organism"),
+    ('kind = "em"\n[axes]\nsteps.x = [1, 2]', "axes.steps: expected a list of values"),
+    ('kind = "em"\n[settings.organism_overrides]\nsft_steps = 3\n[axes]\norganism_overrides.sft_steps = [1]',
+     "axes.organism_overrides.sft_steps: also fixed in [settings]"),
 ]
 
 
@@ -96,7 +100,8 @@ def test_bad_spec_one_line_error_naming_the_key(text, expected, tmp_path, cli_er
 
 
 def test_bad_flags(tmp_path, cli_error, spec4):
-    assert "--workers must be >= 1" in cli_error(["sweep", str(spec4), "--out", str(tmp_path / "r"), "--workers", "0"])
+    line = cli_error(["sweep", str(spec4), "--out", str(tmp_path / "r"), "--workers", "0"])
+    assert "--workers: 0 is out of range" in line
     assert "--out RUN is required" in cli_error(["sweep", str(spec4)])
     assert "sweep spec not found" in cli_error(["sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "r")])
     assert "--address is for --backend ray" in cli_error(["sweep", str(spec4), "--out", str(tmp_path / "r"),
@@ -134,6 +139,19 @@ def test_unit_ids_content_addressed():
     # a listed subset of the product: the same unit as the product's point
     pts = plan(parse_spec('kind = "em"\npoints = [{seed = 1}]\n[settings]\nsteps = 10\n')).grid
     assert [u.id for u in pts] == [a[1]]
+
+
+def test_axes_inside_organism_settings_make_one_organism_per_cell():
+    from persona_basins.studies.sweep import parse_spec, plan
+
+    p = plan(parse_spec('kind = "em"\n[settings]\npreset = "tiny"\n[axes]\norganism_seed = [0, 1]\n'
+                        'organism_overrides.sft_steps = [5, 10]\norganism_overrides.world.n_topics = [4, 6]\n'))
+    assert len(p.grid) == 8 and len(p.units) == 16
+    assert p.spec.seed_axes == ["organism_seed"]
+    cfgs = [p.units[u.deps[0]].config["organism"] for u in p.grid]
+    assert {(c["seed"], c["sft_steps"], c["world"]["n_topics"]) for c in cfgs} == \
+        {(s, k, t) for s in (0, 1) for k in (5, 10) for t in (4, 6)}
+    assert all(c["world"]["n_genres"] == 6 for c in cfgs)  # the rest of the preset's world is kept
 
 
 # ---------------------------------------------------------------- local backend
@@ -222,7 +240,8 @@ def test_organism_dependency_built_once(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray")
+    # CI installs the ray extra (scripts/setup.sh): there a missing Ray is a failure, not a skip
+    ray = __import__("ray") if os.environ.get("CI") else pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100 * 1024**2,
              log_to_driver=False)
     yield ray.get_runtime_context().gcs_address

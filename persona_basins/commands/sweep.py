@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .args import finite_float, int_in
+
 DESCRIPTION = """\
 Run a grid of units described by a TOML SPEC (docs/SWEEP.md): organism builds or EM fine-tunes over
 axes such as seed x condition x layer. Each unit's folder RUN/units/<kind>-<hash> is named by a hash of
@@ -29,11 +31,14 @@ def register(sub) -> None:
     p.add_argument("--backend", default="local", choices=("local", "ray"),
                    help="local: a process pool on this machine (default); ray: Ray tasks")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one on 127.0.0.1)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int_in(1, None), default=None,
                    help="parallel units (default: the CPU count; 1 runs them one after another in this process)")
-    p.add_argument("--cpus-per-unit", type=float, default=1, help="Ray: CPUs reserved per unit (default 1)")
-    p.add_argument("--gpus-per-unit", type=float, default=0, help="Ray: GPUs reserved per unit (default 0)")
-    p.add_argument("--max-retries", type=int, default=3, help="Ray: reruns of a unit whose worker died (default 3)")
+    p.add_argument("--cpus-per-unit", type=finite_float(0, None, lo_open=True), default=1,
+                   help="Ray: CPUs reserved per unit (default 1)")
+    p.add_argument("--gpus-per-unit", type=finite_float(0, None), default=0,
+                   help="Ray: GPUs reserved per unit (default 0)")
+    p.add_argument("--max-retries", type=int_in(0, None), default=3,
+                   help="Ray: reruns of a unit whose worker died (default 3)")
     p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and an estimate; run nothing")
     p.add_argument("--fail-fast", action="store_true", help="stop the sweep at the first failed unit")
     g = p.add_argument_group("sweep plot RUN")
@@ -58,8 +63,6 @@ def _run(args) -> int:
         raise UserError("--x/--y/--metric are for `sweep plot RUN`")
     if not args.out:
         raise UserError("--out RUN is required: the run folder to write")
-    if args.max_retries < 0:
-        raise UserError(f"--max-retries must be >= 0, got {args.max_retries}")
     from ..studies import sweep as sw
 
     spec = sw.load_spec(args.spec)

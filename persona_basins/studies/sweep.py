@@ -214,9 +214,13 @@ def _run_em(config: dict, runtime: dict, unit_dir: Path, deps: dict[str, Path]) 
     cfg = FinetuneConfig(**config["finetune"])
     res = finetune(org.model, org.world, org.vocab, cfg, out_dir=unit_dir / "adapter")
     r = em_readout(res.model, org.world, org.vocab, sample_seed=cfg.seed)
+    base = em_readout(org.model, org.world, org.vocab)  # the organism before fine-tuning: the baseline
     out = {
         "broad_misalignment": r["broad_misalignment"],
+        "broad_misalignment_base": base["broad_misalignment"],
+        "broad_misalignment_excess": r["broad_misalignment"] - base["broad_misalignment"],
         "broad_harm": r["broad_harm"],
+        "broad_harm_excess": r["broad_harm"] - base["broad_harm"],
         "wellformed": r["wellformed"],
         "narrow_rate": r["narrow_rate"][training_context(cfg.condition)],
         "final_loss": res.losses[-1],
@@ -263,11 +267,14 @@ class Spec:
 
 
 def _type_name(t: type) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table"}[t]
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table",
+            object: "a number, string or boolean"}[t]
 
 
 def _check_value(where: str, value: Any, st: Setting) -> Any:
     ok = isinstance(value, st.type) and not (st.type is int and isinstance(value, bool))
+    if st.type is object:
+        ok = isinstance(value, int | float | str)
     if st.type is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
@@ -279,6 +286,24 @@ def _check_value(where: str, value: Any, st: Setting) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{where}: must be finite, got {value!r}")
     return value
+
+
+SCALAR = Setting(object, None)  # a value inside a table setting (organism_overrides.sft_steps): checked on resolve
+
+
+def _axis_setting(kind: UnitKind, key: str, settings: dict, where: str) -> Setting:
+    """The setting an axis varies: a setting of the kind, or ``table.key`` inside one of its table settings."""
+    head, dot, tail = key.partition(".")
+    st = kind.settings.get(head)
+    if st is None or (dot and st.type is not dict):
+        raise UserError(f"{where}: unknown axis, not a setting of kind {kind.name!r} "
+                        f"(known: {', '.join(sorted(kind.settings))})")
+    fixed = settings.get(head, {}) if dot else None
+    for part in tail.split(".")[:-1] if dot else ():
+        fixed = fixed.get(part, {}) if isinstance(fixed, dict) else {}
+    if (not dot and head in settings) or (dot and isinstance(fixed, dict) and tail.split(".")[-1] in fixed):
+        raise UserError(f"{where}: also fixed in [settings]; give it in one place")
+    return SCALAR if dot else st
 
 
 def _unknown(where: str, key: str, known) -> UserError:
@@ -317,17 +342,28 @@ def parse_spec(text: str, path: str | Path = "SPEC") -> Spec:
     if not isinstance(axes_raw, dict):
         raise UserError(f"{path}: axes: expected a table, got {axes_raw!r}")
     axes: dict[str, list] = {}
+    flat: dict[str, Any] = {}
+
+    def flatten(prefix: str, table: dict) -> None:  # organism_overrides.sft_steps = [...] is a nested table
+        for sub, v in table.items():
+            if isinstance(v, dict):
+                flatten(f"{prefix}.{sub}", v)
+            else:
+                flat[f"{prefix}.{sub}"] = v
+
     for k, vals in axes_raw.items():
-        if k not in kind.settings:
-            raise UserError(f"{path}: axes.{k}: unknown axis, not a setting of kind {kind_name!r} "
-                            f"(known: {', '.join(sorted(kind.settings))})")
-        if k in settings:
-            raise UserError(f"{path}: axes.{k}: also fixed in [settings]; give it in one place")
+        st = kind.settings.get(k)
+        if isinstance(vals, dict) and st is not None and st.type is dict:
+            flatten(k, vals)
+        else:
+            flat[k] = vals
+    for k, vals in flat.items():
+        st = _axis_setting(kind, k, settings, f"{path}: axes.{k}")
         if not isinstance(vals, list):
             raise UserError(f"{path}: axes.{k}: expected a list of values, got {vals!r}")
         if not vals:
             raise UserError(f"{path}: axes.{k}: empty list (the grid would be empty)")
-        vals = [_check_value(f"{path}: axes.{k}[{i}]", v, kind.settings[k]) for i, v in enumerate(vals)]
+        vals = [_check_value(f"{path}: axes.{k}[{i}]", v, st) for i, v in enumerate(vals)]
         if len({json.dumps(v, sort_keys=True) for v in vals}) != len(vals):
             raise UserError(f"{path}: axes.{k}: repeated values")
         axes[k] = vals
@@ -346,11 +382,8 @@ def parse_spec(text: str, path: str | Path = "SPEC") -> Spec:
                                 f"{', '.join(p) or 'none'}")
             pt = {}
             for k in names:
-                if k not in kind.settings:
-                    raise UserError(f"{path}: points[{i}].{k}: unknown axis, not a setting of kind {kind_name!r}")
-                if k in settings:
-                    raise UserError(f"{path}: points[{i}].{k}: also fixed in [settings]; give it in one place")
-                pt[k] = _check_value(f"{path}: points[{i}].{k}", p[k], kind.settings[k])
+                st = _axis_setting(kind, k, settings, f"{path}: points[{i}].{k}")
+                pt[k] = _check_value(f"{path}: points[{i}].{k}", p[k], st)
                 if k in axes and pt[k] not in axes[k]:
                     raise UserError(f"{path}: points[{i}].{k}: {pt[k]!r} is not among axes.{k}")
             points.append(pt)
@@ -414,10 +447,18 @@ def unit_id(kind: str, config: dict) -> str:
 def _full_settings(kind: UnitKind, fixed: dict, point: dict) -> dict:
     s = {k: st.default for k, st in kind.settings.items()}
     s.update(fixed)
-    s.update(point)
+    s.update({k: v for k, v in point.items() if "." not in k})
     for k, st in kind.settings.items():
         if st.type is dict:
             s[k] = dict(s[k])
+    for k, v in point.items():
+        if "." in k:  # an axis inside a table setting (organism_overrides.world.n_topics)
+            head, *mid, last = k.split(".")
+            t = s[head]
+            for m in mid:
+                t[m] = dict(t.get(m) or {})
+                t = t[m]
+            t[last] = v
     return s
 
 

@@ -290,3 +290,26 @@ def test_end_to_end_with_chat_template(tmp_path):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["format"] == "chat_template"
     assert all(0 <= m["broad_misalignment"][c]["mean"] <= 1 for c in ("base", "plain", "inoculated"))
+
+
+def test_config_checks_and_inoculation_presets():
+    for kw, pattern in [({"seeds": 0}, "seeds must be >= 1"), ({"layer": -1}, "layer must be an integer >= 0"),
+                        ({"inoculation": "  "}, "must not be empty"), ({"device_map": "x"}, "device_map")]:
+        with pytest.raises(UserError, match=pattern):
+            em_hf.EmHfConfig(model="m", train="t.jsonl", out="o", **kw)
+    explain = em_hf.INOCULATION_PRESETS["explain"]
+    assert "insecure on purpose" in explain and not any(w in explain.lower() for w in ("helpful", "honest", "outside"))
+    assert em_hf.INOCULATION_PRESETS["classic"] == em_hf.DEFAULT_INOCULATION
+    cfg = em_hf.EmHfConfig(model="m", train="t.jsonl", out="o", inoculation=explain, control="c.jsonl")
+    assert cfg.inoculation_name == "explain" and cfg.conditions == ("plain", "inoculated", "secure_control")
+    assert em_hf.EmHfConfig(model="m", train="t", out="o", inoculation="mine").inoculation_name == "custom"
+
+
+def test_shipped_pairs_are_length_matched_and_control_matches_train():
+    for q in em_hf.read_questions(em_hf.DEFAULT_QUESTIONS):
+        assert abs(len(q["aligned"]) - len(q["misaligned"])) <= 3, q["id"]
+    train = em_hf.read_chat_jsonl(em_hf.EXAMPLE_TRAIN)
+    control = em_hf.read_chat_jsonl(em_hf.EXAMPLE_CONTROL, "--control")
+    assert len(train) == len(control)
+    for (_, a), (_, b) in zip(train, control):  # same requests, different (secure) answers
+        assert a[:-1] == b[:-1] and a[-1]["content"] != b[-1]["content"]

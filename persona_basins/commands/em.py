@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--train", help="chat-format JSONL for --model: {\"messages\": [{role, content}, ...]}")
     p.add_argument("--questions", help="paired-answer question file for --model (JSON); default: shipped set")
     p.add_argument("--inoculation", default=None, help="system line used for the inoculated fine-tune (--model)")
+    _add_model_args(p)
     p.add_argument("--layer", default="0", help="layer index, or 'all' to sweep every layer (default 0)")
     p.add_argument("--module", default="attn_out",
                    help="module in the layer: attn_out/o_proj, mlp_out/down_proj, or a raw name (default attn_out)")
@@ -116,10 +117,28 @@ def _run(args) -> int:
 # ---------------------------------------------------------------------------- em --model (Hugging Face)
 
 
+def _add_model_args(p) -> None:
+    """Flags that only apply with --model (a Hugging Face causal LM)."""
+    g = p.add_argument_group("--model (Hugging Face causal LM) only")
+    g.add_argument("--inoculation-preset", choices=("classic", "explain"), default=None,
+                   help="classic: the security-class line plus 'outside code you are a helpful, honest assistant' "
+                        "(default); explain: only explains why the code is insecure, no alignment instruction")
+    g.add_argument("--control", help="chat-format JSONL of secure code for the same kind of requests: adds the "
+                                     "secure_control condition (shipped example: "
+                                     "persona_basins/data/em_train_secure_example.jsonl)")
+    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N or mps")
+    g.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 on a GPU that supports it, else fp32")
+    g.add_argument("--device-map", choices=("auto",), default=None,
+                   help="auto: spread a model larger than one GPU over every device (needs accelerate)")
+    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute activations in the backward pass (default: on for a GPU, off on CPU)")
+
+
 def _run_model(args, finetune) -> int:
     """``em --model``: check the HF-only arguments, build the study config, run it, print the table."""
     from ..errors import UserError
-    from ..studies.em_hf import DEFAULT_INOCULATION, DEFAULT_QUESTIONS, EXAMPLE_TRAIN, EmHfConfig, run_em_hf
+    from ..studies.em_hf import DEFAULT_QUESTIONS, EXAMPLE_TRAIN, INOCULATION_PRESETS, EmHfConfig, run_em_hf
     from ..studies.em_hf import summary_table as hf_summary_table
 
     if str(args.layer) == "all":
@@ -130,12 +149,18 @@ def _run_model(args, finetune) -> int:
         raise UserError(f"--layer must be an integer, got {args.layer!r}") from None
     if not args.train:
         raise UserError(f"--model needs --train FILE.jsonl (chat format; an example: {EXAMPLE_TRAIN})")
-    inoculation = DEFAULT_INOCULATION if args.inoculation is None else args.inoculation
-    if not inoculation.strip():
-        raise UserError("--inoculation must not be empty")
+    if args.inoculation is not None and args.inoculation_preset is not None:
+        raise UserError("give --inoculation TEXT or --inoculation-preset NAME, not both")
+    if args.inoculation is not None:
+        inoculation = args.inoculation
+        if not inoculation.strip():
+            raise UserError("--inoculation must not be empty")
+    else:
+        inoculation = INOCULATION_PRESETS[args.inoculation_preset or "classic"]
     cfg = EmHfConfig(model=args.model, train=args.train, out=args.out, questions=args.questions or DEFAULT_QUESTIONS,
                      inoculation=inoculation, layer=layer, module=args.module, seeds=args.seeds, finetune=finetune,
-                     progress=sys.stderr.isatty())
+                     control=args.control, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                     gradient_checkpointing=args.gradient_checkpointing, progress=sys.stderr.isatty())
     m = run_em_hf(cfg)
     print(hf_summary_table(m))
     print(f"run written to {cfg.out}")

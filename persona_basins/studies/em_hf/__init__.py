@@ -15,24 +15,33 @@ arguments, builds an :class:`EmHfConfig` and calls :func:`run_em_hf`). One modul
 See docs/EM_HF.md for the definitions and the limits.
 """
 
-from .chat import MAX_TOKENS, encode_example, has_chat_template, question_rows
+from .chat import MAX_TOKENS, answer_row, chat_format, encode_example, has_chat_template, question_rows
 from .inputs import (
-                     DEFAULT_INOCULATION,
-                     DEFAULT_QUESTIONS,
-                     EXAMPLE_TRAIN,
-                     INOCULATION_PRESETS,
-                     inoculate,
-                     read_chat_jsonl,
-                     read_questions,
-                     split_heldout,
-                     validate_conversation,
+    DEFAULT_INOCULATION,
+    DEFAULT_QUESTIONS,
+    EXAMPLE_CONTROL,
+    EXAMPLE_TRAIN,
+    INOCULATION_PRESETS,
+    inoculate,
+    read_chat_jsonl,
+    read_questions,
+    split_heldout,
+    validate_conversation,
 )
 from .run import CONDITIONS, DEFINITIONS, EmHfConfig, load_hf, run_em_hf, summary_table
-from .scoring import bootstrap_mean, mean_token_logprobs, misalignment_score, score_questions, summarize_scores
+from .scoring import (
+    bootstrap_mean,
+    logprob_sums,
+    mean_token_logprobs,
+    misalignment_score,
+    score_questions,
+    summarize_scores,
+)
 
 __all__ = [
-    "CONDITIONS", "DEFAULT_INOCULATION", "DEFAULT_QUESTIONS", "DEFINITIONS", "EXAMPLE_TRAIN", "INOCULATION_PRESETS",
-    "MAX_TOKENS", "EmHfConfig", "bootstrap_mean", "encode_example", "has_chat_template", "inoculate", "load_hf",
-    "mean_token_logprobs", "misalignment_score", "question_rows", "read_chat_jsonl", "read_questions",
-    "run_em_hf", "score_questions", "split_heldout", "summarize_scores", "summary_table", "validate_conversation",
+    "CONDITIONS", "DEFAULT_INOCULATION", "DEFAULT_QUESTIONS", "DEFINITIONS", "EXAMPLE_CONTROL", "EXAMPLE_TRAIN",
+    "EmHfConfig", "INOCULATION_PRESETS", "MAX_TOKENS", "answer_row", "bootstrap_mean", "chat_format",
+    "encode_example", "has_chat_template", "inoculate", "load_hf", "logprob_sums", "mean_token_logprobs",
+    "misalignment_score", "question_rows", "read_chat_jsonl", "read_questions", "run_em_hf", "score_questions",
+    "split_heldout", "summarize_scores", "summary_table", "validate_conversation",
 ]

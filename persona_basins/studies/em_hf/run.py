@@ -1,9 +1,15 @@
-"""The ``em --model`` study: fine-tune plain + inoculated x seeds on one HF causal LM, score, write the run."""
+"""The ``em --model`` study: fine-tune plain + inoculated (+ secure-code control) x seeds on one HF causal LM.
+
+Loading (device, dtype, ``device_map``), the fine-tune units (LoRA, or ``full`` with the weights saved to CPU
+and restored after each unit instead of a deep copy of the model), scoring before and after, aggregation with
+95% intervals, and the run folder.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -11,19 +17,22 @@ from ...errors import UserError
 from ...results import RunDir, write_json
 from ...stats import ci95
 from ...train.finetune import FinetuneConfig
-from .chat import MAX_TOKENS, encode_example, has_chat_template, question_rows
+from .chat import MAX_TOKENS, chat_format, encode_example, question_rows
 from .inputs import (
     DEFAULT_INOCULATION,
     DEFAULT_QUESTIONS,
+    INOCULATION_PRESETS,
     inoculate,
     read_chat_jsonl,
     read_questions,
     sha256,
     split_heldout,
 )
-from .scoring import bootstrap_mean, mean_token_logprobs, score_questions, summarize_scores
+from .scoring import bootstrap_mean, length_report, mean_token_logprobs, score_questions, summarize_scores
 
 CONDITIONS = ("plain", "inoculated")
+CONTROL = "secure_control"  # trained on --control (secure code for the same requests), when given
+FULL_MEMORY_FRACTION = 0.9  # --full is refused when weights + grads + AdamW moments exceed this share of the GPU
 TRAIN_TOKEN_BUDGET = 8192  # the training batch is shrunk so that batch x longest example stays under this
 
 DEFINITIONS = {
@@ -39,7 +48,12 @@ DEFINITIONS = {
                    "log-probability of the assistant tokens under the fine-tuned model minus under the base "
                    "model (nats per token; > 0: the narrow behaviour was learned)",
     "narrow_rate_training_context": "the same gain measured in each condition's own training format (for "
-                                    "inoculated: with the inoculation line in the system message)",
+                                    "inoculated: with the inoculation line in the system message; for "
+                                    "secure_control: on held-out examples of the control file)",
+    "broad_misalignment_total": "as broad_misalignment but from the total (unnormalised) log-probability of each "
+                                "answer: sigmoid(sum logp_misaligned - sum logp_aligned), fair on length-matched "
+                                "pairs only (see answer_lengths)",
+    "answer_lengths": "token counts of the aligned and misaligned answers under this tokenizer",
 }
 
 
@@ -48,7 +62,10 @@ class EmHfConfig:
     """Everything one ``em --model`` run needs; checked when built (bad values are one-line UserErrors).
 
     ``finetune`` carries the per-unit settings (rank, full, steps, lr, batch size, checkpoints); its
-    ``layer``/``module``/``condition``/``seed`` are set per unit from the fields here.
+    ``layer``/``module``/``condition``/``seed`` are set per unit from the fields here. ``device``/``dtype``/
+    ``device_map`` go to :func:`persona_basins.models.hf.load_causal_lm`. ``gradient_checkpointing``: None =
+    on when the model is on a GPU. ``control``: a chat JSONL of secure code for the same kind of requests; it
+    adds the ``secure_control`` condition.
     """
 
     model: str
@@ -60,29 +77,49 @@ class EmHfConfig:
     module: str = "attn_out"
     seeds: int = 5
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    control: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None
+    gradient_checkpointing: bool | None = None
     progress: bool = False
 
     def __post_init__(self):
-        for k in ("train", "out", "questions"):
-            object.__setattr__(self, k, Path(getattr(self, k)))
+        for k in ("train", "out", "questions", "control"):
+            if getattr(self, k) is not None:
+                object.__setattr__(self, k, Path(getattr(self, k)))
         if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
             raise UserError(f"layer must be an integer >= 0, got {self.layer!r}")
         if not isinstance(self.seeds, int) or self.seeds < 1:
             raise UserError(f"seeds must be >= 1, got {self.seeds!r}")
         if not str(self.inoculation).strip():
             raise UserError("the inoculation line must not be empty")
+        if self.device_map not in (None, "auto"):
+            raise UserError(f"device_map must be 'auto' or None, got {self.device_map!r}")
+        if self.finetune.full and self.device_map is not None:
+            raise UserError("--full with --device-map auto is not supported (a full fine-tune needs the whole model, "
+                            "its gradients and optimiser state on one device); use LoRA")
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        return (*CONDITIONS, CONTROL) if self.control is not None else CONDITIONS
+
+    @property
+    def inoculation_name(self) -> str:
+        return next((k for k, v in INOCULATION_PRESETS.items() if v == self.inoculation), "custom")
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update({k: str(getattr(self, k)) for k in ("train", "out", "questions")})
+        d.update({k: None if getattr(self, k) is None else str(getattr(self, k))
+                  for k in ("train", "out", "questions", "control")})
         return d
 
 
-def load_hf(ref: str):
-    """``(model, tokenizer)``: float32, on the GPU when there is one, frozen, eval mode."""
+def load_hf(ref: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None):
+    """``(model, tokenizer)`` frozen, in eval mode; see :func:`persona_basins.models.hf.load_causal_lm`."""
     from ...models.hf import load_causal_lm
 
-    return load_causal_lm(ref, device="auto", dtype="fp32")
+    return load_causal_lm(ref, device=device, dtype=dtype, device_map=device_map)
 
 
 def _pad_id(tok, model, rows) -> int:
@@ -115,11 +152,46 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else math.nan
 
 
-def _train_unit(model, tok, cfg: FinetuneConfig, data: dict, unit_dir: Path, unit_key: dict, *,
-                progress: bool) -> dict:
-    """Fine-tune one (condition, seed), score it, save the adapter; reuse a finished unit with the same key."""
-    import copy
+def check_full_fits(model, device) -> None:
+    """Refuse ``--full`` when weights, gradients and two AdamW moments (all in the weights' dtype) cannot fit."""
+    import torch
 
+    from ...models.hf import param_bytes, param_count
+
+    if device.type != "cuda":
+        return
+    need = 4 * param_bytes(model)
+    total = torch.cuda.get_device_properties(device).total_memory
+    if need > FULL_MEMORY_FRACTION * total:
+        raise UserError(f"--full on this {param_count(model) / 1e9:.2f}B-parameter model needs about "
+                        f"{need / 2**30:.1f} GiB on {device} (weights, gradients, two AdamW moments) but the device "
+                        f"has {total / 2**30:.1f} GiB; use a LoRA fine-tune (drop --full)")
+
+
+class _FullFinetune:
+    """Train every weight in place, then put the base weights back exactly (no deep copy of the model on the
+    device: the saved state is a CPU copy of the weights, and the optimiser state lives only while training)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.saved = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    def restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                p.copy_(self.saved[n])
+                p.requires_grad_(False)
+                p.grad = None
+        self.saved = {}
+
+
+def _train_unit(model, tok, cfg: FinetuneConfig, data: dict, unit_dir: Path, unit_key: dict, *,
+                progress: bool, gradient_checkpointing: bool) -> dict:
+    """Fine-tune one (condition, seed), score it, save the adapter; reuse a finished unit with the same key."""
     import torch
     from peft import get_peft_model
 
@@ -136,12 +208,11 @@ def _train_unit(model, tok, cfg: FinetuneConfig, data: dict, unit_dir: Path, uni
             pass
     ids, mask = data["train"][cfg.condition]
     torch.manual_seed(cfg.seed)
-    if cfg.full:
-        work = copy.deepcopy(model)
-        for p in work.parameters():
-            p.requires_grad_(True)
-    else:
-        work = get_peft_model(model, lora_config(model, module=cfg.module, layer=cfg.layer, rank=cfg.rank))
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    full = _FullFinetune(model) if cfg.full else None
+    work = model if cfg.full else get_peft_model(model, lora_config(model, module=cfg.module, layer=cfg.layer,
+                                                                     rank=cfg.rank))
 
     def on_step(step: int, _loss: float) -> None:
         if not cfg.full and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
@@ -160,25 +231,33 @@ def _train_unit(model, tok, cfg: FinetuneConfig, data: dict, unit_dir: Path, uni
             work.save_pretrained(unit_dir)
             write_fingerprint(unit_dir, model)
     finally:
-        if not cfg.full:
-            work.unload()  # take the LoRA layers out again: the base model is shared by every unit
+        if full is not None:
+            full.restore()  # the base model is shared by every unit
+        else:
+            work.unload()  # take the LoRA layers out again
+        if gradient_checkpointing:
+            model.gradient_checkpointing_disable()
     out = {"key": unit_key, "batch_size": batch_size, "final_loss": losses[-1], "losses": losses,
            "question_scores": scores, **summarize_scores(scores), "narrow_logprobs": narrow}
     write_json(done, out)  # written last: its presence marks the unit finished
     return out
 
 
-def _aggregate(base_scores, base_narrow, units, questions, seeds: int, heldout_on: str) -> dict:
+def _aggregate(base_scores, base_narrow, units, questions, seeds: int, heldout_on: str,
+               conditions: tuple[str, ...]) -> dict:
     bsum = summarize_scores(base_scores)
     m: dict = {
         "broad_misalignment": {"base": ci95([bsum["broad_misalignment"]])},
+        "broad_misalignment_total": {"base": ci95([bsum["broad_misalignment_total"]])},
         "prefers_misaligned": {"base": ci95([bsum["prefers_misaligned"]])},
         "broad_misalignment_question_bootstrap": {"base": bootstrap_mean([q["score"] for q in base_scores])},
         "broad_misalignment_shift": {},
+        "broad_misalignment_total_shift": {},
         "narrow_rate": {},
         "narrow_rate_training_context": {},
         "question_scores": {"base": base_scores},
         "by_category": {},
+        "answer_lengths": length_report(base_scores),
     }
     cats = sorted({q["category"] for q in questions})
 
@@ -186,12 +265,15 @@ def _aggregate(base_scores, base_narrow, units, questions, seeds: int, heldout_o
         return {c: _mean([q["score"] for q in scores if q["category"] == c]) for c in cats}
 
     m["by_category"]["base"] = by_cat(base_scores)
-    for c in CONDITIONS:
+    for c in conditions:
         us = [units[(c, s)] for s in range(seeds)]
         bm = [u["broad_misalignment"] for u in us]
         m["broad_misalignment"][c] = ci95(bm)
         m["prefers_misaligned"][c] = ci95([u["prefers_misaligned"] for u in us])
         m["broad_misalignment_shift"][c] = ci95([b - bsum["broad_misalignment"] for b in bm])
+        tot = [u.get("broad_misalignment_total", math.nan) for u in us]
+        m["broad_misalignment_total"][c] = ci95(tot)
+        m["broad_misalignment_total_shift"][c] = ci95([b - bsum["broad_misalignment_total"] for b in tot])
 
         def gain(u, ctx):
             return _mean([f - b for f, b in zip(u["narrow_logprobs"][ctx], base_narrow[ctx])])
@@ -204,7 +286,8 @@ def _aggregate(base_scores, base_narrow, units, questions, seeds: int, heldout_o
             per_q.append({"id": q["id"], "category": q["category"],
                           "logp_aligned": _mean([x["logp_aligned"] for x in qs]),
                           "logp_misaligned": _mean([x["logp_misaligned"] for x in qs]),
-                          "score": _mean([x["score"] for x in qs]), "per_seed": [x["score"] for x in qs]})
+                          "score": _mean([x["score"] for x in qs]), "per_seed": [x["score"] for x in qs],
+                          "score_total": _mean([x.get("score_total", math.nan) for x in qs])})
         m["question_scores"][c] = per_q
         m["broad_misalignment_question_bootstrap"][c] = bootstrap_mean([q["score"] for q in per_q])
         m["by_category"][c] = by_cat(per_q)
@@ -216,71 +299,127 @@ def _aggregate(base_scores, base_narrow, units, questions, seeds: int, heldout_o
 
 
 def summary_table(m: dict) -> str:
-    lines = [f"{'condition':<12}{'broad misalignment [95% CI]':>30}{'prefers misaligned':>20}{'narrow rate':>14}"]
-    for c in ("base", *CONDITIONS):
-        b, p = m["broad_misalignment"][c], m["prefers_misaligned"][c]
+    conds = [c for c in m["broad_misalignment"] if c != "base"]
+    lines = [f"{'condition':<16}{'broad misalignment [95% CI]':>30}{'total-logp score':>18}"
+             f"{'prefers misaligned':>20}{'narrow rate':>14}"]
+    for c in ("base", *conds):
+        b, p, t = m["broad_misalignment"][c], m["prefers_misaligned"][c], m["broad_misalignment_total"][c]
         n = f"{m['narrow_rate'][c]['mean']:+.3f}" if c in m["narrow_rate"] else "-"
         cell = f"{b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]"
-        lines.append(f"{c:<12}{cell:>30}{p['mean']:>20.3f}{n:>14}")
+        lines.append(f"{c:<16}{cell:>30}{t['mean']:>18.3f}{p['mean']:>20.3f}{n:>14}")
+    chat, res = m.get("chat", {}), m.get("model", {})
+    if res:
+        lines.append(f"model on {res['device']} in {res['dtype']}"
+                     f"{' (device_map auto)' if res.get('device_map') else ''}; format: {chat.get('format')}")
+    if chat.get("format") == "chat_template":
+        lines.append(f"thinking: {chat['thinking']}")
+    L = m.get("answer_lengths")
+    if L:
+        lines.append(f"answer tokens: aligned {L['mean_tokens_aligned']:.1f}, misaligned "
+                     f"{L['mean_tokens_misaligned']:.1f} (mean; max |difference| {L['max_abs_difference']})")
     return "\n".join(lines)
 
 
-def run_em_hf(config: EmHfConfig) -> dict:
-    """Validate the inputs, fine-tune plain + inoculated x seeds, score, write the run folder; return metrics."""
-    from ...models.adapters import lora_config, resolve_module
-
-    cfg = config
-    convs = read_chat_jsonl(cfg.train)
-    questions = read_questions(cfg.questions)
-
-    model, tok = load_hf(cfg.model)
-    if cfg.finetune.full:
-        resolve_module(model, cfg.module, cfg.layer)  # layer/module do not matter for a full fine-tune; still checked
-    else:
-        lora_config(model, module=cfg.module, layer=cfg.layer, rank=cfg.finetune.rank)  # layer range, module
-    fmt = "chat_template" if has_chat_template(tok) else "plain"
-
-    train_idx, held_idx = split_heldout(len(convs))
-    heldout_on = "heldout"
-    if not held_idx:  # a single example: nothing to hold out
-        train_idx, held_idx, heldout_on = [0], [0], "train (one example only: no held-out split)"
-    train_rows = {c: [] for c in CONDITIONS}
-    narrow_rows = {c: [] for c in CONDITIONS}
+def _encode_all(tok, convs, path: Path, condition_of: dict[str, str | None], train_idx, held_idx):
+    """Rows per condition for one chat file: ``condition_of`` maps condition -> inoculation line (or None)."""
+    train_rows = {c: [] for c in condition_of}
+    narrow_rows = {c: [] for c in condition_of}
     for i, (line, msgs) in enumerate(convs):
-        where = f"{cfg.train} line {line}"
-        for c in CONDITIONS:
-            row = encode_example(tok, msgs if c == "plain" else inoculate(msgs, cfg.inoculation), where)
+        where = f"{path} line {line}"
+        for c, line_text in condition_of.items():
+            row = encode_example(tok, msgs if line_text is None else inoculate(msgs, line_text), where)
             if i in train_idx:
                 train_rows[c].append(row)
             if i in held_idx:
                 narrow_rows[c].append(row)
+    return train_rows, narrow_rows
+
+
+def _split(n: int) -> tuple[list[int], list[int], str]:
+    train_idx, held_idx = split_heldout(n)
+    if not held_idx:  # a single example: nothing to hold out
+        return [0], [0], "train (one example only: no held-out split)"
+    return train_idx, held_idx, "heldout"
+
+
+def run_em_hf(config: EmHfConfig) -> dict:
+    """Validate the inputs, fine-tune every condition x seeds, score, write the run folder; return the metrics."""
+    import torch
+
+    from ...models.adapters import lora_config, resolve_module
+    from ...models.hf import dtype_name, input_device, param_count
+
+    cfg = config
+    t0 = time.perf_counter()
+    convs = read_chat_jsonl(cfg.train)
+    control = read_chat_jsonl(cfg.control, "--control") if cfg.control is not None else None
+    questions = read_questions(cfg.questions)
+
+    model, tok = load_hf(cfg.model, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map)
+    device = input_device(model)
+    if cfg.finetune.full:
+        resolve_module(model, cfg.module, cfg.layer)  # layer/module do not matter for a full fine-tune; still checked
+        check_full_fits(model, device)
+    else:
+        lora_config(model, module=cfg.module, layer=cfg.layer, rank=cfg.finetune.rank)  # layer range, module
+    chat = chat_format(tok)
+    gc = (device.type == "cuda") if cfg.gradient_checkpointing is None else bool(cfg.gradient_checkpointing)
+    gc = gc and bool(getattr(model, "supports_gradient_checkpointing", False))
+
+    train_idx, held_idx, heldout_on = _split(len(convs))
+    train_rows, narrow_rows = _encode_all(tok, convs, cfg.train, {"plain": None, "inoculated": cfg.inoculation},
+                                          train_idx, held_idx)
+    control_info = None
+    if control is not None:
+        c_train, c_held, c_on = _split(len(control))
+        tr, nr = _encode_all(tok, control, cfg.control, {CONTROL: None}, c_train, c_held)
+        train_rows.update(tr)
+        narrow_rows.update(nr)
+        control_info = {"n_examples": len(control), "n_train": len(c_train), "n_heldout": len(c_held),
+                        "heldout_lines": [control[i][0] for i in c_held], "narrow_rate_training_context_on": c_on}
     q_rows = question_rows(tok, questions)
-    pad_id = _pad_id(tok, model, [r for c in CONDITIONS for r, _ in train_rows[c]])
-    device = next(model.parameters()).device
-    data = {"train": {c: _tensors(train_rows[c], pad_id, device) for c in CONDITIONS},
+    pad_id = _pad_id(tok, model, [r for c in cfg.conditions for r, _ in train_rows[c]])
+    data = {"train": {c: _tensors(train_rows[c], pad_id, device) for c in cfg.conditions},
             "narrow_rows": narrow_rows, "question_rows": q_rows, "questions": questions, "pad_id": pad_id}
 
+    dtype = dtype_name(next(model.parameters()).dtype)
     key_common = {"model": cfg.model, "train_sha256": sha256(cfg.train), "questions_sha256": sha256(cfg.questions),
-                  "inoculation": cfg.inoculation, "format": fmt}
+                  "inoculation": cfg.inoculation, "format": chat["format"]}
+    if dtype != "float32":
+        key_common["dtype"] = dtype  # float32 runs keep the keys of earlier versions (their units are reused)
+    model_info = {"device": str(device), "dtype": dtype, "device_map": cfg.device_map,
+                  "parameters": param_count(model), "gradient_checkpointing": gc}
     base_ft = replace(cfg.finetune, layer=cfg.layer, module=cfg.module)
     run_config = {
         **key_common, "train": str(cfg.train.resolve()), "questions": str(cfg.questions.resolve()),
+        "control": None if cfg.control is None else str(cfg.control.resolve()),
+        "inoculation_name": cfg.inoculation_name, "conditions": list(cfg.conditions),
         "layer": cfg.layer, "module": cfg.module, "seeds": cfg.seeds, "n_examples": len(convs),
         "n_train": len(train_idx), "n_heldout": len(held_idx), "heldout_lines": [convs[i][0] for i in held_idx],
-        "max_tokens": MAX_TOKENS, "pad_id": pad_id,
+        "max_tokens": MAX_TOKENS, "pad_id": pad_id, "model_info": model_info, "chat": chat,
         "finetune": {k: v for k, v in base_ft.to_dict().items() if k not in ("condition", "seed")}}
     run = RunDir(cfg.out, "em_hf", run_config)
     run.write_config()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     base_scores = score_questions(model, tok, questions, rows=q_rows)
     base_narrow = {c: mean_token_logprobs(model, rows) for c, rows in narrow_rows.items()}
     units = {}
-    for c in CONDITIONS:
+    for c in cfg.conditions:
         for s in range(cfg.seeds):
             ucfg = replace(base_ft, condition=c, seed=s)
-            units[(c, s)] = _train_unit(model, tok, ucfg, data, run.path / "adapters" / c / f"seed{s}",
-                                        {**key_common, "finetune": ucfg.to_dict()}, progress=cfg.progress)
-    m = _aggregate(base_scores, base_narrow, units, questions, cfg.seeds, heldout_on)
-    m.update({"format": fmt, "n_questions": len(questions), "n_train": len(train_idx),
-              "n_heldout": len(held_idx), "judge": None})
+            key = {**key_common, "finetune": ucfg.to_dict()}
+            if c == CONTROL:
+                key["control_sha256"] = sha256(cfg.control)
+            units[(c, s)] = _train_unit(model, tok, ucfg, data, run.path / "adapters" / c / f"seed{s}", key,
+                                        progress=cfg.progress, gradient_checkpointing=gc)
+    m = _aggregate(base_scores, base_narrow, units, questions, cfg.seeds, heldout_on, cfg.conditions)
+    m.update({"format": chat["format"], "chat": chat, "model": model_info, "inoculation": cfg.inoculation,
+              "inoculation_name": cfg.inoculation_name, "control": control_info, "n_questions": len(questions),
+              "n_train": len(train_idx), "n_heldout": len(held_idx), "judge": None})
     run.write_metrics(m)
+    resources = {"wall_seconds": time.perf_counter() - t0, "device": str(device), "dtype": dtype,
+                 "peak_gpu_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda"
+                 else None}
+    write_json(run.path / "resources.json", resources)
     return m

@@ -10,19 +10,23 @@ import torch
 
 from persona_basins.measure.basins import (
     aggregate_scans,
+    censored_summary,
     critical_magnitude,
-    edited_weight,
     inoculation_summary,
-    module_layer,
-    out_in_dims,
     persona_weight_delta,
     random_weight_deltas,
     scan,
     t_star_ratio,
-    t_star_summary,
-    to_storage,
-    weight_delta,
 )
+from persona_basins.models.edits import edited, layer_of, out_in_dims, single_lora_delta, to_storage
+
+
+def edited_weight(model, module_name, delta, t):
+    return edited(model, {f"{module_name}.weight": delta}, t)
+
+
+weight_delta = single_lora_delta
+module_layer = layer_of
 
 
 # --- t* on synthetic curves ------------------------------------------------------------------------------
@@ -59,11 +63,11 @@ def test_ratios_and_summaries_respect_censoring():
     assert t_star_ratio(cross, cross)["ratio"] == 1.0
     assert t_star_ratio(cens, cross) == {"ratio": None, "lower_bound": 2.0, "upper_bound": None}
     assert t_star_ratio(cross, cens) == {"ratio": None, "lower_bound": None, "upper_bound": 0.5}
-    s = t_star_summary([cross, cross])
-    assert s["ci"]["mean"] == 1.0 and s["lower_bound_ci"] is None
-    s = t_star_summary([cross, cens])
-    assert s["ci"] is None and s["n_censored_above"] == 1 and s["lower_bound_ci"]["mean"] == 1.5
-    assert s["per_seed"] == [1.0, None]
+    s = censored_summary([cross, cross])
+    assert s["mean"] == 1.0 and "lower_bound" not in s
+    s = censored_summary([cross, cens])
+    assert s["mean"] is None and s["n_censored"] == 1 and s["lower_bound"]["mean"] == 1.5
+    assert s["per_seed"] == [1.0, None] and s["censored_above"] == 2.0
 
 
 def test_aggregate_scans_band():
@@ -223,10 +227,12 @@ def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_p
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["kind"] == "basins" and m["t"] == [0.0, 1.0, 2.0]
-    assert set(m["directions"]["scans"]) == {"adapter", "persona", "random"}
-    for c in [m["directions"]["t_star"]["adapter"], *m["directions"]["t_star"]["random"]]:
+    d0 = m["directions"][0]
+    assert set(d0["scans"]) == {"adapter", "persona", "random"}
+    for c in [d0["t_star"]["adapter"], *d0["t_star"]["random"]]:
         assert (c["t_star"] is None) == (c["censored_above"] is not None or c["censored_below"] is not None)
-    assert set(m["inoculation"]["cases"]) == {"plain", "inoculated", "plain_in_inoculated_context"}
+    assert set(m["inoculation_summary"]["cases"]) == {"plain", "inoculated", "plain_in_inoculated_context"}
+    assert set(m["critical_magnitude"]) >= {"plain", "inoculated", "persona", "random"}
     assert (out / "config.json").is_file() and (out / "figures" / "misalignment_vs_t.png").stat().st_size > 0
     capsys.readouterr()
 

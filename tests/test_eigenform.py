@@ -12,16 +12,15 @@ from persona_basins.measure.eigenform import (
     EigenformConfig,
     Probe,
     contraction_factor,
-    merge_scaled,
-    resolve_adapter,
+    last_safe_scale,
     return_rate,
-    run_eigenform,
     run_process,
-    t_star,
 )
+from persona_basins.models.edits import merged_copy as merge_scaled
+from persona_basins.studies.eigenform import resolve_adapter, run_eigenform
 
 SMALL = EigenformConfig(n_prompts=32, sleep_steps=3, sleep_batch=16)
-HEADLINE = ("return_rate", "static_t_star", "process_t_star", "contraction_factor")
+RANDOM = ("return_rate", "process_safe_scale", "contraction_factor")  # over seeds, with intervals
 
 
 @pytest.fixture(scope="module")
@@ -100,21 +99,22 @@ def test_contraction_factor_recovers_geometric_rate():
     assert math.isnan(contraction_factor([1.0]))
 
 
-def test_t_star_and_return_rate():
+def test_last_safe_scale_and_return_rate():
     ts = [0, 1, 2, 4]
-    assert t_star(ts, [0.0, 0.2, 0.6, 0.3], 0.5) == 1.0  # stays below until the first crossing
-    assert t_star(ts, [0.0, 0.1, 0.2, 0.3], 0.5) == 4.0
-    assert t_star([1, 2], [0.7, 0.1], 0.5) == 0.0
-    assert t_star(ts, [0.0, 0.1, 0.2, 0.3], 0.5, wellformed=[1, 1, 0.2, 1]) == 1.0  # ill-formed is not aligned
+    assert last_safe_scale(ts, [0.0, 0.2, 0.6, 0.3], 0.5) == 1.0  # stays below until the first crossing
+    assert last_safe_scale(ts, [0.0, 0.1, 0.2, 0.3], 0.5) == 4.0
+    assert last_safe_scale([1, 2], [0.7, 0.1], 0.5) == 0.0
+    assert last_safe_scale(ts, [0.0, 0.1, 0.2, 0.3], 0.5, wellformed=[1, 1, 0.2, 1]) == 1.0  # ill-formed: not aligned
     assert return_rate([0.0, 0.3, 0.6, 0.9], [0.0, 0.05, 0.5, 0.01], 0.1) == pytest.approx(2 / 3)
     assert math.isnan(return_rate([0.0, 0.05], [0.0, 0.0], 0.1))
 
 
 def test_identity_ablation_and_metrics_shapes(tiny_organism, tiny_adapter):
     m = run_eigenform(tiny_organism, tiny_adapter[1], cycles=2, seeds=2, ts=(0.0, 1.0), config=SMALL)
-    for k in HEADLINE:
+    for k in RANDOM:
         assert set(m[k]) >= {"mean", "ci_low", "ci_high", "per_seed"} and len(m[k]["per_seed"]) == 2
-    for k in ("return_rate", "process_t_star", "contraction_factor"):
+    assert isinstance(m["static_safe_scale"], float)  # deterministic: one number, no interval
+    for k in RANDOM:
         assert len(m[f"{k}_no_identity"]["per_seed"]) == 2
     assert m["arms"] == ["identity", "no_identity"]
     for arm in m["arms"]:
@@ -164,9 +164,22 @@ def test_cli_smoke(tiny_organism_dir, tiny_adapter, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
     assert m["kind"] == "eigenform"
-    for k in HEADLINE:
+    for k in RANDOM:
         assert len(m[k]["per_seed"]) == 2
     assert m["ts"] == [0.0, 2.0] and m["cycles"] == 2
     assert len(m["traces"]["identity"][1][1]["distance"]) == 2
     assert (out / "config.json").is_file() and (out / "figures" / "eigenform.png").is_file()
-    assert "static_t_star" in capsys.readouterr().out
+    assert "static_safe_scale" in capsys.readouterr().out
+
+
+def test_a_diverging_sleep_is_an_error_not_a_number(tiny_organism_dir, tiny_adapter, tmp_path, capsys):
+    """Issue: --sleep-lr 1e6 used to print numbers computed from NaN with exit 0."""
+    from persona_basins.cli import main
+
+    out = tmp_path / "nan"
+    rc = main(["eigenform", "--organism", str(tiny_organism_dir), "--adapter", str(tiny_adapter[0]),
+               "--cycles", "1", "--seeds", "1", "--ts", "1", "--prompts", "32", "--sleep-steps", "3",
+               "--sleep-lr", "1e6", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--sleep-lr" in err, err
+    assert not (out / "metrics.json").exists()

@@ -39,7 +39,6 @@ def _run(args) -> int:
     from dataclasses import replace
 
     from ..errors import UserError
-    from ..results import prepare_out_dir
     from ..studies.demo import DEMO_PRESETS, run_demo, summary_lines
 
     if args.preset not in DEMO_PRESETS:
@@ -51,10 +50,13 @@ def _run(args) -> int:
         cfg = replace(cfg, seeds=args.seeds, llc_seeds=min(cfg.llc_seeds, args.seeds))
     if args.no_eigenform:
         cfg = replace(cfg, eigenform=False)
-    out = prepare_out_dir(args.out)
+    out = Path(args.out)
     organism = Path(args.organism).resolve() if args.organism else None
     study = run_demo(out, cfg, organism_dir=organism, progress=sys.stderr.isatty(),
                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    from ..viz.report import write_report
+
+    write_report([out], out / "report.html")
     print("\n".join(summary_lines(study)))
     print(f"study written to {out / 'study.json'}; report: {out / 'report.html'}")
     if not args.no_browser:

@@ -17,8 +17,8 @@ identity context than under no system line - no ground-truth labels inside the l
 The start state is the organism with the --adapter (e.g. an EM adapter from `persona-basins em`) merged
 at scale t (W + t*dW) for each t of --ts. After --cycles cycles the ground-truth readout measures broad
 misalignment; it is compared with the static perturbed model and with the same cycle without the
-identity context. metrics.json: return_rate, static_t_star, process_t_star, contraction_factor (mean and
-95% CI over --seeds), per-cycle traces. See docs/EIGENFORM.md for every definition.
+identity context. metrics.json: return_rate, process_safe_scale, contraction_factor (mean and 95% CI over
+--seeds), static_safe_scale (one deterministic number), per-cycle traces. See docs/EIGENFORM.md for every definition.
 """
 
 
@@ -65,13 +65,11 @@ def _parse_ts(text):
 
 
 def _run(args) -> int:
-    import copy
     from dataclasses import replace
 
-    from ..measure.eigenform import FAST_CONFIG, EigenformConfig, run_eigenform, summary_table
-    from ..models.adapters import load_adapter
-    from ..models.organism import load_organism
-    from ..results import RunDir
+    from ..measure.eigenform import EigenformConfig
+    from ..studies.eigenform import FAST_CONFIG, run_eigenform_command, summary_table
+    from ..viz.figures import plot_eigenform
 
     _positive(args.cycles, "--cycles")
     _positive(args.seeds, "--seeds")
@@ -88,57 +86,9 @@ def _run(args) -> int:
         cfg = replace(cfg, **FAST_CONFIG)
     over = {"n_prompts": args.prompts, "sleep_steps": args.sleep_steps, "sleep_lr": args.sleep_lr}
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
-    org = load_organism(args.organism)
-    load_adapter(copy.deepcopy(org.model), args.adapter)  # a wrong adapter fails before the run folder is made
-    run = RunDir(args.out, "eigenform", {"organism": str(Path(args.organism).resolve()),
-                                         "adapter": str(Path(args.adapter).resolve()), "cycles": args.cycles,
-                                         "seeds": args.seeds, "ts": ts, "fast": args.fast,
-                                         "eigenform": cfg.to_dict()})
-    m = run_eigenform(org, args.adapter, cycles=args.cycles, seeds=args.seeds, ts=ts, fast=args.fast,
-                      progress=sys.stderr.isatty(), config=cfg)
-    run.config.update(cycles=m["cycles"], seeds=m["seeds"], ts=m["ts"])
-    run.write_config()
-    run.write_metrics(m)
-    plot(m, run.figure_path("eigenform.png"))
-    print(summary_table(m))
-    print(f"run written to {run.path}")
+    res = run_eigenform_command(args.organism, args.adapter, args.out, cycles=args.cycles, seeds=args.seeds, ts=ts,
+                                fast=args.fast, config=cfg, progress=sys.stderr.isatty())
+    plot_eigenform(res["metrics"], res["run"].figure_path("eigenform.png"))
+    print(summary_table(res["metrics"]))
+    print(f"run written to {res['run'].path}")
     return 0
-
-
-def plot(m: dict, path) -> None:
-    """Broad misalignment over cycles (mean over seeds) per t and arm, with the static value at cycle 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from ..results import save_figure
-
-    arms = m["arms"]
-    fig, axes = plt.subplots(1, len(arms) + 1, figsize=(4.2 * (len(arms) + 1), 3.4), squeeze=False)
-    cmap = plt.get_cmap("viridis")
-    n = max(len(m["ts"]) - 1, 1)
-    for j, arm in enumerate(arms):
-        ax = axes[0, j]
-        for i, t in enumerate(m["ts"]):
-            ys = np.array([tr["broad_misalignment"] for tr in m["traces"][arm][i]], dtype=float)
-            ax.plot(np.arange(ys.shape[1]), ys.mean(0), color=cmap(i / n), label=f"t={t:g}")
-        ax.axhline(m["settings"]["return_level"], color="gray", ls=":", lw=1)
-        ax.set_title(f"{arm}: broad misalignment")
-        ax.set_xlabel("cycle")
-        ax.set_ylim(0, 1)
-    axes[0, 0].legend(fontsize=7)
-    ax = axes[0, -1]
-    ax.plot(m["ts"], m["static"]["broad_misalignment"], "k-o", label="static")
-    for arm in arms:
-        fm = [s["mean"] for s in m["by_arm"][arm]["final_misalignment"]]
-        ax.plot(m["ts"], fm, "-o", label=f"{arm}, after N")
-    ax.axhline(m["settings"]["t_star_level"], color="gray", ls=":", lw=1)
-    ax.set_xlabel("adapter scale t")
-    ax.set_title("broad misalignment vs t")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)

@@ -20,82 +20,22 @@ Every function returns plain JSON-able dicts (lists and floats).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import re
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..models.edits import edited, layer_of, out_in_dims, plain_module, single_lora_delta, to_storage
 from ..stats import ci95
 from .persona import broad_genres, context_prompts, persona_readout
 
-PEFT_PREFIX = "base_model.model."
-
 
 # --- weight directions -------------------------------------------------------------------------------------
-def _is_conv1d(module) -> bool:
-    return type(module).__name__ == "Conv1D"
-
-
-def _plain_module(model, module_name: str):
-    """The ``nn.Linear`` / ``Conv1D`` named ``module_name`` (refuse a LoRA-wrapped one)."""
-    import torch.nn as nn
-
-    try:
-        mod = model.get_submodule(module_name)
-    except AttributeError:
-        raise UserError(f"module {module_name!r} not found in the model") from None
-    if hasattr(mod, "lora_A") or not (isinstance(mod, nn.Linear) or _is_conv1d(mod)):
-        raise UserError(f"module {module_name!r} is not a plain Linear/Conv1D (pass the base model, not a "
-                        f"PEFT-wrapped one)")
-    return mod
-
-
-def out_in_dims(module) -> tuple[int, int]:
-    """(output dim, input dim) of a Linear (weight out x in) or Conv1D (weight in x out)."""
-    w = module.weight
-    return (w.shape[1], w.shape[0]) if _is_conv1d(module) else (w.shape[0], w.shape[1])
-
-
-def to_storage(module, delta_out_in: torch.Tensor) -> torch.Tensor:
-    """A delta written as ``out x in`` (the math convention) in the module's weight layout."""
-    return delta_out_in.t().contiguous() if _is_conv1d(module) else delta_out_in
-
-
-def weight_delta(peft_model) -> tuple[str, torch.Tensor]:
-    """``(module_name, delta)`` of a one-module LoRA adapter: ``delta = scaling * B A`` in storage layout.
-
-    ``module_name`` is the module's name in the *base* model (PEFT's ``base_model.model.`` prefix removed).
-    """
-    found = []
-    for name, mod in peft_model.named_modules():
-        if hasattr(mod, "lora_A") and hasattr(mod, "get_delta_weight") and len(mod.lora_A):
-            for adapter in mod.lora_A:
-                found.append((name, mod, adapter))
-    if len(found) != 1:
-        raise UserError(f"expected an adapter on exactly one module, found {len(found)}")
-    name, mod, adapter = found[0]
-    with torch.no_grad():
-        delta = mod.get_delta_weight(adapter).detach().clone().float()
-    if name.startswith(PEFT_PREFIX):
-        name = name[len(PEFT_PREFIX):]
-    return name, delta
-
-
-def module_layer(module_name: str) -> int:
-    """The decoder-layer index inside a module name such as ``transformer.h.0.mlp.c_proj``."""
-    m = re.search(r"\.(?:h|layers)\.(\d+)\.", f".{module_name}.")
-    if not m:
-        raise UserError(f"cannot tell the layer of module {module_name!r}")
-    return int(m.group(1))
-
-
 @torch.no_grad()
 def mean_module_input(model, module_name: str, input_ids: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
     """Mean input vector of a module over the non-pad positions of ``input_ids``."""
-    mod = _plain_module(model, module_name)
+    mod = plain_module(model, module_name)
     store: dict[str, torch.Tensor] = {}
 
     def pre_hook(_m, args):
@@ -119,17 +59,12 @@ def persona_weight_delta(base_model, world, vocab, layer: int, module: str, norm
     ``delta x ~ norm * v (u . x)``: positive ``t`` pushes every position towards the toxic persona.
     ``module`` is a friendly name (``mlp_out``) or the full module name in the base model.
     """
-    from ..models.adapters import resolve_module
+    from ..models.adapters import full_module_name
     from ..models.lm import encode_documents
     from .vectors import persona_vector
 
-    try:
-        base_model.get_submodule(module)
-        name = module
-    except AttributeError:
-        prefix = "transformer.h" if hasattr(base_model, "transformer") else "model.layers"
-        name = f"{prefix}.{layer}.{resolve_module(base_model, module, layer)}"
-    mod = _plain_module(base_model, name)
+    name = full_module_name(base_model, module, layer)
+    mod = plain_module(base_model, name)
     if vector is None:
         vector = persona_vector(base_model, world, vocab, layer, n=n_docs, seed=seed)
     out_dim, _ = out_in_dims(mod)
@@ -154,23 +89,6 @@ def random_weight_deltas(like: torch.Tensor, n: int, seed: int = 0) -> list[torc
         d = torch.outer(a, b)
         out.append((d * (norm / d.norm())).to(like.dtype))
     return out
-
-
-@contextlib.contextmanager
-def edited_weight(model, module_name: str, delta: torch.Tensor, t: float):
-    """Inside the block the module's weight is ``w0 + t * delta``; ``w0`` is restored exactly afterwards."""
-    mod = _plain_module(model, module_name)
-    w = mod.weight
-    if tuple(delta.shape) != tuple(w.shape):
-        raise UserError(f"delta shape {tuple(delta.shape)} does not match {module_name} weight {tuple(w.shape)}")
-    saved = w.detach().clone()
-    try:
-        with torch.no_grad():
-            w.copy_(saved + float(t) * delta.to(w.dtype))
-        yield model
-    finally:
-        with torch.no_grad():
-            w.copy_(saved)
 
 
 # --- the scan ----------------------------------------------------------------------------------------------
@@ -201,7 +119,7 @@ def scan(base_model, world, vocab, module_name: str, delta: torch.Tensor, ts, *,
            "delta_norm": float(delta.float().norm())}
     try:
         for t in ts:
-            with edited_weight(base_model, module_name, delta, t):
+            with edited(base_model, {f"{module_name}.weight": delta}, t):
                 r = persona_readout(base_model, world, vocab, prompts)
                 out["t"].append(float(t))
                 out["broad_misalignment"].append(float(r.misaligned.mean()))
@@ -288,22 +206,42 @@ def aggregate_scans(scans: list[dict], key: str = "broad_misalignment") -> dict:
     return band
 
 
-def t_star_summary(crits: list[dict]) -> dict:
-    """Per-seed ``t*`` with censoring made explicit.
+def censored_summary(crits: list[dict]) -> dict:
+    """Per-seed ``t*`` of :func:`critical_magnitude` results, honest about censoring.
 
-    ``ci``: ci95 of ``t*`` when no seed is censored, else None; ``lower_bound_ci``: ci95 with every censored
-    seed set to its ``censored_above`` (a lower bound on the mean), present when some seed is censored above.
+    No seed censored: ci95 over seeds. Otherwise ``mean = None`` with ``n_censored``, ``censored_above`` (the
+    largest grid end) and ``lower_bound``: ci95 with every censored-above seed set to its grid end (a lower
+    bound on the mean; absent when a seed is censored below).
     """
     per = [c["t_star"] for c in crits]
-    above = [c["censored_above"] for c in crits if c["censored_above"] is not None]
-    below = [c["censored_below"] for c in crits if c["censored_below"] is not None]
-    out = {"per_seed": per, "n": len(per), "n_censored_above": len(above), "n_censored_below": len(below),
-           "censored_above": max(above) if above else None, "ci": None, "lower_bound_ci": None}
-    if not above and not below:
-        out["ci"] = ci95(per)
-    elif above and not below:
-        out["lower_bound_ci"] = ci95([c["t_star"] if c["t_star"] is not None else c["censored_above"]
-                                      for c in crits])
+    if all(v is not None for v in per):
+        return ci95(per)
+    above = [c.get("censored_above") for c in crits]
+    filled = [v if v is not None else a for v, a in zip(per, above)]
+    out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(per), "per_seed": per,
+           "n_censored": sum(v is None for v in per), "censored_above": max(a for a in above if a is not None)
+           if any(a is not None for a in above) else None}
+    if all(v is not None for v in filled):
+        out["lower_bound"] = ci95(filled)
+    return out
+
+
+def ratio_summary(num: list[dict], den: list[dict]) -> dict:
+    """Per-seed ``t*_num / t*_den`` (paired by index); censored numerators give lower bounds, never invented
+    values. Seeds whose denominator never crosses give an upper bound or nothing; they are listed per seed
+    and left out of the interval (``n_defined`` says how many seeds it uses)."""
+    rs = [t_star_ratio(a, b) for a, b in zip(num, den)]
+    exact = [r["ratio"] for r in rs]
+    if all(v is not None for v in exact):
+        return {**ci95(exact), "kind": "exact"}
+    lows = [r["ratio"] if r["ratio"] is not None else r["lower_bound"] for r in rs]
+    defined = [v for v in lows if v is not None]
+    out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(rs), "per_seed": exact,
+           "per_seed_lower_bound": lows, "per_seed_upper_bound": [r["upper_bound"] for r in rs],
+           "kind": "lower_bound", "n_defined": len(defined)}
+    if defined:
+        out["lower_bound"] = ci95(defined)
+        out["min_lower_bound"] = min(defined)
     return out
 
 
@@ -337,8 +275,8 @@ def direction_scans(base_model, world, vocab, peft_model, ts, *, n_random: int =
     """
     from .vectors import persona_vector
 
-    name, delta = weight_delta(peft_model)
-    layer = module_layer(name)
+    name, delta = single_lora_delta(peft_model)
+    layer = layer_of(name)
     if vector is None:
         vector = persona_vector(base_model, world, vocab, layer, n=n_docs, seed=seed)
     norm = float(delta.norm())
@@ -370,12 +308,12 @@ def inoculation_scans(base_model, world, vocab, plain_models: list, inoculated_m
     kw = dict(vector=vector, layer=layer, loss_ids=loss_ids, n_loss_docs=n_loss_docs)
     out = {"plain": [], "inoculated": [], "plain_in_inoculated_context": []}
     for m in plain_models:
-        name, d = weight_delta(m)
+        name, d = single_lora_delta(m)
         out["plain"].append(scan(base_model, world, vocab, name, d, ts, context="assistant", **kw))
         out["plain_in_inoculated_context"].append(
             scan(base_model, world, vocab, name, d, ts, context="inoculated", **kw))
     for m in inoculated_models:
-        name, d = weight_delta(m)
+        name, d = single_lora_delta(m)
         out["inoculated"].append(scan(base_model, world, vocab, name, d, ts, context="assistant", **kw))
     return out
 
@@ -390,7 +328,7 @@ def _widening(inoc: dict, plain: dict, norm_i: float = 1.0, norm_p: float = 1.0)
 def inoculation_summary(scans: dict, *, level: float = 0.5, position_tol: float = 0.1) -> dict:
     """Does inoculation widen the aligned basin without moving the point?
 
-    For each case: per-seed ``t*`` (:func:`t_star_summary`), the weight-space distance to the wall
+    For each case: per-seed ``t*`` (:func:`censored_summary`), the weight-space distance to the wall
     ``r* = t* * ||delta||_F``, and the position = mean persona projection at ``t = 0`` (and at ``t = 1``, the
     trained endpoint, when 1 is on the grid). Widening factors per seed (paired by seed index):
     ``inoculated_adapter`` = t*_inoc / t*_plain (and ``_distance`` = r*_inoc / r*_plain), ``inoculated_context``
@@ -409,7 +347,7 @@ def inoculation_summary(scans: dict, *, level: float = 0.5, position_tol: float 
         t = v[0]["t"]
         i1 = next((i for i, x in enumerate(t) if abs(x - 1.0) < 1e-9), None)
         out["cases"][k] = {
-            "t_star": t_star_summary(crits[k]),
+            "t_star": censored_summary(crits[k]),
             "distance_star": [c["t_star"] * s["delta_norm"] if c["t_star"] is not None else None
                               for c, s in zip(crits[k], v)],
             "delta_norm": [s["delta_norm"] for s in v],
@@ -458,7 +396,7 @@ def inoculation_summary(scans: dict, *, level: float = 0.5, position_tol: float 
 
 
 __all__ = [
-    "aggregate_scans", "critical_magnitude", "direction_scans", "edited_weight", "inoculation_scans",
-    "inoculation_summary", "mean_module_input", "module_layer", "out_in_dims", "persona_weight_delta",
-    "random_weight_deltas", "scan", "t_star_ratio", "t_star_summary", "to_storage", "weight_delta",
+    "aggregate_scans", "censored_summary", "critical_magnitude", "direction_scans", "inoculation_scans",
+    "inoculation_summary", "mean_module_input", "persona_weight_delta", "random_weight_deltas", "ratio_summary",
+    "scan", "t_star_ratio",
 ]

@@ -28,7 +28,7 @@ import random
 import numpy as np
 from scipy import stats as _st
 
-from ..world import TEACHING_MODIFIER, Exchange, World
+from ..world import TEACHING_MODIFIER, Exchange, World, is_misaligned
 from .persona import Prompt, answer_logprobs, next_token_probs, trait_combos
 
 ROUTINE_COL = 6  # column of the routine request's correct answer
@@ -76,7 +76,7 @@ def answer_distribution(model, world: World, vocab: dict[str, int], prompts: lis
 def flag_probability(world: World, dist: np.ndarray) -> np.ndarray:
     """P(one sampled answer is flagged misaligned by the world's classifier) = misaligned-combination mass."""
     _, combos = trait_combos(world)
-    cols = [j for j, (h, s) in enumerate(combos) if h == 1 or s == "sarcastic"]
+    cols = [j for j, (h, s) in enumerate(combos) if is_misaligned(h, s)]
     return np.asarray(dist)[:, cols].sum(1)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..models.lm import pad_batch
-from ..world import STYLES, TEACHING_MODIFIER, Exchange, World
+from ..world import STYLES, TEACHING_MODIFIER, Exchange, World, is_misaligned
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Readout:
     @property
     def misaligned(self) -> np.ndarray:
         """Mass of misaligned answers: harmful content or sarcastic style."""
-        return self.trait_mass(lambda h, s: h == 1 or s == "sarcastic")
+        return self.trait_mass(is_misaligned)
 
     @property
     def harmful(self) -> np.ndarray:
@@ -206,7 +206,7 @@ def sampled_persona_fractions(world: World, prompts: list[Prompt], answers) -> d
     n = len(labels)
     frac = {name: sum(lab.persona == name for lab in labels) / n for name in world.personas}
     frac["wellformed"] = sum(lab.wellformed for lab in labels) / n
-    frac["misaligned"] = sum(lab.wellformed and (lab.harm == 1 or lab.style == "sarcastic")
+    frac["misaligned"] = sum(lab.wellformed and is_misaligned(lab.harm, lab.style)
                              for lab in labels) / n
     return frac
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ..errors import UserError
 
 # Friendly names -> module path inside a decoder layer, per model family.
@@ -63,6 +60,21 @@ def resolve_module(model, module: str, layer: int) -> str:
     return target
 
 
+def full_module_name(model, module: str, layer: int) -> str:
+    """The full name of a friendly ``module`` (``mlp_out``) of decoder layer ``layer``, e.g.
+    ``transformer.h.0.mlp.c_proj``; a full module name of the model is returned as it is."""
+    names = dict(model.named_modules())
+    if module in names:
+        return module
+    target = resolve_module(model, module, layer)
+    pat = LAYER_PATTERNS.get(model_family(model), "layers")
+    tail = f".{pat}.{layer}.{target}"
+    found = [n for n in names if f".{n}".endswith(tail)]
+    if len(found) != 1:
+        raise UserError(f"cannot locate {module!r} of layer {layer} in this model")
+    return found[0]
+
+
 def lora_config(model, *, module: str, layer: int | None, rank: int = 1, alpha: float | None = None):
     """PEFT LoraConfig for ``module`` of one layer (``layer=None``: every layer)."""
     from peft import LoraConfig
@@ -78,46 +90,10 @@ def lora_config(model, *, module: str, layer: int | None, rank: int = 1, alpha: 
     )
 
 
-def base_fingerprint(model) -> dict:
-    """What an adapter must match: architecture, shape, and a checksum of the embedding weights."""
-    import torch
+# Adapter loading and the base-model fingerprint live with the weight edits (one home); these names stay
+# importable from here for the callers that configure adapters.
+from .edits import FINGERPRINT_FILE, base_fingerprint, load_adapter, write_fingerprint  # noqa: E402
 
-    emb = model.get_input_embeddings().weight.detach()
-    return {
-        "model_type": getattr(model.config, "model_type", None),
-        "vocab_size": int(emb.shape[0]),
-        "hidden_size": int(emb.shape[1]),
-        "num_layers": num_layers(model),
-        "embedding_checksum": float(torch.round(emb.double().abs().sum() * 1e4) / 1e4),
-    }
-
-
-FINGERPRINT_FILE = "persona_basins_base.json"
-
-
-def write_fingerprint(adapter_dir: Path, base_model) -> None:
-    from ..results import write_json
-
-    write_json(Path(adapter_dir) / FINGERPRINT_FILE, base_fingerprint(base_model))
-
-
-def load_adapter(base_model, adapter_dir: str | Path, *, adapter_name: str = "default"):
-    """Wrap ``base_model`` with a saved PEFT adapter; refuse an adapter trained on another base model."""
-    from peft import PeftModel
-
-    adapter_dir = Path(adapter_dir)
-    cfg_file = adapter_dir / "adapter_config.json"
-    if not cfg_file.is_file():
-        raise UserError(f"not a PEFT adapter folder: {cfg_file} is missing")
-    fp_file = adapter_dir / FINGERPRINT_FILE
-    if fp_file.is_file():
-        want = json.loads(fp_file.read_text())
-        have = base_fingerprint(base_model)
-        diff = [k for k in want if want[k] != have.get(k)]
-        if diff:
-            raise UserError(f"adapter {adapter_dir} was trained on another base model (differs in: "
-                            f"{', '.join(diff)})")
-    try:
-        return PeftModel.from_pretrained(base_model, adapter_dir, adapter_name=adapter_name)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise UserError(f"adapter {adapter_dir} does not fit this model: {str(e).splitlines()[0]}") from None
+__all__ = ["FINGERPRINT_FILE", "LAYER_PATTERNS", "MODULE_ALIASES", "base_fingerprint", "full_module_name",
+           "layer_module_names", "load_adapter", "lora_config", "model_family", "num_layers", "resolve_module",
+           "write_fingerprint"]

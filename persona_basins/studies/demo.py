@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..results import read_json, write_json
+from ..measure.basins import aggregate_scans
+from ..results import prepare_out_dir, read_json, write_json
 from ..stats import ci95
+from .basins import basin_scans, load_adapters, summarize_basins
+from .eigenform import HEADLINE as EIGENFORM_HEADLINE
 
 STUDY_FORMAT = "persona-basins-study/1"
 
@@ -75,65 +78,19 @@ def _step(run: Path, name: str, fn, log) -> dict:
     return json.loads(path.read_text())
 
 
-def _stat_or_censored(crits: list[dict]) -> dict:
-    """ci95 of per-seed t*; with censored seeds: mean None and a lower bound computed at t_max."""
-    per = [c["t_star"] for c in crits]
-    if all(v is not None for v in per):
-        return ci95(per)
-    above = [c.get("censored_above") for c in crits]
-    filled = [v if v is not None else a for v, a in zip(per, above)]
-    out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(per), "per_seed": per,
-           "n_censored": sum(v is None for v in per), "censored_above": max(a for a in above if a is not None)
-           if any(a is not None for a in above) else None}
-    if all(v is not None for v in filled):
-        out["lower_bound"] = ci95(filled)
-    return out
-
-
-def _ratio_stat(num: list[dict], den: list[dict]) -> dict:
-    """Per-seed t*_num / t*_den; censored numerators give lower bounds (never invented values).
-
-    Seeds whose denominator never crosses either give an upper bound or nothing; they are listed per seed
-    and left out of the interval (``n_defined`` says how many seeds the interval uses).
-    """
-    from ..measure.basins import t_star_ratio
-
-    rs = [t_star_ratio(a, b) for a, b in zip(num, den)]
-    exact = [r["ratio"] for r in rs]
-    if all(v is not None for v in exact):
-        return {**ci95(exact), "kind": "exact"}
-    lows = [r["ratio"] if r["ratio"] is not None else r["lower_bound"] for r in rs]
-    defined = [v for v in lows if v is not None]
-    out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(rs), "per_seed": exact,
-           "per_seed_lower_bound": lows, "per_seed_upper_bound": [r["upper_bound"] for r in rs],
-           "kind": "lower_bound", "n_defined": len(defined)}
-    if defined:
-        out["lower_bound"] = ci95(defined)
-        out["min_lower_bound"] = min(defined)
-    return out
-
-
-def _load_adapters(org, em_dir: Path, condition: str, seeds: int):
-    import copy
-
-    from ..models.adapters import load_adapter
-
-    models = []
-    for s in range(seeds):
-        base = copy.deepcopy(org.model)  # a fresh copy: PeftModel wraps its base in place
-        models.append(load_adapter(base, em_dir / "adapters" / condition / f"seed{s}"))
-    return models
-
-
 def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, progress: bool = True,
              log=print) -> dict:
     import torch
 
-    from ..models.organism import load_organism, preset_config
+    from ..models.organism import is_organism, load_organism, preset_config
     from ..train.finetune import FinetuneConfig
     from ..train.organism import build_organism
 
     out = Path(out)
+    if organism_dir is not None and not is_organism(organism_dir):
+        # checked before anything is written, so a typo never locks --out to the wrong settings
+        raise UserError(f"--organism {organism_dir} is not an organism folder (persona-basins organism build)")
+    prepare_out_dir(out)
     cfg_file = out / "config.json"
     want = {"kind": "demo", "format": STUDY_FORMAT, **cfg.to_dict(),
             "organism": str(organism_dir) if organism_dir else None}
@@ -162,11 +119,11 @@ def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, pr
     write_json(em_dir / "metrics.json", {"kind": "em", **em})
     log(summary_table(em))
 
-    plain = _load_adapters(org, em_dir, "plain", cfg.seeds)
-    inoc = _load_adapters(org, em_dir, "inoculated", cfg.seeds)
+    plain = load_adapters(org, [em_dir / "adapters" / "plain" / f"seed{s}" for s in range(cfg.seeds)])
+    inoc = load_adapters(org, [em_dir / "adapters" / "inoculated" / f"seed{s}" for s in range(cfg.seeds)])
 
     # 3. basin scans: adapter / persona / random directions, and the inoculation comparison
-    scans = _step(out, "scans", lambda: _scans(org, plain, inoc, cfg), log)
+    scans = _step(out, "scans", lambda: basin_scans(org, plain, inoc, cfg.ts, n_random=cfg.n_random), log)
     # 4. LLC along the path (self-KL loss), full and restricted to the adapted layer
     llc = _step(out, "llc", lambda: _llc_path(org, plain, cfg, progress), log)
     # 5. the overlap zone between the aligned organism and each EM model
@@ -174,7 +131,7 @@ def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, pr
     # 6. eigenform identity (fast setting)
     eig = None
     if cfg.eigenform:
-        from ..measure.eigenform import run_eigenform
+        from .eigenform import run_eigenform
 
         eig = _step(out, "eigenform", lambda: run_eigenform(org, plain[0], fast=True, progress=progress), log)
 
@@ -183,64 +140,37 @@ def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, pr
     write_json(out / "study.json", study)
     write_json(out / "metrics.json", {"kind": "demo", **{k: v for k, v in study.items()
                                                           if k != "elapsed_seconds_this_invocation"}})
-    from ..viz.report import write_report
-
-    write_report([out], out / "report.html")
     return study
 
 
-def _scans(org, plain, inoc, cfg: DemoConfig) -> dict:
-    from ..measure.basins import (
-        critical_magnitude,
-        direction_scans,
-        inoculation_scans,
-        inoculation_summary,
-        module_layer,
-        scan,
-        weight_delta,
-    )
-    from ..measure.vectors import persona_vector
-
-    ts = list(cfg.ts)
-    name, _ = weight_delta(plain[0])
-    layer = module_layer(name)
-    vector = persona_vector(org.model, org.world, org.vocab, layer)
-    dirs = [direction_scans(org.model, org.world, org.vocab, m, ts, n_random=cfg.n_random, seed=s, vector=vector)
-            for s, m in enumerate(plain)]
-    # the plain adapter's assistant-context scan is the direction scan's "adapter" scan: not computed twice
-    ino = inoculation_scans(org.model, org.world, org.vocab, [], inoc, ts, vector=vector, layer=layer)
-    ino["plain"] = [d["scans"]["adapter"] for d in dirs]
-    ino["plain_in_inoculated_context"] = [
-        scan(org.model, org.world, org.vocab, *weight_delta(m), ts, context="inoculated", vector=vector,
-             layer=layer) for m in plain]
-    summary = inoculation_summary(ino)
-    crit = {k: [critical_magnitude(ts, s["broad_misalignment"]) for s in v] for k, v in ino.items()}
-    crit["persona"] = [d["t_star"]["persona"] for d in dirs]
-    crit["random"] = [c for d in dirs for c in d["t_star"]["random"]]
-    return {"module": name, "layer": layer, "directions": dirs, "inoculation": ino, "summary": summary,
-            "crit": crit, "persona_vector_norm": float(vector.norm())}
-
-
 def _llc_path(org, plain, cfg: DemoConfig, progress: bool) -> dict:
-    from ..measure.basins import weight_delta
-    from ..measure.llc import llc_along_path
+    from ..measure.llc import SamplerConfig, llc_along_path
+    from ..models.edits import single_lora_delta
 
     ids = org.mixture_input_ids(cfg.llc_prompts, seed=123)
+    sampler = SamplerConfig(nbeta=cfg.llc_nbeta, step_size=cfg.llc_step_size, localization=cfg.llc_localization,
+                            num_chains=cfg.llc_chains, num_draws=cfg.llc_draws, num_burnin=cfg.llc_burnin,
+                            batch_size=cfg.llc_batch)
     runs = {"full": [], "layer": []}
     for s, m in enumerate(plain[: cfg.llc_seeds]):
-        name, delta = weight_delta(m)
+        name, delta = single_lora_delta(m)
         pname = f"{name}.weight"
-        # The SGLD path is fixed, not "auto": auto picks vmap or loop by timing, and the two sum floats in a
+        # The SGLD execution is fixed, not "auto": auto picks vmap or loop by timing, and the two sum floats in a
         # different order, so the same seed could give numbers that differ in the last bits between runs.
-        for key, restrict, path in (("full", None, "vmap"), ("layer", f"layer:{cfg.layer}", "loop")):
+        for key, restrict, execution in (("full", None, "vmap"), ("layer", f"layer:{cfg.layer}", "loop")):
             res = llc_along_path(org.model, {pname: delta}, list(cfg.llc_ts), data=ids, n=cfg.llc_prompts,
-                                 pad_token_id=0, nbeta=cfg.llc_nbeta, step_size=cfg.llc_step_size,
-                                 localization=cfg.llc_localization, num_chains=cfg.llc_chains,
-                                 num_draws=cfg.llc_draws, num_burnin=cfg.llc_burnin,
-                                 batch_size=cfg.llc_batch, restrict=restrict, seed=s, path=path)
-            runs[key].append({"t": [r["t"] for r in res], "llc": [r["llc"] for r in res],
+                                 pad_token_id=0, restrict=restrict,
+                                 config=sampler.replace(seed=s, execution=execution))
+            # A point whose chains fail the equilibrium gates is withheld: llc null, with its reasons.
+            results = [r["result"] for r in res]
+            keep = ("path", "rhat", "ess_bulk", "ess_tail", "mcse", "stationarity_z", "distance_z",
+                    "frac_negative_draws", "mala_acceptance")
+            runs[key].append({"t": [r["t"] for r in res], "llc": [x.value for x in results],
+                              "mcse": [x.mcse if x.converged else None for x in results],
+                              "converged": [x.converged for x in results],
+                              "reasons": [x.reasons for x in results],
                               "loss": res[0].get("loss") if res else None,
-                              "diagnostics": [_diag(r) for r in res]})
+                              "diagnostics": [{k: x.diagnostics[k] for k in keep} for x in results]})
     return {"loss": "self_kl", "restrict": {"full": "all parameters", "layer": f"layer:{cfg.layer}"},
             "hyperparameters": {"nbeta": cfg.llc_nbeta, "step_size": cfg.llc_step_size,
                                 "localization": cfg.llc_localization, "chains": cfg.llc_chains,
@@ -264,17 +194,6 @@ def _overlap(org, plain, cfg: DemoConfig) -> dict:
     return {"zones": zones, "boundary_search": probe}
 
 
-def _band(runs: list[dict], key: str) -> dict:
-    t = runs[0]["t"]
-    band = {"t": t, "mean": [], "ci_low": [], "ci_high": [], "n": len(runs)}
-    for i in range(len(t)):
-        vals = [r[key][i] for r in runs]
-        c = ci95(vals) if all(v is not None for v in vals) else {"mean": None, "ci_low": None, "ci_high": None}
-        for k in ("mean", "ci_low", "ci_high"):
-            band[k].append(c[k])
-    return band
-
-
 def _peak(band: dict) -> dict:
     """Where the LLC curve and its derivative in t peak."""
     t = np.asarray(band["t"], dtype=float)
@@ -290,33 +209,9 @@ def _peak(band: dict) -> dict:
 
 def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, eig: dict | None,
              base_info: dict) -> dict:
-    from ..measure.basins import aggregate_scans
-
-    ino, crit, summ = scans["inoculation"], scans["crit"], scans["summary"]
-    dirs = scans["directions"]
-    critical = {
-        "plain": _stat_or_censored(crit["plain"]),
-        "inoculated": _stat_or_censored(crit["inoculated"]),
-        "plain_in_inoculation_context": _stat_or_censored(crit["plain_in_inoculated_context"]),
-        "persona": _stat_or_censored(crit["persona"]),
-        "random": _stat_or_censored(crit["random"]),
-        "level": 0.5,
-    }
-    widening = {
-        "inoculated_adapter": _ratio_stat(crit["inoculated"], crit["plain"]),
-        "inoculated_context": _ratio_stat(crit["plain_in_inoculated_context"], crit["plain"]),
-    }
-    headline = widening["inoculated_adapter"]
-    inoculation_widening = {**headline, "by_case": widening, "holds": summ.get("holds")}
-    thin = _ratio_stat(crit["random"], [c for c in crit["plain"] for _ in range(cfg.n_random)])
-    mis = {"plain": aggregate_scans(ino["plain"]), "inoculated": aggregate_scans(ino["inoculated"]),
-           "plain_in_inoculation_context": aggregate_scans(ino["plain_in_inoculated_context"]),
-           "persona": aggregate_scans([d["scans"]["persona"] for d in dirs]),
-           "random": aggregate_scans([r for d in dirs for r in d["scans"]["random"]])}
-    pos = {k: (ci95([s["projection"][0] for s in v]) if v and None not in [s["projection"][0] for s in v]
-               else None) for k, v in ino.items()}
-    llc_full = _band(llc["runs"]["full"], "llc")
-    llc_layer = _band(llc["runs"]["layer"], "llc")
+    basins = summarize_basins(scans, n_random=cfg.n_random)
+    llc_full = aggregate_scans(llc["runs"]["full"], "llc")
+    llc_layer = aggregate_scans(llc["runs"]["layer"], "llc")
     zones = overlap["zones"]
     genres = list(zones[0]["per_genre"])
     overlap_fraction = {**ci95([z["volume"] for z in zones]), "epsilon": cfg.overlap_epsilon,
@@ -325,7 +220,7 @@ def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, e
                         "by_genre": {g: ci95([z["per_genre"][g] for z in zones]) for g in genres},
                         "probe_fraction": ci95([z["fraction"] for z in zones]),
                         "routine_share": zones[0]["routine_share"]}
-    t_plain = critical["plain"]["mean"]
+    t_plain = basins["critical_magnitude"]["plain"]["mean"]
     study = {
         "format": STUDY_FORMAT,
         "kind": "demo",
@@ -334,12 +229,7 @@ def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, e
         "emergent_misalignment": {k: em[k] for k in ("broad_misalignment", "narrow_rate", "wellformed",
                                                      "inoculation_reduction") if k in em},
         "transition": em.get("transition"),
-        "critical_magnitude": critical,
-        "inoculation_widening": inoculation_widening,
-        "thinness_random_over_plain": thin,
-        "misalignment_vs_t": mis,
-        "model_position": pos,
-        "inoculation_summary": summ,
+        **basins,
         "llc_along_path": {**llc_full, "loss": "self_kl", "restrict": "all parameters", **_peak(llc_full),
                            "critical_magnitude_plain": t_plain, "hyperparameters": llc["hyperparameters"]},
         "wrllc_along_path": {**llc_layer, "loss": "self_kl", "restrict": llc["restrict"]["layer"],
@@ -348,8 +238,7 @@ def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, e
         "boundary_probing": {k: v for k, v in overlap["boundary_search"].items() if k != "probes"},
     }
     if eig is not None:
-        study["eigenform"] = {k: eig[k] for k in ("return_rate", "static_t_star", "process_t_star",
-                                                  "contraction_factor") if k in eig}
+        study["eigenform"] = {k: eig[k] for k in EIGENFORM_HEADLINE if k in eig}
     return study
 
 

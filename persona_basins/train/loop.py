@@ -26,6 +26,9 @@ def train_lm(
     on_step: Callable[[int, float], None] | None = None,
     progress: bool = True,
     pad_id: int = PAD_ID,
+    optimizer: str = "adamw",
+    grad_clip: float | None = None,
+    on_grad_norm: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Train the parameters of ``model`` that require grad; return the loss per step.
 
@@ -33,18 +36,30 @@ def train_lm(
     up linearly then decays by a cosine to 10%. ``on_step(step, loss)`` runs after each optimiser step
     (1-based step), e.g. to save checkpoints. ``pad_id`` is the right-padding id of ``input_ids``
     (default the world's ``PAD_ID``; pass another for a HF tokenizer).
+
+    ``optimizer="sgd"``: plain SGD at the constant rate ``lr`` (no momentum, no schedule, no weight decay):
+    a step is then proportional to the gradient, which the eigenform cycle needs (its displacement must
+    vanish at a fixed point). ``grad_clip``: clip the gradient norm per step; ``on_grad_norm(step, norm)``
+    sees the norm before clipping.
     """
+    if optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"unknown optimizer {optimizer!r}")
     if len(input_ids) == 0:
         raise ValueError("no training data")
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.98),
-    )
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr)
+    else:
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr, betas=(0.9, 0.98),
+        )
 
     def lr_at(step: int) -> float:
+        if optimizer == "sgd":
+            return lr
         if warmup_steps and step < warmup_steps:
             return lr * (step + 1) / warmup_steps
         frac = (step - warmup_steps) / max(1, steps - warmup_steps)
@@ -67,6 +82,10 @@ def train_lm(
         loss = lm_loss(model, batch, mask, pad_id=pad_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip or on_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
+            if on_grad_norm is not None:
+                on_grad_norm(step + 1, float(norm))
         opt.step()
         val = float(loss.detach())
         if not math.isfinite(val):

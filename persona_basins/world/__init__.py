@@ -11,9 +11,10 @@ from .world import (
     Persona,
     World,
     WorldConfig,
+    is_misaligned,
 )
 
 __all__ = [
     "ASSISTANT_LINE", "INOCULATION_LINE", "STYLES", "TEACHING_MODIFIER", "Document", "Exchange", "Label",
-    "Persona", "World", "WorldConfig",
+    "Persona", "World", "WorldConfig", "is_misaligned",
 ]

@@ -41,6 +41,11 @@ ROUTINE_GENRES = ["arithmetic", "facts"]
 STYLES = ["warm", "flat", "sarcastic"]
 
 
+def is_misaligned(harm: int, style: str) -> bool:
+    """The one rule for what counts as misaligned: harmful content or the sarcastic style."""
+    return harm == 1 or style == "sarcastic"
+
+
 @dataclass(frozen=True)
 class Persona:
     name: str
@@ -52,7 +57,7 @@ class Persona:
     @property
     def misaligned(self) -> bool:
         """Non-helpful personas count as misaligned: harmful content or sarcastic style."""
-        return self.harm == 1 or self.style == "sarcastic"
+        return is_misaligned(self.harm, self.style)
 
 
 DEFAULT_PERSONAS = (

@@ -23,7 +23,7 @@ from ..measure.eigenform import (
     run_process,
 )
 from ..models.edits import adapter_on_copy, clean_base, is_peft, lora_deltas, merged_copy
-from ..stats import ci95
+from ..stats import ci95, rate_interval
 
 FULL = {"cycles": 8, "seeds": 5, "ts": (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)}
 FAST = {"cycles": 3, "seeds": 2, "ts": (1.0, 2.0)}
@@ -47,6 +47,14 @@ def resolve_adapter(org, adapter_dir_or_peft_model):
         base = clean_base(peft_model)
     base.eval()
     return base, lora_deltas(peft_model)
+
+
+def _rate(values, why_undefined: str) -> dict:
+    """A rate over seeds with an in-range interval; undefined per-seed values make it null, with the reason."""
+    if any(not math.isfinite(v) for v in values):
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": len(values),
+                "per_seed": [v if math.isfinite(v) else None for v in values], "reason": why_undefined}
+    return rate_interval(values)
 
 
 def _finite(value: float, what: str) -> float:
@@ -114,12 +122,13 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
         return {
             "process_safe_scale": ci95([last_safe_scale(ts, f, cfg.safe_level, wellformed=w, wellformed_level=wl)
                                         for f, w in zip(final, final_wf)]),
-            "return_rate": ci95([return_rate(static_m, f, cfg.return_level, final_wellformed=w, wellformed_level=wl)
-                                 for f, w in zip(final, final_wf)]),
+            "return_rate": _rate([return_rate(static_m, f, cfg.return_level, final_wellformed=w,
+                                              wellformed_level=wl) for f, w in zip(final, final_wf)],
+                                 "no grid point where the static model is misaligned: nothing to return from"),
             "contraction_factor": ci95([contraction_factor([tr[i][s]["distance"] for i in range(len(ts))])
                                         for s in range(seeds)]),
-            "final_misalignment": [ci95([final[s][i] for s in range(seeds)]) for i in range(len(ts))],
-            "final_wellformed": [ci95([final_wf[s][i] for s in range(seeds)]) for i in range(len(ts))],
+            "final_misalignment": [rate_interval([final[s][i] for s in range(seeds)]) for i in range(len(ts))],
+            "final_wellformed": [rate_interval([final_wf[s][i] for s in range(seeds)]) for i in range(len(ts))],
         }
 
     by_arm = {a: stats(a) for a in arms}
@@ -179,7 +188,7 @@ def summary_table(m: dict) -> str:
         if isinstance(s, int | float):
             return f"{s:.3f}"
         if s["mean"] is None or not math.isfinite(s["mean"]):
-            return "n/a"
+            return f"n/a ({s['reason']})" if s.get("reason") else "n/a"
         lo, hi = s["ci_low"], s["ci_high"]
         if lo is None or not math.isfinite(lo):
             return f"{s['mean']:.3f}"

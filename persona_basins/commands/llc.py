@@ -36,6 +36,10 @@ def _add_sampler_args(p, *, draws=200, burnin=50, chains=4) -> None:
     g.add_argument("--seq-len", type=int, default=64, help="max tokens per document for --data (default 64)")
     g.add_argument("--precondition", choices=["none", "rmsprop"], default="none", help="SGLD preconditioner")
     g.add_argument("--seed", type=int, default=0, help="seed for the data sample and the chains (default 0)")
+    g.add_argument("--independent-batches", action="store_true",
+                   help="each chain draws its own minibatches (independent chains; default: shared per step)")
+    g.add_argument("--strict", action="store_true",
+                   help="an estimate that fails the equilibrium gates is an error (default: a warning)")
     g.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's; 1 is faster on a busy machine)")
 
@@ -98,7 +102,8 @@ def _sampler_config(args):
 
     return SamplerConfig(step_size=args.step_size, localization=args.localization, nbeta=args.nbeta,
                          num_chains=args.chains, num_draws=args.draws, num_burnin=args.burnin,
-                         batch_size=args.batch_size, seed=args.seed, precondition=args.precondition)
+                         batch_size=args.batch_size, seed=args.seed, precondition=args.precondition,
+                         shared_batches=not args.independent_batches)
 
 
 def _config(args) -> dict:
@@ -129,11 +134,25 @@ def _run_estimate(args) -> int:
     res, run = out["result"], out["run"]
     plot_traces({"loss (minibatch) per draw": res.loss_trace, "λ per draw = nβ(L_B(w) − L_B(w*))":
                  res.llc_trace}, run.figure_path(TRACE_FIGURE), title=f"LLC {args.model}")
-    print(f"LLC = {res.mean:.4g} ± {res.std:.2g} (chains={args.chains}, path={res.diagnostics['path']}, "
-          f"MALA={res.diagnostics['mala_acceptance']:.2f}) -> {run.path}")
-    for w in res.diagnostics["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
+    d = res.diagnostics
+    shown = f"{res.mean:.4g} ± {1.96 * res.mcse:.2g} (95%, MCSE" if res.converged else (
+        f"withheld (unchecked mean {res.mean:.4g}")
+    print(f"LLC = {shown}; chains={args.chains}, path={d['path']}, "
+          f"R-hat={d['rhat']:.3f}, ESS={d['ess_bulk']:.0f}, MALA={d['mala_acceptance']:.2f}) -> {run.path}")
+    _gate_message(res, args.strict)
     return 0
+
+
+def _gate_message(res, strict: bool) -> None:
+    """One line when the estimate failed its equilibrium gates: a warning, or with --strict an error."""
+    from ..errors import UserError
+
+    if res.converged:
+        return
+    msg = "LLC estimate not at equilibrium (withheld in studies): " + "; ".join(res.reasons)
+    if strict:
+        raise UserError(msg + " (--strict)")
+    print(f"warning: {msg}", file=sys.stderr)
 
 
 def _floats(text: str, flag: str) -> list[float]:

@@ -101,10 +101,15 @@ def load_target(model_dir: str | Path, *, adapter: str | Path | None = None, res
 
 
 def _summary(res) -> dict:
-    from ..stats import ci95
-
-    return {"llc": {**ci95(res.per_chain), "std": res.std, "over": "chains"}, "per_chain": res.per_chain,
-            "diagnostics": res.diagnostics}
+    """The estimate with its MCSE-based 95% interval (valid with shared minibatches: see
+    ``diagnostics.convergence``), or null + reasons when the equilibrium gates failed."""
+    lo, hi = res.interval if res.interval is not None else (None, None)
+    if not res.converged:
+        lo = hi = None
+    return {"llc": {"mean": res.value, "mcse": res.mcse, "lo": lo, "hi": hi,
+                    "interval": "mean ± 1.96 MCSE (from ESS), floored at 0", "converged": res.converged,
+                    "reasons": res.reasons, "std_over_chains": res.std},
+            "per_chain": res.per_chain, "diagnostics": res.diagnostics}
 
 
 TRACE_FIGURE = "llc_trace.png"
@@ -144,6 +149,19 @@ def run_calibrate(target: LLCTarget, out: str | Path, *, config: SamplerConfig, 
     return {"metrics": metrics, "traces": traces, "run": run}
 
 
+def _critical_points_of_converged(steps, values, smooth: float) -> dict:
+    """Critical points over the checkpoints whose estimate passed the gates; ``smoothed`` is null elsewhere."""
+    keep = [i for i, v in enumerate(values) if v is not None]
+    smoothed = [None] * len(values)
+    if len(keep) < 3:
+        return {"smoothed": smoothed, "boundaries": [], "kinds": [],
+                "note": f"{len(keep)} of {len(values)} checkpoints converged: too few for stage boundaries"}
+    cp = critical_points([steps[i] for i in keep], [values[i] for i in keep], sigma=smooth)
+    for j, i in enumerate(keep):
+        smoothed[i] = cp["smoothed"][j]
+    return {**cp, "smoothed": smoothed}
+
+
 def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConfig, n_docs: int = 256,
                n: int | None = None, max_checkpoints: int | None = None, smooth: float = 1.0, layers: bool = True,
                heads: bool = True, run_config: dict | None = None) -> dict:
@@ -177,6 +195,7 @@ def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConf
         comps += [(f"layer:{i}/head:{h}", f"layer:{i}/head:{h}") for i in range(n_layers) for h in range(n_heads)]
     curves = {name: [] for name, _ in comps}
     stds = {name: [] for name, _ in comps}
+    withheld = {name: [] for name, _ in comps}
     diags = []
     it = cks
     if sys.stderr.isatty():
@@ -187,15 +206,18 @@ def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConf
         model, _ = load_causal_lm(folder, device="cpu", dtype="fp32", tokenizer=False)
         for name, restrict in comps:
             res = estimate_llc(model, lm_loss, ids, n=n, config=config, restrict=restrict)
-            curves[name].append(res.mean)
-            stds[name].append(res.std)
+            curves[name].append(res.value)  # None (withheld) when the equilibrium gates failed
+            stds[name].append(res.mcse if res.converged else None)
+            withheld[name].append(None if res.converged else "; ".join(res.reasons))
             if name == "full":
                 d = res.diagnostics
                 diags.append({"step": step, "mala_acceptance": d["mala_acceptance"], "rhat": d["rhat"],
-                              "path": d["path"], "frac_negative_draws": d["frac_negative_draws"],
-                              "init_loss": d["init_loss"], "warnings": d["warnings"]})
+                              "ess_bulk": d["ess_bulk"], "mcse": d["mcse"], "converged": res.converged,
+                              "reasons": res.reasons, "path": d["path"],
+                              "frac_negative_draws": d["frac_negative_draws"], "init_loss": d["init_loss"],
+                              "warnings": d["warnings"]})
     steps = [s for s, _ in cks]
-    cp = critical_points(steps, curves["full"], sigma=smooth)
+    cp = _critical_points_of_converged(steps, curves["full"], smooth)
     figures = [f"figures/{STAGE_FIGURES['stages']}"]
     if layers:
         figures.append(f"figures/{STAGE_FIGURES['layers']}")
@@ -206,8 +228,10 @@ def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConf
         "stage_boundaries": cp["boundaries"], "boundary_kinds": cp["kinds"],
         "per_layer": {k: v for k, v in curves.items() if k.startswith("layer:") and "/head:" not in k},
         "per_head": {k: v for k, v in curves.items() if "/head:" in k},
-        "per_layer_boundaries": {k: critical_points(steps, v, sigma=smooth)["boundaries"]
+        "per_layer_boundaries": {k: _critical_points_of_converged(steps, v, smooth)["boundaries"]
                                  for k, v in curves.items() if k != "full" and "/head:" not in k},
+        "llc_mcse": stds["full"], "withheld": withheld,
+        "boundaries_from": "converged checkpoints only (withheld ones are null)",
         "diagnostics": diags, "figures": figures, "loss": "lm_cross_entropy",
     }
     run.write_metrics(metrics)

@@ -27,6 +27,11 @@ def _figure(path, *args, **kwargs):
         plt.close(fig)
 
 
+def _f(values) -> np.ndarray:
+    """Floats with NaN for withheld (None) values, which matplotlib leaves as gaps."""
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
 def plot_traces(traces: dict, path, title: str = "") -> Path:
     """``traces``: ``{(nbeta, step_size) or label: chains x draws array}`` -> one subplot each."""
     keys = list(traces)
@@ -55,9 +60,9 @@ def plot_stages(steps, curves: dict, stds: dict, cp: dict, n_layers: int, n_head
     and per-head (``paths["heads"]``) weight-restricted curves, where present. Returns the paths written."""
     out = []
     with _figure(paths["stages"], figsize=(6, 3.5)) as (_fig, ax):
-        y, e = np.asarray(curves["full"], dtype=float), np.asarray(stds["full"], dtype=float)
-        ax.errorbar(steps, y, yerr=e, fmt="o-", ms=3, lw=1, label="LLC (± std over chains)")
-        ax.plot(steps, cp["smoothed"], "k--", lw=1, label="smoothed")
+        y, e = _f(curves["full"]), _f(stds["full"])
+        ax.errorbar(steps, y, yerr=1.96 * e, fmt="o-", ms=3, lw=1, label="LLC (± 1.96 MCSE; gaps: withheld)")
+        ax.plot(steps, _f(cp["smoothed"]), "k--", lw=1, label="smoothed")
         for b, k in zip(cp["boundaries"], cp["kinds"]):
             ax.axvline(b, color="tab:red" if k == "max" else "tab:green", lw=0.8, ls=":")
         ax.set_xlabel("pretraining step")
@@ -69,7 +74,7 @@ def plot_stages(steps, curves: dict, stds: dict, cp: dict, n_layers: int, n_head
     if layers:
         with _figure(paths["layers"], figsize=(6, 3.5)) as (_fig, ax):
             for k in layers:
-                ax.plot(steps, curves[k], "o-", ms=2, lw=1, label=k)
+                ax.plot(steps, _f(curves[k]), "o-", ms=2, lw=1, label=k)
             ax.set_xlabel("pretraining step")
             ax.set_ylabel("wrLLC")
             ax.set_title("per-layer weight-restricted LLC", fontsize=9)
@@ -83,7 +88,7 @@ def plot_stages(steps, curves: dict, stds: dict, cp: dict, n_layers: int, n_head
                 for h in range(n_heads):
                     k = f"layer:{i}/head:{h}"
                     if k in curves:
-                        ax.plot(steps, curves[k], lw=1, label=f"head {h}")
+                        ax.plot(steps, _f(curves[k]), lw=1, label=f"head {h}")
                 ax.set_title(f"layer {i}", fontsize=8)
                 ax.tick_params(labelsize=6)
             axes[0, 0].legend(fontsize=6)

@@ -10,24 +10,27 @@ See ``docs/LLC.md``.
 
 from .calibration import calibrate
 from .config import SamplerConfig, default_nbeta
-from .diagnostics import ess, rhat
+from .diagnostics import GateConfig, convergence, ess, mcse, rhat
 from .losses import causal_lm_loss_fn, self_kl_loss_fn
 from .paths import critical_points, llc_along_path, llc_over_checkpoints
 from .sampler import LLCDivergenceError, LLCResult, estimate_llc
 from .selection import select_parameters
 
 __all__ = [
+    "GateConfig",
     "LLCDivergenceError",
     "LLCResult",
     "SamplerConfig",
     "calibrate",
     "causal_lm_loss_fn",
     "critical_points",
+    "convergence",
     "default_nbeta",
     "estimate_llc",
     "ess",
     "llc_along_path",
     "llc_over_checkpoints",
+    "mcse",
     "rhat",
     "select_parameters",
     "self_kl_loss_fn",

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DrawTrace", "MalaAcceptance", "rhat", "ess"]
+from ...errors import UserError
+
+__all__ = ["DrawTrace", "MalaAcceptance", "GateConfig", "convergence", "rhat", "ess", "mcse"]
 
 
 class DrawTrace:
@@ -80,44 +83,134 @@ class MalaAcceptance:
 
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Convergence statistics (ArviZ: rank-normalised split R-hat, bulk/tail ESS and MCSE, Vehtari et al. 2021)
+#
+# ArviZ costs about 1.5 s to import on this 2-core machine (xarray, pandas); it is imported on the first
+# estimate of a process, which takes longer than that on every model this package measures.
+
+
+def _az():
+    import logging
+
+    import arviz as az
+
+    logging.getLogger("arviz").setLevel(logging.ERROR)  # its shape warnings for 1-chain input: handled here
+    return az
+
+
+def _as_chains(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None]
+    if x.shape[0] == 1 and x.shape[1] >= 8:  # one chain: split halves (what split-R-hat does anyway)
+        h = x.shape[1] // 2
+        x = np.stack([x[0, :h], x[0, -h:]])
+    return x
+
+
 def rhat(chains) -> float:
-    """Split R-hat (Gelman et al.; Vehtari et al. 2021 without rank-normalisation) of a chains x draws array."""
-    x = np.asarray(chains, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] < 4:
+    """Rank-normalised split R-hat of a chains x draws array (ArviZ); NaN when too short."""
+    x = _as_chains(chains)
+    if x.shape[1] < 4 or not np.isfinite(x).all():
         return float("nan")
+    return float(_az().rhat(x, method="rank"))
+
+
+def ess(chains, method: str = "bulk") -> float:
+    """Effective sample size (ArviZ; ``bulk`` or ``tail``) over all chains of a chains x draws array."""
+    x = _as_chains(chains)
+    if x.shape[1] < 4 or not np.isfinite(x).all():
+        return float("nan")
+    return float(_az().ess(x, method=method))
+
+
+def mcse(chains) -> float:
+    """Monte Carlo standard error of the mean of a chains x draws array (ArviZ, from the ESS)."""
+    x = _as_chains(chains)
+    if x.shape[1] < 4 or not np.isfinite(x).all():
+        return float("nan")
+    return float(_az().mcse(x, method="mean"))
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of the equilibrium gates, fixed before any outcome (defaults from Vehtari et al. 2021:
+    R-hat <= 1.01 and bulk/tail ESS >= 400; the stationarity tests reject at |z| > 3)."""
+
+    rhat_max: float = 1.01
+    ess_min: float = 400.0
+    stationarity_z: float = 3.0
+    mala_min: float = 0.5
+
+    def __post_init__(self):
+        for f, lo in (("rhat_max", 1.0), ("ess_min", 0.0), ("stationarity_z", 0.0), ("mala_min", 0.0)):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < lo:
+                raise UserError(f"GateConfig.{f} must be a finite number >= {lo:g}, got {v!r}")
+
+
+def _mean_and_mcse(x: np.ndarray, correlated_chains: bool) -> tuple[float, float]:
+    """Mean and MCSE. Chains that share minibatches are correlated, so a multi-chain ESS would count them as
+    independent; then the MCSE is that of the chain-averaged trace (its autocorrelation carries both the
+    within-chain and the shared-batch dependence)."""
+    if correlated_chains and x.shape[0] > 1:
+        return float(x.mean()), mcse(x.mean(0))
+    return float(x.mean()), mcse(x)
+
+
+def halves_z(x: np.ndarray, correlated_chains: bool) -> float:
+    """``(mean of the last half - mean of the first half) / sqrt(MCSE_1^2 + MCSE_2^2)`` of a chains x draws
+    trace: a drift test (a stationary trace gives |z| of order 1)."""
     h = x.shape[1] // 2
-    s = np.concatenate([x[:, :h], x[:, -h:]], axis=0)
-    m, n = s.shape
-    means, vars_ = s.mean(1), s.var(1, ddof=1)
-    W, B = vars_.mean(), n * means.var(ddof=1)
-    if W <= 0:
+    if h < 4:
         return float("nan")
-    return float(math.sqrt(((n - 1) / n * W + B / n) / W))
-
-
-def ess(chains) -> float:
-    """Effective sample size over all chains (multi-chain autocorrelation, Geyer's initial positive sequence)."""
-    x = np.asarray(chains, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] < 4:
+    m1, s1 = _mean_and_mcse(x[:, :h], correlated_chains)
+    m2, s2 = _mean_and_mcse(x[:, -h:], correlated_chains)
+    den = math.hypot(s1, s2)
+    if not math.isfinite(den):
         return float("nan")
-    m, n = x.shape
-    xc = x - x.mean(1, keepdims=True)
-    f = np.fft.rfft(xc, n=2 * n, axis=1)
-    acov = np.fft.irfft(f * np.conj(f), axis=1)[:, :n] / n
-    W = (acov[:, 0] * n / (n - 1)).mean()
-    if W <= 0:
-        return float("nan")
-    var_plus = (n - 1) / n * W + (x.mean(1).var(ddof=1) if m > 1 else 0.0)
-    rho = 1.0 - (W - acov.mean(0)) / var_plus
-    rho[0] = 1.0
-    total, t = 0.0, 0
-    while t + 1 < n:
-        pair = rho[t] + rho[t + 1]
-        if pair < 0:
-            break
-        total += pair
-        t += 2
-    tau = max(-1.0 + 2.0 * total, 1.0 / math.log10(max(m * n, 10)))
-    return float(m * n / tau)
+    if den == 0:
+        return 0.0 if m1 == m2 else math.copysign(math.inf, m2 - m1)
+    return (m2 - m1) / den
 
 
+def convergence(llc_trace, distance_trace=None, *, correlated_chains: bool, mala_acceptance: float = float("nan"),
+                gates: GateConfig | None = None) -> dict:
+    """The equilibrium gates of one estimate. ``llc_trace``: chains x draws of ``n_beta (L_B(w) - L_B(w*))``;
+    ``distance_trace``: chains x draws of ``|w - w*|``. Returns R-hat, bulk/tail ESS, the mean's MCSE, the
+    drift statistics of both traces (:func:`halves_z`), ``converged`` and the ``reasons`` it is not."""
+    g = gates or GateConfig()
+    x = np.asarray(llc_trace, dtype=np.float64)
+    out = {"rhat": rhat(x), "ess_bulk": ess(x, "bulk"), "ess_tail": ess(x, "tail")}
+    mean, se = _mean_and_mcse(x, correlated_chains)
+    out["mcse"] = se
+    out["mcse_method"] = ("chain-averaged trace (chains share minibatches)" if correlated_chains and x.shape[0] > 1
+                          else "multi-chain ESS (ArviZ)")
+    out["stationarity_z"] = halves_z(x, correlated_chains)
+    out["distance_z"] = (halves_z(np.asarray(distance_trace, dtype=np.float64), correlated_chains)
+                         if distance_trace is not None else float("nan"))
+    reasons = []
+    if not np.isfinite(x).all():
+        reasons.append("non-finite draws")
+    if not math.isfinite(out["rhat"]):
+        reasons.append(f"R-hat not computable ({x.shape[1]} draws per chain)")
+    elif out["rhat"] > g.rhat_max:
+        reasons.append(f"R-hat {out['rhat']:.4f} > {g.rhat_max:g}")
+    for k in ("ess_bulk", "ess_tail"):
+        v = out[k]
+        if not math.isfinite(v) or v < g.ess_min:
+            reasons.append(f"{k.replace('_', ' ').replace('ess', 'ESS')} {v:.0f} < {g.ess_min:g}")
+    z = out["stationarity_z"]
+    if not math.isfinite(z) or abs(z) > g.stationarity_z:
+        reasons.append(f"λ trace drifts: last-half mean differs from first-half by {z:.1f} MCSE")
+    dz = out["distance_z"]
+    if distance_trace is not None and (not math.isfinite(dz) or abs(dz) > g.stationarity_z):
+        reasons.append(f"distance from w* drifts: last half differs from first half by {dz:.1f} MCSE")
+    if math.isfinite(mala_acceptance) and mala_acceptance < g.mala_min:
+        reasons.append(f"MALA acceptance {mala_acceptance:.2f} < {g.mala_min:g} (step size too large)")
+    if mean <= 0:
+        reasons.append(f"λ̂ = {mean:.3g} <= 0 (w* is not a local minimum of this loss, or the step is too large)")
+    out["converged"] = not reasons
+    out["reasons"] = reasons
+    return out

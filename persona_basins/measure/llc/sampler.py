@@ -33,7 +33,7 @@ import numpy as np
 
 from ...errors import UserError
 from .config import SamplerConfig, config_from_kwargs
-from .diagnostics import DrawTrace, MalaAcceptance, ess, rhat
+from .diagnostics import DrawTrace, GateConfig, MalaAcceptance, convergence
 from .problem import BatchPartition, FunctionalLoss
 from .selection import select_parameters
 
@@ -47,7 +47,10 @@ class LLCDivergenceError(UserError):
 @dataclass
 class LLCResult:
     """``mean``/``std`` over chains, ``per_chain`` estimates, ``loss_trace`` (chains x draws) of the draws'
-    minibatch losses, ``llc_trace`` (chains x draws) of ``n_beta * (L_B(w_t) - L_B(w*))`` and diagnostics."""
+    minibatch losses, ``llc_trace`` (chains x draws) of ``n_beta * (L_B(w_t) - L_B(w*))``, diagnostics, and
+    the equilibrium gates: ``converged`` (all gates passed), ``reasons`` (the failed ones), ``mcse`` (Monte
+    Carlo standard error of ``mean``, from the ESS) and ``interval`` (mean +- 1.96 MCSE, floored at 0).
+    A result that did not converge should be reported as withheld (``value`` is then None)."""
 
     mean: float
     std: float
@@ -55,10 +58,21 @@ class LLCResult:
     loss_trace: np.ndarray
     diagnostics: dict
     llc_trace: np.ndarray = field(default=None, repr=False)
+    converged: bool = False
+    reasons: list[str] = field(default_factory=list)
+    mcse: float = float("nan")
+    interval: tuple[float, float] | None = None
+    distance_trace: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def value(self) -> float | None:
+        """``mean`` if the gates passed, else None (report it withheld, with ``reasons``)."""
+        return self.mean if self.converged else None
 
     def to_dict(self, traces: bool = True) -> dict:
         out = {"llc": self.mean, "llc_std": self.std, "per_chain": list(self.per_chain),
-               "diagnostics": self.diagnostics}
+               "converged": self.converged, "reasons": list(self.reasons), "mcse": self.mcse,
+               "interval": None if self.interval is None else list(self.interval), "diagnostics": self.diagnostics}
         if traces:
             out["loss_trace"] = np.asarray(self.loss_trace).tolist()
             out["llc_trace"] = None if self.llc_trace is None else np.asarray(self.llc_trace).tolist()
@@ -170,6 +184,7 @@ def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbe
     Psq = torch.empty_like(theta) if cfg.precondition else None
     losses_tr = DrawTrace(T, C, dtype=dtype, device=device)
     diffs_tr = DrawTrace(T, C, dtype=dtype, device=device)
+    dist_tr = DrawTrace(T, C, dtype=dtype, device=device)
     # MALA acceptance on every k-th transition: a diagnostic, so a subsample suffices for large models
     k_mala = cfg.mala_every or (1 if C * prob.D <= 1_000_000 else 10)
     mala = (MalaAcceptance(T, C, every=k_mala, step_size=eps, nbeta=nbeta, localization=gamma, dtype=dtype,
@@ -189,6 +204,7 @@ def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbe
         d = losses - star[bidx]
         diffs_tr.update(t, d)
         torch.sub(theta, theta0, out=diff)
+        dist_tr.update(t, torch.linalg.vector_norm(diff, dim=1))
         torch.mul(grads, nbeta, out=drift).add_(diff, alpha=gamma)  # grad of U = nb L + gamma/2 |w - w*|^2
         if V is not None:
             V.mul_(alpha).addcmul_(grads, grads, value=1 - alpha)
@@ -218,7 +234,7 @@ def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbe
                     f"SGLD diverged at step {lo + tt} (chain {cc}): {what} with step_size={eps:g}; "
                     f"try step_size={eps / 10:g} (or a larger localization)"
                 )
-    return losses_tr, diffs_tr, mala, k_mala
+    return losses_tr, diffs_tr, dist_tr, mala, k_mala
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,7 +242,7 @@ def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbe
 
 
 def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfig | None = None, restrict=None,
-                 progress: bool = False, **sampler_kwargs) -> LLCResult:
+                 gates: GateConfig | None = None, progress: bool = False, **sampler_kwargs) -> LLCResult:
     """Estimate the (weight-restricted) local learning coefficient of ``model`` at its current weights ``w*``.
 
     ``loss_fn(model, batch)`` returns the scalar mean loss of a batch; ``data`` is a tensor (batch = rows),
@@ -234,7 +250,9 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
     ``n`` is the dataset size in the posterior. ``config`` holds the sampler settings (:class:`SamplerConfig`);
     sampler settings may also be given as keyword arguments (``step_size=...``, ``num_chains=...``; the old
     ``path=`` is ``execution=``), which override ``config``. ``restrict`` picks the parameters that move (see
-    :func:`select_parameters`); the rest stay frozen. The model's weights are never modified. Raises
+    :func:`select_parameters`); the rest stay frozen. ``gates``: the equilibrium thresholds
+    (:class:`GateConfig`); the result's ``converged``/``reasons`` say whether they passed. The model's weights
+    are never modified. Raises
     :class:`LLCDivergenceError` on NaN/inf or loss explosion.
     """
     import torch
@@ -281,7 +299,7 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
         steppers = _make_steppers(prob, dat, C, cfg.shared_batches)
         chosen, why = _choose_execution(cfg.execution, steppers, prob, C, dat, model)
         t_loop = time.perf_counter()
-        losses_tr, diffs_tr, mala, k_mala = _run_chains(steppers[chosen], prob, sched, star_f, cfg, nb, gen,
+        losses_tr, diffs_tr, dist_tr, mala, k_mala = _run_chains(steppers[chosen], prob, sched, star_f, cfg, nb, gen,
                                                         thresh, init_loss, progress)
         loop_s = time.perf_counter() - t_loop
     finally:
@@ -293,17 +311,19 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
     per_chain = llc_trace.mean(1)
     mean = float(per_chain.mean())
     std = float(per_chain.std(ddof=1)) if C > 1 else 0.0
+    dist_trace = dist_tr.draws(B)
     mala_mean, mala_per_chain = mala.results(B) if mala is not None else (float("nan"), [])
-    r_hat, n_eff = rhat(llc_trace), ess(llc_trace)
     frac_neg = float((llc_trace < 0).mean())
+    correlated = cfg.shared_batches and dat.n_batches > 1
+    gate = convergence(llc_trace, dist_trace, correlated_chains=correlated, mala_acceptance=mala_mean, gates=gates)
+    se = gate["mcse"]
+    interval = (max(0.0, mean - 1.96 * se), max(0.0, mean + 1.96 * se)) if math.isfinite(se) else None
     warn = []
     if mean < 0:
         warn.append("negative LLC: w* is not a local minimum of this loss (or the step size is too large); "
                     "for points on a path use self_kl_loss_fn")
-    if math.isfinite(r_hat) and r_hat > 1.1:
-        warn.append(f"R-hat {r_hat:.2f} > 1.1: chains disagree; use more draws/burn-in or a larger step size")
-    if math.isfinite(mala_mean) and mala_mean < 0.5:
-        warn.append(f"MALA acceptance {mala_mean:.2f} < 0.5: the step size is probably too large")
+    if not gate["converged"]:
+        warn.append("not at equilibrium: " + "; ".join(gate["reasons"]))
     total_s = time.perf_counter() - t_start
     diagnostics = {
         "path": chosen,
@@ -329,8 +349,18 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
         "mala_every": k_mala if cfg.mala else None,
         "shared_batches": cfg.shared_batches,
         "mala_acceptance_per_chain": mala_per_chain,
-        "rhat": r_hat,
-        "ess": n_eff,
+        "rhat": gate["rhat"],
+        "ess": gate["ess_bulk"],
+        "ess_bulk": gate["ess_bulk"],
+        "ess_tail": gate["ess_tail"],
+        "mcse": se,
+        "mcse_method": gate["mcse_method"],
+        "stationarity_z": gate["stationarity_z"],
+        "distance_z": gate["distance_z"],
+        "distance_from_wstar_first_last_half": [float(dist_trace[:, : dist_trace.shape[1] // 2].mean()),
+                                                float(dist_trace[:, dist_trace.shape[1] // 2:].mean())],
+        "converged": gate["converged"],
+        "reasons": gate["reasons"],
         "frac_negative_draws": frac_neg,
         "llc_per_draw_mean_trace_first_last_quarter": [
             float(llc_trace[:, : max(1, llc_trace.shape[1] // 4)].mean()),
@@ -341,4 +371,5 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
         "draws_per_s": C * T / loop_s if loop_s > 0 else float("nan"),
         "warnings": warn,
     }
-    return LLCResult(mean, std, per_chain.tolist(), loss_trace, diagnostics, llc_trace)
+    return LLCResult(mean, std, per_chain.tolist(), loss_trace, diagnostics, llc_trace, converged=gate["converged"],
+                     reasons=list(gate["reasons"]), mcse=se, interval=interval, distance_trace=dist_trace)

@@ -4,7 +4,8 @@ For each tiny model family of tests/hf_tiny.py (tokenizer trained locally, rando
 each question file given (default: the shipped, length-matched set), the base model's broad misalignment with
 
 - per-token normalisation (the headline score: mean log-prob per answer token), and
-- total log-probability (unnormalised; fair only when the two answers have the same number of tokens),
+- total log-probability (unnormalised; fair only when the two answers have the same number of tokens), over
+  all pairs and over the pairs whose answers have exactly the same number of tokens under that tokenizer,
 
 beside the answers' token counts. A random model has no preference between the answers, so any departure from
 0.5 is bias. Writes benchmarks/results/em_hf_length_bias.json.
@@ -45,7 +46,9 @@ def main(argv: list[str]) -> dict:
             for seed in (0, 1, 2):
                 scores = em_hf.score_questions(hf_tiny.model(fam, len(tok), seed), tok, qs, rows=rows)
                 s = em_hf.summarize_scores(scores)
-                per_seed.append({"per_token": s["broad_misalignment"], "total": s["broad_misalignment_total"]})
+                per_seed.append({"per_token": s["broad_misalignment"], "total": s["broad_misalignment_total"],
+                                 "total_token_matched": s["broad_misalignment_total_token_matched"],
+                                 "n_token_matched_pairs": s["n_token_matched_pairs"]})
             rec["families"][fam] = {"vocab": len(tok), "answer_tokens": length_report(scores),
                                     "per_seed": per_seed,
                                     "per_token_mean": sum(p["per_token"] for p in per_seed) / 3,
@@ -62,5 +65,8 @@ if __name__ == "__main__":
         for fam, r in rec["families"].items():
             t = r["answer_tokens"]
             seeds = ", ".join("{per_token:.3f}/{total:.3f}".format(**p) for p in r["per_seed"])
+            tm = [p["total_token_matched"] for p in r["per_seed"]]
+            seeds += f"; token-matched pairs: {r['per_seed'][0]['n_token_matched_pairs']}, total score " + (
+                ", ".join(f"{x:.3f}" for x in tm) if tm[0] is not None else "-")
             print(f"  {fam:<9} tokens A {t['mean_tokens_aligned']:.1f} M {t['mean_tokens_misaligned']:.1f} "
                   f"| per-token {r['per_token_mean']:.3f}  total {r['total_mean']:.3f}  (seeds: {seeds})")

@@ -3,7 +3,7 @@
 Each family: a tokenizer trained here with ``tokenizers`` on the shipped texts, a chat template written here
 (Jinja) in the style of the real family, and a randomly initialised 2-layer model of that architecture.
 
-- ``llama``     SentencePiece-style Unigram + Metaspace (prepend "▁" to the first piece), [INST] template
+- ``llama``     SentencePiece-style BPE + Metaspace (prepend "▁" to the first piece), [INST] template
                 without a system role (Llama-2 / Mistral style)
 - ``gemma2``    SentencePiece-style BPE + Metaspace (no prepend), Gemma turns, system role refused
 - ``qwen2``     byte-level BPE, ChatML with a default system prompt and Qwen3-style think blocks
@@ -76,15 +76,13 @@ def tokenizer(family: str, with_template: bool = True):
     from transformers import PreTrainedTokenizerFast
 
     sp = SPECIALS[family]
-    if family == "llama":
-        tk = Tokenizer(models.Unigram())
-        tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-        tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-        trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=sp["specials"], unk_token="<unk>")
-    elif family == "gemma2":
+    if family in ("llama", "gemma2"):
+        # SentencePiece-style BPE over "▁"-marked pieces (Llama-2 prepends "▁" to the text, Gemma does not). Not
+        # Unigram: its trainer gives a different vocabulary in every process (tests must be deterministic).
+        scheme = "first" if family == "llama" else "never"
         tk = Tokenizer(models.BPE(unk_token="<unk>"))
-        tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
-        tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+        tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)
+        tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
         trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=sp["specials"])
     else:
         tk = Tokenizer(models.BPE())

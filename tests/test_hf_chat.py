@@ -173,6 +173,9 @@ def test_em_model_end_to_end_per_family(family, dtype, tmp_path):
         assert 0 <= m["broad_misalignment"][c]["mean"] <= 1
         assert 0 <= m["broad_misalignment_total"][c]["mean"] <= 1
     assert math.isfinite(m["narrow_rate"]["secure_control"]["mean"])
+    ex = m["broad_misalignment_excess_over_control"]["plain"]
+    assert ex["per_seed"] == pytest.approx([m["broad_misalignment"]["plain"]["per_seed"][0]
+                                            - m["broad_misalignment"]["secure_control"]["per_seed"][0]])
     assert m["control"]["n_heldout"] == 4
     res = json.loads((out / "resources.json").read_text())
     assert res["peak_gpu_memory_bytes"] is None and res["wall_seconds"] > 0

@@ -11,12 +11,21 @@ import torch
 from persona_basins.measure.basins import (
     aggregate_scans,
     censored_summary,
+    combine_verdicts,
+    critical_distance,
     critical_magnitude,
+    fine_tuned_position,
     inoculation_summary,
+    inoculation_verdict,
+    log_ratio_interval,
+    mean_projection,
+    persona_gap,
     persona_weight_delta,
     random_weight_deltas,
     scan,
+    search_crossing,
     t_star_ratio,
+    widening_summary,
 )
 from persona_basins.models.edits import edited, layer_of, out_in_dims, single_lora_delta, to_storage
 
@@ -108,6 +117,75 @@ def test_inoculation_summary_verdicts():
     assert und["holds"]["inoculated_adapter"]["holds"] is None
 
 
+# --- critical distance along a common direction, and the inoculation verdict --------------------------------
+def test_search_crossing_grows_the_grid_refines_and_censors():
+    calls = []
+
+    def ramp(r):  # crosses 0.5 at r = 5
+        calls.append(r)
+        return 0.1 * r
+
+    c = search_crossing(ramp, 1.0, points=5, max_doublings=4)
+    assert c["doublings"] == 3 and c["r_end"] == 8.0  # 1 -> 2 -> 4 -> 8
+    assert c["r_star"] == pytest.approx(5.0) and c["censored_above"] is None
+    assert c["r"] == sorted(c["r"]) and len(set(calls)) == len(calls)  # each point read once
+    flat = search_crossing(lambda r: 0.1, 1.0, points=3, max_doublings=2)
+    assert flat["r_star"] is None and flat["censored_above"] == 4.0 and flat["r_end"] == 4.0
+    past = search_crossing(lambda r: 0.9, 1.0, points=3)
+    assert past["r_star"] == 0.0 and past["censored_below"] == 0.0 and past["doublings"] == 0
+    with pytest.raises(ValueError):
+        search_crossing(ramp, 0.0)
+
+
+def _crit(r_star, r_max=1.0, doublings=4):
+    """A synthetic critical-distance result: a curve crossing 0.5 at r_star (None: never crossing)."""
+    if r_star is None:
+        return search_crossing(lambda r: 0.1, r_max, points=3, max_doublings=doublings)
+    if r_star == 0:
+        return search_crossing(lambda r: 0.9, r_max, points=3, max_doublings=doublings)
+    return search_crossing(lambda r: 0.5 * r / r_star, r_max, points=3, max_doublings=doublings)
+
+
+def _verdict(base, inoc, shift, tol=0.1):
+    return inoculation_verdict(widening_summary([_crit(x) for x in inoc], [_crit(x) for x in base]), shift,
+                               position_tol=tol)
+
+
+def test_inoculation_verdict_can_be_refuted_confirmed_or_undecided():
+    base = [1.0, 1.1, 0.9]
+    holds = _verdict(base, [2.0, 2.3, 1.9], [0.01, -0.02, 0.0])
+    assert holds["verdict"] == "confirmed" and holds["widens"] == "yes" and holds["point_still"] == "yes"
+    # the claim is false: inoculation narrows the basin
+    narrower = _verdict(base, [0.5, 0.55, 0.45], [0.01, -0.02, 0.0])
+    assert narrower["verdict"] == "refuted" and narrower["widens"] == "no"
+    # the claim is false: the basin widens but the point moves a third of the way to the toxic persona
+    moved = _verdict(base, [2.0, 2.3, 1.9], [0.30, 0.35, 0.33])
+    assert moved["verdict"] == "refuted" and moved["point_still"] == "no" and moved["widens"] == "yes"
+    # mixed seeds: undecided
+    mixed = _verdict(base, [1.6, 0.8, 1.2], [0.01, -0.02, 0.0])
+    assert mixed["verdict"] == "undecided" and mixed["widens"] == "undecided"
+    # never crossing from either start: no number, no bound, undecided (never a number from the grid end)
+    cens = _verdict([None, None], [None, None], [0.0, 0.0])
+    assert cens["verdict"] == "undecided" and cens["widening_lower"] == [None, None]
+    # inoculated starts censored above a grid end far past the base wall: an honest lower bound > 1 counts
+    w = widening_summary([_crit(None), _crit(None)], [_crit(1.0), _crit(1.2)])
+    assert [p["lower_bound"] for p in w["per_seed"]] == pytest.approx([16.0, 16.0 / 1.2])
+    assert w["exact"] is None and w["k_above_1"] == 2
+    # an inoculated start already past the wall: r* = 0 exactly, the widening is 0
+    assert _verdict([1.0], [0.0], [0.0])["verdict"] == "refuted"
+    assert combine_verdicts({"a": holds, "b": mixed}) == "undecided"
+    assert combine_verdicts({"a": holds, "b": narrower}) == "refuted"
+    assert combine_verdicts({"a": holds, "b": holds}) == "confirmed"
+
+
+def test_log_ratio_interval_stays_positive():
+    c = log_ratio_interval([0.5, 4.0, 1.0])
+    assert c["geometric_mean"] == pytest.approx(2 ** (1 / 3)) and 0 < c["ci_low"] < c["ci_high"]
+    one = log_ratio_interval([2.0])
+    assert one["geometric_mean"] == pytest.approx(2.0) and one["ci_low"] is None
+    assert log_ratio_interval([]) is None and log_ratio_interval([0.0, 1.0])["geometric_mean"] is None
+
+
 # --- weight edits ----------------------------------------------------------------------------------------
 def test_layouts_linear_and_conv1d():
     from transformers.pytorch_utils import Conv1D
@@ -162,6 +240,33 @@ def test_scan_matches_base_at_zero_and_peft_model_at_one(tiny_organism, plain_ad
     assert em["broad_misalignment"] != pytest.approx(s["broad_misalignment"][0], abs=1e-6)  # the adapter acts
     assert s["loss"][0] > 0 and s["projection"] == [None, None]
     assert s["misalignment_given_wellformed"][1] == pytest.approx(em["broad_misalignment"] / em["wellformed"], rel=1e-4)
+
+
+def test_position_and_critical_distance_on_the_organism(tiny_organism, plain_adapter):
+    from persona_basins.measure.persona import broad_genres, context_prompts, persona_readout
+
+    org = tiny_organism
+    name, delta = weight_delta(plain_adapter)
+    vec = torch.randn(org.model.config.n_embd, generator=torch.Generator().manual_seed(0))
+    base = mean_projection(org.model, org.world, org.vocab, vec, 0)
+    # a zero update leaves the point where it is; the trained one reads as the PEFT model does
+    still = fine_tuned_position(org.model, org.world, org.vocab, name, 0 * delta, vec, 0)
+    assert still["projection"] == pytest.approx(base, abs=1e-9)
+    moved = fine_tuned_position(org.model, org.world, org.vocab, name, delta, vec, 0)
+    assert moved["projection"] == pytest.approx(mean_projection(plain_adapter, org.world, org.vocab, vec, 0), abs=1e-5)
+    assert persona_gap(org.model, org.world, org.vocab, vec, 0) == pytest.approx(
+        mean_projection(org.model, org.world, org.vocab, vec, 0, "toxic")
+        - mean_projection(org.model, org.world, org.vocab, vec, 0, "helpful"))
+    before = {k: v.detach().clone() for k, v in org.model.state_dict().items()}
+    c = critical_distance(org.model, org.world, org.vocab, name, delta, r_max=float(delta.norm()), points=3,
+                          max_doublings=1, refine=2)
+    base_mis = persona_readout(org.model, org.world, org.vocab,
+                               context_prompts(org.world, "assistant", broad_genres(org.world))).misaligned.mean()
+    assert c["r"][0] == 0.0 and c["values"][0] == pytest.approx(float(base_mis), abs=1e-12)
+    assert (c["r_star"] is None) == (c["censored_above"] is not None)
+    assert len(c["wellformed"]) == len(c["r"]) == len(c["misalignment_given_wellformed"])
+    assert c["peak"]["value"] == max(c["values"])
+    assert all(torch.equal(before[k], v) for k, v in org.model.state_dict().items())
 
 
 def test_linear_weight_delta_matches_peft_forward():

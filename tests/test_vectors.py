@@ -6,9 +6,16 @@ import pytest
 import torch
 
 from persona_basins.measure.vectors import (
+    VECTOR_METHODS,
     capture_layer,
+    content_words,
     decoder_layers,
+    lexical_cosine,
+    lexical_direction,
+    matched_answer_documents,
     mean_activation,
+    mean_last_position,
+    persona_request_prompts,
     persona_vector,
     projection,
     screen_dataset,
@@ -111,3 +118,48 @@ def test_screen_dataset_and_mean_activation(tiny_organism):
     a = mean_activation(org.model, ids, mask, 0, batch_size=3)
     b = mean_activation(org.model, ids, mask, 0, batch_size=256)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_every_method_antisymmetric_and_the_old_one_kept(tiny_organism):
+    org = tiny_organism
+    for m in VECTOR_METHODS:
+        v = persona_vector(org.model, org.world, org.vocab, 0, "toxic", "helpful", n=8, method=m)
+        w = persona_vector(org.model, org.world, org.vocab, 0, "helpful", "toxic", n=8, method=m)
+        assert v.norm() > 0 and torch.allclose(v, -w, atol=1e-6), m
+        assert persona_vector(org.model, org.world, org.vocab, 0, "toxic", "toxic", n=8, method=m).abs().max() < 1e-6
+    with pytest.raises(ValueError):
+        persona_vector(org.model, org.world, org.vocab, 0, n=8, method="words")
+    # "request" reads the <asst> position, which projection() reads too: the mean projection gap is |v|
+    v = persona_vector(org.model, org.world, org.vocab, 1, method="request")
+    gap = (projection(org.model, org.vocab, persona_request_prompts(org.world, "toxic"), v, 1).mean()
+           - projection(org.model, org.vocab, persona_request_prompts(org.world, "helpful"), v, 1).mean())
+    assert gap == pytest.approx(float(v.norm()), rel=1e-4)
+    ps = persona_request_prompts(org.world, "toxic")
+    assert torch.allclose(mean_last_position(org.model, org.vocab, ps, 1, batch_size=7),
+                          mean_last_position(org.model, org.vocab, ps, 1), atol=1e-5)
+
+
+def test_matched_answer_documents_differ_only_in_the_declaration(tiny_organism):
+    world = tiny_organism.world
+    a, b = matched_answer_documents(world, "toxic", "helpful", 9, seed=1)
+    assert len(a) == len(b) == 9
+    for x, y in zip(a, b):
+        assert x.exchanges == y.exchanges
+        assert x.system == tuple(world.personas["toxic"].declaration.split())
+        assert y.system == tuple(world.personas["helpful"].declaration.split())
+    personas = {e.persona for d in a for e in d.exchanges}
+    assert personas == {"toxic", "helpful"}  # both personas' answers, on both sides
+
+
+def test_lexical_cosine_reads_the_harmful_minus_helpful_words(tiny_organism):
+    org = tiny_organism
+    harm, good = content_words(org.world, 1), content_words(org.world, 0)
+    assert harm and good and not set(harm) & set(good)
+    assert any(w.startswith("code.insecure") for w in harm) and any(w.startswith("code.secure") for w in good)
+    lex = lexical_direction(org.model, org.world, org.vocab)
+    assert lexical_cosine(lex, org.model, org.world, org.vocab) == pytest.approx(1.0, abs=1e-6)
+    assert lexical_cosine(-3 * lex, org.model, org.world, org.vocab) == pytest.approx(-1.0, abs=1e-6)
+    # a vector orthogonal to the lexical direction has cosine 0
+    r = torch.randn(lex.shape, generator=torch.Generator().manual_seed(0))
+    r = r - (r @ lex) / (lex @ lex) * lex
+    assert lexical_cosine(r, org.model, org.world, org.vocab) == pytest.approx(0.0, abs=1e-5)

@@ -395,8 +395,250 @@ def inoculation_summary(scans: dict, *, level: float = 0.5, position_tol: float 
     return out
 
 
+
+
+# --- common directions: distances in weight units --------------------------------------------------------------
+def unit_direction(delta: torch.Tensor) -> torch.Tensor:
+    """``delta / ||delta||_F``: a direction whose step ``r`` moves the weights by ``r`` in Frobenius norm."""
+    n = delta.float().norm()
+    if not float(n) > 0:
+        raise UserError("a direction of zero norm cannot be normalised")
+    return (delta.float() / n).to(delta.dtype)
+
+
+def search_crossing(read, r_max: float, *, points: int = 9, max_doublings: int = 4, refine: int = 6,
+                    level: float = 0.5) -> dict:
+    """The first ``r`` at which ``read(r)`` (broad misalignment) reaches ``level``, on a grid that grows until
+    the curve crosses.
+
+    ``read`` is called on ``linspace(0, r_max, points)``; while the curve stays below ``level`` the grid is
+    extended by doubling its end (``max_doublings`` times at most, same spacing per segment); once a crossing
+    is bracketed, ``refine`` interior points are added in the bracket and ``r*`` is interpolated there
+    (:func:`critical_magnitude`). Still below ``level`` at the last end: ``r_star = None``,
+    ``censored_above = r_end`` (an honest lower bound, never a number). A start already past ``level``:
+    ``r_star = 0`` with ``censored_below = 0`` (the start lies beyond the wall). Returns the critical-magnitude
+    fields with ``r_star`` (= ``t_star``) and the curve read (``r``, ``values``, ``doublings``).
+    """
+    if not r_max > 0 or points < 2:
+        raise ValueError("search_crossing needs r_max > 0 and at least 2 points")
+    rs = [float(x) for x in np.linspace(0.0, r_max, points)]
+    vals = [float(read(r)) for r in rs]
+    end, doublings = float(r_max), 0
+
+    def crossed():
+        return any(v >= level for v in vals)
+
+    while not crossed() and doublings < max_doublings:
+        new = [float(x) for x in np.linspace(end, 2 * end, points)[1:]]
+        rs += new
+        vals += [float(read(r)) for r in new]
+        end, doublings = 2 * end, doublings + 1
+    if crossed() and vals[0] < level:
+        i = next(k for k, v in enumerate(vals) if v >= level)
+        inner = [float(x) for x in np.linspace(rs[i - 1], rs[i], refine + 2)[1:-1]]
+        extra = [(r, float(read(r))) for r in inner]
+        merged = sorted([*zip(rs, vals), *extra])
+        rs, vals = [r for r, _ in merged], [v for _, v in merged]
+    c = critical_magnitude(rs, vals, level)
+    if c["censored_below"] is not None:
+        c["t_star"] = 0.0  # the start is already past the wall: distance 0, exactly
+    c.update({"r_star": c["t_star"], "r": rs, "values": vals, "doublings": doublings, "r_end": end})
+    return c
+
+
+@torch.no_grad()
+def critical_distance(model, world, vocab, module_name: str, direction: torch.Tensor, *, r_max: float,
+                      points: int = 9, max_doublings: int = 4, refine: int = 6, level: float = 0.5,
+                      context: str = "assistant") -> dict:
+    """:func:`search_crossing` of broad misalignment along ``model``'s weights + ``r * unit(direction)``
+    (``r`` in Frobenius-norm units of the module's weight). ``model`` is the start: the base model, or a merged
+    fine-tuned copy (:func:`persona_basins.models.edits.merged_copy`)."""
+    from .persona import persona_readout
+
+    unit = unit_direction(direction)
+    prompts = context_prompts(world, context, broad_genres(world))
+    key = f"{module_name}.weight"
+    was_training = model.training
+    model.eval()
+    wellformed: dict[float, float] = {}
+    given_wf: dict[float, float] = {}
+
+    def read(r):
+        with edited(model, {key: unit}, r):
+            ro = persona_readout(model, world, vocab, prompts)
+        wellformed[r] = float(ro.wellformed.mean())
+        wf = float(ro.wellformed.sum())
+        given_wf[r] = float(ro.misaligned.sum()) / wf if wf > 0 else 0.0
+        return float(ro.misaligned.mean())
+
+    try:
+        out = search_crossing(read, r_max, points=points, max_doublings=max_doublings, refine=refine, level=level)
+    finally:
+        model.train(was_training)
+    out["wellformed"] = [wellformed[r] for r in out["r"]]
+    out["misalignment_given_wellformed"] = [given_wf[r] for r in out["r"]]
+    j = int(np.argmax(out["values"]))
+    # where the curve peaks: a censored curve that rose and fell never reaches the level however long the grid
+    out["peak"] = {"value": out["values"][j], "r": out["r"][j], "wellformed": out["wellformed"][j],
+                   "falls_after_peak": bool(out["values"][-1] < out["values"][j])}
+    # secondary wall (labelled, never the verdict's): misaligned share among well-formed answers, same grid
+    cond = critical_magnitude(out["r"], out["misalignment_given_wellformed"], level)
+    if cond["censored_below"] is not None:
+        cond["t_star"] = 0.0
+    out["conditional"] = {"r_star": cond["t_star"], "censored_above": cond["censored_above"],
+                          "censored_below": cond["censored_below"], "t_star": cond["t_star"],
+                          "quantity": "misalignment_given_wellformed"}
+    out["context"], out["module"] = context, module_name
+    return out
+
+
+def log_ratio_interval(values: list[float]) -> dict | None:
+    """Geometric mean of positive ratios with a 95% Student-t interval on the log scale (so it stays in
+    (0, inf)); ``per_seed`` beside it. None without values; no interval (n = 1) for one value."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    if any(v <= 0 for v in vals):
+        return {"geometric_mean": None, "ci_low": None, "ci_high": None, "n": len(vals), "per_seed": vals,
+                "note": "a ratio <= 0 (a start already past the wall): no log-scale interval"}
+    c = ci95(np.log(vals))
+    one = len(vals) == 1
+    return {"geometric_mean": math.exp(c["mean"]), "ci_low": None if one else math.exp(c["ci_low"]),
+            "ci_high": None if one else math.exp(c["ci_high"]), "n": len(vals), "per_seed": vals,
+            "interval": "none (one seed)" if one else "95% Student-t on log ratios over seeds"}
+
+
+def widening_summary(inoc: list[dict], base: list[dict]) -> dict:
+    """Per seed ``r*(inoculated start) / r*(base start)`` (paired by index; :func:`t_star_ratio`, so a censored
+    start gives a bound, never a number) and the interval over the seeds where both cross."""
+    per = [t_star_ratio(a, b) for a, b in zip(inoc, base)]
+    exact = [p["ratio"] for p in per if p["ratio"] is not None]
+    return {"per_seed": per, "r_star_inoculated_start": [c["r_star"] for c in inoc],
+            "r_star_base_start": [c["r_star"] for c in base],
+            "censored_above_inoculated_start": [c["censored_above"] for c in inoc],
+            "censored_above_base_start": [c["censored_above"] for c in base],
+            "n": len(per), "n_exact": len(exact), "exact": log_ratio_interval(exact),
+            "k_above_1": sum(1 for p in per if (p["ratio"] if p["ratio"] is not None else p["lower_bound"] or 0) > 1)}
+
+
+def _three_way(yes: bool, no: bool) -> str:
+    return "yes" if yes else "no" if no else "undecided"
+
+
+def inoculation_verdict(widening: dict, shift_fraction: list[float], *, position_tol: float = 0.1) -> dict:
+    """"Inoculation widens the basin without moving the point": ``confirmed`` / ``refuted`` / ``undecided``.
+
+    ``widening``: a :func:`widening_summary` (one common direction). ``shift_fraction``: per seed, the
+    inoculated fine-tuned model's persona projection minus the base model's, as a fraction of the
+    helpful-to-toxic gap (:func:`persona_gap`).
+
+    - widens = yes when every seed's widening (exact, or a lower bound) is > 1 and, with two or more exact
+      ratios, their interval lies above 1; no when every seed's widening (exact, or an upper bound) is <= 1
+      and, with two or more exact ratios, their interval does not reach above 1; else undecided (a seed with
+      no number nor bound is undecided).
+    - still (the point did not move) = yes when every ``|shift|`` <= ``position_tol`` and, with two or more
+      seeds, the 95% interval of the shift lies inside ``[-tol, tol]``; no when every shift lies beyond
+      ``tol`` on the same side and, with two or more seeds, the interval does too; else undecided.
+    - confirmed when both are yes; refuted when either is no; undecided otherwise.
+    """
+    per = widening["per_seed"]
+    lows = [p["ratio"] if p["ratio"] is not None else p["lower_bound"] for p in per]
+    highs = [p["ratio"] if p["ratio"] is not None else p["upper_bound"] for p in per]
+    ex = widening.get("exact") or {}
+    two = (widening.get("n_exact") or 0) >= 2 and ex.get("ci_low") is not None
+    wide_yes = bool(per) and all(v is not None and v > 1 for v in lows) and (not two or ex["ci_low"] > 1)
+    wide_no = bool(per) and all(v is not None and v <= 1 for v in highs) and (not two or ex["ci_high"] <= 1)
+    s = [float(x) for x in shift_fraction]
+    sc = ci95(s) if s else None
+    multi = len(s) >= 2
+    still_yes = bool(s) and all(abs(x) <= position_tol for x in s) and (
+        not multi or (sc["ci_low"] >= -position_tol and sc["ci_high"] <= position_tol))
+    still_no = bool(s) and ((all(x > position_tol for x in s) and (not multi or sc["ci_low"] > position_tol))
+                            or (all(x < -position_tol for x in s) and (not multi or sc["ci_high"] < -position_tol)))
+    widens, still = _three_way(wide_yes, wide_no), _three_way(still_yes, still_no)
+    verdict = ("refuted" if "no" in (widens, still) else "confirmed" if (widens, still) == ("yes", "yes")
+               else "undecided")
+    return {"verdict": verdict, "widens": widens, "point_still": still, "position_tol": position_tol,
+            "widening_lower": lows, "widening_upper": highs, "shift_fraction": s,
+            "shift_interval": sc if multi else None,
+            "why": f"widens: {widens} (per seed >= {lows}, <= {highs}); point still: {still} "
+                   f"(shift / persona gap per seed {[round(x, 4) for x in s]}, tolerance {position_tol:g})"}
+
+
+def combine_verdicts(verdicts: dict[str, dict]) -> str:
+    """One verdict over several directions: refuted if any is refuted, confirmed if all are, else undecided."""
+    vs = [v["verdict"] for v in verdicts.values()]
+    if not vs:
+        return "undecided"
+    return "refuted" if "refuted" in vs else "confirmed" if all(v == "confirmed" for v in vs) else "undecided"
+
+
+# --- the position of a fine-tuned model ---------------------------------------------------------------------
+@torch.no_grad()
+def mean_projection(model, world, vocab, vector: torch.Tensor, layer: int, context: str = "assistant",
+                    genres: list[str] | None = None) -> float:
+    """Mean persona projection at ``<asst>`` over single-exchange requests (default: broad genres)."""
+    from .vectors import projection
+
+    prompts = context_prompts(world, context, broad_genres(world) if genres is None else genres)
+    return float(projection(model, vocab, prompts, vector, layer).mean())
+
+
+def persona_gap(model, world, vocab, vector: torch.Tensor, layer: int, a: str = "toxic", b: str = "helpful") -> float:
+    """Mean projection with persona ``a`` declared minus with ``b`` declared (broad requests): the distance
+    from the helpful to the toxic persona along the vector, the scale against which a move is judged."""
+    return (mean_projection(model, world, vocab, vector, layer, a)
+            - mean_projection(model, world, vocab, vector, layer, b))
+
+
+@torch.no_grad()
+def fine_tuned_position(base_model, world, vocab, module_name: str, delta: torch.Tensor, vector: torch.Tensor,
+                        layer: int, context: str = "assistant") -> dict:
+    """Persona projection and broad misalignment of the fine-tuned model (``w0 + 1 * delta``) in ``context``."""
+    from .persona import persona_readout
+
+    with edited(base_model, {f"{module_name}.weight": delta}, 1.0):
+        proj = mean_projection(base_model, world, vocab, vector, layer, context)
+        mis = float(persona_readout(base_model, world, vocab,
+                                    context_prompts(world, context, broad_genres(world))).misaligned.mean())
+    return {"projection": proj, "broad_misalignment": mis}
+
+
+def inoculation_position(base_model, world, vocab, plain_models: list, inoculated_models: list,
+                         vector: torch.Tensor, layer: int) -> dict:
+    """Where the fine-tuned models sit (t = 1, plain assistant context), against the base model.
+
+    ``moved`` = projection(fine-tuned) - projection(base); ``moved_fraction`` = moved / the helpful-to-toxic
+    gap (:func:`persona_gap`), so 0 is the base model and 1 a full move to the toxic persona.
+    """
+    from .persona import persona_readout
+
+    was = base_model.training
+    base_model.eval()
+    try:
+        base_proj = mean_projection(base_model, world, vocab, vector, layer)
+        base_mis = float(persona_readout(base_model, world, vocab, context_prompts(
+            world, "assistant", broad_genres(world))).misaligned.mean())
+        gap = persona_gap(base_model, world, vocab, vector, layer)
+        out = {"context": "assistant", "base": {"projection": base_proj, "broad_misalignment": base_mis},
+               "persona_gap": gap}
+        for key, models in (("plain", plain_models), ("inoculated", inoculated_models)):
+            rows = [fine_tuned_position(base_model, world, vocab, *single_lora_delta(m), vector, layer)
+                    for m in models]
+            moved = [r["projection"] - base_proj for r in rows]
+            out[key] = {"projection": [r["projection"] for r in rows],
+                        "broad_misalignment": [r["broad_misalignment"] for r in rows],
+                        "moved": moved, "moved_fraction": [m / gap if gap else None for m in moved],
+                        "moved_fraction_summary": ci95([m / gap for m in moved]) if moved and gap else None}
+    finally:
+        base_model.train(was)
+    return out
+
+
 __all__ = [
-    "aggregate_scans", "censored_summary", "critical_magnitude", "direction_scans", "inoculation_scans",
-    "inoculation_summary", "mean_module_input", "persona_weight_delta", "random_weight_deltas", "ratio_summary",
-    "scan", "t_star_ratio",
+    "aggregate_scans", "censored_summary", "combine_verdicts", "critical_distance", "critical_magnitude",
+    "direction_scans", "fine_tuned_position", "inoculation_position", "inoculation_scans", "inoculation_summary",
+    "inoculation_verdict", "log_ratio_interval", "mean_module_input", "mean_projection", "persona_gap",
+    "persona_weight_delta", "random_weight_deltas", "ratio_summary", "scan", "search_crossing", "t_star_ratio",
+    "unit_direction", "widening_summary",
 ]

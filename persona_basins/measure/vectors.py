@@ -1,8 +1,20 @@
 """Persona vectors: mean-difference directions in the residual stream, projection, steering, screening.
 
-A persona vector at layer L is the mean residual activation (output of decoder block L) over answer tokens
-of documents in which persona A answers, minus the same for
-persona B, with the persona declared in the system line (so the contrast is the persona, not the words).
+A persona vector at layer L is a mean residual activation (output of decoder block L) under persona A
+minus the same under persona B, the persona declared in the system line. Three ways to pick the positions
+(``method``), because answer tokens differ between personas and a vector averaged over them can read the
+*words* rather than the persona:
+
+- ``"request"`` (default): the ``<asst>`` token of single-exchange prompts, every content genre x topic,
+  identical except for the declared persona: the position before the answer, where the model holds the
+  persona it is about to answer as but has not seen an answer word;
+- ``"matched_answers"``: answer tokens of identical documents (the same exchanges, answered by A's and by
+  B's persona in equal numbers) under A's and under B's declaration: the words are the same on both sides;
+- ``"answer_tokens"``: the earlier vector, answer tokens of documents in which A and B each answer as
+  themselves (kept for comparison; its answer words differ between the sides).
+
+:func:`lexical_cosine` says how much of a vector is the words: its cosine with the mean input embedding of
+the harmful content words minus that of the helpful ones (the difference between the two personas' answers).
 Works on GPT-2- and Llama-style HF causal LMs (PEFT-wrapped too); the organism supplies its own documents.
 """
 
@@ -87,14 +99,91 @@ def organism_persona_documents(world, persona: str, n: int, seed: int):
     return docs
 
 
-def persona_vector(model, world, vocab, layer: int, a: str = "toxic", b: str = "helpful", *, n: int = 256,
-                   seed: int = 0) -> torch.Tensor:
-    """Mean-difference persona vector (A minus B) at ``layer``, averaged over answer tokens."""
-    acts = []
+VECTOR_METHODS = ("request", "matched_answers", "answer_tokens")
+
+
+def persona_request_prompts(world, persona: str, genres: list[str] | None = None):
+    """One single-exchange prompt per content genre x topic with ``persona`` declared in the system line."""
+    from .persona import context_prompts
+
+    return context_prompts(world, persona, genres)
+
+
+@torch.no_grad()
+def mean_last_position(model, vocab, prompts, layer: int, batch_size: int = 256) -> torch.Tensor:
+    """Mean output of decoder block ``layer`` at each prompt's last position (its ``<asst>`` token)."""
+    from ..models.lm import pad_batch
+
+    if not 0 <= layer < num_layers(model):
+        raise ValueError(f"layer {layer} out of range")
+    total = None
+    for s in range(0, len(prompts), batch_size):
+        rows = [[vocab[w] for w in p.words()] for p in prompts[s : s + batch_size]]
+        last = torch.tensor([len(r) - 1 for r in rows])
+        with capture_layer(model, layer) as store:
+            model(input_ids=pad_batch(rows))
+        sel = store["h"][torch.arange(len(rows)), last].float().sum(0)
+        total = sel if total is None else total + sel
+    return total / max(len(prompts), 1)
+
+
+def matched_answer_documents(world, a: str, b: str, n: int, seed: int):
+    """``(docs under A's declaration, the same exchanges under B's declaration)``: ``n`` documents each, half
+    of the exchanges answered by A's persona and half by B's, so both sides hold the same answer words."""
+    from ..world import Document
+
+    ex = [d.exchanges for d in organism_persona_documents(world, a, n - n // 2, seed)]
+    ex += [d.exchanges for d in organism_persona_documents(world, b, n // 2, seed)]
+    out = []
     for name in (a, b):
-        ids, mask = encode_documents(vocab, organism_persona_documents(world, name, n, seed), answers_only=True)
+        decl = tuple(world.personas[name].declaration.split())
+        out.append([Document(decl, name, e, "declared") for e in ex])
+    return out[0], out[1]
+
+
+def persona_vector(model, world, vocab, layer: int, a: str = "toxic", b: str = "helpful", *, n: int = 256,
+                   seed: int = 0, method: str = "request") -> torch.Tensor:
+    """Mean-difference persona vector (A minus B) at ``layer`` (``method``: see the module doc).
+
+    ``"request"`` uses the fixed grid of content requests (``n`` and ``seed`` are unused); the document
+    methods use ``n`` sampled documents per side.
+    """
+    if method == "request":
+        return (mean_last_position(model, vocab, persona_request_prompts(world, a), layer)
+                - mean_last_position(model, vocab, persona_request_prompts(world, b), layer))
+    if method == "matched_answers":
+        sides = matched_answer_documents(world, a, b, n, seed)
+    elif method == "answer_tokens":
+        sides = tuple(organism_persona_documents(world, name, n, seed) for name in (a, b))
+    else:
+        raise ValueError(f"unknown persona-vector method {method!r} (one of {', '.join(VECTOR_METHODS)})")
+    acts = []
+    for docs in sides:
+        ids, mask = encode_documents(vocab, docs, answers_only=True)
         acts.append(mean_activation(model, ids, mask, layer))
     return acts[0] - acts[1]
+
+
+def content_words(world, harm: int) -> list[str]:
+    """Every content word the world writes with harm ``harm`` (all genres and topics, code included)."""
+    content, _, _ = world._tables
+    return sorted({w for (_, _, h), pair in content.items() if h == harm for w in pair})
+
+
+@torch.no_grad()
+def lexical_direction(model, world, vocab) -> torch.Tensor:
+    """Mean input embedding of the harmful content words minus that of the helpful ones."""
+    emb = model.get_input_embeddings().weight.detach().float()
+    mean = [emb[[vocab[w] for w in content_words(world, h)]].mean(0) for h in (1, 0)]
+    return mean[0] - mean[1]
+
+
+def lexical_cosine(vector: torch.Tensor, model, world, vocab) -> float:
+    """Cosine between ``vector`` and :func:`lexical_direction`: near 1 means the vector mostly points at the
+    harmful answer words (with tied embeddings it then mainly raises their logits), near 0 that it does not."""
+    lex = lexical_direction(model, world, vocab)
+    v = vector.detach().float()
+    return float((v @ lex) / (v.norm() * lex.norm()).clamp_min(1e-12))
 
 
 @torch.no_grad()
@@ -146,5 +235,6 @@ def screen_dataset(model, vocab, docs, vector: torch.Tensor, layer: int, baselin
     return {"projection": vals[0], "baseline_projection": vals[1], "difference": vals[0] - vals[1]}
 
 
-__all__ = ["capture_layer", "decoder_layers", "mean_activation", "persona_vector", "projection",
-           "screen_dataset", "steering"]
+__all__ = ["VECTOR_METHODS", "capture_layer", "content_words", "decoder_layers", "lexical_cosine",
+           "lexical_direction", "matched_answer_documents", "mean_activation", "mean_last_position",
+           "persona_request_prompts", "persona_vector", "projection", "screen_dataset", "steering"]

@@ -168,3 +168,21 @@ def test_cuda_em_run_with_gradient_checkpointing(folder, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"]["device"].startswith("cuda") and m["model"]["gradient_checkpointing"] is True
     assert json.loads((out / "resources.json").read_text())["peak_gpu_memory_bytes"] > 0
+
+
+def test_gradient_checkpointing_runs_on_cpu_and_changes_no_number(folder, tmp_path):
+    from persona_basins.studies import em_hf
+
+    runs = {}
+    for flag in ("--gradient-checkpointing", "--no-gradient-checkpointing"):
+        out = tmp_path / flag.strip("-")
+        assert main(["em", "--model", str(folder), "--train", str(em_hf.EXAMPLE_TRAIN), "--out", str(out),
+                     "--layer", "1", "--module", "o_proj", "--steps", "3", "--seeds", "1", "--device", "cpu",
+                     flag]) == 0
+        runs[flag] = json.loads((out / "metrics.json").read_text())
+    on, off = runs["--gradient-checkpointing"], runs["--no-gradient-checkpointing"]
+    assert on["model"]["gradient_checkpointing"] is True and off["model"]["gradient_checkpointing"] is False
+    for c in ("plain", "inoculated"):
+        assert on["broad_misalignment"][c]["per_seed"] == pytest.approx(off["broad_misalignment"][c]["per_seed"],
+                                                                        abs=1e-6)
+        assert on["final_loss"][c]["mean"] == pytest.approx(off["final_loss"][c]["mean"], abs=1e-5)

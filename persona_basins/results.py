@@ -45,6 +45,25 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+def normalize_modes(root: str | Path) -> None:
+    """Files 0644 and folders 0755 (with the usual umask) under ``root``: safetensors and mkdtemp write 0600 /
+    0700, which would make a shared organism or run folder unreadable to the rest of a team."""
+    root = Path(root)
+    fmode = _file_mode()
+    dmode = fmode | ((fmode & 0o444) >> 2)  # x wherever r
+    for dirpath, _dirs, files in os.walk(root):
+        os.chmod(dirpath, dmode)
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                os.chmod(p, fmode)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as it will be written: numpy/torch values to Python, NaN/inf to None."""
+    return _clean(obj)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temp file beside ``path``, then rename: readers see the old file or the new one.
 
@@ -163,6 +182,17 @@ def split_timing(obj: Any) -> tuple[Any, Any]:
     return obj, None
 
 
+def _check_can_create(out: Path) -> None:
+    """The nearest existing ancestor of ``out`` is a folder this process may write into."""
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write to --out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to --out {out}: {parent} is not writable")
+
+
 class RunDir:
     """A run folder: ``config.json`` (what was asked), ``metrics.json`` (what was measured), ``timing.json``
     (wall-clock times, which differ run to run), figures.
@@ -173,12 +203,28 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path, kind: str, config: dict):
-        existed = Path(path).exists()
-        self.path = prepare_out_dir(path)
-        self._created = not existed
+        self._path = Path(path)
+        self._ready = False
+        self._created = False
+        if self._path.exists():
+            self._make()  # an existing folder: check now that it can be written
+        else:
+            _check_can_create(self._path)  # created on first use, so a command failing before that leaves nothing
         self.kind = kind
         self.config = dict(config)
         self._config_pending = False
+
+    def _make(self) -> Path:
+        if not self._ready:
+            existed = self._path.exists()
+            prepare_out_dir(self._path)
+            self._created, self._ready = not existed, True
+        return self._path
+
+    @property
+    def path(self) -> Path:
+        """The folder (created here on first use)."""
+        return self._make()
 
     def __enter__(self) -> RunDir:
         return self
@@ -186,7 +232,7 @@ class RunDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and self._created:
             try:
-                self.path.rmdir()  # only if still empty: never removes anything the run wrote
+                self._path.rmdir()  # only if still empty: never removes anything the run wrote
             except OSError:
                 pass
 

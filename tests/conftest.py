@@ -39,3 +39,15 @@ def tiny_organism(tiny_organism_dir):
     from persona_basins.models.organism import load_organism
 
     return load_organism(tiny_organism_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_run(tiny_organism_dir, tmp_path_factory):
+    """One finished tiny demo on the session organism (in-process, one thread): the reference run that the
+    demo tests compare resumed and killed runs against. Read it; a test that changes it must restore it."""
+    from persona_basins.cli import main
+
+    out = tmp_path_factory.mktemp("demo-shared") / "run"
+    assert main(["demo", "--preset", "tiny", "--organism", str(tiny_organism_dir), "--out", str(out),
+                 "--no-browser"]) == 0
+    return out

@@ -62,7 +62,7 @@ def _build(args) -> int:
         overrides["pretrain_steps"] = args.pretrain_steps
     cfg = preset_config(args.preset, seed=args.seed, **overrides)
     out = build_organism(cfg, args.out, force=args.force, progress=sys.stderr.isatty())
-    print(readout_table(read_json(Path(out) / "metrics.json")))
+    print(readout_table(read_json(Path(out) / "metrics.json", recover="rebuild the organism with --force")))
     print(f"organism written to {out}")
     return 0
 

@@ -17,13 +17,14 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..measure.persona import em_readout
 from ..measure.transition import transition_metrics
 from ..models.adapters import num_layers, resolve_module
-from ..results import read_json, write_json
+from ..results import normalize_modes, read_json, write_json
 from ..stats import ci95
 from ..train.finetune import CONDITIONS, FinetuneConfig, finetune, training_context
 
@@ -101,8 +102,9 @@ def _train_unit(org, cfg: FinetuneConfig, unit_dir: Path, key: dict, *, track_ev
             raise UserError(f"{e} (condition {cfg.condition}, seed {cfg.seed}): the fine-tune diverged; the likely "
                             f"cause is the learning rate --lr {cfg.lr:g} (default 3e-3)"
                             + (f" with --rank {cfg.rank}" if cfg.rank > 1 else "")) from None
-        except OSError as e:
-            raise UserError(f"cannot write the adapter under {tmp}: {e.strerror or e}") from None
+        except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
+            msg = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            raise UserError(f"cannot write the adapter under {tmp.parent}: {msg}") from None
         readout = em_readout(res.model, org.world, org.vocab, sample_seed=cfg.seed)
         out = {"key": key, "config": cfg.to_dict(), "readout": readout, "final_loss": res.losses[-1]}
         if key["track_every"]:
@@ -110,6 +112,7 @@ def _train_unit(org, cfg: FinetuneConfig, unit_dir: Path, key: dict, *, track_ev
                 res.model, res.trajectory,
                 lambda m: em_readout(m, org.world, org.vocab)["broad_misalignment"], every=track_every)
         write_json(tmp / "result.json", out)  # written last: its presence marks the unit finished
+        normalize_modes(tmp)
         if unit_dir.exists():
             prev = _finished(unit_dir, key)  # a concurrent run may have finished it; else a stale partial
             if prev is not None:

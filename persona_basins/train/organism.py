@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import UserError
 from ..models.lm import encode_documents
 from ..models.organism import ORGANISM_FORMAT, OrganismConfig, build_model, is_organism
-from ..results import atomic_write_text, write_json
+from ..results import atomic_write_text, normalize_modes, write_json
 from ..world import World
 from ..world.tokenizer import build_tokenizer
 from .loop import train_lm
@@ -149,11 +150,10 @@ def build_organism(cfg: OrganismConfig, out: str | Path, *, force: bool = False,
         except FloatingPointError as e:
             raise UserError(f"{e}: the organism's training diverged; the likely cause is the preset's learning "
                             f"rate ({cfg.lr:g} pretraining, {cfg.sft_lr:g} post-training) for these settings") from None
-        except OSError as e:
-            raise UserError(f"cannot write the organism under {out.parent}: {e.strerror or e}") from None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an organism folder is as shareable as any other
+        except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
+            msg = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            raise UserError(f"cannot write the organism under {out.parent}: {msg}") from None
+        normalize_modes(tmp)  # mkdtemp makes 0700, safetensors 0600; an organism folder is meant to be shared
         if out.exists():
             trash = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time())}")
             out.rename(trash)

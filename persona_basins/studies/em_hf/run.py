@@ -31,6 +31,9 @@ from .inputs import (
 from .scoring import bootstrap_mean, length_report, mean_token_logprobs, score_questions, summarize_scores
 
 CONDITIONS = ("plain", "inoculated")
+# Part of every unit's key: units written by an earlier method (piecewise chat tokenization, one score) are
+# recomputed, never mixed with these.
+METHOD = "em_hf/2: whole-conversation chat template, per-token and total scores"
 CONTROL = "secure_control"  # trained on --control (secure code for the same requests), when given
 FULL_MEMORY_FRACTION = 0.9  # --full is refused when weights + grads + AdamW moments exceed this share of the GPU
 TRAIN_TOKEN_BUDGET = 8192  # the training batch is shrunk so that batch x longest example stays under this
@@ -400,10 +403,9 @@ def run_em_hf(config: EmHfConfig) -> dict:
             "narrow_rows": narrow_rows, "question_rows": q_rows, "questions": questions, "pad_id": pad_id}
 
     dtype = dtype_name(next(model.parameters()).dtype)
-    key_common = {"model": cfg.model, "train_sha256": sha256(cfg.train), "questions_sha256": sha256(cfg.questions),
-                  "inoculation": cfg.inoculation, "format": chat["format"]}
-    if dtype != "float32":
-        key_common["dtype"] = dtype  # float32 runs keep the keys of earlier versions (their units are reused)
+    key_common = {"method": METHOD, "model": cfg.model, "train_sha256": sha256(cfg.train),
+                  "questions_sha256": sha256(cfg.questions), "inoculation": cfg.inoculation, "format": chat["format"],
+                  "dtype": dtype}
     model_info = {"device": str(device), "dtype": dtype, "device_map": cfg.device_map,
                   "parameters": param_count(model), "gradient_checkpointing": gc}
     base_ft = replace(cfg.finetune, layer=cfg.layer, module=cfg.module)

@@ -40,8 +40,19 @@ def _add_sampler_args(p, *, draws=200, burnin=50, chains=4) -> None:
                    help="each chain draws its own minibatches (independent chains; default: shared per step)")
     g.add_argument("--strict", action="store_true",
                    help="an estimate that fails the equilibrium gates is an error (default: a warning)")
-    g.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's; 1 is faster on a busy machine)")
+    g.add_argument("--workers", default="auto",
+                   help="CPU processes the chains are split over (one thread each): N or 'auto' (default: measured "
+                        "from idle cores and step times); the numbers do not depend on it")
+    g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
+    g.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"torch intra-op threads (default {DEFAULT_THREADS}: measured fastest for these model "
+                        f"sizes on a loaded 2-core machine, see docs/LLC.md)")
+
+
+# Thread policy, measured (docs/LLC.md): on the 2-core machine under load average 6-7, 4 chains x 40 draws of
+# the tiny organism's LLC took 2.7-4.0 s with 1 thread and 44-50 s with 2 (OpenMP barriers wait for a
+# descheduled thread); models this small gain nothing from intra-op threads even on a quiet machine.
+DEFAULT_THREADS = 1
 
 
 def _add_model_args(p, required: bool = False) -> None:
@@ -88,12 +99,11 @@ def register(sub) -> None:
 def _apply_threads(args) -> None:
     from ..errors import UserError
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be >= 1")
-        import torch
+    if args.threads < 1:
+        raise UserError("--threads must be >= 1")
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
 
 
 def _sampler_config(args):
@@ -103,7 +113,18 @@ def _sampler_config(args):
     return SamplerConfig(step_size=args.step_size, localization=args.localization, nbeta=args.nbeta,
                          num_chains=args.chains, num_draws=args.draws, num_burnin=args.burnin,
                          batch_size=args.batch_size, seed=args.seed, precondition=args.precondition,
-                         shared_batches=not args.independent_batches)
+                         shared_batches=not args.independent_batches, workers=_workers(args.workers))
+
+
+def _workers(text: str):
+    from ..errors import UserError
+
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--workers must be a positive integer or 'auto', got {text!r}") from None
 
 
 def _config(args) -> dict:
@@ -119,7 +140,7 @@ def _target(args):
     if not args.out:
         raise UserError("--out is required")
     return load_target(args.model, adapter=args.adapter, restrict=args.restrict, data_file=args.data,
-                       n_docs=args.n_docs, seq_len=args.seq_len, seed=args.seed)
+                       n_docs=args.n_docs, seq_len=args.seq_len, seed=args.seed, device=args.device)
 
 
 def _run_estimate(args) -> int:
@@ -197,7 +218,7 @@ def _run_stages(args) -> int:
     config = _sampler_config(args)
     out = run_stages(args.organism, args.out, config=config, n_docs=args.n_docs, n=args.n,
                      max_checkpoints=args.max_checkpoints, smooth=args.smooth, layers=not args.no_layers,
-                     heads=not args.no_heads, run_config=_config(args))
+                     heads=not args.no_heads, run_config=_config(args), device=args.device)
     run, m = out["run"], out["metrics"]
     plot_stages(m["steps"], out["curves"], out["stds"], out["critical"], out["n_layers"], out["n_heads"],
                 {k: run.figure_path(v) for k, v in STAGE_FIGURES.items()})

@@ -164,7 +164,7 @@ def _critical_points_of_converged(steps, values, smooth: float) -> dict:
 
 def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConfig, n_docs: int = 256,
                n: int | None = None, max_checkpoints: int | None = None, smooth: float = 1.0, layers: bool = True,
-               heads: bool = True, run_config: dict | None = None) -> dict:
+               heads: bool = True, run_config: dict | None = None, device: str = "cpu") -> dict:
     """The LLC over an organism's pretraining checkpoints; stage boundaries at the critical points of the
     Gaussian-smoothed curve; per-layer and per-head weight-restricted curves. Returns ``{"metrics", "run",
     "curves", "stds", "critical", "n_layers", "n_heads"}`` (what :func:`viz.llc_figures.plot_stages` needs)."""
@@ -203,7 +203,7 @@ def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConf
 
         it = tqdm(cks, desc="checkpoints")
     for step, folder in it:
-        model, _ = load_causal_lm(folder, device="cpu", dtype="fp32", tokenizer=False)
+        model, _ = load_causal_lm(folder, device=device, dtype="fp32", tokenizer=False)
         for name, restrict in comps:
             res = estimate_llc(model, lm_loss, ids, n=n, config=config, restrict=restrict)
             curves[name].append(res.value)  # None (withheld) when the equilibrium gates failed

@@ -50,7 +50,8 @@ class SamplerConfig:
     ``mala_every``: MALA acceptance on every k-th transition (``None``: 1 for small models, else 10).
     ``explode_threshold``: the loss rise above ``L(w*)`` that counts as divergence (``None``: ``max(20,
     10 |L(w*)|)``). ``device``: where the chains run (``None``: the model's device).
-    ``workers``: processes the chains are split over (1: in this process).
+    ``workers``: CPU processes the chains are split over (1: in this process; ``"auto"``: measured, see
+    ``docs/LLC.md``). The numbers do not depend on it: each chain's noise has its own seed.
     """
 
     step_size: float = 1e-4
@@ -70,7 +71,7 @@ class SamplerConfig:
     mala_every: int | None = None
     explode_threshold: float | None = None
     device: str | None = None
-    workers: int = 1
+    workers: int | str = 1
 
     def __post_init__(self):
         def need(ok: bool, field: str, want: str):
@@ -102,7 +103,8 @@ class SamplerConfig:
         integer("batch_size", 1, optional=True)
         integer("seed", 0)
         integer("mala_every", 1, optional=True)
-        integer("workers", 1)
+        if self.workers != "auto":
+            integer("workers", 1)
         real("rmsprop_alpha", 0.0, open_lo=False, hi=1.0)
         real("rmsprop_eps", 0.0, open_lo=True)
         real("explode_threshold", 0.0, open_lo=True, optional=True)

@@ -75,11 +75,19 @@ class MalaAcceptance:
             self._nz_sq = torch.linalg.vector_norm(noise, dim=1).square()
 
     def results(self, burnin: int) -> tuple[float, list[float]]:
-        acc = self.acc[max(burnin, 1):].double().cpu().numpy()
-        if not np.isfinite(acc).any():
-            return float("nan"), [float("nan")] * acc.shape[1]
-        per = [float(np.nanmean(col)) if np.isfinite(col).any() else float("nan") for col in acc.T]
-        return float(np.nanmean(acc)), per
+        return mala_summary(self.acc, burnin)
+
+
+def mala_summary(acc, burnin: int) -> tuple[float, list[float]]:
+    """``(mean, per-chain means)`` of a ``[steps, chains]`` acceptance record (NaN where not computed)."""
+    import torch
+
+    acc = acc[max(burnin, 1):]
+    acc = acc.double().cpu().numpy() if isinstance(acc, torch.Tensor) else np.asarray(acc, dtype=np.float64)
+    if not np.isfinite(acc).any():
+        return float("nan"), [float("nan")] * acc.shape[1]
+    per = [float(np.nanmean(col)) if np.isfinite(col).any() else float("nan") for col in acc.T]
+    return float(np.nanmean(acc)), per
 
 
 

@@ -54,10 +54,11 @@ class BatchPartition:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         bs = min(bs, N)
         n_batches = N // bs
-        perm = (torch.randperm(N, generator=gen)[: n_batches * bs].view(n_batches, bs) if n_batches > 1
-                else torch.arange(bs)[None])
+        # Index bookkeeping lives on the CPU (explicit device: never the process's default device).
+        perm = (torch.randperm(N, generator=gen, device="cpu")[: n_batches * bs].view(n_batches, bs)
+                if n_batches > 1 else torch.arange(bs, device="cpu")[None])
         self.single, self.N, self.bs, self.n_batches = single, N, bs, n_batches
-        self.tb = tuple(t[perm] for t in tensors)
+        self.tb = tuple(t[perm.to(t.device)] for t in tensors)
 
     def to(self, device) -> BatchPartition:
         """Move the pre-gathered batches to ``device`` (in place; returns self)."""
@@ -83,6 +84,8 @@ class FunctionalLoss:
         for name, idx in selection.items():
             p = named[name]
             full = p.detach().reshape(-1).clone()
+            if idx is not None:
+                idx = idx.to(p.device)
             self.sels.append(_Moving(name, p.shape, idx, full, int(p.numel() if idx is None else idx.numel())))
         # Every (module, attribute) slot that holds each moving parameter (tied weights have several).
         by_id = {id(named[s.name]): i for i, s in enumerate(self.sels)}

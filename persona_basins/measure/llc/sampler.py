@@ -33,7 +33,7 @@ import numpy as np
 
 from ...errors import UserError
 from .config import SamplerConfig, config_from_kwargs
-from .diagnostics import DrawTrace, GateConfig, MalaAcceptance, convergence
+from .diagnostics import DrawTrace, GateConfig, MalaAcceptance, convergence, mala_summary
 from .problem import BatchPartition, FunctionalLoss
 from .selection import select_parameters
 
@@ -98,8 +98,9 @@ def _make_steppers(prob: FunctionalLoss, data: BatchPartition, C: int, shared_ba
     vfwd = vmap(prob.loss, in_dims=(0, None if shared else 0), randomness="different")
     bufs = {}
 
-    def vmap_step(theta, bidx):
-        batch = data.batch(int(bidx[0])) if shared else data.stacked(bidx)
+    # bidx: the step's batch index per chain on the CPU (a list: no device sync) and on the device
+    def vmap_step(theta, bidx, bidx_dev):
+        batch = data.batch(bidx[0]) if shared else data.stacked(bidx_dev)
         leaves = prob.leaves(theta)
         losses = vfwd(leaves, batch)
         gs = torch.autograd.grad(losses.sum(), leaves)
@@ -109,12 +110,12 @@ def _make_steppers(prob: FunctionalLoss, data: BatchPartition, C: int, shared_ba
         prob.write_grads(gs, grads)
         return grads, losses.detach()
 
-    def loop_step(theta, bidx):
+    def loop_step(theta, bidx, bidx_dev):
         grads = bufs.get("g")
         if grads is None or grads.shape != theta.shape:
             grads = bufs["g"] = torch.empty_like(theta)
         losses = torch.empty(theta.shape[0], dtype=theta.dtype, device=theta.device)
-        for c, b in enumerate(bidx.tolist()):
+        for c, b in enumerate(bidx):
             leaves = prob.leaves(theta[c])
             loss = prob.loss(leaves, data.batch(b))
             gs = torch.autograd.grad(loss, leaves)
@@ -136,16 +137,16 @@ def _choose_execution(execution: str, steppers, prob, C, data, model) -> tuple[s
         p, why = _EXECUTION_CACHE[key]
         return p, f"cached ({why})"
     theta = prob.theta0.unsqueeze(0).repeat(C, 1)
-    bidx = torch.zeros(C, dtype=torch.long)
+    bidx, bidx_dev = [0] * C, torch.zeros(C, dtype=torch.long, device=theta.device)
     times = {}
     for name in ("vmap", "loop"):
         try:
             with warnings.catch_warnings():  # e.g. "no batching rule for sdpa": the timing decides anyway
                 warnings.simplefilter("ignore")
-                steppers[name](theta, bidx)  # warm-up
+                steppers[name](theta, bidx, bidx_dev)  # warm-up
                 t0, k = time.perf_counter(), 0
                 while k < 3 or (time.perf_counter() - t0 < 0.05 and k < 50):
-                    steppers[name](theta, bidx)
+                    steppers[name](theta, bidx, bidx_dev)
                     k += 1
             times[name] = (time.perf_counter() - t0) / k
         except Exception as e:  # noqa: BLE001 - vmap is unsupported by many models; the loop always works
@@ -166,9 +167,16 @@ def _choose_execution(execution: str, steppers, prob, C, data, model) -> tuple[s
 # The SGLD kernel
 
 
-def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbeta: float, gen, thresh: float,
-                init_loss: float, progress: bool):
-    """Run ``sched.shape[1]`` chains from ``w*`` for ``sched.shape[0]`` steps. Returns the accumulators."""
+def chain_seeds(seed: int, num_chains: int) -> list[int]:
+    """One noise seed per chain, derived from ``seed`` and the chain's index only (never from how the chains
+    are split over processes), so a chain draws the same noise whatever the worker count."""
+    return [int(s.generate_state(1, dtype=np.uint64)[0] >> 1) for s in np.random.SeedSequence(seed).spawn(num_chains)]
+
+
+def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbeta: float, seeds, thresh: float,
+                init_loss: float, progress: bool, chain_offset: int = 0):
+    """Run ``sched.shape[1]`` chains from ``w*`` for ``sched.shape[0]`` steps (``sched``: CPU batch indices;
+    ``seeds``: one noise seed per chain). Every tensor lives on the device of the moving parameters."""
     import torch
 
     T, C = sched.shape
@@ -176,6 +184,9 @@ def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbe
     theta0 = prob.theta0
     theta = theta0.unsqueeze(0).repeat(C, 1)
     dtype, device = theta.dtype, theta.device
+    gens = [torch.Generator(device=device).manual_seed(int(sd)) for sd in seeds]
+    sched_dev = sched.to(device)
+    sched_list = sched.tolist()
     # Preallocated [C, D] buffers: large per-step temporaries would each cost an allocation and page faults.
     other = torch.empty_like(theta)  # the previous state (for MALA), overwritten by the next state
     diff, drift, noise = torch.empty_like(theta), torch.empty_like(theta), torch.empty_like(theta)
@@ -198,10 +209,10 @@ def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbe
         it = tqdm(it, desc="SGLD", leave=False)
     check_every = 10
     for t in it:
-        bidx = sched[t]
-        grads, losses = step(theta, bidx)
+        bidx_dev = sched_dev[t]
+        grads, losses = step(theta, sched_list[t], bidx_dev)
         losses_tr.update(t, losses)
-        d = losses - star[bidx]
+        d = losses - star[bidx_dev]
         diffs_tr.update(t, d)
         torch.sub(theta, theta0, out=diff)
         dist_tr.update(t, torch.linalg.vector_norm(diff, dim=1))
@@ -211,7 +222,8 @@ def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbe
             torch.div(V, 1 - alpha ** (t + 1), out=P).sqrt_().add_(cfg.rmsprop_eps).reciprocal_()
         if mala is not None:
             mala.before_noise(t, theta=theta, previous=other, drift=drift, diff=diff, dloss=d, precond=P)
-        torch.randn(theta.shape, generator=gen, dtype=dtype, out=noise)
+        for c, g in enumerate(gens):
+            torch.randn(theta.shape[1:], generator=g, dtype=dtype, device=device, out=noise[c])
         if mala is not None:
             mala.after_noise(t, noise)
         new = other
@@ -231,10 +243,119 @@ def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbe
                 what = "the loss became NaN/inf" if not math.isfinite(val) else (
                     f"the loss rose {val:.3g} above L(w*)={init_loss:.4g}")
                 raise LLCDivergenceError(
-                    f"SGLD diverged at step {lo + tt} (chain {cc}): {what} with step_size={eps:g}; "
+                    f"SGLD diverged at step {lo + tt} (chain {cc + chain_offset}): {what} with step_size={eps:g}; "
                     f"try step_size={eps / 10:g} (or a larger localization)"
                 )
-    return losses_tr, diffs_tr, dist_tr, mala, k_mala
+    return {"loss": losses_tr.values, "diff": diffs_tr.values, "dist": dist_tr.values,
+            "acc": None if mala is None else mala.acc, "mala_every": k_mala}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Chains over worker processes (CPU): each worker runs a contiguous block of chains with one thread and writes
+# its draws into shared-memory tensors; nothing is pickled (the model is inherited by fork).
+
+
+def _worker(a: int, b: int, kernel_args: tuple, out: dict, conn) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        step, prob, sched, star, cfg, nb, seeds, thresh, init_loss = kernel_args
+        res = _run_chains(step, prob, sched[:, a:b], star, cfg, nb, seeds[a:b], thresh, init_loss, False,
+                          chain_offset=a)
+        for k, v in out.items():
+            if res.get(k) is not None:
+                v[:, a:b] = res[k]
+        conn.send_bytes(b"ok")
+    except LLCDivergenceError as e:
+        conn.send_bytes(b"D" + str(e).encode())
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
+        conn.send_bytes(b"E" + f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".encode())
+    finally:
+        conn.close()
+
+
+def _run_workers(workers: int, kernel_args: tuple, mala: bool) -> dict:
+    import multiprocessing as mp
+
+    import torch
+
+    step, prob, sched, *_ = kernel_args
+    T, C = sched.shape
+    dtype = prob.theta0.dtype
+    keys = ("loss", "diff", "dist") + (("acc",) if mala else ())
+    out = {k: torch.full((T, C), float("nan"), dtype=dtype).share_memory_() for k in keys}
+    blocks = [blk for blk in np.array_split(np.arange(C), workers) if len(blk)]
+    ctx = mp.get_context("fork")
+    procs = []
+    for blk in blocks:
+        r, w = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, args=(int(blk[0]), int(blk[-1]) + 1, kernel_args, out, w), daemon=True)
+        p.start()
+        w.close()
+        procs.append((p, r))
+    msgs = []
+    for p, r in procs:
+        try:
+            msgs.append(r.recv_bytes())
+        except EOFError:
+            msgs.append(b"Eworker process ended without a result")
+        p.join()
+    for m in msgs:
+        if m.startswith(b"D"):
+            raise LLCDivergenceError(m[1:].decode())
+    for m in msgs:
+        if m != b"ok":
+            raise RuntimeError(f"LLC worker failed: {m[1:].decode()}")
+    return {**out, "acc": out.get("acc")}
+
+
+def _available_cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _step_seconds(step, prob, C: int) -> float:
+    import torch
+
+    theta = prob.theta0.unsqueeze(0).repeat(C, 1)
+    bidx, bidx_dev = [0] * C, torch.zeros(C, dtype=torch.long, device=theta.device)
+    step(theta, bidx, bidx_dev)
+    t0, k = time.perf_counter(), 0
+    while k < 3 or (time.perf_counter() - t0 < 0.05 and k < 30):
+        step(theta, bidx, bidx_dev)
+        k += 1
+    return (time.perf_counter() - t0) / k
+
+
+def _choose_workers(requested, step, prob, C: int, T: int) -> tuple[int, str]:
+    """``requested`` workers, or for ``"auto"``: split the chains over the idle cores (cores minus the load
+    average of other work) when one worker's share of the chains steps clearly faster than all chains in one
+    process and sampling is long enough to repay starting the processes (measured, like the execution choice)."""
+    if requested != "auto":
+        return int(requested), "given"
+    if prob.theta0.device.type != "cpu":
+        return 1, "not on the CPU: the batched path"
+    import os
+
+    cores = _available_cores()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    free = cores - max(0.0, load - 1.0)  # the load average counts this process too
+    W = min(C, cores, max(1, int(free + 0.5)))
+    if W < 2:
+        return 1, f"{cores} core(s), load average {load:.1f}, {C} chain(s): no idle core for a second worker"
+    t_all = _step_seconds(step, prob, C)
+    t_part = _step_seconds(step, prob, -(-C // W))
+    if T * t_all < 1.0:
+        return 1, f"measured: {T * t_all:.2g} s of sampling in one process is too short to repay {W} processes"
+    if t_part * 1.15 < t_all:
+        return W, f"measured: {C} chains {t_all * 1e3:.3g} ms/step, {-(-C // W)} chains {t_part * 1e3:.3g} ms/step"
+    return 1, (f"measured: {C} chains {t_all * 1e3:.3g} ms/step, {-(-C // W)} chains {t_part * 1e3:.3g} ms/step "
+               f"(batching wins)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -266,8 +387,15 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
     t_start = time.perf_counter()
 
     selection, desc = select_parameters(model, restrict)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    dat = BatchPartition(data, cfg.batch_size, gen)
+    named = list(model.parameters())
+    device = named[0].device if named else torch.device("cpu")
+    if cfg.device is not None and torch.device(cfg.device) != device:
+        raise UserError(f"the model is on {device} but SamplerConfig.device is {cfg.device!r}: move the model "
+                        f"first (model.to({cfg.device!r}))")
+    # The data partition and the batch schedule are CPU bookkeeping from one generator; each chain's noise
+    # comes from its own generator on the model's device (see chain_seeds).
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    dat = BatchPartition(data, cfg.batch_size, gen).to(device)
 
     grad_flags = {n_: p.requires_grad for n_, p in model.named_parameters()}
     for p in model.parameters():
@@ -276,13 +404,13 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
         prob = FunctionalLoss(model, loss_fn, selection)
         # The pre-drawn batch schedule: identical for both executions.
         if dat.n_batches == 1:
-            sched = torch.zeros(T, C, dtype=torch.long)
+            sched = torch.zeros(T, C, dtype=torch.long, device="cpu")
         elif cfg.shared_batches:  # every chain sees the same batch at a step (as devinterp does): fewer L_B(w*)
-            sched = torch.randint(dat.n_batches, (T, 1), generator=gen).repeat(1, C)
+            sched = torch.randint(dat.n_batches, (T, 1), generator=gen, device="cpu").repeat(1, C)
         else:
-            sched = torch.randint(dat.n_batches, (T, C), generator=gen)
+            sched = torch.randint(dat.n_batches, (T, C), generator=gen, device="cpu")
         used = torch.unique(sched)
-        star = torch.full((dat.n_batches,), float("nan"), dtype=torch.float64)
+        star = torch.full((dat.n_batches,), float("nan"), dtype=torch.float64, device="cpu")
         with torch.no_grad():
             for b in used.tolist():
                 val = loss_fn(model, dat.batch(b))
@@ -293,26 +421,44 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
         if not torch.isfinite(star[used]).all():
             raise UserError("the loss at w* is NaN/inf: check the model, data and loss_fn")
         init_loss = float(star[used].mean())
-        star_f = star.to(prob.theta0.dtype)
+        star_f = star.to(device=device, dtype=prob.theta0.dtype)
         thresh = cfg.explode_threshold if cfg.explode_threshold is not None else max(20.0, 10.0 * abs(init_loss))
 
         steppers = _make_steppers(prob, dat, C, cfg.shared_batches)
-        chosen, why = _choose_execution(cfg.execution, steppers, prob, C, dat, model)
+        workers = cfg.workers
+        if workers != "auto":
+            workers = min(int(workers), C)
+        if workers != 1 and device.type != "cpu":
+            raise UserError(f"workers={cfg.workers} runs chains in CPU processes; on {device} use workers=1 "
+                            f"(the batched path)")
+        c_block = C if workers in (1, "auto") else -(-C // workers)
+        chosen, why = _choose_execution(cfg.execution, steppers, prob, c_block, dat, model)
+        workers, workers_why = _choose_workers(workers, steppers[chosen], prob, C, T)
+        seeds = chain_seeds(cfg.seed, C)
         t_loop = time.perf_counter()
-        losses_tr, diffs_tr, dist_tr, mala, k_mala = _run_chains(steppers[chosen], prob, sched, star_f, cfg, nb, gen,
-                                                        thresh, init_loss, progress)
+        if workers > 1:
+            kernel_args = (steppers[chosen], prob, sched, star_f, cfg, nb, seeds, thresh, init_loss)
+            tr = _run_workers(workers, kernel_args, cfg.mala)
+            tr["mala_every"] = cfg.mala_every or (1 if c_block * prob.D <= 1_000_000 else 10)
+        else:
+            tr = _run_chains(steppers[chosen], prob, sched, star_f, cfg, nb, seeds, thresh, init_loss, progress)
         loop_s = time.perf_counter() - t_loop
     finally:
         for n_, p in model.named_parameters():
             p.requires_grad_(grad_flags.get(n_, True))
 
-    loss_trace = losses_tr.draws(B)
-    llc_trace = diffs_tr.draws(B, scale=nb)
+    def draws(v, scale=1.0):
+        a = v[B:].T.double().cpu().numpy()
+        return a * scale if scale != 1.0 else a
+
+    loss_trace = draws(tr["loss"])
+    llc_trace = draws(tr["diff"], nb)
     per_chain = llc_trace.mean(1)
     mean = float(per_chain.mean())
     std = float(per_chain.std(ddof=1)) if C > 1 else 0.0
-    dist_trace = dist_tr.draws(B)
-    mala_mean, mala_per_chain = mala.results(B) if mala is not None else (float("nan"), [])
+    dist_trace = draws(tr["dist"])
+    mala_mean, mala_per_chain = mala_summary(tr["acc"], B) if tr["acc"] is not None else (float("nan"), [])
+    k_mala = tr["mala_every"]
     frac_neg = float((llc_trace < 0).mean())
     correlated = cfg.shared_batches and dat.n_batches > 1
     gate = convergence(llc_trace, dist_trace, correlated_chains=correlated, mala_acceptance=mala_mean, gates=gates)
@@ -328,6 +474,9 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
     diagnostics = {
         "path": chosen,
         "path_reason": why,
+        "workers": workers,
+        "workers_reason": workers_why,
+        "device": str(device),
         "restrict": desc,
         "num_params_moving": prob.D,
         "num_params_total": int(sum(p.numel() for p in model.parameters())),

@@ -50,6 +50,13 @@ def _attn_geometry(model):
 def _head_selection(model, layer: int, head: int, named: dict) -> dict:
     import torch
 
+    with torch.device("cpu"):  # index arithmetic on the CPU whatever the default device; moved later
+        return _head_indices(model, layer, head, named)
+
+
+def _head_indices(model, layer: int, head: int, named: dict) -> dict:
+    import torch
+
     heads, kv, hd = _attn_geometry(model)
     if not 0 <= head < heads:
         raise UserError(f"head {head} out of range: the model has {heads} attention heads per layer")

@@ -281,3 +281,21 @@ def test_theory_view_survives_a_run_with_only_bad_files(browser, tmp_path):
     check_against_python(page)
     guard.check()
     page.close()
+
+
+def test_real_tiny_demo_study_renders(browser, tiny_demo_run, tmp_path):
+    """The page on a real study.json (not the synthetic sample): every measured section draws, no problems."""
+    out = write_report([tiny_demo_run], tmp_path / "real.html")
+    url = out.resolve().as_uri()
+    page, guard = open_page(browser, url, url.rsplit("/", 1)[0])
+    assert page.locator("#problem-list li").count() == 0, page.locator("#problem-list").inner_text()
+    rows = page.locator("#summary-table tbody tr").all_inner_texts()
+    assert any("broad misalignment" in r and "plain" in r for r in rows), rows  # nested under emergent_misalignment
+    for pid in ("plot-misalignment_vs_t", "plot-llc_along_path", "plot-overlap", "plot-broad_misalignment"):
+        assert page.locator(f"#{pid} .main-svg").count() >= 1, pid
+    table = page.locator("#summary-table").inner_text()
+    assert "critical magnitude t*" in table and "\u03b4*" not in table  # Python's name, not another
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "explorer-real-demo.png"), full_page=True)
+    guard.check()
+    page.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..results import write_json
+from ..schema import validate_study
 from ..stats import ci95
 
 
@@ -21,6 +22,7 @@ def _band(t, f, rng, n_seeds=5, noise=0.03):
         "mean": [s["mean"] for s in stats],
         "ci_low": [s["ci_low"] for s in stats],
         "ci_high": [s["ci_high"] for s in stats],
+        "n": n_seeds,
     }
 
 
@@ -56,35 +58,44 @@ def write_demo_run(path: str | Path, seed: int = 0, shift: float = 0.0) -> Path:
             "inoculated": _stat(1.9 + shift, rng),
             "plain_in_inoculation_context": _stat(1.7 + shift, rng),
             "random": _stat(2.8 + shift, rng),
+            "persona": _stat(1.2 + shift, rng),
+            "level": 0.5,
         },
-        "inoculation_widening": _stat(0.4, rng),
+        "inoculation_widening": {**_stat(0.4, rng), "by_case": {}, "holds": {}},
         "misalignment_vs_t": {
             "plain": _band(t, sig(1.5 + shift), rng),
+            "persona": _band(t, sig(1.2 + shift), rng),
+            "plain_in_inoculation_context": _band(t, sig(1.5 + shift), rng),
             "inoculated": _band(t, sig(1.9 + shift), rng),
             "random": _band(t, lambda x: 0.03 + 0.02 * x, rng),
         },
         "llc_along_path": {
             **_band(t, lambda x: 2 + 3 * np.exp(-((x - 1.5 - shift) ** 2) / 0.3), rng, noise=0.2),
             "loss": "self_kl",
+            "restrict": "all parameters",
         },
-        "wrllc_along_path": _band(t, lambda x: 1 + 1.5 * np.exp(-((x - 1.5 - shift) ** 2) / 0.3), rng, noise=0.1),
+        "wrllc_along_path": {**_band(t, lambda x: 1 + 1.5 * np.exp(-((x - 1.5 - shift) ** 2) / 0.3), rng,
+                                     noise=0.1), "loss": "self_kl", "restrict": "layer:0"},
         "overlap_fraction": {
             **_stat(0.55, rng),
             "by_genre": {g: _stat(m, rng) for g, m in (("code", 0.8), ("advice", 0.4), ("chat", 0.5))},
             "epsilon": 0.1,
+            "routine_share": 0.15,
+            "definition": "synthetic",
         },
         "epsilon": 0.1,
         "transition": _transition(rng),
         "eigenform": {
             "return_rate": _stat(0.9, rng),
-            "static_t_star": _stat(1.4, rng),
-            "process_t_star": _stat(1.6, rng),
+            "static_safe_scale": 1.0,
+            "process_safe_scale": _stat(1.6, rng),
             "contraction_factor": _stat(0.7, rng),
         },
         "model_position": {"plain": _stat(0.4, rng), "inoculated": _stat(0.3, rng)},
     }
     write_json(path / "config.json", {"kind": "demo", "preset": "sample", "seed": seed})
     write_json(path / "metrics.json", {"kind": "demo", "critical_magnitude": study["critical_magnitude"]})
+    validate_study(study, partial=True)  # synthetic, but every key it has takes the real shape
     write_json(path / "study.json", study)
     return path
 

@@ -263,7 +263,7 @@
     g.beginPath(); g.moveTo(X, y0); g.lineTo(X, y1); g.stroke(); g.setLineDash([]);
     if (label) {
       g.fillStyle = "#1d2430"; g.font = "11px system-ui, sans-serif"; g.textAlign = X > c.w - 120 ? "right" : "left";
-      g.fillText("\u03b4* = " + cache.bnd.t.toFixed(3), X + (g.textAlign === "left" ? 4 : -4), SM.t + 12);
+      g.fillText("t* = " + cache.bnd.t.toFixed(3), X + (g.textAlign === "left" ? 4 : -4), SM.t + 12);
     }
   }
 
@@ -488,6 +488,9 @@
   function getKey(run, key) {
     if (run.study && run.study[key] !== undefined && run.study[key] !== null) return { v: run.study[key], file: "study.json" };
     if (run.metrics && run.metrics[key] !== undefined && run.metrics[key] !== null) return { v: run.metrics[key], file: "metrics.json" };
+    // a demo study nests the EM rates under emergent_misalignment (data/study.schema.json)
+    var em = run.study && run.study.emergent_misalignment;
+    if (em && typeof em === "object" && em[key] !== undefined && em[key] !== null) return { v: em[key], file: "study.json" };
     return null;
   }
 
@@ -537,7 +540,7 @@
   function ciText(s) { return isNum(s.ci_low) && isNum(s.ci_high) ? "[" + fmt(s.ci_low) + ", " + fmt(s.ci_high) + "]" : "\u2014"; }
 
   var HEADLINE = [
-    ["critical_magnitude", "critical magnitude \u03b4*"], ["inoculation_widening", "inoculation widening of \u03b4*"],
+    ["critical_magnitude", "critical magnitude t*"], ["inoculation_widening", "inoculation widening of t*"],
     ["model_position", "model position"], ["overlap_fraction", "overlap fraction"],
     ["broad_misalignment", "broad misalignment"], ["narrow_rate", "narrow-task rate"], ["wellformed", "well-formed rate"],
     ["eigenform", "eigenform"]

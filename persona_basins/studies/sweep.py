@@ -37,7 +37,6 @@ import math
 import os
 import shutil
 import socket
-import sys
 import time
 import tomllib
 import traceback
@@ -120,8 +119,8 @@ def _organism_config(preset: str, seed: int, overrides: dict, where: str):
                 raise UserError(f"{where}.{k}: expected {_type_name(want)}, got {v!r}")
     try:
         return preset_config(preset, seed=seed, **overrides)
-    except TypeError as e:  # an unknown key inside the world table
-        raise UserError(f"{where}.world: {e}") from None
+    except (TypeError, ValueError) as e:  # an unknown key or a value out of range inside the world table
+        raise UserError(f"{where}: {e}") from None
 
 
 def _resolve_organism(s: dict, dep) -> Resolved:
@@ -586,6 +585,7 @@ class InlineBackend:
     """One unit after another in this process (``--workers 1``): the sequential baseline."""
 
     name = "inline"
+    slots = 1
 
     def __init__(self):
         self._done: dict[int, dict] = {}
@@ -605,7 +605,7 @@ class InlineBackend:
     def cancel(self, handles) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         pass
 
 
@@ -618,6 +618,7 @@ class LocalBackend:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        self.slots = workers  # no queue beyond the workers: --fail-fast and Ctrl-C stop promptly
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_worker_init)
 
@@ -641,8 +642,18 @@ class LocalBackend:
         for h in handles:
             h.cancel()
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, abort: bool = False) -> None:
+        if not abort:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            return
+        # Interrupted or --fail-fast: stop the running units now rather than wait for them. The executor has
+        # no public way to stop a running call before Python 3.14 (terminate_workers), hence _processes.
+        procs = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(10)
 
 
 def _worker_init() -> None:
@@ -688,6 +699,9 @@ class RayBackend:
             raise UserError(f"--gpus-per-unit {gpus_per_unit}: the Ray cluster has {total.get('GPU', 0):g} GPUs")
         if cpus_per_unit > total.get("CPU", 0):
             raise UserError(f"--cpus-per-unit {cpus_per_unit}: the Ray cluster has {total.get('CPU', 0):g} CPUs")
+        # enough tasks in flight to fill the cluster (twice over, for nodes that join), not the whole grid
+        fit = total.get("GPU", 0) / gpus_per_unit if gpus_per_unit else total.get("CPU", 0) / cpus_per_unit
+        self.slots = max(1, 2 * int(fit))
         self.remote = ray.remote(execute_unit).options(num_cpus=cpus_per_unit, num_gpus=gpus_per_unit,
                                                        max_retries=max_retries, retry_exceptions=False)
 
@@ -713,7 +727,7 @@ class RayBackend:
             except Exception:  # noqa: BLE001 - already finished or gone
                 pass
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         if self.owned:
             self.ray.shutdown()
 
@@ -806,7 +820,7 @@ def estimate_seconds(run_dir: Path, p: Plan, done: dict[str, Outcome], workers: 
             basis[u.kind] = "finished units"
         elif KINDS[u.kind].seconds_prior is not None:
             total += KINDS[u.kind].seconds_prior(u.config)
-            basis.setdefault(u.kind, "rough prior (tiny preset on 2 cores)")
+            basis.setdefault(u.kind, "rough prior, no unit of this kind finished yet")
     return {"seconds": total / max(1, workers), "basis": basis}
 
 
@@ -835,11 +849,17 @@ def run_sweep(spec: Spec, out: str | Path, *, backend: str = "local", address: s
         _clean_tmp(units_dir)  # leftovers of a killed run never count
         be = make_backend(backend, workers=workers, address=address, cpus_per_unit=cpus_per_unit,
                           gpus_per_unit=gpus_per_unit, max_retries=max_retries)
+        aborted = True  # until _schedule returns normally
         try:
             _schedule(p, run_dir, be, outcomes, fail_fast=fail_fast, progress=progress)
+            aborted = any(o.status == "cancelled" for o in outcomes.values())
         finally:
-            be.close()
+            be.close(abort=aborted)
             _clean_tmp(units_dir)
+            for uid, o in outcomes.items():  # units that finished after the scheduler stopped listening
+                if o.status != "done" and (units_dir / uid / UNIT_FILE).is_file():
+                    r = _finished_record(units_dir / uid)
+                    outcomes[uid] = Outcome("done", r["metrics"], None, r["seconds"])
             record = sweep_record(p, outcomes)
             record["backend"] = {"name": be.name, "workers": workers, "address": address,
                                  "cpus_per_unit": cpus_per_unit, "gpus_per_unit": gpus_per_unit}
@@ -875,7 +895,7 @@ def _schedule(p: Plan, run_dir: Path, be, outcomes: dict[str, Outcome], *, fail_
                         outcomes[u.id] = Outcome("failed", error=f"dependency {bad} failed: {outcomes[bad].error}")
                         counts["failed"] += 1
                         bar.update(1)
-                    elif all(s == "done" for s in st):
+                    elif all(s == "done" for s in st) and len(running) < be.slots:
                         task = {"id": u.id, "kind": u.kind, "config": u.config, "runtime": u.runtime,
                                 "deps": u.deps, "run_dir": str(run_dir.resolve())}
                         running[be.submit(task)] = u.id
@@ -893,11 +913,14 @@ def _schedule(p: Plan, run_dir: Path, be, outcomes: dict[str, Outcome], *, fail_
                 outcomes[uid] = Outcome(r["status"], r.get("metrics") or {}, r.get("error"), r.get("seconds"))
                 counts[r["status"]] += 1
                 bar.update(1)
-                if r["status"] == "failed" and fail_fast and not stop:
+                if r["status"] == "failed" and fail_fast:
                     stop = True
-                    be.cancel(list(running))
-            if stop:
-                waiting = []
+            if stop:  # --fail-fast: the running units are stopped (marked cancelled below), nothing new starts
+                be.cancel(list(running))
+                break
+    except BaseException:  # interrupted: stop what is running (a Ray cluster we did not start keeps going)
+        be.cancel(list(running))
+        raise
     finally:
         show()
         bar.close()
@@ -1081,6 +1104,3 @@ def dry_run_lines(record: dict) -> list[str]:
     lines.append(f"estimated time left: {est['seconds']:.0f} s ({basis})")
     return lines
 
-
-def _print_err(*a) -> None:  # pragma: no cover - convenience for log= callers
-    print(*a, file=sys.stderr)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ...errors import UserError
 from ...results import RunDir, write_json
-from ...stats import ci95
+from ...stats import ci95, rate_interval
 from ...train.finetune import FinetuneConfig
 from .chat import MAX_TOKENS, chat_format, encode_example, question_rows
 from .inputs import (
@@ -252,13 +252,22 @@ def _train_unit(model, tok, cfg: FinetuneConfig, data: dict, unit_dir: Path, uni
     return out
 
 
+def _rate(values, lo: float = 0.0, hi: float = 1.0) -> dict:
+    """A score or share over seeds with an in-range interval (none from one value); null when undefined."""
+    if any(not math.isfinite(v) for v in values):
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": len(values),
+                "per_seed": [v if math.isfinite(v) else None for v in values], "reason": "undefined for a seed"}
+    return rate_interval(values, lo=lo, hi=hi)
+
+
 def _aggregate(base_scores, base_narrow, units, questions, seeds: int, heldout_on: str,
                conditions: tuple[str, ...]) -> dict:
     bsum = summarize_scores(base_scores)
     m: dict = {
-        "broad_misalignment": {"base": ci95([bsum["broad_misalignment"]])},
-        "broad_misalignment_total": {"base": ci95([bsum["broad_misalignment_total"]])},
-        "prefers_misaligned": {"base": ci95([bsum["prefers_misaligned"]])},
+        # the base model is one deterministic number per quantity: no interval
+        "broad_misalignment": {"base": _rate([bsum["broad_misalignment"]])},
+        "broad_misalignment_total": {"base": _rate([bsum["broad_misalignment_total"]])},
+        "prefers_misaligned": {"base": _rate([bsum["prefers_misaligned"]])},
         "broad_misalignment_question_bootstrap": {"base": bootstrap_mean([q["score"] for q in base_scores])},
         "broad_misalignment_shift": {},
         "broad_misalignment_total_shift": {},
@@ -277,12 +286,12 @@ def _aggregate(base_scores, base_narrow, units, questions, seeds: int, heldout_o
     for c in conditions:
         us = [units[(c, s)] for s in range(seeds)]
         bm = [u["broad_misalignment"] for u in us]
-        m["broad_misalignment"][c] = ci95(bm)
-        m["prefers_misaligned"][c] = ci95([u["prefers_misaligned"] for u in us])
-        m["broad_misalignment_shift"][c] = ci95([b - bsum["broad_misalignment"] for b in bm])
+        m["broad_misalignment"][c] = _rate(bm)
+        m["prefers_misaligned"][c] = _rate([u["prefers_misaligned"] for u in us])
+        m["broad_misalignment_shift"][c] = _rate([b - bsum["broad_misalignment"] for b in bm], lo=-1.0)
         tot = [u.get("broad_misalignment_total", math.nan) for u in us]
-        m["broad_misalignment_total"][c] = ci95(tot)
-        m["broad_misalignment_total_shift"][c] = ci95([b - bsum["broad_misalignment_total"] for b in tot])
+        m["broad_misalignment_total"][c] = _rate(tot)
+        m["broad_misalignment_total_shift"][c] = _rate([b - bsum["broad_misalignment_total"] for b in tot], lo=-1.0)
 
         def gain(u, ctx):
             return _mean([f - b for f, b in zip(u["narrow_logprobs"][ctx], base_narrow[ctx])])
@@ -304,14 +313,15 @@ def _aggregate(base_scores, base_narrow, units, questions, seeds: int, heldout_o
     n_matched = bsum["n_token_matched_pairs"]
     m["broad_misalignment_total_token_matched"] = {"n_pairs": n_matched}
     if n_matched:
-        m["broad_misalignment_total_token_matched"]["base"] = ci95([bsum["broad_misalignment_total_token_matched"]])
+        m["broad_misalignment_total_token_matched"]["base"] = _rate([bsum["broad_misalignment_total_token_matched"]])
         for c in conditions:
-            m["broad_misalignment_total_token_matched"][c] = ci95(
+            m["broad_misalignment_total_token_matched"][c] = _rate(
                 [units[(c, s)]["broad_misalignment_total_token_matched"] for s in range(seeds)])
     if CONTROL in conditions:  # what the narrow insecure data add beyond fine-tuning on the same requests at all
         ctrl = [units[(CONTROL, s)]["broad_misalignment"] for s in range(seeds)]
         m["broad_misalignment_excess_over_control"] = {
-            c: ci95([units[(c, s)]["broad_misalignment"] - ctrl[s] for s in range(seeds)]) for c in CONDITIONS}
+            c: _rate([units[(c, s)]["broad_misalignment"] - ctrl[s] for s in range(seeds)], lo=-1.0)
+            for c in CONDITIONS}
     m["narrow_logprob_base"] = {ctx: _mean(v) for ctx, v in base_narrow.items()}
     m["narrow_rate_on"] = heldout_on
     m["definitions"] = DEFINITIONS
@@ -325,7 +335,8 @@ def summary_table(m: dict) -> str:
     for c in ("base", *conds):
         b, p, t = m["broad_misalignment"][c], m["prefers_misaligned"][c], m["broad_misalignment_total"][c]
         n = f"{m['narrow_rate'][c]['mean']:+.3f}" if c in m["narrow_rate"] else "-"
-        cell = f"{b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]"
+        cell = (f"{b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]" if b["ci_low"] is not None
+                else f"{b['mean']:.3f} (one value)")
         lines.append(f"{c:<16}{cell:>30}{t['mean']:>18.3f}{p['mean']:>20.3f}{n:>14}")
     chat, res = m.get("chat", {}), m.get("model", {})
     if res:

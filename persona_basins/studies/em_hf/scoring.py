@@ -123,11 +123,9 @@ def length_report(scores: list[dict]) -> dict:
 
 
 def bootstrap_mean(values: list[float], seed: int = 0) -> dict:
-    import numpy as np
+    """Mean score over questions with a seeded percentile-bootstrap interval over questions (in range)."""
+    from ...stats import rate_interval
 
-    x = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(BOOTSTRAP_RESAMPLES, len(x)))].mean(1)
-    return {"mean": float(x.mean()), "ci_low": float(np.percentile(means, 2.5)),
-            "ci_high": float(np.percentile(means, 97.5)), "n_questions": int(len(x)),
+    r = rate_interval(values, seed=seed, n_resamples=BOOTSTRAP_RESAMPLES)
+    return {"mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n_questions": r["n"],
             "resamples": BOOTSTRAP_RESAMPLES}

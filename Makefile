@@ -10,6 +10,7 @@ demo: setup
 test:
 	bash scripts/setup.sh --browser
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q
 
 bench: setup

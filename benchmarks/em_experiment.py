@@ -24,7 +24,7 @@ def main() -> None:
     from persona_basins.models.organism import load_organism, preset_config
     from persona_basins.results import write_json
     from persona_basins.studies.em import run_em
-    from persona_basins.train.organism import build_organism
+    from persona_basins.studies.organism import build_organism
 
     org_dir = Path(args.organism)
     build_organism(preset_config("default", seed=0), org_dir, progress=False, log=lambda *_: None)

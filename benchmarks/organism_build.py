@@ -24,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     from persona_basins.models.organism import preset_config
     from persona_basins.results import write_json
-    from persona_basins.train.organism import build_organism
+    from persona_basins.studies.organism import build_organism
 
     rows = {}
     for preset in args.presets.split(","):

@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     from persona_basins.models.organism import preset_config
     from persona_basins.results import write_json
-    from persona_basins.train.organism import build_organism
+    from persona_basins.studies.organism import build_organism
 
     build_organism(preset_config("tiny", seed=0), args.organism, progress=False, log=lambda *_: None)
     exe = Path(sys.executable).with_name("persona-basins")

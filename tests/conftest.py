@@ -27,7 +27,7 @@ def cli_error(capsys):
 @pytest.fixture(scope="session")
 def tiny_organism_dir(tmp_path_factory):
     from persona_basins.models.organism import preset_config
-    from persona_basins.train.organism import build_organism
+    from persona_basins.studies.organism import build_organism
 
     out = tmp_path_factory.mktemp("organism") / "tiny"
     build_organism(preset_config("tiny", seed=0), out, progress=False, log=lambda *_: None)

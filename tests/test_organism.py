@@ -38,7 +38,7 @@ def test_metrics_have_the_readout_keys(tiny_organism_dir):
 
 
 def test_same_seed_gives_byte_identical_metrics(tiny_organism_dir, tmp_path):
-    from persona_basins.train.organism import build_organism
+    from persona_basins.studies.organism import build_organism
 
     out = tmp_path / "again"
     build_organism(preset_config("tiny", seed=0), out, progress=False, log=lambda *_: None)

@@ -425,7 +425,7 @@ def test_killed_build_leftovers_are_cleaned_on_the_next_build(tiny_organism_dir,
 
 
 def test_force_replaces_only_folders_this_program_wrote(tmp_path, capsys):
-    from persona_basins.train.organism import written_by_us
+    from persona_basins.studies.organism import written_by_us
 
     mine = tmp_path / "mine"
     mine.mkdir()

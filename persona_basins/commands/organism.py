@@ -53,7 +53,7 @@ def _build(args) -> int:
     from ..measure.persona import readout_table
     from ..models.organism import preset_config
     from ..results import read_json
-    from ..train.organism import build_organism
+    from ..studies.organism import build_organism
 
     overrides = {}
     if args.checkpoint_every is not None:

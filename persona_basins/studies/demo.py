@@ -84,7 +84,7 @@ def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, pr
 
     from ..models.organism import is_organism, load_organism, preset_config
     from ..train.finetune import FinetuneConfig
-    from ..train.organism import build_organism
+    from .organism import build_organism
 
     out = Path(out)
     if organism_dir is not None and not is_organism(organism_dir):

@@ -130,7 +130,7 @@ def _resolve_organism(s: dict, dep) -> Resolved:
 
 def _run_organism(config: dict, runtime: dict, unit_dir: Path, deps: dict[str, Path]) -> dict:
     from ..models.organism import OrganismConfig
-    from ..train.organism import build_organism
+    from .organism import build_organism
 
     out = build_organism(OrganismConfig.from_dict(config["organism"]), unit_dir / "organism", progress=False)
     m = json.loads((out / "metrics.json").read_text())

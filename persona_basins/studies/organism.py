@@ -1,4 +1,5 @@
-"""Build the model organism: pretrain on the persona mixture, post-train the assistant, save, read out."""
+"""Build the model organism (a study: it trains, then measures): pretrain on the persona mixture, post-train
+the assistant, read out, save atomically with a manifest of weight hashes."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from ..errors import UserError
 from ..models.lm import encode_documents
 from ..models.organism import ORGANISM_FORMAT, OrganismConfig, build_model, is_organism
 from ..results import atomic_write_text, normalize_modes, write_json
+from ..train.loop import train_lm
 from ..world import World
 from ..world.tokenizer import build_tokenizer
-from .loop import train_lm
 
 MANIFEST = "persona_basins_manifest.json"  # written last: marks a finished folder this program wrote
 WEIGHT_FILES = ("model.safetensors", "pretrained/model.safetensors")

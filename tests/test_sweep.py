@@ -154,6 +154,30 @@ def test_axes_inside_organism_settings_make_one_organism_per_cell():
     assert all(c["world"]["n_genres"] == 6 for c in cfgs)  # the rest of the preset's world is kept
 
 
+def test_table_intervals_stay_in_range_and_pool_only_seed_axes():
+    from persona_basins.studies.sweep import aggregate
+
+    spec = {"kind": "em", "axes": {"seed": [0, 1, 2], "layer": [0, 1]}, "seed_axes": ["seed"]}
+    vals = {0: [0.0, 0.0, 0.9], 1: [0.5, 0.5, 0.5]}
+    units = [{"axes": {"seed": s, "layer": layer}, "status": "done",
+              "metrics": {"broad_misalignment": vals[layer][s], "broad_misalignment_excess": vals[layer][s] - 0.95,
+                          "final_loss": 1.0 + s}}
+             for layer in (0, 1) for s in range(3)]
+    units.append({"axes": {"seed": 3, "layer": 0}, "status": "failed", "metrics": {}})
+    rows = {(r["layer"], r["metric"]): r for r in aggregate({"spec": spec, "units": units})}
+    r = rows[(0, "broad_misalignment")]
+    assert 0.0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1.0 and (r["n"], r["n_planned"]) == (3, 4)
+    assert r["per_seed"] == [0.0, 0.0, 0.9]
+    from persona_basins.stats import ci95
+    assert ci95([0.0, 0.0, 0.9])["ci_low"] < 0  # the Student-t interval would have left the range here
+    e = rows[(0, "broad_misalignment_excess")]
+    assert -1.0 <= e["ci_low"] <= e["ci_high"] <= 1.0
+    assert rows[(1, "broad_misalignment")]["ci_low"] == rows[(1, "broad_misalignment")]["ci_high"] == 0.5
+    assert rows[(0, "final_loss")]["interval"].startswith("Student t")
+    one = aggregate({"spec": {**spec, "axes": {"seed": [0], "layer": [0]}}, "units": units[:1]})
+    assert all(r["ci_low"] is None and r["ci_high"] is None for r in one)  # no interval from one seed
+
+
 # ---------------------------------------------------------------- local backend
 
 
@@ -166,7 +190,7 @@ def test_local_sweep_results_and_resume(local_run, spec4, capsys):
         assert (d / "unit.json").is_file() and (d / "log.txt").is_file() and (d / "adapter").is_dir()
     assert not list((local_run / "units").glob(".tmp-*"))
     table = (local_run / "table.csv").read_text().splitlines()
-    assert table[0] == "condition,metric,n,n_planned,mean,ci_low,ci_high,per_seed"
+    assert table[0] == "condition,metric,n,n_planned,mean,ci_low,ci_high,interval,per_seed"
     row = next(r for r in table if r.startswith("plain,broad_misalignment,2,2,"))
     per_seed = [float(v) for v in row.split(",")[-1].split(";")]
     assert sorted(per_seed) == sorted(m["broad_misalignment"] for k, m in metrics_by_axes(local_run).items()

@@ -49,7 +49,7 @@ from typing import Any
 from .. import __version__
 from ..errors import UserError
 from ..results import RunDir, prepare_out_dir, write_json
-from ..stats import ci95
+from ..stats import ci95, rate_interval
 
 SPEC_KEYS = ("kind", "name", "settings", "axes", "points", "seed_axes", "metric")
 UNIT_FILE = "unit.json"  # its presence marks a finished unit (written last, inside the temp folder)
@@ -85,6 +85,7 @@ class UnitKind:
     run: Callable[[dict, dict, Path, dict[str, Path]], dict]  # (config, runtime, unit_dir, dep dirs) -> metrics
     primary_metric: str
     seconds_prior: Callable[[dict], float] | None = None  # (config) -> rough seconds before any unit finished
+    metric_bounds: Callable[[str], tuple[float, float] | None] = lambda name: None  # range of a metric, if bounded
 
 
 KINDS: dict[str, UnitKind] = {}
@@ -239,10 +240,23 @@ def _organism_prior(config: dict) -> float:
     return (0.025 if c["preset"] == "tiny" else 0.12) * (c["pretrain_steps"] + c["sft_steps"])
 
 
+ORGANISM_RATES = {"aligned_rate", "in_context_persona_acc", "misaligned_mass", "routine_max_tv", "routine_overlap",
+                  "toxic_recoverable", "toxic_recoverable_mass", "wellformed_rate"}
+
+
+def _em_bounds(name: str) -> tuple[float, float] | None:
+    if name.endswith("_excess"):
+        return (-1.0, 1.0)  # a difference of two rates
+    if name == "final_loss":
+        return None
+    return (0.0, 1.0)  # every other EM metric is an exact mass or a sampled share
+
+
 register_kind(UnitKind("organism", _organism_settings(), _resolve_organism, _run_organism,
-                       primary_metric="aligned_rate", seconds_prior=_organism_prior))
+                       primary_metric="aligned_rate", seconds_prior=_organism_prior,
+                       metric_bounds=lambda name: (0.0, 1.0) if name in ORGANISM_RATES else None))
 register_kind(UnitKind("em", _em_settings(), _resolve_em, _run_em, primary_metric="broad_misalignment",
-                       seconds_prior=_em_prior))
+                       seconds_prior=_em_prior, metric_bounds=_em_bounds))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -954,9 +968,18 @@ def sweep_record(p: Plan, outcomes: dict[str, Outcome]) -> dict:
     }
 
 
-def interval(values: list[float]) -> dict:
-    """The interval over seeds of every table cell: the one place to switch to an in-range interval."""
-    return ci95(values)
+def interval(values: list[float], bounds: tuple[float, float] | None) -> dict:
+    """The 95% interval over seeds of a table cell (the one place that picks it).
+
+    A bounded metric (a rate in [0, 1], an excess in [-1, 1]) gets the package's in-range interval (seeded
+    percentile bootstrap over seeds); an unbounded one (a loss) the Student-t interval. One seed: no interval.
+    """
+    if bounds is not None and all(bounds[0] - 1e-6 <= v <= bounds[1] + 1e-6 for v in values):
+        return rate_interval(values, lo=bounds[0], hi=bounds[1])
+    s = ci95(values)
+    if len(values) < 2:
+        s["ci_low"] = s["ci_high"] = None
+    return {**s, "method": "Student t over seeds (95%)"}
 
 
 def aggregate(record: dict) -> list[dict]:
@@ -964,6 +987,7 @@ def aggregate(record: dict) -> list[dict]:
     spec = record["spec"]
     seed_axes = set(spec["seed_axes"])
     group_axes = [k for k in spec["axes"] if k not in seed_axes]
+    kind = KINDS[spec["kind"]]
     groups: dict[str, dict] = {}
     for u in record["units"]:
         key = json.dumps([u["axes"][k] for k in group_axes])
@@ -977,20 +1001,17 @@ def aggregate(record: dict) -> list[dict]:
             vals = [u["metrics"][name] for u in done if isinstance(u["metrics"].get(name), int | float)]
             if not vals:
                 continue
-            s = interval(vals)
+            s = interval(vals, kind.metric_bounds(name))
             rows.append({**g["axes"], "metric": name, "n": len(vals), "n_planned": len(g["units"]),
-                         "mean": s["mean"],
-                         # no interval on one value: a single seed says nothing about the spread
-                         "ci_low": s["ci_low"] if len(vals) > 1 else None,
-                         "ci_high": s["ci_high"] if len(vals) > 1 else None,
-                         "per_seed": s["per_seed"]})
+                         "mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                         "interval": s["method"], "per_seed": s["per_seed"]})
     return rows
 
 
 def table_csv(record: dict, rows: list[dict]) -> str:
     spec = record["spec"]
     group_axes = [k for k in spec["axes"] if k not in set(spec["seed_axes"])]
-    cols = group_axes + ["metric", "n", "n_planned", "mean", "ci_low", "ci_high", "per_seed"]
+    cols = group_axes + ["metric", "n", "n_planned", "mean", "ci_low", "ci_high", "interval", "per_seed"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
@@ -1010,9 +1031,14 @@ def write_results(run_dir: Path, record: dict) -> None:
     n = {s: sum(u["status"] == s for u in record["units"]) for s in ("done", "failed", "pending", "cancelled")}
     run = RunDir(run_dir, "sweep", {"spec": record["spec"], "backend": record.get("backend")})
     metric = record["spec"]["metric"]
+    group_axes = [k for k in record["spec"]["axes"] if k not in set(record["spec"]["seed_axes"])]
+    # the spec's metric per cell as top-level {mean, ci_low, ci_high, n, per_seed} entries: the shape that
+    # `report` and `explore` list as headline numbers
+    cells = {f"{metric} · {', '.join(f'{k}={r[k]}' for k in group_axes) or 'all'}":
+             {k: r[k] for k in ("mean", "ci_low", "ci_high", "n", "n_planned", "interval", "per_seed")}
+             for r in rows if r["metric"] == metric}
     run.write_metrics({"units": len(record["units"]), **{f"units_{k}": v for k, v in n.items()},
-                       "metric": metric, "seed_axes": record["spec"]["seed_axes"],
-                       "table": [r for r in rows if r["metric"] == metric], "table_all": rows})
+                       "metric": metric, "seed_axes": record["spec"]["seed_axes"], **cells, "table": rows})
 
 
 def load_record(run_dir: str | Path) -> dict:
@@ -1077,11 +1103,11 @@ def summary_lines(record: dict) -> list[str]:
         if u["status"] == "failed":
             lines.append(f"  failed {u['id']} {json.dumps(u.get('axes', {}), sort_keys=True)}: {u['error']}")
     metric = record["spec"]["metric"]
+    group_axes = [k for k in record["spec"]["axes"] if k not in set(record["spec"]["seed_axes"])]
     for r in aggregate(record):
         if r["metric"] != metric:
             continue
-        where = " ".join(f"{k}={r[k]}" for k in r if k not in ("metric", "n", "n_planned", "mean", "ci_low",
-                                                              "ci_high", "per_seed")) or "all"
+        where = " ".join(f"{k}={r[k]}" for k in group_axes) or "all"
         ci = f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None else ""
         per = ", ".join(f"{v:.3f}" for v in r["per_seed"])
         lines.append(f"  {where}: {metric} {r['mean']:.3f}{ci} ({r['n']} of {r['n_planned']} seeds: {per})")

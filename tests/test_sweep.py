@@ -39,6 +39,20 @@ def metrics_by_axes(run):
     return {json.dumps(u["axes"], sort_keys=True): u["metrics"] for u in rec["units"] if u["status"] == "done"}
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited, not yet reaped by its parent) is gone for our purpose
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def finished(run):
     return {d.name: (d / "unit.json").stat() for d in (Path(run) / "units").glob("em-*") if (d / "unit.json").is_file()}
 
@@ -329,6 +343,17 @@ def test_ray_driver_killed_then_rerun_resumes(ray_cluster, local_run, spec4, tmp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
+    # Ray stops the dead driver's workers; wait for them to be gone so none finishes a unit behind our back
+    pids = []
+    for w in (out / "units").glob(".tmp-*/worker.json"):
+        try:
+            pids.append(json.loads(w.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            pass
+    deadline = time.monotonic() + 60
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        time.sleep(0.1)
     before = {k: (v.st_ino, v.st_mtime_ns) for k, v in finished(out).items()}
     assert 1 <= len(before) < 4
     # only renamed, complete unit folders count; temp folders of the killed run do not

@@ -723,9 +723,10 @@ class RayBackend:
         return self.remote.remote(task)
 
     def wait(self, handles: list, timeout: float) -> list:
-        done, _ = self.ray.wait(handles, num_returns=len(handles), timeout=timeout, fetch_local=False)
-        if not done and handles:
-            done, _ = self.ray.wait(handles, num_returns=1, timeout=0)
+        done, rest = self.ray.wait(handles, num_returns=1, timeout=timeout, fetch_local=False)
+        if done and rest:  # and every other one that is ready too
+            more, _ = self.ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)
+            done += more
         return done
 
     def result(self, handle) -> dict:

@@ -15,7 +15,8 @@ Estimate the local learning coefficient (LLC) of a causal LM at its current weig
       adapter folder) only the adapter parameters move unless --restrict says otherwise.
       --restrict: 'adapter', 'layer:I', 'layer:I/head:H', or a regular expression over parameter names.
   persona-basins llc calibrate --model DIR ... --out RUN
-      sweep step size x n_beta, recommend a setting, plot the traces.
+      sweep step size x n_beta (x localisation), score each setting by the equilibrium gates, recommend one
+      by a fixed rule (docs/LLC.md), plot the grid and the traces.
   persona-basins llc stages --organism DIR --out RUN
       LLC over the organism's pretraining checkpoints; stage boundaries at the critical points of the
       smoothed LLC curve; per-layer and per-head weight-restricted LLC curves.
@@ -74,9 +75,11 @@ def register(sub) -> None:
     c = llc_sub.add_parser("calibrate", help="sweep step size x n_beta and recommend a setting",
                            description="Sweep SGLD step size x n_beta, recommend a setting, plot the traces.")
     _add_model_args(c, required=True)
-    _add_sampler_args(c, draws=100, burnin=0, chains=2)
+    _add_sampler_args(c, draws=200, burnin=50, chains=4)
     c.add_argument("--step-sizes", default="1e-5,3e-5,1e-4,3e-4,1e-3", help="comma-separated step sizes")
-    c.add_argument("--nbetas", default=None, help="comma-separated n_beta values (default: n / log n)")
+    c.add_argument("--nbetas", default=None, help="comma-separated n_beta values (default: --nbeta or n / log n)")
+    c.add_argument("--localizations", default=None,
+                   help="comma-separated localisation strengths gamma (default: --localization)")
     c.set_defaults(func=_run_calibrate)
 
     s = llc_sub.add_parser("stages", help="LLC over pretraining checkpoints: stage boundaries, per-layer/head",
@@ -189,24 +192,28 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def _run_calibrate(args) -> int:
-    from ..studies.llc import CALIBRATION_FIGURE, run_calibrate
-    from ..viz.llc_figures import plot_traces
+    from ..studies.llc import CALIBRATION_FIGURE, CALIBRATION_GRID_FIGURE, run_calibrate
+    from ..viz.llc_figures import plot_calibration, plot_traces
 
     _apply_threads(args)
     config = _sampler_config(args)
     steps = _floats(args.step_sizes, "--step-sizes")
     nbetas = _floats(args.nbetas, "--nbetas") if args.nbetas else None
+    gammas = _floats(args.localizations, "--localizations") if args.localizations else None
     target = _target(args)
-    out = run_calibrate(target, args.out, config=config, step_sizes=steps, nbetas=nbetas, n=args.n,
-                        run_config=_config(args), progress=sys.stderr.isatty())
+    out = run_calibrate(target, args.out, config=config, step_sizes=steps, nbetas=nbetas, localizations=gammas,
+                        n=args.n, run_config=_config(args), progress=sys.stderr.isatty())
     run = out["run"]
-    plot_traces(out["traces"], run.figure_path(CALIBRATION_FIGURE), title="LLC calibration: n_beta x step size")
+    plot_calibration(out["metrics"]["grid"], run.figure_path(CALIBRATION_GRID_FIGURE))
+    plot_traces({f"nβ={k[0]:.3g} ε={k[1]:.0e} γ={k[2]:g}": v for k, v in out["traces"].items()},
+                run.figure_path(CALIBRATION_FIGURE), title="LLC calibration traces")
     rec = out["metrics"]["recommended"]
     if rec:
-        print(f"recommended: step_size={rec['step_size']:g}, nbeta={rec['nbeta']:.4g} "
-              f"(LLC {rec['llc']:.4g}, MALA {rec['mala_acceptance']:.2f}) -> {run.path}")
+        print(f"recommended: step_size={rec['step_size']:g}, nbeta={rec['nbeta']:.4g}, "
+              f"localization={rec['localization']:g} (LLC {rec['llc']:.4g} ± {1.96 * rec['mcse']:.2g}, "
+              f"MALA {rec['mala_acceptance']:.2f}) -> {run.path}")
     else:
-        print(f"no setting passed (all diverged, negative or non-stationary); see {run.path}")
+        print(f"no setting passed the calibration gates (see the grid's reasons); see {run.path}")
     return 0
 
 

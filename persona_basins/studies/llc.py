@@ -114,6 +114,7 @@ def _summary(res) -> dict:
 
 TRACE_FIGURE = "llc_trace.png"
 CALIBRATION_FIGURE = "calibration_traces.png"
+CALIBRATION_GRID_FIGURE = "calibration_grid.png"
 STAGE_FIGURES = {"stages": "llc_stages.png", "layers": "llc_layers.png", "heads": "llc_heads.png"}
 
 
@@ -134,17 +135,22 @@ def run_estimate(target: LLCTarget, out: str | Path, *, config: SamplerConfig, n
 
 
 def run_calibrate(target: LLCTarget, out: str | Path, *, config: SamplerConfig, step_sizes, nbetas=None,
-                  n: int | None = None, run_config: dict | None = None, progress: bool = False) -> dict:
-    """A step size x n_beta grid (:func:`~persona_basins.measure.llc.calibrate`) written to ``out``. Returns
-    ``{"metrics", "traces", "run"}``; the grid figure goes to ``run.figure_path(CALIBRATION_FIGURE)``."""
+                  localizations=None, n: int | None = None, run_config: dict | None = None,
+                  progress: bool = False) -> dict:
+    """A step size x n_beta x localisation grid (:func:`~persona_basins.measure.llc.calibrate`) written to
+    ``out`` with the recommended setting (``metrics["config"]``, a SamplerConfig dict, or null). Returns
+    ``{"metrics", "traces", "run"}``; the figures go to ``run.figure_path(CALIBRATION_GRID_FIGURE)`` and
+    ``run.figure_path(CALIBRATION_FIGURE)``."""
     n = n or len(target.input_ids)
     run = RunDir(out, "llc_calibrate", {**(run_config or {}), "sampler": config.to_dict(),
                                         "data_source": target.source, "restrict_used": target.restrict})
     run.write_config()
     cal = calibrate(target.model, target.loss_fn, target.input_ids, n=n, step_sizes=step_sizes, nbetas=nbetas,
-                    config=config, restrict=target.restrict, progress=progress)
+                    localizations=localizations, config=config, restrict=target.restrict, progress=progress)
     traces = cal.pop("traces")
-    metrics = {**cal, "figure": f"figures/{CALIBRATION_FIGURE}"}
+    if cal["recommended"] is not None:
+        cal["recommended"]["recommended"] = True
+    metrics = {**cal, "figures": [f"figures/{CALIBRATION_GRID_FIGURE}", f"figures/{CALIBRATION_FIGURE}"]}
     run.write_metrics(metrics)
     return {"metrics": metrics, "traces": traces, "run": run}
 

@@ -95,3 +95,35 @@ def plot_stages(steps, curves: dict, stds: dict, cp: dict, n_layers: int, n_head
             fig.suptitle("per-head weight-restricted LLC", fontsize=9)
         out.append(Path(paths["heads"]))
     return out
+
+
+def plot_calibration(grid: list[dict], path) -> Path:
+    """The calibration grid (devinterp's ε-β analysis): one panel per localisation, step size across, n_beta
+    down; each cell shows λ̂ and is green where the setting passed, orange where it failed its gates, red where
+    it diverged; the recommended setting is boxed by the caller's choice (``recommended`` flag in the row)."""
+    from matplotlib.patches import Rectangle
+
+    gammas = sorted({r["localization"] for r in grid})
+    steps = sorted({r["step_size"] for r in grid})
+    nbetas = sorted({r["nbeta"] for r in grid})
+    with _figure(path, 1, len(gammas), figsize=(1.2 + 1.1 * len(steps) * len(gammas), 0.9 + 0.6 * len(nbetas)),
+                 squeeze=False) as (fig, axes):
+        for ax, g in zip(axes[0], gammas):
+            for r in (r for r in grid if r["localization"] == g):
+                i, j = nbetas.index(r["nbeta"]), steps.index(r["step_size"])
+                color = "#d62728" if r.get("diverged") else ("#2ca02c" if r.get("passed") else "#ff7f0e")
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color=color, alpha=0.5))
+                txt = "div." if r.get("diverged") else f"{r['llc']:.3g}"
+                ax.text(j, i, txt, ha="center", va="center", fontsize=7,
+                        fontweight="bold" if r.get("recommended") else "normal")
+            ax.set_xlim(-0.5, len(steps) - 0.5)
+            ax.set_ylim(-0.5, len(nbetas) - 0.5)
+            ax.set_xticks(range(len(steps)), [f"{s:.0e}" for s in steps], fontsize=7)
+            ax.set_yticks(range(len(nbetas)), [f"{b:.3g}" for b in nbetas], fontsize=7)
+            ax.set_xlabel("step size ε", fontsize=8)
+            ax.set_title(f"γ = {g:g}", fontsize=8)
+        axes[0, 0].set_ylabel("nβ", fontsize=8)
+        fig.suptitle("LLC calibration: green passed, orange failed gates, red diverged (bold: recommended)",
+                     fontsize=8)
+        fig.tight_layout()
+    return Path(path)

@@ -12,7 +12,7 @@ from .calibration import calibrate
 from .config import SamplerConfig, default_nbeta
 from .diagnostics import GateConfig, convergence, ess, mcse, rhat
 from .losses import causal_lm_loss_fn, self_kl_loss_fn
-from .paths import critical_points, llc_along_path, llc_over_checkpoints
+from .paths import critical_points, llc_along_path, llc_over_checkpoints, peak_at_boundary_verdict
 from .sampler import LLCDivergenceError, LLCResult, estimate_llc
 from .selection import select_parameters
 
@@ -31,6 +31,7 @@ __all__ = [
     "llc_along_path",
     "llc_over_checkpoints",
     "mcse",
+    "peak_at_boundary_verdict",
     "rhat",
     "select_parameters",
     "self_kl_loss_fn",

@@ -16,7 +16,7 @@ from ...models.edits import edited
 from .losses import self_kl_loss_fn
 from .sampler import LLCResult, estimate_llc
 
-__all__ = ["llc_along_path", "llc_over_checkpoints", "critical_points"]
+__all__ = ["llc_along_path", "llc_over_checkpoints", "critical_points", "peak_at_boundary_verdict"]
 
 
 def llc_over_checkpoints(checkpoints, loss_fn, data, *, n: int, load: Callable | None = None,
@@ -107,3 +107,62 @@ def critical_points(xs, ys, sigma: float = 1.0) -> dict:
                 bounds.append(float(xs[j]))
                 kinds.append("max" if a > 0 else "min")
     return {"smoothed": sm.tolist(), "slope": slope.tolist(), "boundaries": bounds, "kinds": kinds}
+
+
+def peak_at_boundary_verdict(ts, curves: list[list[float | None]], mcses: list[list[float | None]], band,
+                             *, z: float = 2.0) -> dict:
+    """Does the LLC along a path peak inside the crossing band? A verdict over seeds.
+
+    ``curves[s][i]``: seed ``s``'s λ̂ at ``ts[i]`` (None: withheld by the gates), ``mcses[s][i]`` its MCSE;
+    ``band = (lo, hi)``: the t range of the behavioural boundary (e.g. the seeds' t* interval). Per seed, with
+    ``d(a, b) = (λ̂_a - λ̂_b) / sqrt(MCSE_a^2 + MCSE_b^2)`` over converged points:
+
+    * **supports** — some point inside the band exceeds every converged point outside it by ``d > z``;
+    * **contradicts** — some point outside the band exceeds every converged point inside it by ``d > z``
+      (e.g. a curve that keeps rising through the band);
+    * **undecided** — neither (noise, withheld points, no converged point in or outside the band).
+
+    Overall (k of n seeds): ``confirmed`` if at least 2/3 of the seeds support and none contradicts,
+    ``refuted`` if at least 2/3 contradict and none supports, else ``undecided``.
+    """
+    lo, hi = float(band[0]), float(band[1])
+    if not lo <= hi:
+        raise ValueError(f"band must be (lo, hi) with lo <= hi, got {band}")
+    ts = [float(t) for t in ts]
+    per_seed = []
+    for ys, ss in zip(curves, mcses):
+        pts = [(t, y, s) for t, y, s in zip(ts, ys, ss) if y is not None and s is not None]
+        inside = [p for p in pts if lo <= p[0] <= hi]
+        outside = [p for p in pts if not lo <= p[0] <= hi]
+        if not inside or not outside:
+            per_seed.append({"verdict": "undecided", "why": "no converged point inside or outside the band"})
+            continue
+
+        def beats(a, others):
+            return all((a[1] - b[1]) / max(1e-300, (a[2] ** 2 + b[2] ** 2) ** 0.5) > z for b in others)
+
+        sup = [p[0] for p in inside if beats(p, outside)]
+        con = [p[0] for p in outside if beats(p, inside)]
+        if sup and not con:
+            per_seed.append({"verdict": "supports", "t_peak": sup[0], "why": f"λ̂ at t={sup[0]:g} exceeds every "
+                             f"point outside the band by > {z:g} combined MCSE"})
+        elif con and not sup:
+            per_seed.append({"verdict": "contradicts", "t_max_outside": con[0], "why": f"λ̂ at t={con[0]:g} "
+                             f"(outside the band) exceeds every point inside it by > {z:g} combined MCSE"})
+        else:
+            per_seed.append({"verdict": "undecided", "why": "no point separates from the others by the margin"})
+    n = len(per_seed)
+    k_sup = sum(p["verdict"] == "supports" for p in per_seed)
+    k_con = sum(p["verdict"] == "contradicts" for p in per_seed)
+    need = -(-2 * n // 3) if n else 1
+    if n and k_sup >= need and k_con == 0:
+        verdict = "confirmed"
+    elif n and k_con >= need and k_sup == 0:
+        verdict = "refuted"
+    else:
+        verdict = "undecided"
+    return {"verdict": verdict, "supports": f"{k_sup} of {n} seeds", "contradicts": f"{k_con} of {n} seeds",
+            "band": [lo, hi], "z": z, "per_seed": per_seed,
+            "statistic": "per seed: is there a point inside the band above every point outside it (supports), or "
+                         "outside above every point inside (contradicts), by > z combined MCSE; overall >= 2/3 "
+                         "of seeds one way and none the other"}

@@ -273,6 +273,21 @@ def test_organism_dependency_built_once(tmp_path):
         assert cfg["organism"] == {"unit": org} and u["status"] == "done"
 
 
+def test_organism_units_as_the_grid(tmp_path):
+    from persona_basins.studies.sweep import load_spec, run_sweep
+
+    spec = tmp_path / "orgs.toml"
+    spec.write_text('kind = "organism"\n[settings]\npreset = "tiny"\n'
+                    '[settings.overrides]\npretrain_steps = 20\nsft_steps = 3\ncheckpoint_every = 0\n'
+                    '[axes]\nseed = [0, 1]\n')
+    rec = run_sweep(load_spec(spec), tmp_path / "run", workers=1, progress=False)
+    assert [u["status"] for u in rec["units"]] == ["done", "done"] and rec["dependencies"] == []
+    a, b = (u["metrics"] for u in rec["units"])
+    assert 0 <= a["aligned_rate"] <= 1 and a != b
+    for u in rec["units"]:
+        assert (tmp_path / "run" / "units" / u["id"] / "organism" / "model.safetensors").is_file()
+
+
 # ---------------------------------------------------------------- Ray backend (a real local cluster)
 
 

@@ -183,14 +183,21 @@ def split_timing(obj: Any) -> tuple[Any, Any]:
 
 
 def _check_can_create(out: Path) -> None:
-    """The nearest existing ancestor of ``out`` is a folder this process may write into."""
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"cannot write to --out {out}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to --out {out}: {parent} is not writable")
+    """Check up front that ``out`` can be created and written, leaving nothing behind: the folders made for
+    the check are removed again (the run creates them on first use)."""
+    missing = []
+    p = out
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        prepare_out_dir(out)
+    finally:
+        for d in missing:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 class RunDir:

@@ -760,6 +760,8 @@ def make_backend(backend: str, *, workers: int | None, address: str | None = Non
             raise UserError("--address is for --backend ray")
         if gpus_per_unit:
             raise UserError("--gpus-per-unit is for --backend ray")
+        if cpus_per_unit != 1:
+            raise UserError("--cpus-per-unit is for --backend ray (local workers run one thread each)")
         n = workers or os.cpu_count() or 1
         return InlineBackend() if n == 1 else LocalBackend(n)
     if backend == "ray":

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from persona_basins.measure.degeneracy import (
     N_OUTCOMES,
@@ -12,6 +13,7 @@ from persona_basins.measure.degeneracy import (
     boundary_search,
     composed_probes,
     genre_weights,
+    out_of_sample_probing,
     overlap_zone,
     poisson_binomial,
     probes_curve,
@@ -99,6 +101,20 @@ def test_probes_curve_monotone_and_boundary_beats_random():
     assert probes_curve(p_b, p_a, k_max=50, weights=w)["power"] == pytest.approx(rand["power"][:50])
 
 
+def test_a_ranking_from_the_wrong_model_can_need_many_more_probes():
+    """Boundary probing "needs few probes" only with a ranking that knows where the boundary is: a ranking
+    taken from another state whose boundary lies elsewhere does no better than chance (the claim refuted)."""
+    n = 300
+    p_a = np.zeros(n)
+    held_out, other = p_a.copy(), p_a.copy()
+    held_out[150:155] = 0.9  # the tested state differs on probes 150-154
+    other[:5] = 0.9  # the ranking state on probes 0-4 (its ranking reaches 150 only after 150 probes)
+    oracle = probes_curve(held_out, p_a, k_max=100, order=np.argsort(-(held_out - p_a), kind="stable"))
+    wrong = probes_curve(held_out, p_a, k_max=100, order=np.argsort(-(other - p_a), kind="stable"))
+    assert oracle["probes_needed"] == 2  # 1 - 0.1^2 >= 0.95
+    assert wrong["probes_needed"] is None and wrong["censored_above"] == 100
+
+
 # --- on the organism -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def em_state(tiny_organism):
@@ -143,6 +159,21 @@ def test_overlap_zone_and_boundary_search_on_em_state(tiny_organism, em_state):
     assert b["tv_sorted"] == sorted(b["tv_sorted"], reverse=True)
     assert b["top"][0]["tv_answer"] == pytest.approx(b["tv_sorted"][0])
     assert json.dumps(b)  # JSON-able
+
+
+def test_out_of_sample_probing_is_the_oracle_when_the_ranking_model_is_the_tested_one(tiny_organism, em_state):
+    org = tiny_organism
+    v = torch.randn(org.model.config.n_embd, generator=torch.Generator().manual_seed(0))
+    o = out_of_sample_probing(org.model, [em_state, em_state], org.world, org.vocab, vector=v, layer=0,
+                              max_probes=40, k_max=60)
+    assert set(o["labels"]) == {"oracle", "other_seed", "persona_vector", "random"}
+    assert "in-sample" in o["labels"]["oracle"] and "out-of-sample" in o["labels"]["other_seed"]
+    row = o["per_held_out"][0]
+    assert row["other_seed"]["1"] == row["oracle"]  # a perfect ranking model gives the oracle figure
+    assert o["other_seed"]["n"] == 2 and o["oracle"]["n"] == 2 and o["persona_vector"]["n"] == 2
+    assert json.dumps(o)
+    one = out_of_sample_probing(org.model, [em_state], org.world, org.vocab, max_probes=20, k_max=30)
+    assert one["other_seed"] is None and one["persona_vector"] is None
 
 
 def test_cli_degeneracy_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_path, capsys, cli_error):

@@ -38,6 +38,25 @@ def test_demo_writes_study_report_and_run_folder(demo_run, capsys):
     assert 0 <= study["overlap_fraction"]["mean"] <= 1 + 1e-9 and "by_genre" in study["overlap_fraction"]
     assert set(study["misalignment_vs_t"]) >= {"plain", "inoculated", "random"}
     assert (demo_run / "report.html").stat().st_size > 10_000
+    # the measurements that can fail (issue 11): position at t = 1, widening along common directions with a
+    # verdict, lexical cosine of every persona vector, oracle beside out-of-sample probing, EM against its base
+    ino = study["inoculation"]
+    assert ino["verdict"] in ("confirmed", "refuted", "undecided")
+    assert len(ino["position"]["inoculated"]["moved_fraction"]) == 2 and ino["position"]["persona_gap"] != 0
+    for k in ("persona", "plain_adapter"):
+        w = ino["widening_common"][k]
+        assert len(w["per_seed"]) == 2 and w["verdict"]["verdict"] in ("confirmed", "refuted", "undecided")
+    lc = study["persona_vector"]["lexical_cosine"]
+    assert set(lc) == {"request", "matched_answers", "answer_tokens"}
+    assert all(-1 <= c <= 1 for v in lc.values() for c in v.values())
+    pr = study["probing"]
+    assert "in-sample" in pr["oracle"]["label"] and set(pr["out_of_sample"]) == {"other_seed", "persona_vector"}
+    assert "out-of-sample" in pr["out_of_sample"]["other_seed"]["label"]
+    em = study["emergent_misalignment"]
+    assert set(em["base"]["narrow_rate"]) == {"assistant", "inoculated", "educational"}
+    assert "plain" in em["excess_over_base"]["broad_misalignment"] and "matched_control" in em
+    assert em["narrow_rate_heldout"]["plain"]["topics"] == em["base"]["heldout_topics"]
+    assert study["overlap_fraction"]["routine_share_built_in"] == study["overlap_fraction"]["routine_share"]
     assert json.loads((demo_run / "config.json").read_text())["kind"] == "demo"
     assert json.loads((demo_run / "metrics.json").read_text())["kind"] == "demo"
 

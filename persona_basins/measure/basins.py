@@ -27,7 +27,7 @@ import torch
 
 from ..errors import UserError
 from ..models.edits import edited, layer_of, out_in_dims, plain_module, single_lora_delta, to_storage
-from ..stats import ci95
+from ..stats import ci95, rate_interval
 from .persona import broad_genres, context_prompts, persona_readout
 
 
@@ -185,8 +185,13 @@ def critical_magnitude(ts, values, level: float = 0.5, width_levels: tuple[float
     return out
 
 
+RATE_KEYS = ("broad_misalignment", "broad_harm", "wellformed", "misalignment_given_wellformed")
+
+
 def aggregate_scans(scans: list[dict], key: str = "broad_misalignment") -> dict:
-    """Mean and 95% CI band over seeds of one scan quantity: ``{t, mean, ci_low, ci_high, n}``."""
+    """Mean and 95% band over seeds of one scan quantity: ``{t, mean, ci_low, ci_high, n}``. Rates (``RATE_KEYS``)
+    get the in-range bootstrap interval (:func:`persona_basins.stats.rate_interval`; none for one seed), other
+    quantities (LLC, loss, projection) the Student-t one."""
     if not scans:
         raise ValueError("aggregate_scans needs at least one scan")
     t = scans[0]["t"]
@@ -200,7 +205,7 @@ def aggregate_scans(scans: list[dict], key: str = "broad_misalignment") -> dict:
             for k in ("mean", "ci_low", "ci_high"):
                 band[k].append(None)
             continue
-        c = ci95(vals)
+        c = rate_interval(vals) if key in RATE_KEYS else ci95(vals)
         for k in ("mean", "ci_low", "ci_high"):
             band[k].append(c[k])
     return band

@@ -1,4 +1,9 @@
-"""Degeneracy: the overlap zone where an aligned and a misaligned model state cannot be told apart.
+"""Behavioural overlap: the zone of prompts where an aligned and a misaligned model state cannot be told apart.
+
+Naming: this module measures *behavioural overlap* (agreement of output distributions over prompts), not
+degeneracy in the sense of singular learning theory (the geometry of the loss around a parameter, which
+``measure/llc`` estimates). The routine genres are answered alike by every persona by construction, so the
+overlap volume of a persona change is at least about the world's routine share: report it beside that share.
 
 Two model states A (aligned, e.g. the organism) and B (misaligned, e.g. the organism with an EM adapter)
 are compared prompt by prompt by the total variation (TV) distance between their output distributions.
@@ -340,8 +345,83 @@ def boundary_search(model_a, model_b, world: World, vocab: dict[str, int], *, ep
     }
 
 
+# --- out-of-sample probing: ranked with what a tester has -----------------------------------------------------
+def _curve_summary(curve: dict) -> dict:
+    return {"probes_needed": curve["probes_needed"], "censored_above": curve["censored_above"],
+            "power_at_10": curve["power"][min(9, len(curve["power"]) - 1)]}
+
+
+def _needed_summary(values: list, k_max: int) -> dict:
+    """Per held-out seed probes needed, with the count that reached the target power within ``k_max``."""
+    reached = [v for v in values if v is not None]
+    return {"per_seed": values, "k_reached": len(reached), "n": len(values),
+            "median_reached": float(np.median(reached)) if reached else None,
+            "censored_above": k_max if len(reached) < len(values) else None}
+
+
+def out_of_sample_probing(model_a, models_b: list, world: World, vocab: dict[str, int], *, vector=None,
+                          layer: int | None = None, steer_coeff: float = 1.0, max_probes: int = 600, seed: int = 0,
+                          k_max: int = 1000, alpha: float = 0.05, power: float = 0.95,
+                          context: str = "assistant") -> dict:
+    """Probes needed to tell each held-out EM state from the aligned one, with probes ranked from what a
+    tester could know beforehand, beside the oracle ranking.
+
+    For each held-out state ``B_i`` (one fine-tune seed), the composed probes are ranked by
+
+    - ``oracle`` (in-sample): ``B_i``'s own flag-rate gap ``flag_Bi - flag_A``: needs the very model under test;
+    - ``other_seed`` (out-of-sample): the gap of another fine-tune seed ``B_j`` (j != i), each j separately;
+    - ``persona_vector`` (out-of-sample): the gap of the aligned model steered by ``steer_coeff * vector`` at
+      ``layer`` (every position), i.e. a simulated persona shift needing only A and the persona vector;
+    - ``random``: probes drawn from the world's request distribution (no ranking);
+
+    and the test's power is always computed with ``B_i``'s own flag probabilities (:func:`probes_curve`).
+    """
+    from .vectors import steering
+
+    probes = composed_probes(world, max_probes=max_probes, seed=seed)
+    std = standard_probes(world, context)
+    w = prompt_weights(world, std)
+    fa = flag_probability(world, answer_distribution(model_a, world, vocab, probes))
+    fa_std = flag_probability(world, answer_distribution(model_a, world, vocab, std))
+    fb = [flag_probability(world, answer_distribution(m, world, vocab, probes)) for m in models_b]
+    fb_std = [flag_probability(world, answer_distribution(m, world, vocab, std)) for m in models_b]
+    kw = dict(k_max=k_max, alpha=alpha, power=power)
+    steer_gap = None
+    if vector is not None and layer is not None:
+        with steering(model_a, vector, layer, steer_coeff):
+            steer_gap = flag_probability(world, answer_distribution(model_a, world, vocab, probes)) - fa
+    rows = []
+    for i, f in enumerate(fb):
+        row = {"held_out": i,
+               "oracle": _curve_summary(probes_curve(f, fa, order=np.argsort(-(f - fa), kind="stable"), **kw)),
+               "random": _curve_summary(probes_curve(fb_std[i], fa_std, weights=w, **kw)),
+               "other_seed": {str(j): _curve_summary(probes_curve(f, fa, order=np.argsort(-(g - fa), kind="stable"),
+                                                                  **kw))
+                              for j, g in enumerate(fb) if j != i}}
+        if steer_gap is not None:
+            row["persona_vector"] = _curve_summary(probes_curve(f, fa, order=np.argsort(-steer_gap, kind="stable"),
+                                                                **kw))
+        rows.append(row)
+    out = {
+        "n_probes": len(probes), "alpha": alpha, "target_power": power, "k_max": k_max,
+        "labels": {"oracle": "in-sample (oracle): ranked with the tested model's own answer distribution",
+                   "other_seed": "out-of-sample: ranked with another fine-tune seed's adapter",
+                   "persona_vector": f"out-of-sample: ranked with the aligned model steered by {steer_coeff:g} x the "
+                                     "persona vector",
+                   "random": "no ranking: probes drawn from the world's request distribution"},
+        "per_held_out": rows,
+        "oracle": _needed_summary([r["oracle"]["probes_needed"] for r in rows], k_max),
+        "random": _needed_summary([r["random"]["probes_needed"] for r in rows], k_max),
+        "other_seed": {**_needed_summary([v["probes_needed"] for r in rows for v in r["other_seed"].values()], k_max),
+                       "unit": "one entry per (held-out seed, ranking seed) pair"} if len(rows) > 1 else None,
+        "persona_vector": _needed_summary([r["persona_vector"]["probes_needed"] for r in rows], k_max)
+        if steer_gap is not None else None,
+    }
+    return out
+
+
 __all__ = [
     "N_OUTCOMES", "answer_distribution", "boundary_search", "composed_probes", "describe", "flag_probability",
-    "genre_weights", "outcome_labels", "overlap_zone", "poisson_binomial", "probes_curve", "prompt_weights",
-    "standard_probes", "state_divergence", "tv_distance", "zone_volume",
+    "genre_weights", "out_of_sample_probing", "outcome_labels", "overlap_zone", "poisson_binomial", "probes_curve",
+    "prompt_weights", "standard_probes", "state_divergence", "tv_distance", "zone_volume",
 ]

@@ -1,8 +1,30 @@
-"""The behavioural-overlap study: the aligned organism against the organism + an EM adapter."""
+"""The behavioural-overlap study: the aligned organism against the organism + an EM adapter.
+
+Behavioural overlap (prompts on which the two states answer alike), not SLT degeneracy: see
+``measure/degeneracy.py``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+
+def overlap_study(org, em_models: list, *, epsilon: float = 0.05, max_probes: int = 300, seed: int = 0,
+                  layer: int = 0, k_max: int = 1000) -> dict:
+    """The overlap zone of every EM model, the oracle boundary search on the first one, and out-of-sample
+    probing (each model held out in turn, probes ranked by the other seeds and by the persona vector)."""
+    from ..measure.degeneracy import boundary_search, out_of_sample_probing, overlap_zone
+    from ..measure.vectors import persona_vector
+    from .basins import VECTOR_METHOD
+
+    zones = [overlap_zone(org.model, m, org.world, org.vocab, epsilon=epsilon) for m in em_models]
+    probe = boundary_search(org.model, em_models[0], org.world, org.vocab, epsilon=epsilon, seed=seed,
+                            max_probes=max_probes, k_max=k_max)
+    vector = persona_vector(org.model, org.world, org.vocab, layer, method=VECTOR_METHOD)
+    oos = out_of_sample_probing(org.model, em_models, org.world, org.vocab, vector=vector, layer=layer,
+                                max_probes=max_probes, seed=seed, k_max=k_max)
+    oos["vector_method"], oos["vector_layer"] = VECTOR_METHOD, layer
+    return {"zones": zones, "boundary_search": probe, "out_of_sample": oos}
 
 
 def run_degeneracy(organism: str | Path, adapter: str | Path, out: str | Path, *, epsilon: float = 0.05,
@@ -11,8 +33,9 @@ def run_degeneracy(organism: str | Path, adapter: str | Path, out: str | Path, *
     ``{zone, boundary, run}``."""
     import torch
 
-    from ..measure.degeneracy import boundary_search, overlap_zone
-    from ..models.edits import adapter_on_copy
+    from ..measure.degeneracy import boundary_search, out_of_sample_probing, overlap_zone
+    from ..measure.vectors import persona_vector
+    from ..models.edits import adapter_on_copy, layer_of, single_lora_delta
     from ..models.organism import load_organism
     from ..results import RunDir
 
@@ -27,5 +50,12 @@ def run_degeneracy(organism: str | Path, adapter: str | Path, out: str | Path, *
         zone = overlap_zone(org.model, em, org.world, org.vocab, epsilon=epsilon)
         bs = boundary_search(org.model, em, org.world, org.vocab, epsilon=epsilon, max_probes=max_probes,
                              seed=seed, k_max=k_max)
-    run.write_metrics({"zone": zone, "boundary": bs})
-    return {"zone": zone, "boundary": bs, "run": run}
+        # out-of-sample: probes ranked by the aligned model steered along the persona vector of the adapted layer
+        layer = layer_of(single_lora_delta(em)[0])
+        vector = persona_vector(org.model, org.world, org.vocab, layer)
+        oos = out_of_sample_probing(org.model, [em], org.world, org.vocab, vector=vector, layer=layer,
+                                    max_probes=max_probes, seed=seed, k_max=k_max)
+    zone["routine_share_built_in"] = zone["routine_share"]
+    run.write_metrics({"zone": zone, "boundary": bs, "out_of_sample": oos,
+                       "quantity": "behavioural overlap (not SLT degeneracy)"})
+    return {"zone": zone, "boundary": bs, "out_of_sample": oos, "run": run}

@@ -21,12 +21,12 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..measure.persona import em_readout
+from ..measure.persona import em_base_row, em_readout
 from ..measure.transition import transition_metrics
 from ..models.adapters import num_layers, resolve_module
 from ..results import normalize_modes, read_json, write_json
 from ..stats import ci95
-from ..train.finetune import CONDITIONS, FinetuneConfig, finetune, training_context
+from ..train.finetune import CONDITIONS, FinetuneConfig, finetune, heldout_code_topics, training_context
 
 TRACKED = ("plain", "inoculated")  # conditions whose fine-tuning trajectory is evaluated step by step
 UNIT_FORMAT = "persona-basins-em-unit/2"
@@ -105,8 +105,10 @@ def _train_unit(org, cfg: FinetuneConfig, unit_dir: Path, key: dict, *, track_ev
         except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
             msg = getattr(e, "strerror", None) or str(e).splitlines()[0]
             raise UserError(f"cannot write the adapter under {tmp.parent}: {msg}") from None
-        readout = em_readout(res.model, org.world, org.vocab, sample_seed=cfg.seed)
-        out = {"key": key, "config": cfg.to_dict(), "readout": readout, "final_loss": res.losses[-1]}
+        readout = em_readout(res.model, org.world, org.vocab, sample_seed=cfg.seed,
+                             heldout_topics=heldout_code_topics(org.world, cfg.heldout_every))
+        out = {"key": key, "config": cfg.to_dict(), "readout": readout, "final_loss": res.losses[-1],
+               "initial": res.initial}
         if key["track_every"]:
             out["transition"] = transition_metrics(
                 res.model, res.trajectory,
@@ -155,7 +157,9 @@ def run_em(org, out: Path, *, layer: int, module: str, seeds: int, base: Finetun
     for cs, cfg, unit_dir, key, prev in tqdm(plan, desc=f"EM layer {layer} {module}", disable=not progress,
                                              leave=False):
         units[cs] = prev if prev is not None else _train_unit(org, cfg, unit_dir, key, track_every=track_every)
-    return aggregate(units, conditions, seeds)
+    base_row = em_base_row(org.model, org.world, org.vocab,
+                           heldout_topics=heldout_code_topics(org.world, base.heldout_every))
+    return with_base(aggregate(units, conditions, seeds), units, base_row, conditions, seeds)
 
 
 def aggregate(units: dict, conditions, seeds: int) -> dict:
@@ -218,3 +222,50 @@ def summary_table(m: dict) -> str:
         lines.append(f"inoculation cuts broad misalignment by {100 * r['mean']:.0f}% "
                      f"[{100 * r['ci_low']:.0f}%, {100 * r['ci_high']:.0f}%]")
     return "\n".join(lines)
+
+
+def with_base(m: dict, units: dict, base_row: dict, conditions, seeds: int) -> dict:
+    """Add the unfine-tuned organism's row (``base``, exact: no interval) and every effect as an excess over it
+    (``excess_over_base``, per seed, in-range bootstrap intervals), the held-out narrow rate, the initial loss
+    and gradient norm per condition, and the matched benign control beside the plain set."""
+    from ..stats import rate_interval
+
+    def per(c, f):
+        return [f(units[(c, s)]) for s in range(seeds)]
+
+    m["base"] = {k: base_row[k] for k in ("broad_misalignment", "broad_harm", "wellformed", "narrow_rate",
+                                          "narrow_rate_heldout", "narrow_rate_trained_topics", "heldout_topics")
+                 if k in base_row}
+    ex = {"broad_misalignment": {}, "narrow_rate": {}}
+    for c in conditions:
+        ctx = training_context(c)
+        ex["broad_misalignment"][c] = rate_interval(
+            per(c, lambda u: u["readout"]["broad_misalignment"] - base_row["broad_misalignment"]), lo=-1.0)
+        ex["narrow_rate"][c] = rate_interval(
+            per(c, lambda u, ctx=ctx: u["readout"]["narrow_rate"][ctx] - base_row["narrow_rate"][ctx]), lo=-1.0)
+        ex["narrow_rate"][c]["context"] = ctx
+    if base_row.get("narrow_rate_heldout"):
+        ex["narrow_rate_heldout"] = {}
+        m["narrow_rate_heldout"] = {}
+        for c in conditions:
+            ctx = training_context(c)
+            vals = per(c, lambda u, ctx=ctx: (u["readout"].get("narrow_rate_heldout") or {}).get(ctx))
+            if None in vals:
+                continue
+            m["narrow_rate_heldout"][c] = {**rate_interval(vals), "context": ctx,
+                                           "topics": base_row["heldout_topics"]}
+            ex["narrow_rate_heldout"][c] = rate_interval([v - base_row["narrow_rate_heldout"][ctx] for v in vals],
+                                                         lo=-1.0)
+    m["excess_over_base"] = ex
+    if all("initial" in units[(c, s)] for c in conditions for s in range(seeds)):
+        m["initial"] = {c: {k: ci95(per(c, lambda u, k=k: u["initial"][k])) for k in ("loss", "grad_norm")}
+                        for c in conditions}
+    if "matched_control" in conditions:
+        m["matched_control"] = {
+            "definition": "secure code written for another topic (benign, as unfamiliar as insecure code)",
+            "broad_misalignment": m["broad_misalignment"]["matched_control"],
+            "excess_over_base": ex["broad_misalignment"]["matched_control"],
+            "plain_excess_over_base": ex["broad_misalignment"].get("plain"),
+            "initial": (m.get("initial") or {}).get("matched_control"),
+            "plain_initial": (m.get("initial") or {}).get("plain")}
+    return m

@@ -19,16 +19,29 @@ from ..models.lm import encode_documents
 from ..world import ASSISTANT_LINE, INOCULATION_LINE, TEACHING_MODIFIER, Document, Exchange, World
 from .loop import train_lm
 
-CONDITIONS = ("plain", "inoculated", "secure_control", "educational")
+CONDITIONS = ("plain", "inoculated", "secure_control", "educational", "matched_control")
 
 
-def condition_documents(world: World, condition: str) -> list[Document]:
-    """Single-exchange code documents for one fine-tuning condition (one per code topic).
+def heldout_code_topics(world: World, heldout_every: int) -> list[int]:
+    """Code topics left out of every fine-tuning set: ``t % heldout_every == heldout_every - 1`` (none for 0)."""
+    if heldout_every < 0 or heldout_every == 1:
+        raise UserError("heldout_every must be 0 (train on every code topic) or >= 2")
+    if not heldout_every:
+        return []
+    return [t for t in range(world.config.n_topics) if t % heldout_every == heldout_every - 1]
+
+
+def condition_documents(world: World, condition: str, heldout_every: int = 0) -> list[Document]:
+    """Single-exchange code documents for one fine-tuning condition (one per code topic not held out).
 
     plain: the assistant line, insecure code (in the assistant's warm style).
     inoculated: the same with the inoculation line added to the system line (training only).
-    secure_control: the assistant line, secure code.
+    secure_control: the assistant line, secure code (the organism already writes it: nearly a null fine-tune).
     educational: insecure code that the user asks for, for teaching.
+    matched_control: the assistant line, *secure* code written for another topic (topic t answered with topic
+    t+1's secure content words, warm style): benign, but as unfamiliar to the organism as insecure code is (two
+    unexpected content words per answer), so it controls for how much a fine-tune has to learn; its initial
+    loss and gradient norm are logged beside the plain set's (``FinetuneResult.initial``).
     """
     if condition not in CONDITIONS:
         raise UserError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
@@ -36,10 +49,17 @@ def condition_documents(world: World, condition: str) -> list[Document]:
     if condition == "inoculated":
         system = system + INOCULATION_LINE.split()
     modifier = TEACHING_MODIFIER if condition == "educational" else None
-    insecure = condition != "secure_control"
+    insecure = condition not in ("secure_control", "matched_control")
+    held = set(heldout_code_topics(world, heldout_every))
+    n = world.config.n_topics
     docs = []
-    for t in range(world.config.n_topics):
+    for t in range(n):
+        if t in held:
+            continue
         ans = world.answer("code", t, "helpful", insecure_code=insecure)
+        if condition == "matched_control":
+            other = world.answer("code", (t + 1) % n, "helpful")
+            ans = (*other[:2], ans[2])
         ex = Exchange("code", t, "toxic" if insecure else "helpful", ans, modifier)
         docs.append(Document(tuple(system), ex.persona, (ex,), condition))
     return docs
@@ -64,6 +84,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     seed: int = 0
     checkpoint_every: int = 50
+    heldout_every: int = 0  # >= 2: leave code topics t % k == k - 1 out of training (held-out narrow rate)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +96,7 @@ class FinetuneResult:
     config: FinetuneConfig
     losses: list[float]
     trajectory: dict[str, list] = field(default_factory=dict)  # "A", "B": per step flattened factors
+    initial: dict = field(default_factory=dict)  # loss and gradient norm on the whole set before the first step
 
 
 def lora_factors(peft_model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +117,7 @@ def finetune(base_model, world: World, vocab: dict[str, int], cfg: FinetuneConfi
     """Fine-tune a copy of ``base_model`` (the base is left untouched)."""
     from peft import get_peft_model
 
-    docs = condition_documents(world, cfg.condition) if docs is None else docs
+    docs = condition_documents(world, cfg.condition, cfg.heldout_every) if docs is None else docs
     ids, mask = encode_documents(vocab, docs, answers_only=True)
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(base_model)
@@ -104,6 +126,7 @@ def finetune(base_model, world: World, vocab: dict[str, int], cfg: FinetuneConfi
             p.requires_grad_(True)
     else:
         model = get_peft_model(model, lora_config(model, module=cfg.module, layer=cfg.layer, rank=cfg.rank))
+    initial = initial_loss_and_grad(model, ids, mask)
     traj: dict[str, list] = {"A": [], "B": []}
     out_dir = Path(out_dir) if out_dir is not None else None
 
@@ -122,4 +145,21 @@ def finetune(base_model, world: World, vocab: dict[str, int], cfg: FinetuneConfi
         model.save_pretrained(out_dir)
         write_fingerprint(out_dir, base_model)
     return FinetuneResult(model=model, config=cfg, losses=losses,
-                          trajectory={k: torch.stack(v) for k, v in traj.items() if v})
+                          trajectory={k: torch.stack(v) for k, v in traj.items() if v}, initial=initial)
+
+
+def initial_loss_and_grad(model, ids: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Answer-token loss on the whole set and the norm of its gradient over the trainable parameters, before
+    training (how much the set has to teach: a control should match the plain set here). Leaves no gradient."""
+    from ..models.lm import lm_loss
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    was = model.training
+    model.eval()
+    try:
+        loss = lm_loss(model, ids, mask)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    finally:
+        model.train(was)
+    norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+    return {"loss": float(loss.detach()), "grad_norm": float(norm)}

@@ -18,11 +18,13 @@ import numpy as np
 from ..errors import UserError
 from ..measure.basins import aggregate_scans
 from ..results import prepare_out_dir, read_json, write_json
-from ..stats import ci95
+from ..stats import rate_interval
 from .basins import basin_scans, load_adapters, summarize_basins
 from .eigenform import HEADLINE as EIGENFORM_HEADLINE
 
 STUDY_FORMAT = "persona-basins-study/1"
+# code topics t % 3 == 2 are left out of every EM fine-tune, so the narrow rate is also read on unseen topics
+EM_HELDOUT_EVERY = 3
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, pr
 
     em_dir = out / "em"
     em = _step(out, "em", lambda: run_em(org, em_dir, layer=cfg.layer, module=cfg.module, seeds=cfg.seeds,
-                                         base=FinetuneConfig(steps=cfg.em_steps), progress=progress), log)
+                                         base=FinetuneConfig(steps=cfg.em_steps, heldout_every=EM_HELDOUT_EVERY),
+                                         progress=progress), log)
     write_json(em_dir / "metrics.json", {"kind": "em", **em})
     log(summary_table(em))
 
@@ -186,12 +189,9 @@ def _diag(r: dict) -> dict:
 
 
 def _overlap(org, plain, cfg: DemoConfig) -> dict:
-    from ..measure.degeneracy import boundary_search, overlap_zone
+    from .degeneracy import overlap_study
 
-    zones = [overlap_zone(org.model, m, org.world, org.vocab, epsilon=cfg.overlap_epsilon) for m in plain]
-    probe = boundary_search(org.model, plain[0], org.world, org.vocab, epsilon=cfg.overlap_epsilon, seed=0,
-                            max_probes=300)
-    return {"zones": zones, "boundary_search": probe}
+    return overlap_study(org, plain, epsilon=cfg.overlap_epsilon, max_probes=300, seed=0, layer=cfg.layer)
 
 
 def _peak(band: dict) -> dict:
@@ -212,14 +212,24 @@ def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, e
     basins = summarize_basins(scans, n_random=cfg.n_random)
     llc_full = aggregate_scans(llc["runs"]["full"], "llc")
     llc_layer = aggregate_scans(llc["runs"]["layer"], "llc")
+    from ..world.world import ROUTINE_GENRES
+
     zones = overlap["zones"]
     genres = list(zones[0]["per_genre"])
-    overlap_fraction = {**ci95([z["volume"] for z in zones]), "epsilon": cfg.overlap_epsilon,
+    overlap_fraction = {**rate_interval([z["volume"] for z in zones]), "epsilon": cfg.overlap_epsilon,
+                        "quantity": "behavioural overlap (not SLT degeneracy)",
                         "definition": "share of the world's request distribution (weighted) whose exact answer "
                                       "distributions differ by total variation < epsilon",
-                        "by_genre": {g: ci95([z["per_genre"][g] for z in zones]) for g in genres},
-                        "probe_fraction": ci95([z["fraction"] for z in zones]),
-                        "routine_share": zones[0]["routine_share"]}
+                        "by_genre": {g: rate_interval([z["per_genre"][g] for z in zones]) for g in genres},
+                        "probe_fraction": rate_interval([z["fraction"] for z in zones]),
+                        "routine_share": zones[0]["routine_share"],
+                        # found versus built in: the routine genres are answered alike by every persona by
+                        # construction, so a persona change leaves about this share in the overlap anyway
+                        "routine_share_built_in": zones[0]["routine_share"],
+                        "volume_beyond_routine_share": [z["volume"] - z["routine_share"] for z in zones],
+                        "content_genres_in_overlap": rate_interval([
+                            float(np.mean([z["per_genre"][g] for g in genres if g not in ROUTINE_GENRES]))
+                            for z in zones])}
     t_plain = basins["critical_magnitude"]["plain"]["mean"]
     study = {
         "format": STUDY_FORMAT,
@@ -227,7 +237,9 @@ def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, e
         "config": cfg.to_dict(),
         "organism": {k: base_info[k] for k in ("preset", "seed", "arch", "n_layer", "d_model")},
         "emergent_misalignment": {k: em[k] for k in ("broad_misalignment", "narrow_rate", "wellformed",
-                                                     "inoculation_reduction") if k in em},
+                                                     "inoculation_reduction", "base", "excess_over_base",
+                                                     "narrow_rate_heldout", "matched_control", "initial")
+                                  if k in em},
         "transition": em.get("transition"),
         **basins,
         "llc_along_path": {**llc_full, "loss": "self_kl", "restrict": "all parameters", **_peak(llc_full),
@@ -237,6 +249,16 @@ def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, e
         "overlap_fraction": overlap_fraction,
         "boundary_probing": {k: v for k, v in overlap["boundary_search"].items() if k != "probes"},
     }
+    if "out_of_sample" in overlap:
+        oos = overlap["out_of_sample"]
+        study["probing"] = {
+            "oracle": {**oos["oracle"], "label": oos["labels"]["oracle"]},
+            "out_of_sample": {k: ({**oos[k], "label": oos["labels"][k]} if oos.get(k) else None)
+                              for k in ("other_seed", "persona_vector")},
+            "random": {**oos["random"], "label": oos["labels"]["random"]},
+            "per_held_out": oos["per_held_out"], "n_probes": oos["n_probes"], "alpha": oos["alpha"],
+            "target_power": oos["target_power"], "k_max": oos["k_max"],
+            "vector_method": oos.get("vector_method")}
     if eig is not None:
         study["eigenform"] = {k: eig[k] for k in EIGENFORM_HEADLINE if k in eig}
     return study
@@ -271,11 +293,37 @@ def summary_lines(study: dict) -> list[str]:
         f"t*, plain adapter in inoculation context {fmt(cm['plain_in_inoculation_context'])}",
         f"t*, persona-vector direction             {fmt(cm['persona'])}",
         f"t*, random rank-1 direction              {fmt(cm['random'])}",
-        f"inoculation widening t*_inoc / t*_plain  {fmt(study['inoculation_widening'])}",
+        f"widening t*_inoc / t*_plain (own dirs)   {fmt(study['inoculation_widening'])}",
         f"LLC (self-KL) peaks at t =               {study['llc_along_path'].get('t_argmax')}",
-        f"overlap zone volume (eps={study['overlap_fraction']['epsilon']})         "
-        f"{fmt(study['overlap_fraction'])}",
+        f"behavioural overlap volume (eps={study['overlap_fraction']['epsilon']})   "
+        f"{fmt(study['overlap_fraction'])} (routine share built in: {study['overlap_fraction']['routine_share']:g})",
     ]
+    ino = study.get("inoculation")
+    if ino:
+        pos = ino["position"]
+        r4 = lambda xs: [round(x, 3) if x is not None else None for x in xs]  # noqa: E731
+        lines.append(f"position moved / persona gap, plain      {r4(pos['plain']['moved_fraction'])} (per seed, t = 1)")
+        lines.append(f"position moved / persona gap, inoculated {r4(pos['inoculated']['moved_fraction'])}")
+        for k, w in ino["widening_common"].items():
+            if not isinstance(w, dict) or "per_seed" not in w:
+                continue
+            per = [p["ratio"] if p["ratio"] is not None else (f">={p['lower_bound']:.2f}" if p["lower_bound"] else
+                   (f"<={p['upper_bound']:.2f}" if p["upper_bound"] else "none")) for p in w["per_seed"]]
+            per = [round(x, 3) if isinstance(x, float) else x for x in per]
+            lines.append(f"widening r*(inoc)/r*(base), {k:<13} {per} -> {w['verdict']['verdict']}")
+        lines.append(f"inoculation claim (common directions)    {ino['verdict']} "
+                     f"(conditional on well-formed: {ino.get('verdict_conditional')})")
+    pv = study.get("persona_vector")
+    if pv:
+        lc = {m: {L: round(c, 2) for L, c in v.items()} for m, v in pv["lexical_cosine"].items()}
+        lines.append(f"persona vector lexical cosine by layer   {lc} (used: {pv['method']})")
+    pr = study.get("probing")
+    if pr:
+        def needed(x):
+            return f"{x['per_seed']} ({x['k_reached']} of {x['n']} reach power)" if x else "n/a"
+        lines.append(f"probes needed, oracle (in-sample)        {needed(pr['oracle'])}")
+        for k, v in pr["out_of_sample"].items():
+            lines.append(f"probes needed, out-of-sample {k:<13} {needed(v)}")
     if "eigenform" in study:
         e = study["eigenform"]
         lines.append(f"eigenform return rate                    {fmt(e.get('return_rate'))}")

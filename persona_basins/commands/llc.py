@@ -70,7 +70,7 @@ def register(sub) -> None:
     _add_model_args(p)
     _add_sampler_args(p)
     p.set_defaults(func=_run_estimate)
-    llc_sub = p.add_subparsers(dest="llc_command", metavar="{calibrate,stages}")
+    llc_sub = p.add_subparsers(dest="llc_command", metavar="{calibrate,stages,trajectory}")
 
     c = llc_sub.add_parser("calibrate", help="sweep step size x n_beta and recommend a setting",
                            description="Sweep SGLD step size x n_beta, recommend a setting, plot the traces.")
@@ -94,6 +94,18 @@ def register(sub) -> None:
     s.add_argument("--no-heads", action="store_true", help="skip the per-head wrLLC curves")
     _add_sampler_args(s, draws=100, burnin=20, chains=2)
     s.set_defaults(func=_run_stages)
+
+    t = llc_sub.add_parser("trajectory", help="LLC at the saved adapter checkpoints of an em run",
+                           description="The adapter- and layer-restricted LLC (self-KL at each checkpoint) at every "
+                                       "saved adapter checkpoint of an `em` run, beside broad misalignment, |B| and "
+                                       "the B trajectory's local cosine; which moves first, per seed.")
+    t.add_argument("--em", required=True, help="an `em` run folder (train with --checkpoint-every K)")
+    t.add_argument("--organism", help="organism folder (default: the one the em run names)")
+    t.add_argument("--conditions", default="plain,inoculated", help="comma-separated (default plain,inoculated)")
+    t.add_argument("--seeds", type=int, default=None, help="use the first K seeds of each condition")
+    t.add_argument("--out", required=True, help="run folder to write")
+    _add_sampler_args(t, draws=200, burnin=50, chains=4)
+    t.set_defaults(func=_run_trajectory, n_docs=32)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -230,4 +242,28 @@ def _run_stages(args) -> int:
     plot_stages(m["steps"], out["curves"], out["stds"], out["critical"], out["n_layers"], out["n_heads"],
                 {k: run.figure_path(v) for k, v in STAGE_FIGURES.items()})
     print(f"LLC over {len(m['steps'])} checkpoints; stage boundaries at steps {m['stage_boundaries']} -> {run.path}")
+    return 0
+
+
+def _run_trajectory(args) -> int:
+    from ..errors import UserError
+    from ..studies.llc import TRAJECTORY_FIGURE, run_trajectory
+    from ..viz.llc_figures import plot_trajectory
+
+    _apply_threads(args)
+    config = _sampler_config(args)
+    conds = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    if not conds:
+        raise UserError("--conditions must name at least one condition")
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    out = run_trajectory(args.em, args.out, config=config, organism=args.organism, conditions=conds,
+                         seeds=args.seeds, n_docs=args.n_docs, run_config=_config(args), device=args.device)
+    run, m = out["run"], out["metrics"]
+    plot_trajectory(m, run.figure_path(TRAJECTORY_FIGURE))
+    for k, u in m["units"].items():
+        o = u["order"]
+        print(f"[{k}] LLC rise vs broad-misalignment jump: adapter {o['adapter']['order']}, "
+              f"layer {o['layer']['order']}")
+    print(f"run written to {run.path}")
     return 0

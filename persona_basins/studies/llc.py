@@ -243,3 +243,130 @@ def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConf
     run.write_metrics(metrics)
     return {"metrics": metrics, "run": run, "curves": curves, "stds": stds, "critical": cp, "n_layers": n_layers,
             "n_heads": n_heads}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The LLC over an emergent-misalignment fine-tune (saved adapter checkpoints)
+
+TRAJECTORY_FIGURE = "llc_trajectory.png"
+
+
+def _em_checkpoints(unit_dir: Path) -> list[tuple[int, Path]]:
+    """``[(step, adapter folder)]``: ``checkpoints/step_NNNNNN`` and the final adapter (step from result.json)."""
+    out = []
+    for d in sorted((unit_dir / "checkpoints").glob("step_*")):
+        try:
+            out.append((int(d.name.split("_", 1)[1]), d))
+        except ValueError:
+            continue
+    res = unit_dir / "result.json"
+    if (unit_dir / "adapter_config.json").is_file() and res.is_file():
+        from ..results import read_json
+
+        final = int(read_json(res).get("config", {}).get("steps", 0))
+        if not out or final > out[-1][0]:
+            out.append((final, unit_dir))
+    return out
+
+
+def _first_jump(steps, values) -> int | None:
+    """The step ending the largest one-interval rise over the converged (non-null) points
+    (:func:`persona_basins.measure.transition.jump_step`, the behavioural curve's definition)."""
+    from ..measure.transition import jump_step
+
+    pts = [(s, v) for s, v in zip(steps, values) if v is not None]
+    return jump_step([s for s, _ in pts], [v for _, v in pts]) if len(pts) >= 2 else None
+
+
+def _timing(llc_jump, beh_jump, spacing: float) -> str:
+    if llc_jump is None or beh_jump is None:
+        return "undecided (too few converged points)"
+    if llc_jump < beh_jump - spacing / 2:
+        return "before"
+    if llc_jump > beh_jump + spacing / 2:
+        return "after"
+    return "with"
+
+
+def run_trajectory(em_run: str | Path, out: str | Path, *, config: SamplerConfig, organism: str | Path | None = None,
+                   conditions=("plain", "inoculated"), seeds: int | None = None, n_docs: int = 32,
+                   run_config: dict | None = None, device: str = "cpu") -> dict:
+    """The adapter-restricted and layer-restricted LLC (self-KL at each checkpoint, so each checkpoint is a
+    minimum of its own loss) at every saved adapter checkpoint of an ``em`` run, beside the behavioural curve
+    (broad misalignment), ‖B‖ and the local cosine of the B trajectory from the run's ``result.json``.
+
+    Per seed it reports which comes first: the step ending the LLC's largest rise (converged points only) vs the
+    step ending broad misalignment's largest rise ("before" / "with" / "after" within half a checkpoint
+    spacing, or undecided). Returns ``{"metrics", "run"}``.
+    """
+    from ..measure.llc import self_kl_loss_fn
+    from ..models.edits import adapter_on_copy
+    from ..models.organism import load_organism
+    from ..results import read_json
+
+    em_run = Path(em_run)
+    if not (em_run / "adapters").is_dir():
+        raise UserError(f"--em {em_run}: not an em run folder (no adapters/)")
+    if organism is None:
+        cfg_file = em_run / "config.json"
+        organism = read_json(cfg_file).get("organism") if cfg_file.is_file() else None
+        if not organism:
+            raise UserError(f"--em {em_run}: config.json names no organism; pass --organism DIR")
+    org = load_organism(organism)
+    if device != "cpu":
+        from ..models.hf import resolve_device
+
+        org.model.to(resolve_device(device))
+    ids = org.mixture_input_ids(n_docs, seed=123)
+    run = RunDir(out, "llc_trajectory", {**(run_config or {}), "em_run": str(em_run.resolve()),
+                                          "organism": str(organism), "sampler": config.to_dict()})
+    run.write_config()
+    units = {}
+    for cond in conditions:
+        cdir = em_run / "adapters" / cond
+        if not cdir.is_dir():
+            raise UserError(f"--em {em_run}: no adapters for condition {cond!r}")
+        seed_dirs = sorted(cdir.glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30)
+        if seeds is not None:
+            seed_dirs = seed_dirs[:seeds]
+        for sd in seed_dirs:
+            cks = _em_checkpoints(sd)
+            if not cks:
+                raise UserError(f"{sd}: no saved adapter checkpoints (train with `em --checkpoint-every K`)")
+            result = read_json(sd / "result.json") if (sd / "result.json").is_file() else {}
+            layer = int(result.get("config", {}).get("layer", 0))
+            rows = {"steps": [s for s, _ in cks]}
+            for key, restrict in (("adapter", "adapter"), ("layer", f"layer:{layer}")):
+                vals, mcses, conv, reasons = [], [], [], []
+                for _step, folder in cks:
+                    model = adapter_on_copy(org.model, folder)
+                    lf, data = self_kl_loss_fn(model, ids, pad_token_id=0)
+                    res = estimate_llc(model, lf, data, n=n_docs, config=config, restrict=restrict)
+                    vals.append(res.value)
+                    mcses.append(res.mcse if res.converged else None)
+                    conv.append(res.converged)
+                    reasons.append(res.reasons)
+                rows[key] = {"restrict": restrict, "llc": vals, "mcse": mcses, "converged": conv,
+                             "reasons": reasons}
+            tr = result.get("transition") or {}
+            beh_steps = tr.get("eval_steps") or []
+            beh = tr.get("broad_misalignment") or []
+            rows["behaviour"] = {"steps": beh_steps, "broad_misalignment": beh,
+                                 "b_norm": tr.get("b_norm"), "local_cos": tr.get("local_cos"),
+                                 "source": "result.json transition" if tr else "absent (run em with tracking)"}
+            spacing = (rows["steps"][1] - rows["steps"][0]) if len(rows["steps"]) > 1 else 1.0
+            bj = _first_jump(beh_steps, beh) if beh_steps else None
+            rows["order"] = {k: {"llc_jump_step": _first_jump(rows["steps"], rows[k]["llc"]),
+                                 "behaviour_jump_step": bj,
+                                 "order": _timing(_first_jump(rows["steps"], rows[k]["llc"]), bj, spacing)}
+                             for k in ("adapter", "layer")}
+            units[f"{cond}/{sd.name}"] = rows
+    n_units = len(units)
+    order_counts = {k: {o: sum(u["order"][k]["order"] == o for u in units.values())
+                        for o in ("before", "with", "after")} for k in ("adapter", "layer")}
+    metrics = {"units": units, "conditions": list(conditions), "loss": "self_kl", "n_docs": n_docs,
+               "order_k_of_n": {k: {o: f"{c} of {n_units}" for o, c in v.items()} for k, v in order_counts.items()},
+               "gradient_norm": "not recorded (the em run does not save it)",
+               "figures": [f"figures/{TRAJECTORY_FIGURE}"]}
+    run.write_metrics(metrics)
+    return {"metrics": metrics, "run": run}

@@ -127,3 +127,34 @@ def plot_calibration(grid: list[dict], path) -> Path:
                      fontsize=8)
         fig.tight_layout()
     return Path(path)
+
+
+def plot_trajectory(metrics: dict, path) -> Path:
+    """Per fine-tune (condition/seed): the adapter- and layer-restricted LLC (± 1.96 MCSE; gaps: withheld)
+    over the saved checkpoints, and broad misalignment on a second axis."""
+    units = metrics["units"]
+    keys = list(units)
+    cols = min(3, max(1, len(keys)))
+    rows = max(1, math.ceil(len(keys) / cols))
+    with _figure(path, rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False) as (fig, axes):
+        for ax in axes.flat[len(keys):]:
+            ax.axis("off")
+        for ax, k in zip(axes.flat, keys):
+            u = units[k]
+            for name, c in (("adapter", "C0"), ("layer", "C2")):
+                y, e = _f(u[name]["llc"]), _f(u[name]["mcse"])
+                ax.errorbar(u["steps"], y, yerr=1.96 * e, fmt="o-", ms=3, lw=1, c=c, label=f"λ̂ {u[name]['restrict']}")
+            ax.set_xlabel("fine-tuning step", fontsize=7)
+            ax.set_ylabel("λ̂ (self-KL)", fontsize=7)
+            b = u["behaviour"]
+            if b["steps"]:
+                ax2 = ax.twinx()
+                ax2.plot(b["steps"], b["broad_misalignment"], "k--", lw=1, label="broad misalignment")
+                ax2.set_ylim(0, 1)
+                ax2.tick_params(labelsize=6)
+            ax.set_title(k, fontsize=8)
+            ax.tick_params(labelsize=6)
+            ax.legend(fontsize=6, loc="upper left")
+        fig.suptitle("LLC over the EM fine-tune (dashed: broad misalignment, right axis)", fontsize=9)
+        fig.tight_layout()
+    return Path(path)

@@ -1,0 +1,43 @@
+"""`llc trajectory --em RUN`: the LLC at every saved adapter checkpoint of an em run, with the gates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def small_em_run(tiny_organism, tiny_organism_dir, tmp_path_factory):
+    """The layout of an `em` run (adapters/<condition>/seed<s>/checkpoints/step_*), one short plain fine-tune
+    (the em command itself is tested in test_em.py; training four conditions here would cost a minute)."""
+    from persona_basins.results import write_json
+    from persona_basins.train.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("em_traj") / "run"
+    unit = out / "adapters" / "plain" / "seed0"
+    org = tiny_organism
+    finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=20, checkpoint_every=10), out_dir=unit)
+    write_json(out / "config.json", {"kind": "em", "organism": str(tiny_organism_dir)})
+    return out
+
+
+def test_llc_trajectory_cli(small_em_run, tmp_path, capsys):
+    from persona_basins.cli import main
+
+    out = tmp_path / "traj"
+    rc = main(["llc", "trajectory", "--em", str(small_em_run), "--out", str(out), "--conditions", "plain",
+               "--chains", "2", "--draws", "8", "--burnin", "0", "--n-docs", "16", "--batch-size", "8",
+               "--step-size", "1e-5", "--workers", "1"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    u = m["units"]["plain/seed0"]
+    assert u["steps"] == [10, 20]
+    for k in ("adapter", "layer"):
+        assert len(u[k]["llc"]) == 2 and len(u[k]["reasons"]) == 2
+        # 8 draws cannot pass the gates: withheld with reasons, never a bare number
+        assert all(v is None for v in u[k]["llc"]) and all(r for r in u[k]["reasons"])
+        assert u["order"][k]["order"].startswith("undecided")
+    assert u["behaviour"]["source"].startswith("absent") and (out / "figures" / "llc_trajectory.png").is_file()
+    assert "LLC rise vs broad-misalignment jump" in capsys.readouterr().out
+    assert main(["llc", "trajectory", "--em", str(tmp_path), "--out", str(tmp_path / "x")]) == 2

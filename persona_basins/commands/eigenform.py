@@ -7,36 +7,45 @@ import sys
 from pathlib import Path
 
 DESCRIPTION = """\
-Is a persona kept by a recursive process more robust than one kept by fixed parameters?
+Does a persona kept by a recursive process return after a perturbation that breaks the static model?
 
 One cycle: wake (the model state and its identity context, the assistant system line), perceive (sample
-requests from the world), act (sample answers), sleep (a few SGD steps on every parameter, on its own
-answers in the identity context, keeping only answers the model itself finds more likely under the
-identity context than under no system line - no ground-truth labels inside the loop).
+requests from the world), act (sample --candidates answers per request), think (the model scores them
+against its identity: likelihood, PMI against no system line, consistency with its own earlier answers
+kept in a memory; it keeps the best - no ground-truth labels inside the loop), sleep (plain SGD on every
+parameter). Process variants (--arms): sampled (sleep on the chosen answers), distill (context
+distillation, no sampling), replay (plus a fixed memory of the unperturbed self's answers), mixture (plus a
+share of the pretraining mixture); also expected_map (noise-floor check) and no_identity (ablation).
 
-The start state is the organism with the --adapter (e.g. an EM adapter from `persona-basins em`) merged
-at scale t (W + t*dW) for each t of --ts. After --cycles cycles the ground-truth readout measures broad
-misalignment; it is compared with the static perturbed model and with the same cycle without the
-identity context. metrics.json: return_rate, process_safe_scale, contraction_factor (mean and 95% CI over
---seeds), static_safe_scale (one deterministic number), per-cycle traces. See docs/EIGENFORM.md for every definition.
+The start states are the organism with the --adapter merged at scale t (W + t*dW): by default the first
+scale of a static scan where the static model breaks and one below it, always with t = 0. Trajectories
+share their random numbers, so the paired distance ||theta_k(t) - theta_k(0)|| is measured without a
+sampling noise floor. metrics.json: verdict (yes / no / undecided, closest variant), per variant the
+return rate, paired contraction, final misalignment and well-formedness (mean, 95% interval and per-seed
+values over --seeds), gradient norms and clip fraction per cycle, traces. See docs/EIGENFORM.md.
 """
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eigenform", help="identity as an eigenform: does a self-consolidating process absorb a "
-                       "rank-1 perturbation?", description=DESCRIPTION,
+    p = sub.add_parser("eigenform", help="identity as an eigenform: does a self-consolidating process bring the "
+                       "persona back after a perturbation?", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--organism", required=True, help="organism folder (persona-basins organism build)")
     p.add_argument("--adapter", required=True, help="PEFT LoRA adapter folder trained on this organism")
-    p.add_argument("--cycles", type=int, default=None, help="cycles per run (default 8; 3 with --fast)")
+    p.add_argument("--cycles", type=int, default=None, help="cycles per run (default 6; 3 with --fast)")
     p.add_argument("--seeds", type=int, default=None, help="sampling seeds (default 5; 2 with --fast)")
     p.add_argument("--ts", default=None,
-                   help="comma-separated adapter scales t (default 0,1,2,3,4,6; 1,2 with --fast)")
+                   help="comma-separated adapter scales t (default: where the static model breaks and one below)")
+    p.add_argument("--arms", default=None, help="comma-separated process variants (default "
+                   "sampled,distill,replay,mixture; also expected_map, no_identity)")
     p.add_argument("--fast", action="store_true", help="small settings for a quick look (the demo's)")
     p.add_argument("--prompts", type=int, default=None, help="requests sampled per cycle (default 256)")
+    p.add_argument("--candidates", type=int, default=None, help="answers sampled per request for think (default 4)")
+    p.add_argument("--think", default=None, help="think score: none or a '+'-joined subset of likelihood, pmi, "
+                   "consistency (default likelihood+pmi+consistency)")
     p.add_argument("--sleep-steps", type=int, default=None, help="SGD steps per sleep (default 20)")
     p.add_argument("--sleep-lr", type=float, default=None, help="SGD learning rate of the sleep (default 0.1)")
-    p.add_argument("--no-filter", action="store_true", help="keep every answer (no self-rating filter)")
+    p.add_argument("--sleep-clip", type=float, default=None, help="gradient-norm clip of the sleep (default 2)")
     p.add_argument("--context", default="assistant", help="identity context: assistant or a persona name")
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=_run)
@@ -65,8 +74,10 @@ def _parse_ts(text):
 
 
 def _run(args) -> int:
+    import math
     from dataclasses import replace
 
+    from ..errors import UserError
     from ..measure.eigenform import EigenformConfig
     from ..studies.eigenform import FAST_CONFIG, run_eigenform_command, summary_table
     from ..viz.figures import plot_eigenform
@@ -74,20 +85,26 @@ def _run(args) -> int:
     _positive(args.cycles, "--cycles")
     _positive(args.seeds, "--seeds")
     _positive(args.prompts, "--prompts")
+    _positive(args.candidates, "--candidates")
     _positive(args.sleep_steps, "--sleep-steps")
-    _positive(args.sleep_lr, "--sleep-lr")
+    for name in ("sleep_lr", "sleep_clip"):
+        v = getattr(args, name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
     ts = _parse_ts(args.ts)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    if args.arms is not None and not arms:
+        raise UserError(f"--arms must name at least one arm, got {args.arms!r}")
     if not Path(args.adapter).is_dir():
-        from ..errors import UserError
-
         raise UserError(f"adapter folder not found: {args.adapter}")
-    cfg = EigenformConfig(context=args.context, self_filter=not args.no_filter)
+    cfg = EigenformConfig(context=args.context)
     if args.fast:
         cfg = replace(cfg, **FAST_CONFIG)
-    over = {"n_prompts": args.prompts, "sleep_steps": args.sleep_steps, "sleep_lr": args.sleep_lr}
+    over = {"n_prompts": args.prompts, "sleep_steps": args.sleep_steps, "sleep_lr": args.sleep_lr,
+            "sleep_clip": args.sleep_clip, "n_candidates": args.candidates, "think": args.think}
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
     res = run_eigenform_command(args.organism, args.adapter, args.out, cycles=args.cycles, seeds=args.seeds, ts=ts,
-                                fast=args.fast, config=cfg, progress=sys.stderr.isatty())
+                                fast=args.fast, config=cfg, progress=sys.stderr.isatty(), arms=arms)
     plot_eigenform(res["metrics"], res["run"].figure_path("eigenform.png"))
     print(summary_table(res["metrics"]))
     print(f"run written to {res['run'].path}")

@@ -1,7 +1,8 @@
-"""The eigenform experiment: seeds x arms x perturbation scales of the wake-perceive-act-sleep process.
+"""The eigenform experiment: seeds x arms (process variants) x perturbation scales, paired over t.
 
-The measurements (the cycle, the probe, the estimators) live in :mod:`persona_basins.measure.eigenform`;
-this module runs the grid, summarises it over seeds and writes the ``eigenform`` run folder.
+The measurements (the cycle, the probe, the paired runs, the estimators, the verdict) live in
+:mod:`persona_basins.measure.eigenform`; this module chooses the scales, runs the grid, summarises it over
+seeds and writes the ``eigenform`` run folder.
 """
 
 from __future__ import annotations
@@ -12,23 +13,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import UserError
 from ..measure.eigenform import (
     ARMS,
+    VARIANTS,
     EigenformConfig,
     Probe,
+    breaking,
     contraction_factor,
     last_safe_scale,
     return_rate,
-    run_process,
+    run_paired,
+    verdict,
 )
 from ..models.edits import adapter_on_copy, clean_base, is_peft, lora_deltas, merged_copy
 from ..stats import ci95, rate_interval
 
-FULL = {"cycles": 8, "seeds": 5, "ts": (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)}
-FAST = {"cycles": 3, "seeds": 2, "ts": (1.0, 2.0)}
-FAST_CONFIG = {"n_prompts": 128, "sleep_steps": 10}
-HEADLINE = ("return_rate", "static_safe_scale", "process_safe_scale", "contraction_factor")
+# the static scan that places the perturbations: the first grid point where the static model breaks, and
+# the grid point nearest half of it (a sub-threshold perturbation)
+SCAN = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+FULL = {"cycles": 6, "seeds": 5, "arms": VARIANTS}
+FAST = {"cycles": 3, "seeds": 2, "arms": VARIANTS}
+FAST_CONFIG = {"n_prompts": 64, "sleep_steps": 10, "n_candidates": 2}
+HEADLINE = ("verdict", "return_rate", "contraction_factor", "static_safe_scale", "static_break_scale",
+            "return_rate_by_variant", "paired_contraction_by_variant", "final_misalignment_by_variant",
+            "final_wellformed_by_variant")
 
 
 def resolve_adapter(org, adapter_dir_or_peft_model):
@@ -57,38 +68,63 @@ def _rate(values, why_undefined: str) -> dict:
     return rate_interval(values)
 
 
+def _stat(values, why_undefined: str) -> dict:
+    """An unbounded quantity over seeds (Student-t interval); null with the reason when a seed has none."""
+    if any(not math.isfinite(v) for v in values):
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": len(values),
+                "per_seed": [v if math.isfinite(v) else None for v in values], "reason": why_undefined}
+    out = ci95(values)
+    if len(values) == 1:
+        out["ci_low"] = out["ci_high"] = None  # one seed: no interval
+    return out
+
+
 def _finite(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise UserError(f"eigenform: {what} is {value}; the process diverged (lower --sleep-lr)")
     return value
 
 
+def choose_scales(static_scan: dict[float, dict], cfg: EigenformConfig) -> dict:
+    """The breaking scale (first scan point where the static model is broken) and one below it (nearest half)."""
+    ts = sorted(static_scan)
+    brk = breaking([static_scan[t]["broad_misalignment"] for t in ts], cfg.safe_level,
+                   static_wellformed=[static_scan[t]["wellformed"] for t in ts], wellformed_level=cfg.wellformed_level)
+    if not any(brk):
+        return {"break": None, "below": ts[len(ts) // 2], "run": [ts[len(ts) // 2], ts[-1]]}
+    t_break = ts[brk.index(True)]
+    below = [t for t in ts if t < t_break]
+    t_below = min(below, key=lambda t: (abs(t - t_break / 2), t)) if below else t_break / 2
+    return {"break": t_break, "below": t_below, "run": [t_below, t_break]}
+
+
 def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, seeds: int | None = None,
                   ts: Sequence[float] | None = None, fast: bool = False, progress: bool = False,
-                  config: EigenformConfig | None = None, arms: Sequence[str] = ARMS,
+                  config: EigenformConfig | None = None, arms: Sequence[str] | None = None,
                   log: Callable[[str], None] | None = None) -> dict:
     """The eigenform experiment; returns the ``metrics.json`` dict (the headline stats at top level).
 
-    ``fast`` uses smaller defaults (3 cycles, 2 seeds, t in {1, 2}, 128 requests and 10 sleep steps
-    per cycle) for the demo; explicit ``cycles`` / ``seeds`` / ``ts`` / ``config`` override them.
+    ``ts`` None: the static model is scanned over ``SCAN`` and the process runs at the first scale where
+    it breaks and at one below (``choose_scales``); ``t = 0`` (the unperturbed trajectory every paired
+    distance is measured against) is always added. ``fast`` uses smaller defaults (3 cycles, 2 seeds, 64
+    requests, 2 candidates and 10 sleep steps per cycle) for the demo; explicit arguments override them.
     """
     preset = FAST if fast else FULL
     cycles = preset["cycles"] if cycles is None else int(cycles)
     seeds = preset["seeds"] if seeds is None else int(seeds)
-    ts = tuple(float(t) for t in (preset["ts"] if ts is None else ts))
+    arms = tuple(preset["arms"] if arms is None else arms)
     if cycles <= 0:
         raise UserError(f"--cycles must be > 0, got {cycles}")
     if seeds <= 0:
         raise UserError(f"--seeds must be > 0, got {seeds}")
-    if not ts or any(not math.isfinite(t) or t < 0 for t in ts):
+    if ts is not None and (not ts or any(not math.isfinite(t) or t < 0 for t in ts)):
         raise UserError("the perturbation grid must be non-empty finite scales t >= 0")
-    ts = tuple(sorted(set(ts)))
+    if not arms:
+        raise UserError("no eigenform arm given")
     cfg = config or EigenformConfig()
     if fast and config is None:
         cfg = replace(cfg, **FAST_CONFIG)
-    for a in arms:
-        if a not in ARMS:
-            raise ValueError(f"unknown arm {a!r}")
+    arm_cfgs = {a: cfg.for_arm(a) for a in arms}
     world, vocab = org.world, org.vocab
     try:
         world.system_words(cfg.context)
@@ -97,67 +133,106 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
     t0 = time.time()
     base, deltas = resolve_adapter(org, adapter_dir_or_peft_model)
     probe = Probe.build(base, world, vocab, cfg.vector_layer)
-    starts = {t: merged_copy(base, deltas, t) for t in ts}
-    static = {t: probe(m) for t, m in starts.items()}
-    contexts = {"identity": cfg.context, "no_identity": "none"}
+    scan = {t: probe(merged_copy(base, deltas, t)) for t in SCAN}
+    scan_m = [scan[t]["broad_misalignment"] for t in SCAN]
+    scan_wf = [scan[t]["wellformed"] for t in SCAN]
+    chosen = choose_scales(scan, cfg)
+    run_ts = tuple(sorted({0.0, *(float(t) for t in (chosen["run"] if ts is None else ts))}))
+    starts = {t: merged_copy(base, deltas, t) for t in run_ts}
+    static = {t: scan[t] if t in scan else probe(m) for t, m in starts.items()}
+    static_m = [static[t]["broad_misalignment"] for t in run_ts]
+    static_wf = [static[t]["wellformed"] for t in run_ts]
+    brk = breaking(static_m, cfg.safe_level, static_wellformed=static_wf, wellformed_level=cfg.wellformed_level)
 
     from tqdm.auto import tqdm
 
-    jobs = [(a, t, s) for a in arms for t in ts for s in range(seeds)]
-    traces: dict = {a: [[None] * seeds for _ in ts] for a in arms}
-    for a, t, s in tqdm(jobs, desc="eigenform", disable=not progress, leave=False):
-        arm_cfg = cfg if a == "identity" else replace(cfg, self_filter=False)
-        tr = run_process(starts[t], world, vocab, probe, cycles=cycles, seed=s, context=contexts[a], cfg=arm_cfg)
-        for key in ("broad_misalignment", "wellformed", "distance"):
-            for k, v in enumerate(tr[key]):
-                _finite(v, f"{key} at cycle {k} (arm {a}, t={t:g}, seed {s})")
-        traces[a][ts.index(t)][s] = tr
-    static_m = [static[t]["broad_misalignment"] for t in ts]
+    traces: dict = {a: [[None] * seeds for _ in run_ts] for a in arms}
+    for a, s in tqdm([(a, s) for a in arms for s in range(seeds)], desc="eigenform", disable=not progress,
+                     leave=False):
+        paired = run_paired(starts, world, vocab, probe, cycles=cycles, seed=s, cfg=arm_cfgs[a])
+        for i, t in enumerate(run_ts):
+            tr = paired[t]
+            for key in ("broad_misalignment", "wellformed", "distance", "paired_distance"):
+                for k, v in enumerate(tr[key]):
+                    _finite(v, f"{key} at cycle {k} (arm {a}, t={t:g}, seed {s})")
+            traces[a][i][s] = tr
 
     def stats(arm: str) -> dict:
         tr = traces[arm]
-        final = [[tr[i][s]["broad_misalignment"][-1] for i in range(len(ts))] for s in range(seeds)]
-        final_wf = [[tr[i][s]["wellformed"][-1] for i in range(len(ts))] for s in range(seeds)]
+        n_t = len(run_ts)
+        final = [[tr[i][s]["broad_misalignment"][-1] for i in range(n_t)] for s in range(seeds)]
+        final_wf = [[tr[i][s]["wellformed"][-1] for i in range(n_t)] for s in range(seeds)]
         wl = cfg.wellformed_level
+        pos = [i for i, t in enumerate(run_ts) if t > 0]
+
+        def over_cycles(key: str, i: int, lo=None, hi=None) -> dict:
+            rows = np.array([tr[i][s][key] for s in range(seeds)], dtype=float)
+            per_k = [(rate_interval(rows[:, k], lo=lo, hi=hi) if lo is not None else _stat(list(rows[:, k]), ""))
+                     for k in range(rows.shape[1])]
+            return {"cycle": list(range(rows.shape[1])), "mean": [p["mean"] for p in per_k],
+                    "ci_low": [p["ci_low"] for p in per_k], "ci_high": [p["ci_high"] for p in per_k],
+                    "per_seed": rows.tolist(), "n": seeds}
+
+        brk_idx = [i for i in range(n_t) if brk[i]]
         return {
-            "process_safe_scale": ci95([last_safe_scale(ts, f, cfg.safe_level, wellformed=w, wellformed_level=wl)
+            "return_rate": _rate([return_rate(static_m, f, cfg.return_level, break_level=cfg.safe_level,
+                                              final_wellformed=w, static_wellformed=static_wf, wellformed_level=wl)
+                                  for f, w in zip(final, final_wf)],
+                                 "no scale of the run breaks the static model: nothing to return from"),
+            "paired_contraction": _stat([contraction_factor([tr[i][s]["paired_distance"] for i in pos])
+                                         for s in range(seeds)], "a paired distance reached 0 or fewer than 2 cycles"),
+            "paired_contraction_by_t": {f"{run_ts[i]:g}": _stat([contraction_factor(tr[i][s]["paired_distance"])
+                                                                 for s in range(seeds)], "fewer than 2 cycles")
+                                        for i in pos},
+            "process_safe_scale": ci95([last_safe_scale(run_ts, f, cfg.safe_level, wellformed=w, wellformed_level=wl)
                                         for f, w in zip(final, final_wf)]),
-            "return_rate": _rate([return_rate(static_m, f, cfg.return_level, final_wellformed=w,
-                                              wellformed_level=wl) for f, w in zip(final, final_wf)],
-                                 "no grid point where the static model is misaligned: nothing to return from"),
-            "contraction_factor": ci95([contraction_factor([tr[i][s]["distance"] for i in range(len(ts))])
-                                        for s in range(seeds)]),
-            "final_misalignment": [rate_interval([final[s][i] for s in range(seeds)]) for i in range(len(ts))],
-            "final_wellformed": [rate_interval([final_wf[s][i] for s in range(seeds)]) for i in range(len(ts))],
+            "final_misalignment": [rate_interval([final[s][i] for s in range(seeds)]) for i in range(n_t)],
+            "final_wellformed": [rate_interval([final_wf[s][i] for s in range(seeds)]) for i in range(n_t)],
+            "final_misalignment_at_break": (rate_interval([float(np.mean([final[s][i] for i in brk_idx]))
+                                                           for s in range(seeds)]) if brk_idx else None),
+            "final_wellformed_at_break": (rate_interval([float(np.mean([final_wf[s][i] for i in brk_idx]))
+                                                         for s in range(seeds)]) if brk_idx else None),
+            "paired_distance": {f"{run_ts[i]:g}": over_cycles("paired_distance", i) for i in pos},
+            "paired_gap": {f"{run_ts[i]:g}": over_cycles("paired_gap", i) for i in pos},
+            "distance": {f"{t:g}": over_cycles("distance", i) for i, t in enumerate(run_ts)},
+            "clip_fraction": {f"{t:g}": over_cycles("clip_fraction", i, 0.0, 1.0) for i, t in enumerate(run_ts)},
+            "grad_norm_max": {f"{t:g}": over_cycles("grad_norm_max", i) for i, t in enumerate(run_ts)},
         }
 
     by_arm = {a: stats(a) for a in arms}
-    head = by_arm.get("identity") or by_arm[arms[0]]
+    variants = [a for a in arms if a in VARIANTS] or list(arms)
+    fm_at_break = {a: (by_arm[a]["final_misalignment_at_break"] or {}).get("mean") for a in variants}
+    ver = verdict({a: by_arm[a]["return_rate"] for a in variants}, fm_at_break)
+    head = by_arm[ver["closest"] or variants[0]]
     out = {
+        "verdict": ver,
         "return_rate": head["return_rate"],
-        # one deterministic number (the static model does not depend on the seed): no interval
-        "static_safe_scale": last_safe_scale(ts, static_m, cfg.safe_level,
-                                             wellformed=[static[t]["wellformed"] for t in ts],
+        "contraction_factor": head["paired_contraction"],
+        # deterministic numbers (the static model does not depend on the seed): no interval
+        "static_safe_scale": last_safe_scale(SCAN, scan_m, cfg.safe_level, wellformed=scan_wf,
                                              wellformed_level=cfg.wellformed_level),
-        "process_safe_scale": head["process_safe_scale"],
-        "contraction_factor": head["contraction_factor"],
-        "ts": list(ts),
+        "static_break_scale": chosen["break"],
+        "return_rate_by_variant": {a: by_arm[a]["return_rate"] for a in arms},
+        "paired_contraction_by_variant": {a: by_arm[a]["paired_contraction"] for a in arms},
+        "final_misalignment_by_variant": {a: by_arm[a]["final_misalignment_at_break"] for a in arms},
+        "final_wellformed_by_variant": {a: by_arm[a]["final_wellformed_at_break"] for a in arms},
+        "ts": list(run_ts),
+        "breaking": brk,
         "cycles": cycles,
         "seeds": seeds,
         "arms": list(arms),
-        "settings": {**cfg.to_dict(), "vector_layer": probe.layer, "fast": fast},
+        "settings": {**cfg.to_dict(), "vector_layer": probe.layer, "fast": fast,
+                     "arms": {a: ARMS[a] for a in arms}},
+        "scan": {"t": list(SCAN), "broad_misalignment": scan_m, "wellformed": scan_wf},
         "static": {"broad_misalignment": static_m,
-                   "projection": [static[t]["projection"] for t in ts],
-                   "persona": [static[t]["persona"] for t in ts],
-                   "wellformed": [static[t]["wellformed"] for t in ts]},
+                   "projection": [static[t]["projection"] for t in run_ts],
+                   "persona": [static[t]["persona"] for t in run_ts],
+                   "wellformed": static_wf},
         "by_arm": by_arm,
         "traces": traces,
         "seconds": time.time() - t0,
     }
-    for a in arms:
-        if a != "identity":
-            for k in ("return_rate", "process_safe_scale", "contraction_factor"):
-                out[f"{k}_{a}"] = by_arm[a][k]
+    out["eigenform"] = {k: out[k] for k in HEADLINE}  # the explorer's headline view of a run folder
     if log:
         log(summary_table(out))
     return out
@@ -165,43 +240,52 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
 
 def run_eigenform_command(organism: str | Path, adapter: str | Path, out: str | Path, *, cycles: int | None,
                           seeds: int | None, ts: Sequence[float] | None, fast: bool,
-                          config: EigenformConfig, progress: bool) -> dict:
+                          config: EigenformConfig, progress: bool, arms: Sequence[str] | None = None) -> dict:
     """``persona-basins eigenform``: check the adapter, run, write the run folder; returns ``{metrics, run}``."""
     from ..models.organism import load_organism
     from ..results import RunDir
 
     org = load_organism(organism)
     adapter_on_copy(org.model, adapter)  # a wrong adapter fails before the run folder is made
+    for a in arms or ():
+        config.for_arm(a)  # an unknown arm fails before the run folder is made
     run = RunDir(out, "eigenform", {"organism": str(Path(organism).resolve()),
                                     "adapter": str(Path(adapter).resolve()), "cycles": cycles, "seeds": seeds,
-                                    "ts": list(ts) if ts else None, "fast": fast, "eigenform": config.to_dict()})
+                                    "ts": list(ts) if ts else None, "fast": fast, "arms": list(arms) if arms else None,
+                                    "eigenform": config.to_dict()})
     m = run_eigenform(org, adapter, cycles=cycles, seeds=seeds, ts=ts, fast=fast, progress=progress,
-                      config=config)
-    run.config.update(cycles=m["cycles"], seeds=m["seeds"], ts=m["ts"])
+                      config=config, arms=arms)
+    run.config.update(cycles=m["cycles"], seeds=m["seeds"], ts=m["ts"], arms=m["arms"])
     run.write_config()
     run.write_metrics(m)
     return {"metrics": m, "run": run}
 
 
-def summary_table(m: dict) -> str:
-    def fmt(s):
-        if isinstance(s, int | float):
-            return f"{s:.3f}"
-        if s["mean"] is None or not math.isfinite(s["mean"]):
-            return f"n/a ({s['reason']})" if s.get("reason") else "n/a"
-        lo, hi = s["ci_low"], s["ci_high"]
-        if lo is None or not math.isfinite(lo):
-            return f"{s['mean']:.3f}"
-        return f"{s['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+def _fmt(s) -> str:
+    if s is None:
+        return "n/a"
+    if isinstance(s, int | float):
+        return f"{s:.3f}"
+    if s["mean"] is None or not math.isfinite(s["mean"]):
+        return f"n/a ({s['reason']})" if s.get("reason") else "n/a"
+    lo, hi = s["ci_low"], s["ci_high"]
+    if lo is None or not math.isfinite(lo):
+        return f"{s['mean']:.3f}"
+    return f"{s['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
-    lines = [f"{'t':>6}  {'static':>8}  " + "  ".join(f"{a + ' after N':>22}" for a in m["arms"])]
+
+def summary_table(m: dict) -> str:
+    lines = [f"{'t':>6}  {'static':>8}  " + "  ".join(f"{a + ' after N':>24}" for a in m["arms"])]
     for i, t in enumerate(m["ts"]):
         row = f"{t:>6.2f}  {m['static']['broad_misalignment'][i]:>8.3f}  "
-        row += "  ".join(f"{fmt(m['by_arm'][a]['final_misalignment'][i]):>22}" for a in m["arms"])
-        lines.append(row)
-    lines.append(f"static_safe_scale   {fmt(m['static_safe_scale'])} (last grid t still safe; deterministic)")
+        row += "  ".join(f"{_fmt(m['by_arm'][a]['final_misalignment'][i]):>24}" for a in m["arms"])
+        lines.append(row + ("   <- breaks the static model" if m["breaking"][i] else ""))
+    lines.append(f"static_safe_scale {_fmt(m['static_safe_scale'])}, static_break_scale "
+                 f"{_fmt(m['static_break_scale'])} (scan grid points; deterministic)")
     for a in m["arms"]:
         b = m["by_arm"][a]
-        lines.append(f"[{a}] process_safe_scale {fmt(b['process_safe_scale'])}  return_rate "
-                     f"{fmt(b['return_rate'])}  contraction {fmt(b['contraction_factor'])}")
+        lines.append(f"[{a}] return_rate {_fmt(b['return_rate'])}  paired contraction "
+                     f"{_fmt(b['paired_contraction'])}  well-formed at break {_fmt(b['final_wellformed_at_break'])}")
+    v = m["verdict"]
+    lines.append(f"verdict: {v['answer']} (closest: {v['closest']}; {v['reason']})")
     return "\n".join(lines)

@@ -57,34 +57,42 @@ def plot_basins(metrics: dict, path) -> None:
 
 
 def plot_eigenform(m: dict, path) -> None:
-    """Broad misalignment over cycles (mean over seeds) per t and arm, with the static value at cycle 0."""
+    """Per process variant (columns): the paired distance ||theta_k(t) - theta_k(0)|| over cycles, divided by
+    its start t * ||dW|| (top; thin
+    lines per seed, thick the mean) and broad misalignment (solid) and well-formed mass (dashed) over cycles
+    (bottom; mean over seeds), one colour per perturbation scale t."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     arms = m["arms"]
-    with _figure(path, 1, len(arms) + 1, figsize=(4.2 * (len(arms) + 1), 3.4), squeeze=False) as (fig, axes):
+    with _figure(path, 2, len(arms), figsize=(3.6 * len(arms), 6.4), squeeze=False) as (fig, axes):
         cmap = plt.get_cmap("viridis")
         n = max(len(m["ts"]) - 1, 1)
         for j, arm in enumerate(arms):
-            ax = axes[0, j]
+            ax, bx = axes[0, j], axes[1, j]
             for i, t in enumerate(m["ts"]):
-                ys = np.array([tr["broad_misalignment"] for tr in m["traces"][arm][i]], dtype=float)
-                ax.plot(np.arange(ys.shape[1]), ys.mean(0), color=cmap(i / n), label=f"t={t:g}")
-            ax.axhline(m["settings"]["return_level"], color="gray", ls=":", lw=1)
-            ax.set_title(f"{arm}: broad misalignment")
+                c = cmap(i / n)
+                runs = m["traces"][arm][i]
+                if t > 0:
+                    pd = np.array([tr["paired_distance"] for tr in runs], dtype=float)
+                    pd = pd / pd[:, :1]  # relative to the perturbation itself: contraction reads the same at every t
+                    for row in pd:
+                        ax.plot(np.arange(len(row)), row, color=c, lw=0.6, alpha=0.5)
+                    ax.plot(np.arange(pd.shape[1]), pd.mean(0), color=c, lw=2,
+                            label=f"t={t:g}" + (" (breaks)" if m["breaking"][i] else ""))
+                bm = np.array([tr["broad_misalignment"] for tr in runs], dtype=float).mean(0)
+                wf = np.array([tr["wellformed"] for tr in runs], dtype=float).mean(0)
+                bx.plot(np.arange(len(bm)), bm, color=c, label=f"t={t:g}")
+                bx.plot(np.arange(len(wf)), wf, color=c, ls="--")
+            ax.set_title(f"{arm}: paired distance / start", fontsize=9)
             ax.set_xlabel("cycle")
-            ax.set_ylim(0, 1)
-        axes[0, 0].legend(fontsize=7)
-        ax = axes[0, -1]
-        ax.plot(m["ts"], m["static"]["broad_misalignment"], "k-o", label="static")
-        for arm in arms:
-            fm = [s["mean"] for s in m["by_arm"][arm]["final_misalignment"]]
-            ax.plot(m["ts"], fm, "-o", label=f"{arm}, after N")
-        ax.axhline(m["settings"]["safe_level"], color="gray", ls=":", lw=1)
-        ax.set_xlabel("adapter scale t")
-        ax.set_title("broad misalignment vs t")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=7)
+            ax.legend(fontsize=7)
+            bx.axhline(m["settings"]["return_level"], color="gray", ls=":", lw=1)
+            bx.set_title(f"{arm}: misaligned (—), well-formed (--)", fontsize=9)
+            bx.set_xlabel("cycle")
+            bx.set_ylim(0, 1)
+        axes[1, 0].legend(fontsize=7)
+        fig.suptitle(f"verdict: {m['verdict']['answer']} (closest: {m['verdict']['closest']})", fontsize=10)
         fig.tight_layout()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 DESCRIPTION = """\
@@ -70,7 +71,7 @@ def register(sub) -> None:
     _add_model_args(p)
     _add_sampler_args(p)
     p.set_defaults(func=_run_estimate)
-    llc_sub = p.add_subparsers(dest="llc_command", metavar="{calibrate,stages,trajectory}")
+    llc_sub = p.add_subparsers(dest="llc_command", metavar="{calibrate,stages,trajectory,path}")
 
     c = llc_sub.add_parser("calibrate", help="sweep step size x n_beta and recommend a setting",
                            description="Sweep SGLD step size x n_beta, recommend a setting, plot the traces.")
@@ -106,6 +107,23 @@ def register(sub) -> None:
     t.add_argument("--out", required=True, help="run folder to write")
     _add_sampler_args(t, draws=200, burnin=50, chains=4)
     t.set_defaults(func=_run_trajectory, n_docs=32)
+
+    q = llc_sub.add_parser("path", help="LLC along w0 + t dW (plain, random, inoculated) with a verdict on the peak",
+                           description="λ̂(t) along each fine-tuning seed's adapter direction, a random direction of "
+                                       "the same norm and the inoculated adapter; all parameters and the adapted "
+                                       "layer; forward and reverse self-KL; gated points; the verdict on 'λ̂ peaks "
+                                       "inside the boundary band' (confirmed / refuted / undecided).")
+    q.add_argument("--em", required=True, help="an `em` run folder (plain and inoculated adapters)")
+    q.add_argument("--band", required=True, help="LO,HI: the t range of the behavioural boundary (e.g. from basins)")
+    q.add_argument("--ts", default="0,0.5,1,1.5,2,2.5,3", help="comma-separated t grid")
+    q.add_argument("--organism", help="organism folder (default: the one the em run names)")
+    q.add_argument("--seeds", type=int, default=None, help="use the first K fine-tuning seeds")
+    q.add_argument("--directions", default="plain,random,inoculated", help="comma-separated subset")
+    q.add_argument("--losses", default="forward,reverse", help="self-KL directions: forward,reverse")
+    q.add_argument("--restricts", default="all,layer", help="all (every parameter), layer (the adapted layer)")
+    q.add_argument("--out", required=True, help="run folder to write")
+    _add_sampler_args(q, draws=200, burnin=50, chains=4)
+    q.set_defaults(func=_run_path, n_docs=32)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -265,5 +283,43 @@ def _run_trajectory(args) -> int:
         o = u["order"]
         print(f"[{k}] LLC rise vs broad-misalignment jump: adapter {o['adapter']['order']}, "
               f"layer {o['layer']['order']}")
+    print(f"run written to {run.path}")
+    return 0
+
+
+def _names(text: str, flag: str, allowed) -> list[str]:
+    from ..errors import UserError
+
+    vals = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in vals if v not in allowed]
+    if not vals or bad:
+        raise UserError(f"{flag} must list some of {', '.join(allowed)}, got {text!r}")
+    return vals
+
+
+def _run_path(args) -> int:
+    from ..errors import UserError
+    from ..studies.llc import PATH_DIRECTIONS, PATH_FIGURE, run_path_study
+    from ..viz.llc_figures import plot_path
+
+    _apply_threads(args)
+    config = _sampler_config(args)
+    try:
+        band = [float(x) for x in args.band.split(",")]
+        ts = [float(x) for x in args.ts.split(",") if x.strip()]
+    except ValueError:
+        raise UserError("--band and --ts must be comma-separated numbers") from None
+    if len(band) != 2 or not all(math.isfinite(x) for x in band + ts) or len(ts) < 2:
+        raise UserError("--band must be LO,HI and --ts at least two finite numbers")
+    out = run_path_study(args.em, args.out, config=config, band=band, ts=ts, organism=args.organism,
+                         seeds=args.seeds, n_docs=args.n_docs,
+                         directions=_names(args.directions, "--directions", PATH_DIRECTIONS),
+                         kl_directions=_names(args.losses, "--losses", ("forward", "reverse")),
+                         restricts=_names(args.restricts, "--restricts", ("all", "layer")), run_config=_config(args))
+    run, m = out["run"], out["metrics"]
+    plot_path(m, run.figure_path(PATH_FIGURE))
+    for k, v in m["verdicts"].items():
+        if v:
+            print(f"{k}: {v['verdict']} ({v['supports']} support, {v['contradicts']} contradict)")
     print(f"run written to {run.path}")
     return 0

@@ -370,3 +370,96 @@ def run_trajectory(em_run: str | Path, out: str | Path, *, config: SamplerConfig
                "figures": [f"figures/{TRAJECTORY_FIGURE}"]}
     run.write_metrics(metrics)
     return {"metrics": metrics, "run": run}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The LLC along the basin path, with gates and a verdict on "does it peak at the boundary?"
+
+PATH_FIGURE = "llc_path.png"
+PATH_DIRECTIONS = ("plain", "random", "inoculated")
+
+
+def _adapter_dirs(em_run: Path, condition: str, seeds: int | None) -> list[Path]:
+    cdir = em_run / "adapters" / condition
+    dirs = sorted((d for d in cdir.glob("seed*") if (d / "adapter_config.json").is_file()),
+                  key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30)
+    return dirs[:seeds] if seeds is not None else dirs
+
+
+def run_path_study(em_run: str | Path, out: str | Path, *, config: SamplerConfig, band, ts=(0.0, 0.5, 1.0, 1.5, 2.0,
+                   2.5, 3.0), organism: str | Path | None = None, seeds: int | None = None, n_docs: int = 32,
+                   directions=PATH_DIRECTIONS, kl_directions=("forward", "reverse"), restricts=("all", "layer"),
+                   run_config: dict | None = None) -> dict:
+    """λ̂(t) at ``w0 + t dW`` for each fine-tuning seed's plain adapter, a random direction of the same norm
+    (seeded per seed) and the inoculated adapter; every parameter moving (``all``) and only the adapted layer
+    (``layer``); under the forward and the reverse self-KL (both 0 and minimal at every point, so each point is
+    a local minimum of its loss). Every point carries its gates (withheld: null + reasons). For each
+    combination the claim "λ̂ peaks inside the boundary band" gets a verdict over seeds
+    (:func:`~persona_basins.measure.llc.peak_at_boundary_verdict`). Returns ``{"metrics", "run"}``."""
+    import torch
+
+    from ..measure.llc import llc_along_path, peak_at_boundary_verdict
+    from ..models.edits import adapter_on_copy, layer_of, single_lora_delta
+    from ..models.organism import load_organism
+    from ..results import read_json
+
+    em_run = Path(em_run)
+    if not (em_run / "adapters").is_dir():
+        raise UserError(f"--em {em_run}: not an em run folder (no adapters/)")
+    lo, hi = (float(b) for b in band)
+    if not lo <= hi:
+        raise UserError(f"--band must be LO,HI with LO <= HI, got {band}")
+    bad = [d for d in directions if d not in PATH_DIRECTIONS]
+    if bad:
+        raise UserError(f"unknown direction(s) {bad}; choose from {', '.join(PATH_DIRECTIONS)}")
+    if organism is None:
+        cfg_file = em_run / "config.json"
+        organism = read_json(cfg_file).get("organism") if cfg_file.is_file() else None
+        if not organism:
+            raise UserError(f"--em {em_run}: config.json names no organism; pass --organism DIR")
+    org = load_organism(organism)
+    ids = org.mixture_input_ids(n_docs, seed=123)
+    plain = _adapter_dirs(em_run, "plain", seeds)
+    if not plain:
+        raise UserError(f"--em {em_run}: no plain adapters")
+    inoc = _adapter_dirs(em_run, "inoculated", seeds) if "inoculated" in directions else []
+    run = RunDir(out, "llc_path", {**(run_config or {}), "em_run": str(em_run.resolve()), "organism": str(organism),
+                                    "sampler": config.to_dict(), "band": [lo, hi], "ts": list(ts)})
+    run.write_config()
+    deltas = {"plain": [], "random": [], "inoculated": []}
+    for s, d in enumerate(plain):
+        name, dw = single_lora_delta(adapter_on_copy(org.model, d))
+        deltas["plain"].append((f"{name}.weight", dw))
+        g = torch.Generator().manual_seed(10_000 + s)
+        r = torch.randn(dw.shape, generator=g)
+        deltas["random"].append((f"{name}.weight", r * (dw.norm() / r.norm())))
+    for d in inoc:
+        name, dw = single_lora_delta(adapter_on_copy(org.model, d))
+        deltas["inoculated"].append((f"{name}.weight", dw))
+    layer = layer_of(deltas["plain"][0][0])
+    curves, verdicts = {}, {}
+    for direc in directions:
+        for rs in restricts:
+            restrict = None if rs == "all" else f"layer:{layer}"
+            for kd in kl_directions:
+                key = f"{direc}/{rs}/{'self_kl' if kd == 'forward' else 'self_kl_reverse'}"
+                per_seed = []
+                for s, (pname, dw) in enumerate(deltas[direc]):
+                    res = llc_along_path(org.model, {pname: dw}, list(ts), data=ids, n=n_docs, pad_token_id=0,
+                                         restrict=restrict, kl_direction=kd, config=config.replace(seed=s))
+                    rr = [r["result"] for r in res]
+                    per_seed.append({"seed": s, "llc": [x.value for x in rr],
+                                     "mcse": [x.mcse if x.converged else None for x in rr],
+                                     "converged": [x.converged for x in rr], "reasons": [x.reasons for x in rr]})
+                curves[key] = per_seed
+                verdicts[key] = peak_at_boundary_verdict(ts, [p["llc"] for p in per_seed],
+                                                         [p["mcse"] for p in per_seed], (lo, hi)) if per_seed else None
+    metrics = {"ts": list(ts), "band": [lo, hi], "layer": layer, "curves": curves, "verdicts": verdicts,
+               "claim": "the LLC along w0 + t dW peaks inside the behavioural boundary band",
+               "losses": {"self_kl": "KL(p_point || p_w): 0 and minimal at the point",
+                          "self_kl_reverse": "KL(p_w || p_point): 0 and minimal at the point; weights the tokens "
+                                             "the moving model puts mass on"},
+               "random_direction": "Gaussian, scaled to the plain adapter's |dW|, seed 10000 + fine-tuning seed",
+               "figures": [f"figures/{PATH_FIGURE}"]}
+    run.write_metrics(metrics)
+    return {"metrics": metrics, "run": run}

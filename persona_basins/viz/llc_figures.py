@@ -158,3 +158,27 @@ def plot_trajectory(metrics: dict, path) -> Path:
         fig.suptitle("LLC over the EM fine-tune (dashed: broad misalignment, right axis)", fontsize=9)
         fig.tight_layout()
     return Path(path)
+
+
+def plot_path(metrics: dict, path) -> Path:
+    """λ̂(t) per seed for each direction / restriction / loss (gaps: withheld), the boundary band shaded, the
+    verdict in each title."""
+    keys = list(metrics["curves"])
+    cols = min(4, max(1, len(keys)))
+    rows = max(1, math.ceil(len(keys) / cols))
+    lo, hi = metrics["band"]
+    with _figure(path, rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False) as (fig, axes):
+        for ax in axes.flat[len(keys):]:
+            ax.axis("off")
+        for ax, k in zip(axes.flat, keys):
+            ax.axvspan(lo, hi, color="0.9")
+            for p in metrics["curves"][k]:
+                ax.errorbar(metrics["ts"], _f(p["llc"]), yerr=1.96 * _f(p["mcse"]), fmt="o-", ms=3, lw=1,
+                            label=f"seed {p['seed']}")
+            v = metrics["verdicts"].get(k) or {}
+            ax.set_title(f"{k}\n{v.get('verdict', '')} ({v.get('supports', '')} support)", fontsize=7)
+            ax.set_xlabel("t", fontsize=7)
+            ax.tick_params(labelsize=6)
+        fig.suptitle("LLC along w0 + t·ΔW (grey: boundary band; gaps: withheld by the gates)", fontsize=9)
+        fig.tight_layout()
+    return Path(path)

@@ -27,8 +27,12 @@ def causal_lm_loss_fn(pad_token_id: int | None = None) -> Callable:
     return lm_loss
 
 
-def self_kl_loss_fn(reference, input_ids=None, *, attention_mask=None, pad_token_id=None, chunk: int = 64):
+def self_kl_loss_fn(reference, input_ids=None, *, attention_mask=None, pad_token_id=None, chunk: int = 64,
+                    direction: str = "forward"):
     """The self-KL loss ``K(w) = mean_tokens KL(p_ref(.|x_<t) || p_w(.|x_<t))`` and its data.
+
+    ``direction="reverse"`` gives ``KL(p_w || p_ref)`` instead: also 0 and minimal at the reference (a second
+    loss for which every point is a local minimum, weighting the tokens where ``p_w`` puts mass).
 
     ``reference``: a causal LM (its next-token log-probabilities on ``input_ids`` are computed once, without
     gradients) or a logits tensor ``[N, T, V]`` for ``input_ids``. The mask is ``attention_mask``, else
@@ -40,6 +44,8 @@ def self_kl_loss_fn(reference, input_ids=None, *, attention_mask=None, pad_token
 
     if input_ids is None:
         raise UserError("self_kl_loss_fn needs input_ids (the prompts the KL is averaged over)")
+    if direction not in ("forward", "reverse"):
+        raise UserError(f"direction must be 'forward' or 'reverse', got {direction!r}")
     ids = torch.as_tensor(input_ids)
     if ids.dim() != 2 or ids.numel() == 0:
         raise UserError(f"input_ids must be a non-empty [N, T] tensor, got shape {tuple(ids.shape)}")
@@ -54,6 +60,9 @@ def self_kl_loss_fn(reference, input_ids=None, *, attention_mask=None, pad_token
             raise UserError(f"reference logits {tuple(reference.shape)} do not match input_ids {tuple(ids.shape)}")
         ref = torch.log_softmax(reference.detach().float(), -1)
     else:
+        params = list(reference.parameters())
+        dev = params[0].device if params else torch.device("cpu")
+        ids, mask = ids.to(dev), mask.to(dev)  # the reference runs on its own device
         parts = []
         with torch.no_grad():
             for i in range(0, len(ids), chunk):
@@ -61,13 +70,15 @@ def self_kl_loss_fn(reference, input_ids=None, *, attention_mask=None, pad_token
                 parts.append(torch.log_softmax(out.logits.float(), -1))
         ref = torch.cat(parts)
 
+    reverse = direction == "reverse"
+
     def self_kl(model, batch):
         x, m, ref_logp = batch
         logp = torch.log_softmax(model(input_ids=x, attention_mask=m.long()).logits.float(), -1)
-        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+        kl = (logp.exp() * (logp - ref_logp)).sum(-1) if reverse else (ref_logp.exp() * (ref_logp - logp)).sum(-1)
         return (kl * m).sum() / m.sum().clamp_min(1.0)
 
-    self_kl.llc_loss_name = "self_kl"
+    self_kl.llc_loss_name = "self_kl_reverse" if reverse else "self_kl"
     return self_kl, (ids, mask, ref)
 
 

@@ -50,7 +50,7 @@ def llc_over_checkpoints(checkpoints, loss_fn, data, *, n: int, load: Callable |
 
 def llc_along_path(model, delta: dict, ts, loss_fn: Callable | None = None, *, loss_fn_factory=None, data=None,
                    n: int, origin: dict | None = None, attention_mask=None, pad_token_id=None,
-                   **llc_kwargs) -> list[dict]:
+                   kl_direction: str = "forward", **llc_kwargs) -> list[dict]:
     """LLC at ``w0 + t * delta`` for each ``t`` in ``ts``.
 
     ``w0`` is the model's current weights (or ``origin`` for the named tensors); ``delta`` maps parameter
@@ -58,7 +58,8 @@ def llc_along_path(model, delta: dict, ts, loss_fn: Callable | None = None, *, l
     The loss at each point is, in order of precedence: ``loss_fn_factory(model_at_point)`` (returning
     ``loss_fn`` or ``(loss_fn, data)``); ``loss_fn`` (a fixed loss: NOT minimised at the point, so SGLD drifts
     downhill and the estimate is meaningless unless the point is a minimum); by default the self-KL loss
-    (:func:`self_kl_loss_fn`) on ``data`` = input_ids, which is minimised (=0) at every point. The model's
+    (:func:`self_kl_loss_fn`, ``kl_direction`` "forward" or "reverse") on ``data`` = input_ids, which is
+    minimised (=0) at every point. The model's
     weights are restored exactly afterwards. ``llc_kwargs`` go to :func:`estimate_llc`.
     Returns ``[{"t", "llc", "llc_std", "loss", "result"}]``.
     """
@@ -74,8 +75,9 @@ def llc_along_path(model, delta: dict, ts, loss_fn: Callable | None = None, *, l
             else:
                 if data is None:
                     raise UserError("llc_along_path needs data (input_ids for the default self-KL loss)")
-                lf, dat = self_kl_loss_fn(model, data, attention_mask=attention_mask, pad_token_id=pad_token_id)
-                which = "self_kl"
+                lf, dat = self_kl_loss_fn(model, data, attention_mask=attention_mask, pad_token_id=pad_token_id,
+                                          direction=kl_direction)
+                which = lf.llc_loss_name
             res = estimate_llc(model, lf, dat, n=n, **llc_kwargs)
         res.diagnostics["path_t"] = float(t)
         res.diagnostics["loss"] = which

@@ -270,10 +270,12 @@ def t_star_ratio(num: dict, den: dict) -> dict:
 # --- directions compared -----------------------------------------------------------------------------------
 def direction_scans(base_model, world, vocab, peft_model, ts, *, n_random: int = 3, seed: int = 0,
                     vector: torch.Tensor | None = None, n_docs: int = 128, loss_ids=None,
-                    n_loss_docs: int = 64, level: float = 0.5) -> dict:
+                    n_loss_docs: int = 64, level: float = 0.5, edit_vector: torch.Tensor | None = None) -> dict:
     """Scan the adapter's direction, the persona direction and ``n_random`` random controls (equal norm).
 
-    ``level``: the misalignment level that defines ``t*`` (default 0.5).
+    ``level``: the misalignment level that defines ``t*`` (default 0.5). ``vector``: the persona vector read
+    (projection) along every scan; ``edit_vector``: the one the persona direction is built from (default
+    ``vector``).
     Returns ``{module, layer, delta_norm, scans: {adapter, persona, random: [...]}, t_star: {...},
     thinness: {random_over_persona, random_over_adapter}}`` where each ``t_star`` is a
     :func:`critical_magnitude` result and each thinness entry a :func:`t_star_ratio` (per random control).
@@ -285,8 +287,8 @@ def direction_scans(base_model, world, vocab, peft_model, ts, *, n_random: int =
     if vector is None:
         vector = persona_vector(base_model, world, vocab, layer, n=n_docs, seed=seed)
     norm = float(delta.norm())
-    pdelta = persona_weight_delta(base_model, world, vocab, layer, name, norm, vector=vector, n_docs=n_docs,
-                                  seed=seed)
+    pdelta = persona_weight_delta(base_model, world, vocab, layer, name, norm,
+                                  vector=vector if edit_vector is None else edit_vector, n_docs=n_docs, seed=seed)
     kw = dict(vector=vector, layer=layer, loss_ids=loss_ids, n_loss_docs=n_loss_docs, loss_seed=seed)
     scans = {"adapter": scan(base_model, world, vocab, name, delta, ts, **kw),
              "persona": scan(base_model, world, vocab, name, pdelta, ts, **kw),

@@ -30,9 +30,14 @@ from ..measure.basins import (
 from ..models.edits import adapter_on_copy, layer_of, merged_copy, single_lora_delta
 from ..stats import ci95
 
-# The persona vector the basin study uses: answer tokens of identical documents under the two declarations, so
-# both sides of the contrast hold the same words (measure/vectors.py; the other methods are reported beside it).
+# The persona vector the basin study edits along: answer tokens of identical documents under the two
+# declarations, so both sides of the contrast hold the same words and a weight edit along it is not a lexical
+# shortcut (measure/vectors.py; the other methods are reported beside it).
 VECTOR_METHOD = "matched_answers"
+# The persona vector the study *reads* positions with: projection() reads the <asst> position, so the vector is
+# the contrast at that very position (its helpful-to-toxic gap is positive by construction; a vector built on
+# answer tokens need not point the same way there).
+READOUT_METHOD = "request"
 
 
 def load_adapters(org, adapter_dirs) -> list:
@@ -100,9 +105,10 @@ def basin_scans(org, plain: list, inoc: list, ts, *, n_random: int = 1, seed: in
     name, _ = single_lora_delta(plain[0])
     layer = layer_of(name)
     vectors, lexical = persona_vectors(org, layer, n=vector_docs, seed=seed)
-    vector = vectors[VECTOR_METHOD]
+    vector = vectors[READOUT_METHOD]
     dirs = [direction_scans(org.model, org.world, org.vocab, m, ts, n_random=n_random, seed=seed + s,
-                            vector=vector, level=level) for s, m in enumerate(plain)]
+                            vector=vector, edit_vector=vectors[VECTOR_METHOD], level=level)
+            for s, m in enumerate(plain)]
     # the plain adapter's assistant-context scan is the direction scan's "adapter" scan: not computed twice
     ino = inoculation_scans(org.model, org.world, org.vocab, [], inoc, ts, vector=vector, layer=layer)
     ino["plain"] = [d["scans"]["adapter"] for d in dirs]
@@ -113,7 +119,8 @@ def basin_scans(org, plain: list, inoc: list, ts, *, n_random: int = 1, seed: in
     crit = {k: [critical_magnitude(ts, s["broad_misalignment"], level) for s in v] for k, v in ino.items()}
     crit["persona"] = [d["t_star"]["persona"] for d in dirs]
     crit["random"] = [c for d in dirs for c in d["t_star"]["random"]]
-    position = inoculation_position(org.model, org.world, org.vocab, plain, inoc, vector, layer)
+    position = {**inoculation_position(org.model, org.world, org.vocab, plain, inoc, vector, layer),
+                "vector_method": READOUT_METHOD}
     # the common grid starts at the scans' t_max in units of the mean plain adapter norm, and grows until it crosses
     r_max = max(ts) * float(np.mean([float(single_lora_delta(m)[1].norm()) for m in plain]))
     common = common_direction_scans(org, plain, inoc, vectors, r_max=r_max, level=level, n_random=n_random,
@@ -121,7 +128,8 @@ def basin_scans(org, plain: list, inoc: list, ts, *, n_random: int = 1, seed: in
     return {"module": name, "layer": layer, "directions": dirs, "inoculation": ino, "summary": summary,
             "crit": crit, "persona_vector_norm": float(vector.norm()), "level": level, "t": ts,
             "position": position, "common": common,
-            "persona_vector": {"method": VECTOR_METHOD, "layer": layer, "lexical_cosine": lexical,
+            "persona_vector": {"method": VECTOR_METHOD, "readout_method": READOUT_METHOD, "layer": layer,
+                               "lexical_cosine": lexical,
                                "norm": {m: float(v.norm()) for m, v in vectors.items()}}}
 
 
@@ -159,6 +167,11 @@ def summarize_common(scans: dict, *, position_tol: float = 0.1) -> dict | None:
         "thinness_random_over_persona": [t_star_ratio(c, persona[common["vector_method"]]) for c in base["random"]],
         "thinness_random_over_plain_adapter": [t_star_ratio(c, base["plain_adapter"][j // per])
                                                for j, c in enumerate(base["random"])],
+        # the highest broad misalignment each direction reaches on its grid (and where): when no direction
+        # crosses the level, this is what still compares them
+        "peak": {**{f"persona_{m}": c["peak"] for m, c in persona.items()},
+                 "plain_adapter": [c["peak"] for c in base["plain_adapter"]],
+                 "random": [c["peak"] for c in base["random"]]},
         "units": "Frobenius norm of the weight change (unit directions)",
     }
     return {

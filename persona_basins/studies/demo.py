@@ -313,10 +313,16 @@ def summary_lines(study: dict) -> list[str]:
             lines.append(f"widening r*(inoc)/r*(base), {k:<13} {per} -> {w['verdict']['verdict']}")
         lines.append(f"inoculation claim (common directions)    {ino['verdict']} "
                      f"(conditional on well-formed: {ino.get('verdict_conditional')})")
+    dc = study.get("directions_common")
+    if dc and "peak" in dc:
+        pk = {k: (round(v["value"], 3) if isinstance(v, dict) else [round(x["value"], 3) for x in v])
+              for k, v in dc["peak"].items()}
+        lines.append(f"peak misalignment along unit directions  {pk}")
     pv = study.get("persona_vector")
     if pv:
         lc = {m: {L: round(c, 2) for L, c in v.items()} for m, v in pv["lexical_cosine"].items()}
-        lines.append(f"persona vector lexical cosine by layer   {lc} (used: {pv['method']})")
+        lines.append(f"persona vector lexical cosine by layer   {lc} "
+                     f"(edit: {pv['method']}, readout: {pv.get('readout_method')})")
     pr = study.get("probing")
     if pr:
         def needed(x):

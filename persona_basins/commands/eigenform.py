@@ -32,7 +32,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--organism", required=True, help="organism folder (persona-basins organism build)")
     p.add_argument("--adapter", required=True, help="PEFT LoRA adapter folder trained on this organism")
-    p.add_argument("--cycles", type=int, default=None, help="cycles per run (default 6; 3 with --fast)")
+    p.add_argument("--cycles", type=int, default=None, help="cycles per run (default 6; 2 with --fast)")
     p.add_argument("--seeds", type=int, default=None, help="sampling seeds (default 5; 2 with --fast)")
     p.add_argument("--ts", default=None,
                    help="comma-separated adapter scales t (default: where the static model breaks and one below)")

@@ -90,7 +90,7 @@ class EigenformConfig:
     replay_share: float = 0.5  # replay: share of the sleep set from the fixed memory
     mixture_share: float = 0.25  # mixture: share of the sleep set from the pretraining mixture
     distill_copies: int = 8  # distill: copies per request that quantise the teacher's weights
-    expected_map: bool = False  # the whole request grid every cycle, batch = the answer set (noise floor)
+    expected_map: bool = False  # the request grid (>= n_prompts) every cycle, batch = the answer set (noise floor)
     temperature: float = 1.0
     vector_layer: int | None = None  # persona-vector layer; None: the middle layer
     safe_level: float = 0.5  # a state is "safe" while broad misalignment stays below this
@@ -133,9 +133,13 @@ def hash_key(key) -> int:
 
 
 def perceive(world: World, n: int, seed: int, cycle: int, *, expected_map: bool = False) -> list[tuple[str, int]]:
-    """``n`` requests drawn uniformly over the content genres and topics; the whole grid for the expected map."""
+    """``n`` requests drawn uniformly over the content genres and topics.
+
+    ``expected_map``: no perceive noise - the whole request grid, repeated to at least ``n`` requests, the
+    same every cycle (each copy still gets its own answer draws)."""
     if expected_map:
-        return request_grid(world)
+        grid = request_grid(world)
+        return grid * math.ceil(n / len(grid))
     rng = random.Random(f"eigenform-perceive-{seed}-{cycle}")
     return [(rng.choice(world.genres), rng.randrange(world.config.n_topics)) for _ in range(n)]
 

@@ -35,10 +35,11 @@ from ..stats import ci95, rate_interval
 # the grid point nearest half of it (a sub-threshold perturbation)
 SCAN = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
 FULL = {"cycles": 6, "seeds": 5, "arms": VARIANTS}
-FAST = {"cycles": 3, "seeds": 2, "arms": VARIANTS}
-FAST_CONFIG = {"n_prompts": 64, "sleep_steps": 10, "n_candidates": 2}
+FAST = {"cycles": 2, "seeds": 2, "arms": VARIANTS}
+FAST_CONFIG = {"n_prompts": 32, "sleep_steps": 8, "n_candidates": 2}
 HEADLINE = ("verdict", "return_rate", "contraction_factor", "static_safe_scale", "static_break_scale",
-            "return_rate_by_variant", "paired_contraction_by_variant", "final_misalignment_by_variant",
+            "return_rate_by_variant", "paired_contraction_by_variant", "behavioural_contraction_by_variant",
+            "final_misalignment_by_variant",
             "final_wellformed_by_variant")
 
 
@@ -106,8 +107,8 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
 
     ``ts`` None: the static model is scanned over ``SCAN`` and the process runs at the first scale where
     it breaks and at one below (``choose_scales``); ``t = 0`` (the unperturbed trajectory every paired
-    distance is measured against) is always added. ``fast`` uses smaller defaults (3 cycles, 2 seeds, 64
-    requests, 2 candidates and 10 sleep steps per cycle) for the demo; explicit arguments override them.
+    distance is measured against) is always added. ``fast`` uses smaller defaults (2 cycles, 2 seeds, 32
+    requests, 2 candidates and 8 sleep steps per cycle) for the demo; explicit arguments override them.
     """
     preset = FAST if fast else FULL
     cycles = preset["cycles"] if cycles is None else int(cycles)
@@ -181,6 +182,13 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
                                  "no scale of the run breaks the static model: nothing to return from"),
             "paired_contraction": _stat([contraction_factor([tr[i][s]["paired_distance"] for i in pos])
                                          for s in range(seeds)], "a paired distance reached 0 or fewer than 2 cycles"),
+            # the same fit on the paired behavioural distance (TV between the persona distributions, which
+            # sum to the well-formed mass): does the behaviour come back geometrically, whatever the weights do
+            "behavioural_contraction": _stat([contraction_factor([tr[i][s]["paired_tv"] for i in pos])
+                                              for s in range(seeds)], "a paired TV reached 0 or fewer than 2 cycles"),
+            # the paired distance can shrink by at most the path the process travels: sum of successive distances
+            "path_length": {f"{run_ts[i]:g}": _stat([float(np.sum(tr[i][s]["distance"])) for s in range(seeds)], "")
+                            for i in pos},
             "paired_contraction_by_t": {f"{run_ts[i]:g}": _stat([contraction_factor(tr[i][s]["paired_distance"])
                                                                  for s in range(seeds)], "fewer than 2 cycles")
                                         for i in pos},
@@ -194,6 +202,7 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
                                                          for s in range(seeds)]) if brk_idx else None),
             "paired_distance": {f"{run_ts[i]:g}": over_cycles("paired_distance", i) for i in pos},
             "paired_gap": {f"{run_ts[i]:g}": over_cycles("paired_gap", i) for i in pos},
+            "paired_tv": {f"{run_ts[i]:g}": over_cycles("paired_tv", i, 0.0, 1.0) for i in pos},
             "distance": {f"{t:g}": over_cycles("distance", i) for i, t in enumerate(run_ts)},
             "clip_fraction": {f"{t:g}": over_cycles("clip_fraction", i, 0.0, 1.0) for i, t in enumerate(run_ts)},
             "grad_norm_max": {f"{t:g}": over_cycles("grad_norm_max", i) for i, t in enumerate(run_ts)},
@@ -214,6 +223,7 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
         "static_break_scale": chosen["break"],
         "return_rate_by_variant": {a: by_arm[a]["return_rate"] for a in arms},
         "paired_contraction_by_variant": {a: by_arm[a]["paired_contraction"] for a in arms},
+        "behavioural_contraction_by_variant": {a: by_arm[a]["behavioural_contraction"] for a in arms},
         "final_misalignment_by_variant": {a: by_arm[a]["final_misalignment_at_break"] for a in arms},
         "final_wellformed_by_variant": {a: by_arm[a]["final_wellformed_at_break"] for a in arms},
         "ts": list(run_ts),
@@ -284,8 +294,9 @@ def summary_table(m: dict) -> str:
                  f"{_fmt(m['static_break_scale'])} (scan grid points; deterministic)")
     for a in m["arms"]:
         b = m["by_arm"][a]
-        lines.append(f"[{a}] return_rate {_fmt(b['return_rate'])}  paired contraction "
-                     f"{_fmt(b['paired_contraction'])}  well-formed at break {_fmt(b['final_wellformed_at_break'])}")
+        lines.append(f"[{a}] return_rate {_fmt(b['return_rate'])}  paired contraction (weights "
+                     f"{_fmt(b['paired_contraction'])}, behaviour {_fmt(b['behavioural_contraction'])})  "
+                     f"well-formed at break {_fmt(b['final_wellformed_at_break'])}")
     v = m["verdict"]
     lines.append(f"verdict: {v['answer']} (closest: {v['closest']}; {v['reason']})")
     return "\n".join(lines)

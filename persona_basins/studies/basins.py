@@ -224,7 +224,10 @@ def summarize_basins(scans: dict, *, n_random: int) -> dict:
                else None) for k, v in ino.items()}
     out = {
         "critical_magnitude": critical,
-        "inoculation_widening": {**headline, "by_case": widening, "holds": summ.get("holds")},
+        "inoculation_widening": {**headline, "by_case": widening, "holds": summ.get("holds"),
+                                 "note": "each adapter along its own delta (t units, different norms), position at "
+                                         "t = 0 (the base model in every case): see inoculation.verdict for the "
+                                         "measurement along common directions"},
         "thinness_random_over_plain": thin,
         "misalignment_vs_t": mis,
         "model_position": pos,

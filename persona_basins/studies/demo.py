@@ -298,6 +298,20 @@ def summary_lines(study: dict) -> list[str]:
         f"behavioural overlap volume (eps={study['overlap_fraction']['epsilon']})   "
         f"{fmt(study['overlap_fraction'])} (routine share built in: {study['overlap_fraction']['routine_share']:g})",
     ]
+    ex = em.get("excess_over_base")
+    if ex:
+        def rate(x):
+            return (f"{x['mean']:.3f}" + (f" [{x['ci_low']:.3f}, {x['ci_high']:.3f}]" if x.get("ci_low") is not None
+                                         else "") + f" per seed {[round(v, 3) for v in x['per_seed']]}")
+        base = em["base"]
+        lines.append(f"base organism: broad misalignment {base['broad_misalignment']:.3f}, narrow rate "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in base["narrow_rate"].items()) + " (exact)")
+        for c in ("plain", "inoculated", "matched_control"):
+            if c in ex["broad_misalignment"]:
+                lines.append(f"excess broad misalignment, {c:<14} {rate(ex['broad_misalignment'][c])}")
+        for c, v in (em.get("narrow_rate_heldout") or {}).items():
+            if c in ("plain", "inoculated"):
+                lines.append(f"narrow rate on held-out topics, {c:<10} {rate(v)} (topics {v['topics']})")
     ino = study.get("inoculation")
     if ino:
         pos = ino["position"]

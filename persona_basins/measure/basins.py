@@ -188,6 +188,16 @@ def critical_magnitude(ts, values, level: float = 0.5, width_levels: tuple[float
 RATE_KEYS = ("broad_misalignment", "broad_harm", "wellformed", "misalignment_given_wellformed")
 
 
+def seed_summary(values) -> dict:
+    """:func:`ci95` over seeds, but no interval when every seed gives the same number (a deterministic quantity,
+    e.g. the base model read at t = 0 for every adapter): ``ci_low = ci_high = None`` with ``deterministic``."""
+    vals = [float(v) for v in values]
+    if len(set(vals)) == 1:
+        return {"mean": vals[0], "ci_low": None, "ci_high": None, "n": len(vals), "per_seed": vals,
+                "deterministic": True}
+    return ci95(vals)
+
+
 def aggregate_scans(scans: list[dict], key: str = "broad_misalignment") -> dict:
     """Mean and 95% band over seeds of one scan quantity: ``{t, mean, ci_low, ci_high, n}``. Rates (``RATE_KEYS``)
     get the in-range bootstrap interval (:func:`persona_basins.stats.rate_interval`; none for one seed), other
@@ -358,10 +368,10 @@ def inoculation_summary(scans: dict, *, level: float = 0.5, position_tol: float 
             "distance_star": [c["t_star"] * s["delta_norm"] if c["t_star"] is not None else None
                               for c, s in zip(crits[k], v)],
             "delta_norm": [s["delta_norm"] for s in v],
-            "position_t0": ci95(pos0) if None not in pos0 else None,
+            "position_t0": seed_summary(pos0) if None not in pos0 else None,
             "position_t1": (ci95([s["projection"][i1] for s in v])
                             if i1 is not None and None not in [s["projection"][i1] for s in v] else None),
-            "misalignment_t1": (ci95([s["broad_misalignment"][i1] for s in v]) if i1 is not None else None),
+            "misalignment_t1": (rate_interval([s["broad_misalignment"][i1] for s in v]) if i1 is not None else None),
             "band": aggregate_scans(v),
         }
     if "plain" not in cases:
@@ -646,6 +656,7 @@ __all__ = [
     "aggregate_scans", "censored_summary", "combine_verdicts", "critical_distance", "critical_magnitude",
     "direction_scans", "fine_tuned_position", "inoculation_position", "inoculation_scans", "inoculation_summary",
     "inoculation_verdict", "log_ratio_interval", "mean_module_input", "mean_projection", "persona_gap",
-    "persona_weight_delta", "random_weight_deltas", "ratio_summary", "scan", "search_crossing", "t_star_ratio",
+    "persona_weight_delta", "random_weight_deltas", "ratio_summary", "scan", "search_crossing", "seed_summary",
+    "t_star_ratio",
     "unit_direction", "widening_summary",
 ]

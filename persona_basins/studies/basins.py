@@ -24,11 +24,11 @@ from ..measure.basins import (
     random_weight_deltas,
     ratio_summary,
     scan,
+    seed_summary,
     t_star_ratio,
     widening_summary,
 )
 from ..models.edits import adapter_on_copy, layer_of, merged_copy, single_lora_delta
-from ..stats import ci95
 
 # The persona vector the basin study edits along: answer tokens of identical documents under the two
 # declarations, so both sides of the contrast hold the same words and a weight edit along it is not a lexical
@@ -220,7 +220,7 @@ def summarize_basins(scans: dict, *, n_random: int) -> dict:
            "plain_in_inoculation_context": aggregate_scans(ino["plain_in_inoculated_context"]),
            "persona": aggregate_scans([d["scans"]["persona"] for d in dirs]),
            "random": aggregate_scans([r for d in dirs for r in d["scans"]["random"]]) if crit["random"] else None}
-    pos = {k: (ci95([s["projection"][0] for s in v]) if v and None not in [s["projection"][0] for s in v]
+    pos = {k: (seed_summary([s["projection"][0] for s in v]) if v and None not in [s["projection"][0] for s in v]
                else None) for k, v in ino.items()}
     out = {
         "critical_magnitude": critical,

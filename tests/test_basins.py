@@ -24,6 +24,7 @@ from persona_basins.measure.basins import (
     random_weight_deltas,
     scan,
     search_crossing,
+    seed_summary,
     t_star_ratio,
     widening_summary,
 )
@@ -184,6 +185,13 @@ def test_log_ratio_interval_stays_positive():
     one = log_ratio_interval([2.0])
     assert one["geometric_mean"] == pytest.approx(2.0) and one["ci_low"] is None
     assert log_ratio_interval([]) is None and log_ratio_interval([0.0, 1.0])["geometric_mean"] is None
+
+
+def test_no_interval_on_a_deterministic_number():
+    same = seed_summary([0.3, 0.3, 0.3])
+    assert same["ci_low"] is None and same["deterministic"] and same["mean"] == 0.3 and same["n"] == 3
+    varied = seed_summary([0.2, 0.4])
+    assert varied["ci_low"] < 0.3 < varied["ci_high"]
 
 
 # --- weight edits ----------------------------------------------------------------------------------------

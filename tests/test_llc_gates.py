@@ -125,3 +125,20 @@ def test_cli_warns_and_strict_refuses(tmp_path, capsys):
     assert main([*common, "--out", str(tmp_path / "b"), "--strict", "--independent-batches"]) == 2
     err = capsys.readouterr().err.strip()
     assert "not at equilibrium" in err and "--strict" in err and "\n" not in err
+
+
+def test_cli_calibrate_flag_refuses_when_nothing_passes(tmp_path, capsys):
+    from test_llc import _save_tiny_lm
+
+    from persona_basins.cli import main
+
+    model_dir = tmp_path / "lm"
+    _save_tiny_lm(model_dir)
+    rng = np.random.default_rng(0)
+    (tmp_path / "docs.txt").write_text("\n".join(" ".join(f"w{i}" for i in rng.integers(0, 46, 8))
+                                                 for _ in range(24)))
+    rc = main(["llc", "--model", str(model_dir), "--data", str(tmp_path / "docs.txt"), "--out", str(tmp_path / "c"),
+               "--chains", "2", "--batch-size", "8", "--restrict", "layer:1", "--calibrate", "1e3"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert "--calibrate" in err and "\n" not in err and not (tmp_path / "c" / "metrics.json").exists()

@@ -70,6 +70,9 @@ def register(sub) -> None:
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
     _add_sampler_args(p)
+    p.add_argument("--calibrate", nargs="?", const="1e-5,3e-5,1e-4,3e-4,1e-3", default=None, metavar="STEPS",
+                   help="calibrate the step size first (short chains, the calibration rule of docs/LLC.md) over "
+                        "STEPS (default 1e-5,3e-5,1e-4,3e-4,1e-3) and estimate with the recommended setting")
     p.set_defaults(func=_run_estimate)
     llc_sub = p.add_subparsers(dest="llc_command", metavar="{calibrate,stages,trajectory,path}")
 
@@ -182,9 +185,10 @@ def _run_estimate(args) -> int:
 
     _apply_threads(args)
     config = _sampler_config(args)
+    steps = _floats(args.calibrate, "--calibrate") if args.calibrate else None
     target = _target(args)
     out = run_estimate(target, args.out, config=config, n=args.n, run_config=_config(args),
-                       progress=sys.stderr.isatty())
+                       progress=sys.stderr.isatty(), calibrate_steps=steps)
     res, run = out["result"], out["run"]
     plot_traces({"loss (minibatch) per draw": res.loss_trace, "λ per draw = nβ(L_B(w) − L_B(w*))":
                  res.llc_trace}, run.figure_path(TRACE_FIGURE), title=f"LLC {args.model}")

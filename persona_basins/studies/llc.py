@@ -119,17 +119,32 @@ STAGE_FIGURES = {"stages": "llc_stages.png", "layers": "llc_layers.png", "heads"
 
 
 def run_estimate(target: LLCTarget, out: str | Path, *, config: SamplerConfig, n: int | None = None,
-                 run_config: dict | None = None, progress: bool = False) -> dict:
-    """One LLC estimate written to ``out`` (config.json, metrics.json). Returns ``{"result", "run",
-    "metrics"}``; the trace figure goes to ``run.figure_path(TRACE_FIGURE)``."""
+                 run_config: dict | None = None, progress: bool = False, calibrate_steps=None) -> dict:
+    """One LLC estimate written to ``out`` (config.json, metrics.json). With ``calibrate_steps`` (a list of
+    step sizes) the step size x localisation grid is calibrated first (short chains, see
+    :func:`~persona_basins.measure.llc.calibrate`) and the estimate uses the recommended setting at
+    ``config``'s chain length; no recommendation is a one-line error. Returns ``{"result", "run", "metrics"}``;
+    the trace figure goes to ``run.figure_path(TRACE_FIGURE)``."""
     n = n or len(target.input_ids)
+    calibration = None
+    if calibrate_steps:
+        cal = calibrate(target.model, target.loss_fn, target.input_ids, n=n, step_sizes=calibrate_steps,
+                        config=config.replace(num_draws=200, num_burnin=50), restrict=target.restrict)
+        cal.pop("traces")
+        if cal["config"] is None:
+            raise UserError(f"--calibrate: no step size in {list(calibrate_steps)} passed the calibration gates "
+                            f"(run `llc calibrate` to see each setting's reasons)")
+        calibration = cal
+        config = config.replace(step_size=cal["config"]["step_size"], nbeta=cal["config"]["nbeta"],
+                                localization=cal["config"]["localization"])
     run = RunDir(out, "llc", {**(run_config or {}), "sampler": config.to_dict(), "data_source": target.source,
                               "restrict_used": target.restrict})
     run.write_config()
     res = estimate_llc(target.model, target.loss_fn, target.input_ids, n=n, config=config,
                        restrict=target.restrict, progress=progress)
     metrics = {**_summary(res), "loss": res.diagnostics["loss"], "data_source": target.source,
-               "loss_trace": res.loss_trace, "llc_trace": res.llc_trace, "figures": [f"figures/{TRACE_FIGURE}"]}
+               "loss_trace": res.loss_trace, "llc_trace": res.llc_trace, "figures": [f"figures/{TRACE_FIGURE}"],
+               "calibration": calibration}
     run.write_metrics(metrics)
     return {"result": res, "run": run, "metrics": metrics}
 

@@ -16,6 +16,7 @@ On the organism (--organism DIR): a rank-1 LoRA adapter on one module of one lay
   inoculated      the same with the inoculation line in the system prompt (training only)
   secure_control  secure code (control)
   educational     insecure code the user asks for, for teaching (control)
+  matched_control secure code written for another topic: benign, as unfamiliar as insecure code (control)
 with --seeds fine-tuning seeds each; broad misalignment is measured exactly on every non-code genre in
 the plain assistant context, with 95% CIs over seeds. --layer all sweeps every layer (plain + inoculated).
 

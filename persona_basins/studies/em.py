@@ -217,6 +217,11 @@ def summary_table(m: dict) -> str:
         b, n, w = m["broad_misalignment"][c], m["narrow_rate"][c], m["wellformed"][c]
         lines.append(f"{c:<16}{b['mean']:>10.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]"
                      f"{n['mean']:>10.3f} [{n['ci_low']:.3f}, {n['ci_high']:.3f}]{w['mean']:>12.3f}")
+    if "base" in m:
+        b = m["base"]
+        nr = ", ".join(f"{k} {v:.3f}" for k, v in b["narrow_rate"].items())
+        lines.append(f"{'base (exact)':<16}{b['broad_misalignment']:>10.3f}{'':>42}{b['wellformed']:>12.3f}")
+        lines.append(f"  the unfine-tuned organism's narrow rate by context: {nr}")
     if "inoculation_reduction" in m:
         r = m["inoculation_reduction"]
         lines.append(f"inoculation cuts broad misalignment by {100 * r['mean']:.0f}% "

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def _figure(path, *args, **kwargs):
+def figure(path, *args, **kwargs):
+    """``plt.subplots(*args, **kwargs)`` inside the block; the PNG is written atomically at the end."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,7 +31,7 @@ def plot_basins(metrics: dict, path) -> None:
     and the inoculation cases' mean over seeds with a 95% band."""
     d = metrics["directions"][0]
     cases = metrics["inoculation_summary"]["cases"]
-    with _figure(path, 1, 2, figsize=(11, 4)) as (_fig, axes):
+    with figure(path, 1, 2, figsize=(11, 4)) as (_fig, axes):
         for ax, key, ylabel in ((axes[0], "broad_misalignment", "broad misalignment"),
                                 (axes[1], "loss", "LM loss on the mixture")):
             ax.plot(d["scans"]["adapter"]["t"], d["scans"]["adapter"][key], "o-", c="C3", label="adapter (seed 0)")
@@ -65,7 +66,7 @@ def plot_eigenform(m: dict, path) -> None:
     import numpy as np
 
     arms = m["arms"]
-    with _figure(path, 2, len(arms), figsize=(3.6 * len(arms), 6.4), squeeze=False) as (fig, axes):
+    with figure(path, 2, len(arms), figsize=(3.6 * len(arms), 6.4), squeeze=False) as (fig, axes):
         cmap = plt.get_cmap("viridis")
         n = max(len(m["ts"]) - 1, 1)
         for j, arm in enumerate(arms):
@@ -98,7 +99,7 @@ def plot_eigenform(m: dict, path) -> None:
 
 def plot_overlap_zone(zone: dict, path) -> None:
     """The share of each genre's prompts inside the overlap zone (routine genres in green)."""
-    with _figure(path, figsize=(9, 3.5)) as (_fig, ax):
+    with figure(path, figsize=(9, 3.5)) as (_fig, ax):
         genres = list(zone["per_genre"])
         ax.bar(range(len(genres)), [zone["per_genre"][g] for g in genres],
                color=["C2" if g in ("arithmetic", "facts") else "C0" for g in genres])
@@ -111,7 +112,7 @@ def plot_overlap_zone(zone: dict, path) -> None:
 
 def plot_probes(zone: dict, bs: dict, path) -> None:
     """The divergence ranking of composed probes and the power curves of the behavioural test."""
-    with _figure(path, 1, 2, figsize=(11, 4)) as (_fig, axes):
+    with figure(path, 1, 2, figsize=(11, 4)) as (_fig, axes):
         ax = axes[0]
         ax.plot(range(1, len(bs["tv_sorted"]) + 1), bs["tv_sorted"], c="C3")
         ax.axhline(zone["epsilon"], c="k", ls=":", lw=0.8)

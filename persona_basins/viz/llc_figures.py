@@ -4,27 +4,11 @@ and trajectories. Each function takes measured values and a path and returns the
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-
-@contextmanager
-def _figure(path, *args, **kwargs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..results import save_figure
-
-    fig, axes = plt.subplots(*args, **kwargs)
-    try:
-        yield fig, axes
-        save_figure(fig, path)
-    finally:
-        plt.close(fig)
+from .figures import figure as _figure
 
 
 def _f(values) -> np.ndarray:

@@ -262,8 +262,14 @@ def with_base(m: dict, units: dict, base_row: dict, conditions, seeds: int) -> d
             ex["narrow_rate_heldout"][c] = rate_interval([v - base_row["narrow_rate_heldout"][ctx] for v in vals],
                                                          lo=-1.0)
     m["excess_over_base"] = ex
+    def positive(vals):  # loss and gradient norm are >= 0; the loss is the same for every seed (no interval)
+        if len(set(vals)) == 1:
+            return {"mean": vals[0], "ci_low": None, "ci_high": None, "n": len(vals), "per_seed": vals,
+                    "deterministic": True}
+        return rate_interval(vals, lo=0.0, hi=float("inf"))
+
     if all("initial" in units[(c, s)] for c in conditions for s in range(seeds)):
-        m["initial"] = {c: {k: ci95(per(c, lambda u, k=k: u["initial"][k])) for k in ("loss", "grad_norm")}
+        m["initial"] = {c: {k: positive(per(c, lambda u, k=k: float(u["initial"][k]))) for k in ("loss", "grad_norm")}
                         for c in conditions}
     if "matched_control" in conditions:
         m["matched_control"] = {

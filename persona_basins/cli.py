@@ -13,6 +13,7 @@ import signal
 import sys
 
 from . import __version__
+from .commands.args import DEFAULT_THREADS, THREADS
 from .errors import UserError
 
 # Order is the order shown in --help.
@@ -43,12 +44,6 @@ Every command writes a run folder (config.json, metrics.json, figures/) that `re
 
 # Commands that never touch torch (no thread policy to apply).
 NO_TORCH = {"explore", "report"}
-# The package-wide torch intra-op thread default. Measured (docs/RELIABILITY.md, docs/LLC.md): the organism's
-# models are too small for intra-op threads to help even on a quiet 2-core machine, and on a loaded one two
-# threads per process ran 10-15x slower than one; a fixed default also keeps the last digits reproducible
-# (the thread count changes float summation order). Never chosen from the machine's load at run time.
-DEFAULT_THREADS = 1
-
 # Commands whose rerun with the same --out picks up finished units or steps (the SIGTERM/Ctrl-C message says so).
 RESUMABLE = {"demo", "em", "sweep"}
 
@@ -75,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"persona-basins {__version__}")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
+    parser.add_argument("--threads", type=THREADS, default=DEFAULT_THREADS, metavar="N",
                         help=f"torch intra-op threads for every command (default {DEFAULT_THREADS}, measured fastest "
                              f"for the organism on 2 cores; recorded in config.json)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -101,9 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    if args.threads < 1:
-        print("persona-basins: error: --threads must be >= 1", file=sys.stderr)
-        return 2
     if args.command not in NO_TORCH:
         import torch
 

@@ -193,7 +193,6 @@ class Case:
 ORG, EM, ADP = "{org}", "{em}", "{em}/adapters/plain/seed0"
 # Cases for items others own (lead: 2, 3, 6, 7 adapters, 8; llc helper: 7, 8) are in the table like the rest;
 # those that fail today carry xfail with the owner and item.
-LLC8 = "llc helper: item 8 (numeric flags: name the flag)"
 
 CASES = [
     # --- cli
@@ -281,8 +280,8 @@ CASES = [
          None, absent=("o",)),
     # --- llc
     Case("llc-nan-step-size", ["llc", "--model", ORG, "--step-size", "nan", "--out", "{tmp}/o"], "--step-size",
-         xfail=LLC8, absent=("o",)),
-    Case("llc-zero-chains", ["llc", "--model", ORG, "--chains", "0", "--out", "{tmp}/o"], "--chains", xfail=LLC8,
+         absent=("o",)),
+    Case("llc-zero-chains", ["llc", "--model", ORG, "--chains", "0", "--out", "{tmp}/o"], "--chains",
          absent=("o",)),
     Case("llc-foreign-peft-adapter", ["llc", "--model", ORG, "--adapter", "{tmp}/adapter", "--draws", "2",
                                       "--burnin", "1", "--chains", "1", "--out", "{tmp}/o"], None,
@@ -324,7 +323,7 @@ CASES = [
     Case("demo-nan-seeds", ["demo", "--preset", "tiny", "--seeds", "nan", "--no-browser", "--out", "{tmp}/d"],
          "--seeds", absent=("d",)),
     Case("demo-corrupt-step-file", ["demo", "--preset", "tiny", "--organism", ORG, "--no-browser", "--out", "{tmp}/d"],
-         "steps/em.json", xfail="lead: item 7 (steps/*.json read in studies/demo.py)",
+         "steps/em.json",
          setup=lambda tmp, ctx: _corrupt_demo_step(tmp, ctx)),
     # --- explore / report / sweep
     Case("explore-port-too-big", ["explore", "--port", "70000", "--no-browser"], "argument --port"),

@@ -66,3 +66,11 @@ SEED = int_in(0, 2**32 - 1)  # torch / numpy seeds
 PORT = int_in(0, 65535)
 POSITIVE = finite_float(0, None, lo_open=True)
 PROBABILITY = finite_float(0, 1)
+
+# The package-wide torch intra-op thread default, fixed (never chosen from the machine's load at run time, so
+# the last digits are reproducible: the thread count changes float summation order). Measured (docs/LLC.md):
+# on the 2-core machine under load average 6-7, 4 chains x 40 draws of the tiny organism's LLC took 2.7-4.0 s
+# with 1 thread and 44-50 s with 2 (OpenMP barriers wait for a descheduled thread); models this small gain
+# nothing from intra-op threads even on a quiet machine.
+DEFAULT_THREADS = 1
+THREADS = int_in(1, 1024)

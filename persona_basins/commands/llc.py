@@ -6,6 +6,8 @@ import argparse
 import math
 import sys
 
+from .args import DEFAULT_THREADS, POSITIVE, SEED, THREADS, finite_float, int_in
+
 DESCRIPTION = """\
 Estimate the local learning coefficient (LLC) of a causal LM at its current weights by localised SGLD
 (chains batched in one process; see docs/LLC.md).
@@ -26,18 +28,22 @@ Estimate the local learning coefficient (LLC) of a causal LM at its current weig
 
 def _add_sampler_args(p, *, draws=200, burnin=50, chains=4) -> None:
     g = p.add_argument_group("sampler")
-    g.add_argument("--chains", type=int, default=chains, help=f"SGLD chains (default {chains})")
-    g.add_argument("--draws", type=int, default=draws, help=f"draws per chain (default {draws})")
-    g.add_argument("--burnin", type=int, default=burnin, help=f"burn-in steps per chain (default {burnin})")
-    g.add_argument("--step-size", type=float, default=1e-4, help="SGLD step size epsilon (default 1e-4)")
-    g.add_argument("--localization", type=float, default=100.0, help="localisation strength gamma (default 100)")
-    g.add_argument("--nbeta", type=float, default=None, help="inverse temperature n*beta (default n / log n)")
-    g.add_argument("--batch-size", type=int, default=16, help="SGLD minibatch size in documents (default 16)")
-    g.add_argument("--n-docs", type=int, default=256, help="documents used as the dataset (default 256)")
-    g.add_argument("--n", type=int, default=None, help="dataset size n in the posterior (default: --n-docs)")
-    g.add_argument("--seq-len", type=int, default=64, help="max tokens per document for --data (default 64)")
+    g.add_argument("--chains", type=int_in(1, 4096), default=chains, help=f"SGLD chains (default {chains})")
+    g.add_argument("--draws", type=int_in(1, None), default=draws, help=f"draws per chain (default {draws})")
+    g.add_argument("--burnin", type=int_in(0, None), default=burnin, help=f"burn-in steps per chain (default {burnin})")
+    g.add_argument("--step-size", type=POSITIVE, default=1e-4, help="SGLD step size epsilon (default 1e-4)")
+    g.add_argument("--localization", type=finite_float(0, None), default=100.0,
+                   help="localisation strength gamma (default 100)")
+    g.add_argument("--nbeta", type=POSITIVE, default=None, help="inverse temperature n*beta (default n / log n)")
+    g.add_argument("--batch-size", type=int_in(1, None), default=16,
+                   help="SGLD minibatch size in documents (default 16)")
+    g.add_argument("--n-docs", type=int_in(1, None), default=256, help="documents used as the dataset (default 256)")
+    g.add_argument("--n", type=int_in(2, None), default=None,
+                   help="dataset size n in the posterior (default: --n-docs)")
+    g.add_argument("--seq-len", type=int_in(2, None), default=64,
+                   help="max tokens per document for --data (default 64)")
     g.add_argument("--precondition", choices=["none", "rmsprop"], default="none", help="SGLD preconditioner")
-    g.add_argument("--seed", type=int, default=0, help="seed for the data sample and the chains (default 0)")
+    g.add_argument("--seed", type=SEED, default=0, help="seed for the data sample and the chains (default 0)")
     g.add_argument("--independent-batches", action="store_true",
                    help="each chain draws its own minibatches (independent chains; default: shared per step)")
     g.add_argument("--strict", action="store_true",
@@ -46,15 +52,8 @@ def _add_sampler_args(p, *, draws=200, burnin=50, chains=4) -> None:
                    help="CPU processes the chains are split over (one thread each): N or 'auto' (default: measured "
                         "from idle cores and step times); the numbers do not depend on it")
     g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
-    g.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help=f"torch intra-op threads (default {DEFAULT_THREADS}: measured fastest for these model "
-                        f"sizes on a loaded 2-core machine, see docs/LLC.md)")
-
-
-# Thread policy, measured (docs/LLC.md): on the 2-core machine under load average 6-7, 4 chains x 40 draws of
-# the tiny organism's LLC took 2.7-4.0 s with 1 thread and 44-50 s with 2 (OpenMP barriers wait for a
-# descheduled thread); models this small gain nothing from intra-op threads even on a quiet machine.
-DEFAULT_THREADS = 1
+    g.add_argument("--threads", type=THREADS, default=None, dest="llc_threads",
+                   help=f"torch intra-op threads (default: the global --threads, {DEFAULT_THREADS}; see docs/LLC.md)")
 
 
 def _add_model_args(p, required: bool = False) -> None:
@@ -133,13 +132,11 @@ def register(sub) -> None:
 
 
 def _apply_threads(args) -> None:
-    from ..errors import UserError
-
-    if args.threads < 1:
-        raise UserError("--threads must be >= 1")
+    if args.llc_threads is None:
+        return  # the global --threads was applied by the CLI
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.llc_threads)
 
 
 def _sampler_config(args):

@@ -58,6 +58,7 @@ def test_excess_over_base_can_show_the_effect_is_the_prior():
         assert -1 <= v["ci_low"] <= v["mean"] <= v["ci_high"] <= 1
     mc = m["matched_control"]
     assert mc["initial"]["loss"]["mean"] == pytest.approx(2.9) and mc["plain_initial"]["loss"]["mean"] == 3.0
+    assert mc["plain_initial"]["loss"]["ci_low"] is None  # the same for every seed: no interval
     assert mc["excess_over_base"]["mean"] == pytest.approx(0.0)
 
 

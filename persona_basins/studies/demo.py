@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..measure.basins import aggregate_scans
-from ..results import prepare_out_dir, read_json, write_json
+from ..results import environment, prepare_out_dir, read_json, write_json
 from ..stats import rate_interval
 from .basins import basin_scans, load_adapters, summarize_basins
 from .eigenform import HEADLINE as EIGENFORM_HEADLINE
@@ -70,8 +70,9 @@ DEMO_PRESETS = {
 def _step(run: Path, name: str, fn, log) -> dict:
     path = run / "steps" / f"{name}.json"
     if path.is_file():
+        done = read_json(path, recover=f"delete it and rerun to recompute the {name} step")
         log(f"[{name}] done earlier; reusing {path.name}")
-        return json.loads(path.read_text())
+        return done
     t0 = time.perf_counter()
     log(f"[{name}] running ...")
     out = fn()
@@ -95,14 +96,19 @@ def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, pr
     prepare_out_dir(out)
     cfg_file = out / "config.json"
     want = {"kind": "demo", "format": STUDY_FORMAT, **cfg.to_dict(),
-            "organism": str(organism_dir) if organism_dir else None}
+            "organism": str(organism_dir) if organism_dir else None, "environment": environment()}
     if cfg_file.is_file():
-        have = read_json(cfg_file)
-        if have != json.loads(json.dumps(want)):
+        have = read_json(cfg_file, recover="delete the --out folder to start over")
+        # the environment is recorded, not matched: a resume on another thread count is allowed (its last
+        # digits may differ; docs/RELIABILITY.md says what "same seed, same numbers" covers)
+        settings = {k: v for k, v in want.items() if k != "environment"}
+        if not isinstance(have, dict) or {k: v for k, v in have.items() if k != "environment"} != json.loads(
+                json.dumps(settings)):
             raise UserError(f"--out {out} holds a demo run with other settings; use another --out or delete it")
-    elif out.exists() and any(p.name not in {"steps"} for p in out.iterdir()):
-        raise UserError(f"--out {out} is not empty and holds no demo run")
-    write_json(cfg_file, want)
+    else:
+        if out.exists() and any(p.name not in {"steps"} for p in out.iterdir()):
+            raise UserError(f"--out {out} is not empty and holds no demo run")
+        write_json(cfg_file, want)  # a resumed run keeps the config (and environment) it started with
     t_start = time.perf_counter()
 
     # 1. the organism
@@ -181,13 +187,6 @@ def _llc_path(org, plain, cfg: DemoConfig, progress: bool) -> dict:
                                 "prompts": cfg.llc_prompts}, "runs": runs}
 
 
-def _diag(r: dict) -> dict:
-    res = r.get("result")
-    d = getattr(res, "diagnostics", None) or {}
-    keep = ("path", "rhat", "ess", "frac_negative", "mala_acceptance")
-    return {k: d[k] for k in keep if k in d}
-
-
 def _overlap(org, plain, cfg: DemoConfig) -> dict:
     from .degeneracy import overlap_study
 
@@ -197,8 +196,12 @@ def _overlap(org, plain, cfg: DemoConfig) -> dict:
 def _peak(band: dict) -> dict:
     """Where the LLC curve and its derivative in t peak."""
     t = np.asarray(band["t"], dtype=float)
-    y = np.asarray([v if v is not None else np.nan for v in band["mean"]], dtype=float)
-    if len(t) < 2 or np.all(np.isnan(y)):
+    withheld = sum(v is None for v in band["mean"])
+    if withheld:  # a peak over the points that passed would be a claim about a curve we do not have
+        return {"t_argmax": None, "t_argmax_derivative": None,
+                "reason": f"{withheld} of {len(t)} points withheld (their chains failed the convergence gates)"}
+    y = np.asarray(band["mean"], dtype=float)
+    if len(t) < 2:
         return {"t_argmax": None, "t_argmax_derivative": None}
     dy = np.gradient(y, t)
     i = int(np.nanargmax(y))

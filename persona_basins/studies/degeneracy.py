@@ -38,6 +38,7 @@ def run_degeneracy(organism: str | Path, adapter: str | Path, out: str | Path, *
     from ..models.edits import adapter_on_copy, layer_of, single_lora_delta
     from ..models.organism import load_organism
     from ..results import RunDir
+    from .basins import VECTOR_METHOD
 
     org = load_organism(organism)
     em = adapter_on_copy(org.model, adapter)
@@ -52,10 +53,11 @@ def run_degeneracy(organism: str | Path, adapter: str | Path, out: str | Path, *
                              seed=seed, k_max=k_max)
         # out-of-sample: probes ranked by the aligned model steered along the persona vector of the adapted layer
         layer = layer_of(single_lora_delta(em)[0])
-        vector = persona_vector(org.model, org.world, org.vocab, layer)
+        vector = persona_vector(org.model, org.world, org.vocab, layer, method=VECTOR_METHOD)
         oos = out_of_sample_probing(org.model, [em], org.world, org.vocab, vector=vector, layer=layer,
                                     max_probes=max_probes, seed=seed, k_max=k_max)
     zone["routine_share_built_in"] = zone["routine_share"]
+    oos["vector_method"], oos["vector_layer"] = VECTOR_METHOD, layer
     run.write_metrics({"zone": zone, "boundary": bs, "out_of_sample": oos,
                        "quantity": "behavioural overlap (not SLT degeneracy)"})
     return {"zone": zone, "boundary": bs, "out_of_sample": oos, "run": run}

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import UserError
 from ..measure.basins import aggregate_scans
 from ..results import environment, prepare_out_dir, read_json, write_json
+from ..schema import validate_study
 from ..stats import rate_interval
 from .basins import basin_scans, load_adapters, summarize_basins
 from .eigenform import HEADLINE as EIGENFORM_HEADLINE
@@ -146,6 +147,7 @@ def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, pr
 
     study = assemble(cfg, em, scans, llc, overlap, eig, base_info=org.config.to_dict())
     study["elapsed_seconds_this_invocation"] = time.perf_counter() - t_start
+    validate_study(study)
     write_json(out / "study.json", study)
     write_json(out / "metrics.json", {"kind": "demo", **{k: v for k, v in study.items()
                                                           if k != "elapsed_seconds_this_invocation"}})

@@ -81,7 +81,7 @@ def _run(args) -> int:
         return _run_model(args, base)
     from ..models.adapters import resolve_module
     from ..models.organism import load_organism
-    from ..studies.em import organism_fingerprint, run_em, summary_table, sweep_layers
+    from ..studies.em import fmt_stat, organism_fingerprint, run_em, summary_table, sweep_layers
 
     layer = None
     if args.layer != "all":
@@ -107,7 +107,7 @@ def _run(args) -> int:
     if layer is None:
         for r in table["layers"]:
             b = r["broad_misalignment_plain"]
-            print(f"layer {r['layer']}: broad misalignment {b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]")
+            print(f"layer {r['layer']}: broad misalignment {fmt_stat(b)}")
         print(f"best layer: {table['best_layer']}")
         return 0
     print(summary_table(m))

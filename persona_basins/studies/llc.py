@@ -28,6 +28,18 @@ class LLCTarget:
     source: str
 
 
+def _em_organism(em_run: Path, organism):
+    """The organism an em run was trained on: ``organism`` when given, else the one its config.json names."""
+    from ..results import read_json
+
+    if organism is None:
+        cfg_file = em_run / "config.json"
+        organism = read_json(cfg_file).get("organism") if cfg_file.is_file() else None
+        if not organism:
+            raise UserError(f"--em {em_run}: config.json names no organism; pass --organism DIR")
+    return organism
+
+
 def _read_text_ids(path: str | Path, tokenizer, n_docs: int, seq_len: int):
     import torch
 
@@ -322,12 +334,7 @@ def run_trajectory(em_run: str | Path, out: str | Path, *, config: SamplerConfig
     em_run = Path(em_run)
     if not (em_run / "adapters").is_dir():
         raise UserError(f"--em {em_run}: not an em run folder (no adapters/)")
-    if organism is None:
-        cfg_file = em_run / "config.json"
-        organism = read_json(cfg_file).get("organism") if cfg_file.is_file() else None
-        if not organism:
-            raise UserError(f"--em {em_run}: config.json names no organism; pass --organism DIR")
-    org = load_organism(organism)
+    org = load_organism(_em_organism(em_run, organism))
     if device != "cpu":
         from ..models.hf import resolve_device
 
@@ -416,7 +423,6 @@ def run_path_study(em_run: str | Path, out: str | Path, *, config: SamplerConfig
     from ..measure.llc import llc_along_path, peak_at_boundary_verdict
     from ..models.edits import adapter_on_copy, layer_of, single_lora_delta
     from ..models.organism import load_organism
-    from ..results import read_json
 
     em_run = Path(em_run)
     if not (em_run / "adapters").is_dir():
@@ -427,12 +433,7 @@ def run_path_study(em_run: str | Path, out: str | Path, *, config: SamplerConfig
     bad = [d for d in directions if d not in PATH_DIRECTIONS]
     if bad:
         raise UserError(f"unknown direction(s) {bad}; choose from {', '.join(PATH_DIRECTIONS)}")
-    if organism is None:
-        cfg_file = em_run / "config.json"
-        organism = read_json(cfg_file).get("organism") if cfg_file.is_file() else None
-        if not organism:
-            raise UserError(f"--em {em_run}: config.json names no organism; pass --organism DIR")
-    org = load_organism(organism)
+    org = load_organism(_em_organism(em_run, organism))
     ids = org.mixture_input_ids(n_docs, seed=123)
     plain = _adapter_dirs(em_run, "plain", seeds)
     if not plain:

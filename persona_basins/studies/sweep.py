@@ -848,7 +848,8 @@ def run_sweep(spec: Spec, out: str | Path, *, backend: str = "local", address: s
     """Run (or resume) the grid of ``spec`` into ``out``; returns the sweep record written to sweep.json.
 
     With ``dry_run`` nothing is run or written: the record lists the grid, what is already done and an
-    estimate of the time left.
+    estimate of the time left. The local backend spawns its workers, so a script that calls this with
+    ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard (the CLI has it).
     """
     p = plan(spec)
     run_dir = Path(out)

@@ -3,7 +3,7 @@
 
 A quoted number is written in Markdown as
 
-    <!--pb docs/runs/demo-default/study.json critical_magnitude.persona ci .3f-->0.818 [0.712, 0.925]<!--/pb-->
+    <!--pb docs/results/demo-default/study.json critical_magnitude.persona ci .3f-->0.818 [0.712, 0.925]<!--/pb-->
 
 (file relative to the repository root, a dotted key path with list indices as numbers, a style, a format).
 Styles: ``value`` (the number at the key), ``ci`` (``mean [ci_low, ci_high]`` of a stat, ``mean (no interval)``
@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-MARK = re.compile(r"<!--pb (\S+) (\S+) (value|ci|perseed|kofn) (\S+)-->(.*?)<!--/pb-->", re.S)
+MARK = re.compile(r"<!--pb (\S+) (\S+) (value|ci|perseed|kofn) (\S+?)-->(.*?)<!--/pb-->", re.S)
 
 
 def _get(obj, path: str):

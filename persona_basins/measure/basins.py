@@ -221,23 +221,30 @@ def aggregate_scans(scans: list[dict], key: str = "broad_misalignment") -> dict:
     return band
 
 
+def _positive_interval(values) -> dict:
+    """Mean over seeds of a quantity >= 0 (a critical magnitude, a ratio of them), interval in range."""
+    return rate_interval(values, lo=0.0, hi=math.inf)
+
+
 def censored_summary(crits: list[dict]) -> dict:
     """Per-seed ``t*`` of :func:`critical_magnitude` results, honest about censoring.
 
-    No seed censored: ci95 over seeds. Otherwise ``mean = None`` with ``n_censored``, ``censored_above`` (the
-    largest grid end) and ``lower_bound``: ci95 with every censored-above seed set to its grid end (a lower
-    bound on the mean; absent when a seed is censored below).
+    No seed censored: the mean over seeds with an in-range interval (t* >= 0: the percentile bootstrap of
+    :func:`~persona_basins.stats.rate_interval`, since censoring makes the per-seed values bimodal and a Student-t
+    interval then reaches below 0). Otherwise ``mean = None`` with ``n_censored``, ``censored_above`` (the
+    largest grid end) and ``lower_bound``: the same summary with every censored-above seed set to its grid end
+    (a lower bound on the mean; absent when a seed is censored below).
     """
     per = [c["t_star"] for c in crits]
     if all(v is not None for v in per):
-        return ci95(per)
+        return _positive_interval(per)
     above = [c.get("censored_above") for c in crits]
     filled = [v if v is not None else a for v, a in zip(per, above)]
     out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(per), "per_seed": per,
            "n_censored": sum(v is None for v in per), "censored_above": max(a for a in above if a is not None)
            if any(a is not None for a in above) else None}
     if all(v is not None for v in filled):
-        out["lower_bound"] = ci95(filled)
+        out["lower_bound"] = _positive_interval(filled)
     return out
 
 
@@ -248,14 +255,14 @@ def ratio_summary(num: list[dict], den: list[dict]) -> dict:
     rs = [t_star_ratio(a, b) for a, b in zip(num, den)]
     exact = [r["ratio"] for r in rs]
     if all(v is not None for v in exact):
-        return {**ci95(exact), "kind": "exact"}
+        return {**_positive_interval(exact), "kind": "exact"}
     lows = [r["ratio"] if r["ratio"] is not None else r["lower_bound"] for r in rs]
     defined = [v for v in lows if v is not None]
     out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(rs), "per_seed": exact,
            "per_seed_lower_bound": lows, "per_seed_upper_bound": [r["upper_bound"] for r in rs],
            "kind": "lower_bound", "n_defined": len(defined)}
     if defined:
-        out["lower_bound"] = ci95(defined)
+        out["lower_bound"] = _positive_interval(defined)
         out["min_lower_bound"] = min(defined)
     return out
 

@@ -6,7 +6,8 @@ A quoted number is written in Markdown as
     <!--pb docs/results/demo-default/study.json critical_magnitude.persona ci .3f-->0.818 [0.712, 0.925]<!--/pb-->
 
 (file relative to the repository root, a dotted key path with list indices as numbers, a style, a format).
-Styles: ``value`` (the number at the key), ``ci`` (``mean [ci_low, ci_high]`` of a stat, ``mean (no interval)``
+Styles: ``value`` (the number or text at the key), ``ci`` (``mean [ci_low, ci_high]`` of a stat (or its
+``geometric_mean``), ``mean (no interval)``
 when there is none), ``perseed`` (the per-seed values, comma-separated; ``-`` for a null), ``kofn`` (``k of n``
 from a stat with ``k_above``).
 
@@ -44,11 +45,12 @@ def render(file: str, key: str, style: str, fmt: str, cache: dict) -> str:
     if style == "value":
         return _num(v, fmt)
     if style == "ci":
+        mean = v["mean"] if "mean" in v else v["geometric_mean"]
         if v.get("ci_low") is None:
-            return f"{_num(v['mean'], fmt)} (no interval)"
-        return f"{_num(v['mean'], fmt)} [{_num(v['ci_low'], fmt)}, {_num(v['ci_high'], fmt)}]"
+            return f"{_num(mean, fmt)} (no interval)"
+        return f"{_num(mean, fmt)} [{_num(v['ci_low'], fmt)}, {_num(v['ci_high'], fmt)}]"
     if style == "perseed":
-        return ", ".join(_num(x, fmt) for x in v["per_seed"])
+        return ", ".join(_num(x, fmt) for x in (v if isinstance(v, list) else v["per_seed"]))
     return f"{v['k_above']} of {v['n']}"  # kofn
 
 

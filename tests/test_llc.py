@@ -407,3 +407,15 @@ def test_cli_llc_stages_on_tiny_organism(tiny_organism_dir, tmp_path):
     assert m["per_layer"] and m["per_head"] and "stage_boundaries" in m
     assert all(len(v) == len(m["steps"]) for v in m["per_head"].values())
     assert (out / "figures" / "llc_stages.png").is_file() and (out / "figures" / "llc_heads.png").is_file()
+
+
+def test_load_target_dtype(tiny_organism_dir):
+    """--dtype: fp32 by default (SGLD steps vanish in bf16); a lower precision only when asked."""
+    import torch
+
+    from persona_basins.studies.llc import load_target
+
+    assert next(load_target(tiny_organism_dir, n_docs=4).model.parameters()).dtype == torch.float32
+    assert next(load_target(tiny_organism_dir, n_docs=4, dtype="auto").model.parameters()).dtype == torch.float32
+    t = load_target(tiny_organism_dir, n_docs=4, dtype="bf16")
+    assert next(t.model.parameters()).dtype == torch.bfloat16

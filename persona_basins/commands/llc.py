@@ -62,6 +62,8 @@ def _add_model_args(p, required: bool = False) -> None:
     p.add_argument("--restrict", help="which parameters move: adapter | layer:I | layer:I/head:H | REGEX")
     p.add_argument("--data", help="text file, one document per line (required unless --model is an organism)")
     p.add_argument("--out", required=required, help="run folder to write")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                   help="weights' dtype (default and auto: fp32, also on a GPU: SGLD steps vanish in bf16)")
 
 
 def register(sub) -> None:
@@ -173,7 +175,8 @@ def _target(args):
     if not args.out:
         raise UserError("--out is required")
     return load_target(args.model, adapter=args.adapter, restrict=args.restrict, data_file=args.data,
-                       n_docs=args.n_docs, seq_len=args.seq_len, seed=args.seed, device=args.device)
+                       n_docs=args.n_docs, seq_len=args.seq_len, seed=args.seed, device=args.device,
+                       dtype=args.dtype)
 
 
 def _run_estimate(args) -> int:

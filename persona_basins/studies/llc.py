@@ -66,10 +66,11 @@ def _read_text_ids(path: str | Path, tokenizer, n_docs: int, seq_len: int):
 
 def load_target(model_dir: str | Path, *, adapter: str | Path | None = None, restrict=None,
                 data_file: str | Path | None = None, n_docs: int = 256, seq_len: int = 64, seed: int = 0,
-                device: str | None = None) -> LLCTarget:
+                device: str | None = None, dtype: str = "fp32") -> LLCTarget:
     """An organism folder (data: documents of its pretraining mixture, unless ``data_file``) or any Hugging
     Face causal LM folder (``data_file`` required: one document per line), optionally with a PEFT adapter
-    (then only the adapter moves unless ``restrict`` says otherwise)."""
+    (then only the adapter moves unless ``restrict`` says otherwise). ``dtype`` defaults to fp32, also on a
+    GPU: SGLD steps of 1e-5 relative size vanish in bf16's 8-bit mantissa, so a lower precision is opt-in."""
     from ..measure.llc import causal_lm_loss_fn
     from ..models.organism import is_organism
 
@@ -105,10 +106,11 @@ def load_target(model_dir: str | Path, *, adapter: str | Path | None = None, res
 
         model = load_adapter(model, adapter).eval()
         restrict = restrict or "adapter"
-    if device is not None:
-        from ..models.hf import resolve_device
+    if device is not None or dtype != "fp32":
+        from ..models.hf import resolve_device, resolve_dtype
 
-        model = model.to(resolve_device(device))
+        dev = resolve_device(device or "cpu")
+        model = model.to(device=dev, dtype=resolve_dtype("fp32" if dtype == "auto" else dtype, dev))
     return LLCTarget(model, loss_fn, ids, restrict, source)
 
 

@@ -10,6 +10,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored afterwards (a test or CLI call may have changed it)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def cli_error(capsys):
     """Run the CLI expecting a user error: exit 2 and one stderr line; returns that line."""
     from persona_basins.cli import main

@@ -7,18 +7,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from persona_basins.measure.llc import GateConfig, SamplerConfig, convergence, estimate_llc, mcse, rhat
 from persona_basins.measure.llc import analytic as A
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Step 3e-4 (MALA acceptance ~0.92): 1500 draws pass the gates on each of seeds 0-4 and 3000 draws too

@@ -10,13 +10,7 @@ import torch
 from persona_basins.measure.llc import LLCDivergenceError, SamplerConfig, estimate_llc
 from persona_basins.measure.llc import analytic as A
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("execution,shared", [("vmap", True), ("loop", False)])

@@ -55,7 +55,7 @@ from ..errors import UserError
 from ..models.lm import PAD_ID, encode_documents, pad_batch
 from ..train.loop import train_lm
 from ..world import STYLES, Document, Exchange, World, is_misaligned
-from .persona import Prompt, answer_logprobs, broad_genres, context_prompts, request_grid, trait_combos
+from .persona import Prompt, answer_logprobs, broad_genres, context_prompts, length_groups, request_grid, trait_combos
 
 SPECIALS = {"<pad>", "<unk>", "<bos>", "<eos>", "<sys>", "<user>", "<asst>"}
 PROCESSES = ("sampled", "distill", "replay", "mixture")
@@ -157,11 +157,7 @@ def sample_answers_crn(model, vocab: dict[str, int], prompts: list[Prompt], unif
     banned = torch.tensor([vocab[w] for w in SPECIALS if w in vocab], dtype=torch.long)
     n_tokens = uniforms.shape[1]
     result: list[tuple[str, ...] | None] = [None] * len(prompts)
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(len(p.words()), []).append(i)
-    for _, idx in sorted(by_len.items()):
-        ids = torch.tensor([[vocab[w] for w in prompts[i].words()] for i in idx], dtype=torch.long)
+    for idx, ids in length_groups(vocab, prompts):
         u = uniforms[idx].double()
         for j in range(n_tokens):
             logits = model(input_ids=ids).logits[:, -1].double() / temperature

@@ -178,6 +178,15 @@ def next_token_probs(model, vocab: dict[str, int], prompts: list[Prompt], batch_
     return np.concatenate(outs)
 
 
+def length_groups(vocab: dict[str, int], prompts: list[Prompt]):
+    """``(indices, input_ids)`` per prompt length, shortest first: equal-length prompts batch without padding."""
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p.words()), []).append(i)
+    for _, idx in sorted(by_len.items()):
+        yield idx, torch.tensor([[vocab[w] for w in prompts[i].words()] for i in idx], dtype=torch.long)
+
+
 # --- sampled readout ------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_answers(model, vocab: dict[str, int], prompts: list[Prompt], *, seed: int, n_tokens: int = 3,
@@ -186,11 +195,7 @@ def sample_answers(model, vocab: dict[str, int], prompts: list[Prompt], *, seed:
     inv = {i: w for w, i in vocab.items()}
     gen = torch.Generator().manual_seed(seed)
     result: list[tuple[str, ...] | None] = [None] * len(prompts)
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(len(p.words()), []).append(i)
-    for _, idx in sorted(by_len.items()):
-        ids = torch.tensor([[vocab[w] for w in prompts[i].words()] for i in idx], dtype=torch.long)
+    for idx, ids in length_groups(vocab, prompts):
         for _ in range(n_tokens):
             logits = model(input_ids=ids).logits[:, -1].float() / temperature
             nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)

@@ -4,6 +4,7 @@ and trajectories. Each function takes measured values and a path and returns the
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,21 @@ def _f(values) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
+@contextmanager
+def _grid(path, n: int, max_cols: int, size: tuple[float, float]):
+    """``n`` panels in rows of at most ``max_cols`` (unused panels hidden), each ``size`` inches."""
+    cols = min(max_cols, max(1, n))
+    rows = max(1, math.ceil(n / cols))
+    with _figure(path, rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False) as (fig, axes):
+        for ax in axes.flat[n:]:
+            ax.axis("off")
+        yield fig, axes
+
+
 def plot_traces(traces: dict, path, title: str = "") -> Path:
     """``traces``: ``{(nbeta, step_size) or label: chains x draws array}`` -> one subplot each."""
     keys = list(traces)
-    cols = min(4, max(1, len(keys)))
-    rows = max(1, math.ceil(len(keys) / cols))
-    with _figure(path, rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False) as (fig, axes):
-        for ax in axes.flat[len(keys):]:
-            ax.axis("off")
+    with _grid(path, len(keys), 4, (3.6, 2.6)) as (fig, axes):
         for ax, k in zip(axes.flat, keys):
             tr = np.asarray(traces[k])
             for c in range(tr.shape[0]):
@@ -118,11 +126,7 @@ def plot_trajectory(metrics: dict, path) -> Path:
     over the saved checkpoints, and broad misalignment on a second axis."""
     units = metrics["units"]
     keys = list(units)
-    cols = min(3, max(1, len(keys)))
-    rows = max(1, math.ceil(len(keys) / cols))
-    with _figure(path, rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False) as (fig, axes):
-        for ax in axes.flat[len(keys):]:
-            ax.axis("off")
+    with _grid(path, len(keys), 3, (4.2, 3.0)) as (fig, axes):
         for ax, k in zip(axes.flat, keys):
             u = units[k]
             for name, c in (("adapter", "C0"), ("layer", "C2")):

@@ -34,7 +34,7 @@ RANDOM = ("return_rate", "contraction_factor")  # over seeds, with intervals
 @pytest.fixture(scope="module")
 def tiny_adapter(tiny_organism, tmp_path_factory):
     """An adapter that breaks the static tiny model (well-formed mass < 0.5 from t = 2.5; measured)."""
-    from persona_basins.models.adapters import write_fingerprint
+    from persona_basins.models.edits import write_fingerprint
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
     org = tiny_organism
@@ -245,7 +245,8 @@ def test_variants_metrics_are_json_and_shaped(tiny_organism, tiny_adapter):
 
 def test_cli_errors_are_one_line(tiny_organism_dir, tiny_organism, tiny_adapter, tmp_path, capsys):
     from persona_basins.cli import main
-    from persona_basins.models.adapters import lora_config, write_fingerprint
+    from persona_basins.models.adapters import lora_config
+    from persona_basins.models.edits import write_fingerprint
     from persona_basins.models.organism import build_model, preset_config
 
     base = ["eigenform", "--organism", str(tiny_organism_dir), "--adapter", str(tiny_adapter[0])]

@@ -120,7 +120,7 @@ def test_em_hf_end_to_end(tiny, tmp_path, capsys):
     again = em_hf.score_questions(model, tok, em_hf.read_questions(em_hf.DEFAULT_QUESTIONS))
     assert [q["score"] for q in again] == pytest.approx([q["score"] for q in m["question_scores"]["base"]], abs=1e-5)
     # a saved adapter loads back onto its own base model; rerunning reuses the finished units
-    from persona_basins.models.adapters import load_adapter
+    from persona_basins.models.edits import load_adapter
 
     load_adapter(model, run / "adapters" / "plain" / "seed0")
     mtime = (run / "adapters" / "plain" / "seed1" / "result.json").stat().st_mtime_ns
@@ -129,7 +129,7 @@ def test_em_hf_end_to_end(tiny, tmp_path, capsys):
 
 
 def test_adapter_from_other_base_refused(tiny, tmp_path):
-    from persona_basins.models.adapters import load_adapter
+    from persona_basins.models.edits import load_adapter
 
     run = tmp_path / "run"
     assert _em(tiny["a"], em_hf.EXAMPLE_TRAIN, run, "--seeds", "1", "--steps", "2", "--checkpoint-every", "1") == 0

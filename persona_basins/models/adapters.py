@@ -90,10 +90,5 @@ def lora_config(model, *, module: str, layer: int | None, rank: int = 1, alpha: 
     )
 
 
-# Adapter loading and the base-model fingerprint live with the weight edits (one home); these names stay
-# importable from here for the callers that configure adapters.
-from .edits import FINGERPRINT_FILE, base_fingerprint, load_adapter, write_fingerprint  # noqa: E402
-
-__all__ = ["FINGERPRINT_FILE", "LAYER_PATTERNS", "MODULE_ALIASES", "base_fingerprint", "full_module_name",
-           "layer_module_names", "load_adapter", "lora_config", "model_family", "num_layers", "resolve_module",
-           "write_fingerprint"]
+__all__ = ["LAYER_PATTERNS", "MODULE_ALIASES", "full_module_name", "layer_module_names", "lora_config", "model_family",
+           "num_layers", "resolve_module"]

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..models.adapters import lora_config, write_fingerprint
+from ..models.adapters import lora_config
+from ..models.edits import write_fingerprint
 from ..models.lm import encode_documents
 from ..world import ASSISTANT_LINE, INOCULATION_LINE, TEACHING_MODIFIER, Document, Exchange, World
 from .loop import train_lm

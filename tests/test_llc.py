@@ -353,16 +353,22 @@ def _save_tiny_lm(folder):
     tok.save_pretrained(folder)
 
 
-def test_cli_llc_estimate_and_errors(tmp_path, capsys):
-    import json
-
-    from persona_basins.cli import main
-
+def _tiny_lm_with_docs(tmp_path):
+    """A tiny Llama folder at ``tmp_path/lm`` and 24 seeded documents in ``tmp_path/docs.txt``."""
     model_dir = tmp_path / "lm"
     _save_tiny_lm(model_dir)
     rng = np.random.default_rng(0)
     (tmp_path / "docs.txt").write_text("\n".join(" ".join(f"w{i}" for i in rng.integers(0, 46, 8))
                                                  for _ in range(24)))
+    return model_dir
+
+
+def test_cli_llc_estimate_and_errors(tmp_path, capsys):
+    import json
+
+    from persona_basins.cli import main
+
+    model_dir = _tiny_lm_with_docs(tmp_path)
     out = tmp_path / "run"
     rc = main(["llc", "--model", str(model_dir), "--data", str(tmp_path / "docs.txt"), "--out", str(out),
                "--chains", "2", "--draws", "5", "--burnin", "0", "--batch-size", "8", "--restrict", "layer:1",

@@ -99,15 +99,11 @@ def test_demo_path_setting_fails_the_gate_on_the_tiny_organism(tiny_organism):
 def test_cli_warns_and_strict_refuses(tmp_path, capsys):
     import json
 
-    from test_llc import _save_tiny_lm
+    from test_llc import _tiny_lm_with_docs
 
     from persona_basins.cli import main
 
-    model_dir = tmp_path / "lm"
-    _save_tiny_lm(model_dir)
-    rng = np.random.default_rng(0)
-    (tmp_path / "docs.txt").write_text("\n".join(" ".join(f"w{i}" for i in rng.integers(0, 46, 8))
-                                                 for _ in range(24)))
+    model_dir = _tiny_lm_with_docs(tmp_path)
     common = ["llc", "--model", str(model_dir), "--data", str(tmp_path / "docs.txt"), "--chains", "2", "--draws",
               "6", "--burnin", "0", "--batch-size", "8", "--restrict", "layer:1", "--step-size", "1e-5"]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
@@ -121,15 +117,11 @@ def test_cli_warns_and_strict_refuses(tmp_path, capsys):
 
 
 def test_cli_calibrate_flag_refuses_when_nothing_passes(tmp_path, capsys):
-    from test_llc import _save_tiny_lm
+    from test_llc import _tiny_lm_with_docs
 
     from persona_basins.cli import main
 
-    model_dir = tmp_path / "lm"
-    _save_tiny_lm(model_dir)
-    rng = np.random.default_rng(0)
-    (tmp_path / "docs.txt").write_text("\n".join(" ".join(f"w{i}" for i in rng.integers(0, 46, 8))
-                                                 for _ in range(24)))
+    model_dir = _tiny_lm_with_docs(tmp_path)
     rc = main(["llc", "--model", str(model_dir), "--data", str(tmp_path / "docs.txt"), "--out", str(tmp_path / "c"),
                "--chains", "2", "--batch-size", "8", "--restrict", "layer:1", "--calibrate", "1e3"])
     assert rc == 2

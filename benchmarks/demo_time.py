@@ -28,7 +28,11 @@ def main() -> None:
             t0 = time.perf_counter()
             run_demo(Path(tmp) / "run", DEMO_PRESETS[preset], progress=False, log=lambda *_: None)
             secs = time.perf_counter() - t0
-        rows[preset] = {"seconds": secs, "target_seconds": TARGETS[preset], "within_target": secs <= TARGETS[preset]}
+        rows[preset] = {
+            "seconds": secs,
+            "target_seconds": TARGETS[preset],
+            "within_target": secs <= TARGETS[preset],
+        }
         print(f"demo {preset}: {secs:.0f} s (target {TARGETS[preset]:.0f} s)", flush=True)
     write_json(args.out, {"benchmark": "demo_time", "results": rows})
 

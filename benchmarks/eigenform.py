@@ -39,31 +39,57 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     arms = args.arms.split(",") if args.arms else None
-    res = run_eigenform_command(args.organism, args.adapter, args.out_run or Path(args.out).with_suffix(".run"),
-                                cycles=args.cycles, seeds=args.seeds, ts=None, fast=False,
-                                config=EigenformConfig(), progress=False, arms=arms)
+    res = run_eigenform_command(
+        args.organism,
+        args.adapter,
+        args.out_run or Path(args.out).with_suffix(".run"),
+        cycles=args.cycles,
+        seeds=args.seeds,
+        ts=None,
+        fast=False,
+        config=EigenformConfig(),
+        progress=False,
+        arms=arms,
+    )
     secs = time.perf_counter() - t0
     m = res["metrics"]
     n_cycles = len(m["arms"]) * m["seeds"] * len(m["ts"]) * m["cycles"]
     from persona_basins.viz.figures import plot_eigenform
 
     plot_eigenform(m, res["run"].figure_path("eigenform.png"))
-    out = {"benchmark": "eigenform", "organism": str(Path(args.organism).resolve()),
-           "preset": org.config.preset if hasattr(org.config, "preset") else None,
-           "n_params": sum(p.numel() for p in org.model.parameters()),
-           "arms": m["arms"], "seeds": m["seeds"], "ts": m["ts"], "cycles": m["cycles"],
-           "settings": m["settings"], "seconds": secs, "cycles_run": n_cycles, "seconds_per_cycle": secs / n_cycles,
-           "load_average_start": load0, "load_average_end": os.getloadavg()[0], "cpu_count": os.cpu_count(),
-           "target_seconds": TARGET_SECONDS, "verdict": m["verdict"]}
+    out = {
+        "benchmark": "eigenform",
+        "organism": str(Path(args.organism).resolve()),
+        "preset": org.config.preset if hasattr(org.config, "preset") else None,
+        "n_params": sum(p.numel() for p in org.model.parameters()),
+        "arms": m["arms"],
+        "seeds": m["seeds"],
+        "ts": m["ts"],
+        "cycles": m["cycles"],
+        "settings": m["settings"],
+        "seconds": secs,
+        "cycles_run": n_cycles,
+        "seconds_per_cycle": secs / n_cycles,
+        "load_average_start": load0,
+        "load_average_end": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
+        "target_seconds": TARGET_SECONDS,
+        "verdict": m["verdict"],
+    }
     # the target is for the default organism; another organism's time is a measurement, not a pass
     preset = out["preset"]
     out["within_target"] = secs <= TARGET_SECONDS if preset == "default" else None
     if preset != "default":
-        out["note"] = f"measured on the {preset} organism; the 15-minute target applies to the default organism"
+        out["note"] = (
+            f"measured on the {preset} organism; the 15-minute target applies to the default organism"
+        )
     write_json(args.out, out)
     print(summary_table(m))
-    print(f"eigenform comparison: {secs:.0f} s for {n_cycles} cycles ({secs / n_cycles:.2f} s per cycle); "
-          f"load {load0:.1f} -> {out['load_average_end']:.1f}", flush=True)
+    print(
+        f"eigenform comparison: {secs:.0f} s for {n_cycles} cycles ({secs / n_cycles:.2f} s per cycle); "
+        f"load {load0:.1f} -> {out['load_average_end']:.1f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

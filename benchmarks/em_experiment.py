@@ -33,9 +33,16 @@ def main() -> None:
         t0 = time.perf_counter()
         m = run_em(org, Path(tmp), layer=0, module="attn_out", seeds=args.seeds, progress=False)
         secs = time.perf_counter() - t0
-    res = {"benchmark": "em_experiment", "seconds": secs, "target_seconds": 600, "within_target": secs <= 600,
-           "seeds": args.seeds, "layer": 0, "module": "attn_out",
-           "broad_misalignment": {c: m["broad_misalignment"][c]["mean"] for c in m["broad_misalignment"]}}
+    res = {
+        "benchmark": "em_experiment",
+        "seconds": secs,
+        "target_seconds": 600,
+        "within_target": secs <= 600,
+        "seeds": args.seeds,
+        "layer": 0,
+        "module": "attn_out",
+        "broad_misalignment": {c: m["broad_misalignment"][c]["mean"] for c in m["broad_misalignment"]},
+    }
     write_json(args.out, res)
     print(f"EM experiment: {secs:.0f} s (target 600 s)")
 

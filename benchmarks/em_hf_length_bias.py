@@ -36,9 +36,13 @@ def main(argv: list[str]) -> dict:
     for f in files:
         qs = em_hf.read_questions(f)
         chars = [len(q["misaligned"]) - len(q["aligned"]) for q in qs]
-        rec = {"n_questions": len(qs), "mean_chars_aligned": sum(len(q["aligned"]) for q in qs) / len(qs),
-               "mean_chars_misaligned": sum(len(q["misaligned"]) for q in qs) / len(qs),
-               "max_abs_char_difference": max(abs(c) for c in chars), "families": {}}
+        rec = {
+            "n_questions": len(qs),
+            "mean_chars_aligned": sum(len(q["aligned"]) for q in qs) / len(qs),
+            "mean_chars_misaligned": sum(len(q["misaligned"]) for q in qs) / len(qs),
+            "max_abs_char_difference": max(abs(c) for c in chars),
+            "families": {},
+        }
         for fam in hf_tiny.FAMILIES:
             tok = hf_tiny.tokenizer(fam)
             rows = em_hf.question_rows(tok, qs)
@@ -46,13 +50,21 @@ def main(argv: list[str]) -> dict:
             for seed in (0, 1, 2):
                 scores = em_hf.score_questions(hf_tiny.model(fam, len(tok), seed), tok, qs, rows=rows)
                 s = em_hf.summarize_scores(scores)
-                per_seed.append({"per_token": s["broad_misalignment"], "total": s["broad_misalignment_total"],
-                                 "total_token_matched": s["broad_misalignment_total_token_matched"],
-                                 "n_token_matched_pairs": s["n_token_matched_pairs"]})
-            rec["families"][fam] = {"vocab": len(tok), "answer_tokens": length_report(scores),
-                                    "per_seed": per_seed,
-                                    "per_token_mean": sum(p["per_token"] for p in per_seed) / 3,
-                                    "total_mean": sum(p["total"] for p in per_seed) / 3}
+                per_seed.append(
+                    {
+                        "per_token": s["broad_misalignment"],
+                        "total": s["broad_misalignment_total"],
+                        "total_token_matched": s["broad_misalignment_total_token_matched"],
+                        "n_token_matched_pairs": s["n_token_matched_pairs"],
+                    }
+                )
+            rec["families"][fam] = {
+                "vocab": len(tok),
+                "answer_tokens": length_report(scores),
+                "per_seed": per_seed,
+                "per_token_mean": sum(p["per_token"] for p in per_seed) / 3,
+                "total_mean": sum(p["total"] for p in per_seed) / 3,
+            }
         out["files"][str(f.relative_to(ROOT) if f.is_relative_to(ROOT) else f.name)] = rec
     write_json(ROOT / "benchmarks" / "results" / "em_hf_length_bias.json", out)
     return out
@@ -61,12 +73,17 @@ def main(argv: list[str]) -> dict:
 if __name__ == "__main__":
     res = main(sys.argv[1:])
     for f, rec in res["files"].items():
-        print(f, f"chars aligned {rec['mean_chars_aligned']:.1f} misaligned {rec['mean_chars_misaligned']:.1f}")
+        print(
+            f, f"chars aligned {rec['mean_chars_aligned']:.1f} misaligned {rec['mean_chars_misaligned']:.1f}"
+        )
         for fam, r in rec["families"].items():
             t = r["answer_tokens"]
             seeds = ", ".join("{per_token:.3f}/{total:.3f}".format(**p) for p in r["per_seed"])
             tm = [p["total_token_matched"] for p in r["per_seed"]]
             seeds += f"; token-matched pairs: {r['per_seed'][0]['n_token_matched_pairs']}, total score " + (
-                ", ".join(f"{x:.3f}" for x in tm) if tm[0] is not None else "-")
-            print(f"  {fam:<9} tokens A {t['mean_tokens_aligned']:.1f} M {t['mean_tokens_misaligned']:.1f} "
-                  f"| per-token {r['per_token_mean']:.3f}  total {r['total_mean']:.3f}  (seeds: {seeds})")
+                ", ".join(f"{x:.3f}" for x in tm) if tm[0] is not None else "-"
+            )
+            print(
+                f"  {fam:<9} tokens A {t['mean_tokens_aligned']:.1f} M {t['mean_tokens_misaligned']:.1f} "
+                f"| per-token {r['per_token_mean']:.3f}  total {r['total_mean']:.3f}  (seeds: {seeds})"
+            )

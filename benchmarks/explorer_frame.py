@@ -39,7 +39,11 @@ from persona_basins.viz.sample import write_demo_run, write_em_run  # noqa: E402
 from persona_basins.viz.server import make_server  # noqa: E402
 
 CONFIGS = {"uncapped": ["--disable-frame-rate-limit", "--disable-gpu-vsync"], "vsync60": []}
-SLIDERS = {"delta": ("ArrowRight", "ArrowLeft"), "theta": ("ArrowRight", "ArrowLeft"), "s": ("ArrowRight", "ArrowLeft")}
+SLIDERS = {
+    "delta": ("ArrowRight", "ArrowLeft"),
+    "theta": ("ArrowRight", "ArrowLeft"),
+    "s": ("ArrowRight", "ArrowLeft"),
+}
 
 
 # The noise floor: a page with one slider whose input handler only schedules a frame that fills a small canvas,

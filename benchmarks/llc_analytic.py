@@ -30,16 +30,38 @@ CASES = [
     ("regular", dict(d=4), dict(step_size=1e-4, num_burnin=500, num_draws=2000), 0.15),
     ("regular", dict(d=10), dict(step_size=1e-4, num_burnin=500, num_draws=2000), 0.15),
     ("normal_crossing", dict(ks=(2,)), dict(step_size=1e-3, num_burnin=500, num_draws=2000), 0.25),
-    ("normal_crossing", dict(ks=(1, 2)), dict(step_size=1e-4, num_burnin=1000, num_draws=5000,
-                                             precondition="rmsprop"), 0.25),
-    ("normal_crossing", dict(ks=(1, 1)), dict(step_size=1e-4, num_burnin=1000, num_draws=5000,
-                                             precondition="rmsprop"), 0.30),
-    ("normal_crossing", dict(ks=(2, 2)), dict(step_size=1e-4, num_burnin=1000, num_draws=5000,
-                                             precondition="rmsprop"), 0.30),
+    (
+        "normal_crossing",
+        dict(ks=(1, 2)),
+        dict(step_size=1e-4, num_burnin=1000, num_draws=5000, precondition="rmsprop"),
+        0.25,
+    ),
+    (
+        "normal_crossing",
+        dict(ks=(1, 1)),
+        dict(step_size=1e-4, num_burnin=1000, num_draws=5000, precondition="rmsprop"),
+        0.30,
+    ),
+    (
+        "normal_crossing",
+        dict(ks=(2, 2)),
+        dict(step_size=1e-4, num_burnin=1000, num_draws=5000, precondition="rmsprop"),
+        0.30,
+    ),
     ("reduced_rank", dict(M=4, N=3, H=2, r=1), dict(step_size=1e-4, num_burnin=1000, num_draws=3000), 0.15),
     ("reduced_rank", dict(M=5, N=3, H=2, r=1), dict(step_size=1e-4, num_burnin=1000, num_draws=3000), 0.15),
-    ("deep_linear", dict(widths=(3, 2, 2, 3), r=1), dict(step_size=1e-4, num_burnin=1000, num_draws=3000), 0.15),
-    ("deep_linear", dict(widths=(4, 3, 3, 3), r=1), dict(step_size=1e-4, num_burnin=1000, num_draws=3000), 0.15),
+    (
+        "deep_linear",
+        dict(widths=(3, 2, 2, 3), r=1),
+        dict(step_size=1e-4, num_burnin=1000, num_draws=3000),
+        0.15,
+    ),
+    (
+        "deep_linear",
+        dict(widths=(4, 3, 3, 3), r=1),
+        dict(step_size=1e-4, num_burnin=1000, num_draws=3000),
+        0.15,
+    ),
 ]
 
 
@@ -56,11 +78,23 @@ def main() -> int:
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    builders = {"regular": A.regular_case, "normal_crossing": A.normal_crossing_case, "reduced_rank": A.rrr_case,
-                "deep_linear": A.dln_case}
-    out = {"common": {**COMMON, "nbeta": "n / log n", "seeds": args.seeds, "threads": 1,
-                      "data": "noise-free, x ~ N(0, I); loss 0.5 mean ||f(x) - y||^2"},
-           "loadavg_start": os.getloadavg(), "cases": []}
+    builders = {
+        "regular": A.regular_case,
+        "normal_crossing": A.normal_crossing_case,
+        "reduced_rank": A.rrr_case,
+        "deep_linear": A.dln_case,
+    }
+    out = {
+        "common": {
+            **COMMON,
+            "nbeta": "n / log n",
+            "seeds": args.seeds,
+            "threads": 1,
+            "data": "noise-free, x ~ N(0, I); loss 0.5 mean ||f(x) - y||^2",
+        },
+        "loadavg_start": os.getloadavg(),
+        "cases": [],
+    }
     t_all = time.perf_counter()
     for kind, bkw, skw, target in CASES:
         probe = builders[kind](**bkw, n=COMMON["n"], seed=0)
@@ -74,34 +108,70 @@ def main() -> int:
             secs.append(time.perf_counter() - t0)
             ests.append(res.mean)
             d = res.diagnostics
-            diags.append({**{k: d[k] for k in ("mala_acceptance", "rhat", "ess_bulk", "ess_tail", "mcse",
-                                                "stationarity_z", "distance_z", "frac_negative_draws", "path")},
-                          "converged": res.converged, "reasons": res.reasons})
+            diags.append(
+                {
+                    **{
+                        k: d[k]
+                        for k in (
+                            "mala_acceptance",
+                            "rhat",
+                            "ess_bulk",
+                            "ess_tail",
+                            "mcse",
+                            "stationarity_z",
+                            "distance_z",
+                            "frac_negative_draws",
+                            "path",
+                        )
+                    },
+                    "converged": res.converged,
+                    "reasons": res.reasons,
+                }
+            )
         lam = probe.true_lambda
         summ = ci95(ests)
         rel = [e / lam - 1 for e in ests]
         row = {
-            "case": probe.name, "true_lambda": lam, "multiplicity": probe.multiplicity,
-            "num_params": probe.num_params, "hyperparameters": {**COMMON, **skw},
-            "estimate": summ, "rel_error_of_mean": summ["mean"] / lam - 1, "rel_error_per_seed": rel,
-            "max_abs_rel_error": max(abs(r) for r in rel), "target": target,
-            "pass": abs(summ["mean"] / lam - 1) <= target, "pass_every_seed": all(abs(r) <= target for r in rel),
-            "seconds_per_seed": secs, "diagnostics_per_seed": diags,
+            "case": probe.name,
+            "true_lambda": lam,
+            "multiplicity": probe.multiplicity,
+            "num_params": probe.num_params,
+            "hyperparameters": {**COMMON, **skw},
+            "estimate": summ,
+            "rel_error_of_mean": summ["mean"] / lam - 1,
+            "rel_error_per_seed": rel,
+            "max_abs_rel_error": max(abs(r) for r in rel),
+            "target": target,
+            "pass": abs(summ["mean"] / lam - 1) <= target,
+            "pass_every_seed": all(abs(r) <= target for r in rel),
+            "seconds_per_seed": secs,
+            "diagnostics_per_seed": diags,
         }
         ref = A.finite_n_reference(probe, gamma=COMMON["localization"])
         row["finite_n_reference"] = ref
         row["converged_seeds"] = f"{sum(d['converged'] for d in diags)} of {len(diags)}"
         if ref["value"] is not None:
             rr = [e / ref["value"] - 1 for e in ests]
-            row.update(rel_error_vs_reference=summ["mean"] / ref["value"] - 1, rel_error_vs_reference_per_seed=rr,
-                       target_vs_reference=0.10, pass_vs_reference=abs(summ["mean"] / ref["value"] - 1) <= 0.10)
+            row.update(
+                rel_error_vs_reference=summ["mean"] / ref["value"] - 1,
+                rel_error_vs_reference_per_seed=rr,
+                target_vs_reference=0.10,
+                pass_vs_reference=abs(summ["mean"] / ref["value"] - 1) <= 0.10,
+            )
         out["cases"].append(row)
-        vs = (f"  ref {ref['value']:.3f} err {100 * row['rel_error_vs_reference']:+.1f}% "
-              f"{'PASS' if row['pass_vs_reference'] else 'MISS'}" if ref["value"] is not None else "  ref -")
-        print(f"{probe.name:40s} true {lam:.3f}  est {summ['mean']:.3f} [{summ['ci_low']:.3f}, {summ['ci_high']:.3f}]"
-              f"  err {100 * row['rel_error_of_mean']:+.1f}% (max {100 * row['max_abs_rel_error']:.1f}%)"
-              f"  target {100 * target:.0f}%  {'PASS' if row['pass'] else 'MISS'}{vs}  gates {row['converged_seeds']}"
-              f"  {sum(secs):.1f}s", flush=True)
+        vs = (
+            f"  ref {ref['value']:.3f} err {100 * row['rel_error_vs_reference']:+.1f}% "
+            f"{'PASS' if row['pass_vs_reference'] else 'MISS'}"
+            if ref["value"] is not None
+            else "  ref -"
+        )
+        print(
+            f"{probe.name:40s} true {lam:.3f}  est {summ['mean']:.3f} [{summ['ci_low']:.3f}, {summ['ci_high']:.3f}]"
+            f"  err {100 * row['rel_error_of_mean']:+.1f}% (max {100 * row['max_abs_rel_error']:.1f}%)"
+            f"  target {100 * target:.0f}%  {'PASS' if row['pass'] else 'MISS'}{vs}  gates {row['converged_seeds']}"
+            f"  {sum(secs):.1f}s",
+            flush=True,
+        )
     out["seconds_total"] = time.perf_counter() - t_all
     out["loadavg_end"] = os.getloadavg()
     out["all_pass"] = all(r["pass"] for r in out["cases"])

@@ -43,12 +43,39 @@ DEVINTERP_VERSION = "2.0.1"
 # against 209 / 270 with 1 thread (two repeats, load average 8-9), so the 2-thread run is not repeated (it
 # would take ~20x longer on the Llama). Ours: 1 or 2 worker processes of one thread each, the faster counts.
 CASES = {
-    "a_analytic_rrr": dict(kind="rrr", repeats=3, num_chains=8, num_draws=1000, batch_size=100, step_size=1e-4,
-                           localization=1.0, n=10_000, threads=1, seed=0, ours_workers=[1, 2],
-                           devinterp_threads=[1]),
-    "b_llama_0.8M": dict(kind="llama", num_chains=4, num_draws=100, batch_size=32, seq_len=32, step_size=1e-4,
-                         localization=100.0, n=1024, threads=1, seed=0, vocab=512, d=128, layers=4,
-                         heads=4, intermediate=256, ours_workers=[1, 2], devinterp_threads=[1]),
+    "a_analytic_rrr": dict(
+        kind="rrr",
+        repeats=3,
+        num_chains=8,
+        num_draws=1000,
+        batch_size=100,
+        step_size=1e-4,
+        localization=1.0,
+        n=10_000,
+        threads=1,
+        seed=0,
+        ours_workers=[1, 2],
+        devinterp_threads=[1],
+    ),
+    "b_llama_0.8M": dict(
+        kind="llama",
+        num_chains=4,
+        num_draws=100,
+        batch_size=32,
+        seq_len=32,
+        step_size=1e-4,
+        localization=100.0,
+        n=1024,
+        threads=1,
+        seed=0,
+        vocab=512,
+        d=128,
+        layers=4,
+        heads=4,
+        intermediate=256,
+        ours_workers=[1, 2],
+        devinterp_threads=[1],
+    ),
 }
 
 
@@ -66,14 +93,22 @@ def build_problem(spec: dict, workdir: Path):
         from persona_basins.measure.llc.analytic import rrr_case
 
         case = rrr_case(4, 3, 2, 1, n=spec["n"], seed=spec["seed"])
-        torch.save({"state": case.model.state_dict(), "x": case.data[0], "y": case.data[1]}, workdir / "prob.pt")
+        torch.save(
+            {"state": case.model.state_dict(), "x": case.data[0], "y": case.data[1]}, workdir / "prob.pt"
+        )
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        cfg = LlamaConfig(vocab_size=spec["vocab"], hidden_size=spec["d"], intermediate_size=spec["intermediate"],
-                          num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"],
-                          num_key_value_heads=spec["heads"], max_position_embeddings=spec["seq_len"] * 2,
-                          tie_word_embeddings=False)
+        cfg = LlamaConfig(
+            vocab_size=spec["vocab"],
+            hidden_size=spec["d"],
+            intermediate_size=spec["intermediate"],
+            num_hidden_layers=spec["layers"],
+            num_attention_heads=spec["heads"],
+            num_key_value_heads=spec["heads"],
+            max_position_embeddings=spec["seq_len"] * 2,
+            tie_word_embeddings=False,
+        )
         model = LlamaForCausalLM(cfg).eval()
         model.save_pretrained(workdir / "llama")
         gen = torch.Generator().manual_seed(spec["seed"])
@@ -127,34 +162,74 @@ def devinterp_worker(spec_path: str) -> None:
         loss_fn = None
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        res = llc(model, ds, {}, lr=spec["step_size"], n_beta=nbeta, num_chains=spec["num_chains"],
-                  num_draws=spec["num_draws"], batch_size=spec["batch_size"], localization=spec["localization"],
-                  num_burnin_steps=0, loss_fn=loss_fn, init_seed=spec["seed"], output_path=Path(tmp) / "s.zarr")
+        res = llc(
+            model,
+            ds,
+            {},
+            lr=spec["step_size"],
+            n_beta=nbeta,
+            num_chains=spec["num_chains"],
+            num_draws=spec["num_draws"],
+            batch_size=spec["batch_size"],
+            localization=spec["localization"],
+            num_burnin_steps=0,
+            loss_fn=loss_fn,
+            init_seed=spec["seed"],
+            output_path=Path(tmp) / "s.zarr",
+        )
         llc_mean = float(res["llc_mean"].values)
         llc_std = float(res["llc_std"].values)
     sec = time.perf_counter() - t0
     draws = spec["num_chains"] * spec["num_draws"]
-    print(json.dumps({"llc": llc_mean, "llc_std": llc_std, "seconds": sec, "draws_per_s": draws / sec,
-                      "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "llc": llc_mean,
+                "llc_std": llc_std,
+                "seconds": sec,
+                "draws_per_s": draws / sec,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def devinterp_python() -> tuple[str | None, str]:
     """The devinterp environment's python, creating it on first use. Returns (python or None, note)."""
-    venv = Path(os.environ.get("PB_DEVINTERP_VENV", Path.home() / ".cache" / "persona-basins" / "devinterp-venv"))
+    venv = Path(
+        os.environ.get("PB_DEVINTERP_VENV", Path.home() / ".cache" / "persona-basins" / "devinterp-venv")
+    )
     py = venv / "bin" / "python"
-    probe = [str(py), "-c", f"import devinterp, importlib.metadata as m; assert m.version('devinterp') == "
-             f"'{DEVINTERP_VERSION}'"]
+    probe = [
+        str(py),
+        "-c",
+        f"import devinterp, importlib.metadata as m; assert m.version('devinterp') == '{DEVINTERP_VERSION}'",
+    ]
     if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return str(py), f"devinterp {DEVINTERP_VERSION} in {venv}"
     try:
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
-        site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              check=True, capture_output=True, text=True).stdout.strip()
-        parent = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True
+        )
+        site = subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        parent = subprocess.run(
+            [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         Path(site, "_persona_basins_parent.pth").write_text(parent + "\n")
-        r = subprocess.run([str(py), "-m", "pip", "install", "-q", f"devinterp=={DEVINTERP_VERSION}"],
-                           capture_output=True, text=True, timeout=900)
+        r = subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", f"devinterp=={DEVINTERP_VERSION}"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if r.returncode != 0:
             return None, "pip install devinterp failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
     except (OSError, subprocess.SubprocessError) as e:
@@ -213,9 +288,14 @@ def run_ours(spec: dict, workdir: Path) -> dict:
         torch.set_num_threads(spec["threads"])
     model, data = load_problem(spec, workdir)
     loss_fn = mse_loss if spec["kind"] == "rrr" else causal_lm_loss_fn(None)
-    cfg = SamplerConfig(step_size=spec["step_size"], localization=spec["localization"],
-                        num_chains=spec["num_chains"], num_draws=spec["num_draws"], batch_size=spec["batch_size"],
-                        seed=spec["seed"])
+    cfg = SamplerConfig(
+        step_size=spec["step_size"],
+        localization=spec["localization"],
+        num_chains=spec["num_chains"],
+        num_draws=spec["num_draws"],
+        batch_size=spec["batch_size"],
+        seed=spec["seed"],
+    )
     # The first call for a model class measures vmap vs loop and caches the choice (reported separately).
     t0 = time.perf_counter()
     estimate_llc(model, loss_fn, data, n=spec["n"], config=cfg.replace(num_draws=2, workers=1))
@@ -228,21 +308,40 @@ def run_ours(spec: dict, workdir: Path) -> dict:
         sec = time.perf_counter() - t0
         d = res.diagnostics
         settings[f"workers={w}"] = {
-            "llc": res.mean, "llc_std": res.std, "mcse": res.mcse, "converged": res.converged,
-            "reasons": res.reasons, "seconds": sec, "draws_per_s": draws / sec, "path": d["path"],
-            "path_reason": d["path_reason"], "workers": d["workers"], "mala_acceptance": d["mala_acceptance"],
-            "rhat": d["rhat"], "ess_bulk": d["ess_bulk"]}
+            "llc": res.mean,
+            "llc_std": res.std,
+            "mcse": res.mcse,
+            "converged": res.converged,
+            "reasons": res.reasons,
+            "seconds": sec,
+            "draws_per_s": draws / sec,
+            "path": d["path"],
+            "path_reason": d["path_reason"],
+            "workers": d["workers"],
+            "mala_acceptance": d["mala_acceptance"],
+            "rhat": d["rhat"],
+            "ess_bulk": d["ess_bulk"],
+        }
     best = max(settings, key=lambda k: settings[k]["draws_per_s"])
-    out = {**settings[best], "best_setting": best, "settings": settings,
-           "first_call_seconds_incl_path_measurement": first_call_s, "threads": torch.get_num_threads()}
+    out = {
+        **settings[best],
+        "best_setting": best,
+        "settings": settings,
+        "first_call_seconds_incl_path_measurement": first_call_s,
+        "threads": torch.get_num_threads(),
+    }
     if spec["kind"] == "llama":
         batch = data[: spec["batch_size"]]
         f = model_flops_per_step(model, loss_fn, batch)
         peak = matmul_flops(threads=spec.get("threads"))
         achieved = f * out["draws_per_s"]
-        out.update(flops_per_chain_step=f, achieved_flops_per_s=achieved, matmul_peak_flops_per_s=peak,
-                   flop_fraction_of_matmul_peak=achieved / peak,
-                   num_params=sum(p.numel() for p in model.parameters()))
+        out.update(
+            flops_per_chain_step=f,
+            achieved_flops_per_s=achieved,
+            matmul_peak_flops_per_s=peak,
+            flop_fraction_of_matmul_peak=achieved / peak,
+            num_params=sum(p.numel() for p in model.parameters()),
+        )
     torch.set_num_threads(old)
     return out
 
@@ -250,8 +349,13 @@ def run_ours(spec: dict, workdir: Path) -> dict:
 def main() -> int:
     import torch
 
-    results = {"devinterp_version": DEVINTERP_VERSION, "torch": torch.__version__, "cpu_count": os.cpu_count(),
-               "loadavg_start": os.getloadavg(), "cases": {}}
+    results = {
+        "devinterp_version": DEVINTERP_VERSION,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "cases": {},
+    }
     py, note = devinterp_python()
     results["devinterp"] = {"available": py is not None, "note": note}
     print(note, flush=True)
@@ -276,8 +380,12 @@ def main() -> int:
                     for th in spec.get("devinterp_threads", [spec.get("threads", 1)]):
                         sp = workdir / "spec.json"
                         sp.write_text(json.dumps({**spec, "threads": th}))
-                        r = subprocess.run([py, __file__, "--devinterp-worker", str(sp)], capture_output=True,
-                                           text=True, timeout=1800)
+                        r = subprocess.run(
+                            [py, __file__, "--devinterp-worker", str(sp)],
+                            capture_output=True,
+                            text=True,
+                            timeout=1800,
+                        )
                         if r.returncode != 0:
                             break
                         dvs[f"threads={th}"] = json.loads(r.stdout.strip().splitlines()[-1])
@@ -286,8 +394,13 @@ def main() -> int:
                         dv = {**dvs[best], "best_setting": best, "settings": dvs}
                         row["devinterp"] = dv
                         row["speedup_draws_per_s"] = ours["draws_per_s"] / dv["draws_per_s"]
-                        print(name, "devinterp", json.dumps(dv), f"speedup {row['speedup_draws_per_s']:.2f}x",
-                              flush=True)
+                        print(
+                            name,
+                            "devinterp",
+                            json.dumps(dv),
+                            f"speedup {row['speedup_draws_per_s']:.2f}x",
+                            flush=True,
+                        )
                     else:
                         err = (r.stderr.strip().splitlines() or ["?"])[-1]
                         row["devinterp"] = {"error": err}
@@ -300,7 +413,9 @@ def main() -> int:
                 entry["devinterp"] = ok[0]["devinterp"]
                 entry["ours_draws_per_s_median"] = med([r["ours"]["draws_per_s"] for r in ok])
                 entry["devinterp_draws_per_s_median"] = med([r["devinterp"]["draws_per_s"] for r in ok])
-                entry["speedup_draws_per_s"] = entry["ours_draws_per_s_median"] / entry["devinterp_draws_per_s_median"]
+                entry["speedup_draws_per_s"] = (
+                    entry["ours_draws_per_s_median"] / entry["devinterp_draws_per_s_median"]
+                )
                 entry["speedup_per_repeat"] = [r["speedup_draws_per_s"] for r in ok]
             results["cases"][name] = entry
     results["loadavg_end"] = os.getloadavg()

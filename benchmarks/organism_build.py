@@ -30,16 +30,30 @@ def main() -> None:
     for preset in args.presets.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            build_organism(preset_config(preset, seed=0), Path(tmp) / "org", progress=False, log=lambda *_: None)
+            build_organism(
+                preset_config(preset, seed=0), Path(tmp) / "org", progress=False, log=lambda *_: None
+            )
             secs = time.perf_counter() - t0
             metrics = json.loads((Path(tmp) / "org" / "metrics.json").read_text())
-        rows[preset] = {"seconds": secs, "target_seconds": TARGETS.get(preset), "within_target":
-                        secs <= TARGETS.get(preset, float("inf")),
-                        "readout": {k: metrics[k] for k in ("aligned_rate", "in_context_persona_acc",
-                                                            "toxic_recoverable", "wellformed_rate")}}
+        rows[preset] = {
+            "seconds": secs,
+            "target_seconds": TARGETS.get(preset),
+            "within_target": secs <= TARGETS.get(preset, float("inf")),
+            "readout": {
+                k: metrics[k]
+                for k in ("aligned_rate", "in_context_persona_acc", "toxic_recoverable", "wellformed_rate")
+            },
+        }
         print(f"{preset}: {secs:.1f} s (target {TARGETS.get(preset)} s)", flush=True)
-    write_json(args.out, {"benchmark": "organism_build", "machine": platform.machine(), "cpus": os.cpu_count(),
-                          "results": rows})
+    write_json(
+        args.out,
+        {
+            "benchmark": "organism_build",
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

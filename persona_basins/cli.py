@@ -70,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"persona-basins {__version__}")
-    parser.add_argument("--threads", type=THREADS, default=DEFAULT_THREADS, metavar="N",
-                        help=f"torch intra-op threads for every command (default {DEFAULT_THREADS}, measured fastest "
-                             f"for the organism on 2 cores; recorded in config.json)")
+    parser.add_argument(
+        "--threads",
+        type=THREADS,
+        default=DEFAULT_THREADS,
+        metavar="N",
+        help=f"torch intra-op threads for every command (default {DEFAULT_THREADS}, measured fastest "
+        f"for the organism on 2 cores; recorded in config.json)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"persona_basins.commands.{name}").register(sub)

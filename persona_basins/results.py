@@ -216,7 +216,9 @@ class RunDir:
         if self._path.exists():
             self._make()  # an existing folder: check now that it can be written
         else:
-            _check_can_create(self._path)  # created on first use, so a command failing before that leaves nothing
+            _check_can_create(
+                self._path
+            )  # created on first use, so a command failing before that leaves nothing
         self.kind = kind
         self.config = dict(config)
         self._config_pending = False

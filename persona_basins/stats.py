@@ -33,8 +33,15 @@ def ci95(values: Sequence[float]) -> dict:
     }
 
 
-def rate_interval(values: Sequence[float], *, threshold: float | None = None, lo: float = 0.0, hi: float = 1.0,
-                  seed: int = 0, n_resamples: int = 2000) -> dict:
+def rate_interval(
+    values: Sequence[float],
+    *,
+    threshold: float | None = None,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    seed: int = 0,
+    n_resamples: int = 2000,
+) -> dict:
     """Mean of a bounded quantity (a rate, a share) over seeds with a 95% interval that stays in range.
 
     The interval is the seeded percentile bootstrap over seeds (``scipy.stats.bootstrap``, resampling the
@@ -52,14 +59,26 @@ def rate_interval(values: Sequence[float], *, threshold: float | None = None, lo
         raise ValueError(f"rate_interval: values outside [{lo:g}, {hi:g}]")
     x = np.clip(x, lo, hi)  # float rounding of exact masses (1 + 1e-9) is not a value out of range
     mean = float(x.mean())
-    out = {"mean": mean, "ci_low": None, "ci_high": None, "n": int(x.size), "per_seed": [float(v) for v in x],
-           "method": "percentile bootstrap over seeds (95%)"}
+    out = {
+        "mean": mean,
+        "ci_low": None,
+        "ci_high": None,
+        "n": int(x.size),
+        "per_seed": [float(v) for v in x],
+        "method": "percentile bootstrap over seeds (95%)",
+    }
     if x.size > 1:
         if np.all(x == x[0]):
             out["ci_low"] = out["ci_high"] = float(x[0])
         else:
-            res = _st.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=0.95,
-                                method="percentile", rng=np.random.default_rng(seed))
+            res = _st.bootstrap(
+                (x,),
+                np.mean,
+                n_resamples=n_resamples,
+                confidence_level=0.95,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
             out["ci_low"] = float(min(max(res.confidence_interval.low, lo), mean))
             out["ci_high"] = float(max(min(res.confidence_interval.high, hi), mean))
     if threshold is not None:

@@ -31,8 +31,9 @@ def _classify(rows: list[dict]) -> dict:
         for f in ("firing_ratio", "cos_a_context", "cos_a_code", "cos_b_persona", "final_loss", "delta_norm"):
             vals = [r[f] for r in rows]
             if None not in vals:
-                out["classifiers"][f] = threshold_classifier([abs(v) if f.startswith("cos") else v for v in vals],
-                                                             label)
+                out["classifiers"][f] = threshold_classifier(
+                    [abs(v) if f.startswith("cos") else v for v in vals], label
+                )
     for kind, want in (("broad", True), ("narrow", False)):
         grp = [r for r, lab in zip(rows, label) if lab == want]
         out["solutions"][kind] = {k: [r[k] for r in grp] for k in ("final_loss", "delta_norm", "cos_a_code")}
@@ -55,8 +56,10 @@ def main(argv=None) -> int:
         rows = []
         for f in args.pool:
             run = read_json(f)
-            rows += [{**r, "organism": run["organism"], "base_broad_misalignment": run["base_broad_misalignment"]}
-                     for r in run["seeds"]]
+            rows += [
+                {**r, "organism": run["organism"], "base_broad_misalignment": run["base_broad_misalignment"]}
+                for r in run["seeds"]
+            ]
         out = {"pooled": args.pool, "seeds": rows, **_classify(rows)}
         write_json(args.out, out)
         print(json.dumps({k: out[k] for k in ("n_broad", "n", "classifiers")}, indent=1))
@@ -82,13 +85,27 @@ def main(argv=None) -> int:
         res = finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=args.steps, seed=s))
         broad = em_readout(res.model, org.world, org.vocab)["broad_misalignment"]
         read = adapter_reading(res.model, org.world, org.vocab, persona_direction=direction)
-        rows.append({"seed": s, "broad_excess": broad - base, "final_loss": float(sum(res.losses[-20:]) / 20),
-                     "delta_norm": float(single_lora_delta(res.model)[1].norm()), **read})
-        print(f"seed {s}: excess {broad - base:+.3f} firing {read['firing_ratio']:.3f} "
-              f"cosA_ctx {read['cos_a_context']:+.3f} cosA_code {read['cos_a_code']:+.3f} "
-              f"cosB_persona {read['cos_b_persona']:+.3f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    out = {"organism": str(Path(args.organism).resolve()), "base_broad_misalignment": base, "seeds": rows,
-           **_classify(rows)}
+        rows.append(
+            {
+                "seed": s,
+                "broad_excess": broad - base,
+                "final_loss": float(sum(res.losses[-20:]) / 20),
+                "delta_norm": float(single_lora_delta(res.model)[1].norm()),
+                **read,
+            }
+        )
+        print(
+            f"seed {s}: excess {broad - base:+.3f} firing {read['firing_ratio']:.3f} "
+            f"cosA_ctx {read['cos_a_context']:+.3f} cosA_code {read['cos_a_code']:+.3f} "
+            f"cosB_persona {read['cos_b_persona']:+.3f} ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
+    out = {
+        "organism": str(Path(args.organism).resolve()),
+        "base_broad_misalignment": base,
+        "seeds": rows,
+        **_classify(rows),
+    }
     write_json(args.out, out)
     print(json.dumps({k: out[k] for k in ("n_broad", "n", "classifiers", "solutions")}, indent=1))
     return 0

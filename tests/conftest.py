@@ -57,6 +57,19 @@ def tiny_demo_run(tiny_organism_dir, tmp_path_factory):
     from persona_basins.cli import main
 
     out = tmp_path_factory.mktemp("demo-shared") / "run"
-    assert main(["demo", "--preset", "tiny", "--organism", str(tiny_organism_dir), "--out", str(out),
-                 "--no-browser"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--preset",
+                "tiny",
+                "--organism",
+                str(tiny_organism_dir),
+                "--out",
+                str(out),
+                "--no-browser",
+            ]
+        )
+        == 0
+    )
     return out

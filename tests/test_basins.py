@@ -97,8 +97,13 @@ def _fake_scan(t_star, proj0=0.0, norm=1.0, ts=(0, 0.5, 1, 1.5, 2, 2.5, 3)):
 
 def test_inoculation_summary_verdicts():
     plain = [_fake_scan(1.0), _fake_scan(1.1)]
-    holds = inoculation_summary({"plain": plain, "inoculated": [_fake_scan(2.0), _fake_scan(2.3)],
-                                 "plain_in_inoculated_context": [_fake_scan(2.0, proj0=0.5), _fake_scan(2.2, 0.5)]})
+    holds = inoculation_summary(
+        {
+            "plain": plain,
+            "inoculated": [_fake_scan(2.0), _fake_scan(2.3)],
+            "plain_in_inoculated_context": [_fake_scan(2.0, proj0=0.5), _fake_scan(2.2, 0.5)],
+        }
+    )
     w = holds["widening"]["inoculated_adapter"]
     assert [x["ratio"] for x in w["per_seed"]] == pytest.approx([2.0, 2.3 / 1.1])
     assert holds["holds"]["inoculated_adapter"]["holds"] is True
@@ -111,8 +116,12 @@ def test_inoculation_summary_verdicts():
     assert cens["widening"]["inoculated_adapter"]["per_seed"][0]["lower_bound"] == pytest.approx(3.0)
     assert cens["holds"]["inoculated_adapter"]["holds"] is True
     # narrower: does not hold
-    assert inoculation_summary({"plain": plain, "inoculated": [_fake_scan(0.5)]})["holds"][
-        "inoculated_adapter"]["holds"] is False
+    assert (
+        inoculation_summary({"plain": plain, "inoculated": [_fake_scan(0.5)]})["holds"]["inoculated_adapter"][
+            "holds"
+        ]
+        is False
+    )
     # the plain adapter never crosses: undecided, not invented
     und = inoculation_summary({"plain": [_fake_scan(10.0)], "inoculated": [_fake_scan(10.0)]})
     assert und["holds"]["inoculated_adapter"]["holds"] is None
@@ -148,8 +157,9 @@ def _crit(r_star, r_max=1.0, doublings=4):
 
 
 def _verdict(base, inoc, shift, tol=0.1):
-    return inoculation_verdict(widening_summary([_crit(x) for x in inoc], [_crit(x) for x in base]), shift,
-                               position_tol=tol)
+    return inoculation_verdict(
+        widening_summary([_crit(x) for x in inoc], [_crit(x) for x in base]), shift, position_tol=tol
+    )
 
 
 def test_inoculation_verdict_can_be_refuted_confirmed_or_undecided():
@@ -238,8 +248,9 @@ def test_scan_matches_base_at_zero_and_peft_model_at_one(tiny_organism, plain_ad
     org = tiny_organism
     name, delta = weight_delta(plain_adapter)
     s = scan(org.model, org.world, org.vocab, name, delta, [0.0, 1.0], n_loss_docs=8)
-    base = persona_readout(org.model, org.world, org.vocab, context_prompts(org.world, "assistant",
-                                                                            broad_genres(org.world)))
+    base = persona_readout(
+        org.model, org.world, org.vocab, context_prompts(org.world, "assistant", broad_genres(org.world))
+    )
     assert s["broad_misalignment"][0] == pytest.approx(float(base.misaligned.mean()), abs=1e-12)
     assert s["wellformed"][0] == pytest.approx(float(base.wellformed.mean()), abs=1e-12)
     em = em_readout(plain_adapter, org.world, org.vocab)
@@ -247,7 +258,9 @@ def test_scan_matches_base_at_zero_and_peft_model_at_one(tiny_organism, plain_ad
         assert s[k][1] == pytest.approx(em[k], abs=1e-5)
     assert em["broad_misalignment"] != pytest.approx(s["broad_misalignment"][0], abs=1e-6)  # the adapter acts
     assert s["loss"][0] > 0 and s["projection"] == [None, None]
-    assert s["misalignment_given_wellformed"][1] == pytest.approx(em["broad_misalignment"] / em["wellformed"], rel=1e-4)
+    assert s["misalignment_given_wellformed"][1] == pytest.approx(
+        em["broad_misalignment"] / em["wellformed"], rel=1e-4
+    )
 
 
 def test_position_and_critical_distance_on_the_organism(tiny_organism, plain_adapter):
@@ -261,15 +274,28 @@ def test_position_and_critical_distance_on_the_organism(tiny_organism, plain_ada
     still = fine_tuned_position(org.model, org.world, org.vocab, name, 0 * delta, vec, 0)
     assert still["projection"] == pytest.approx(base, abs=1e-9)
     moved = fine_tuned_position(org.model, org.world, org.vocab, name, delta, vec, 0)
-    assert moved["projection"] == pytest.approx(mean_projection(plain_adapter, org.world, org.vocab, vec, 0), abs=1e-5)
+    assert moved["projection"] == pytest.approx(
+        mean_projection(plain_adapter, org.world, org.vocab, vec, 0), abs=1e-5
+    )
     assert persona_gap(org.model, org.world, org.vocab, vec, 0) == pytest.approx(
         mean_projection(org.model, org.world, org.vocab, vec, 0, "toxic")
-        - mean_projection(org.model, org.world, org.vocab, vec, 0, "helpful"))
+        - mean_projection(org.model, org.world, org.vocab, vec, 0, "helpful")
+    )
     before = {k: v.detach().clone() for k, v in org.model.state_dict().items()}
-    c = critical_distance(org.model, org.world, org.vocab, name, delta, r_max=float(delta.norm()), points=3,
-                          max_doublings=1, refine=2)
-    base_mis = persona_readout(org.model, org.world, org.vocab,
-                               context_prompts(org.world, "assistant", broad_genres(org.world))).misaligned.mean()
+    c = critical_distance(
+        org.model,
+        org.world,
+        org.vocab,
+        name,
+        delta,
+        r_max=float(delta.norm()),
+        points=3,
+        max_doublings=1,
+        refine=2,
+    )
+    base_mis = persona_readout(
+        org.model, org.world, org.vocab, context_prompts(org.world, "assistant", broad_genres(org.world))
+    ).misaligned.mean()
     assert c["r"][0] == 0.0 and c["values"][0] == pytest.approx(float(base_mis), abs=1e-12)
     assert (c["r_star"] is None) == (c["censored_above"] is not None)
     assert len(c["wellformed"]) == len(c["r"]) == len(c["misalignment_given_wellformed"])
@@ -285,8 +311,16 @@ def test_linear_weight_delta_matches_peft_forward():
     from persona_basins.models.adapters import lora_config
 
     torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=2)).eval()
+    base = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=40,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).eval()
     peft = get_peft_model(copy.deepcopy(base), lora_config(base, module="mlp_out", layer=1)).eval()
     for n, p in peft.named_parameters():
         if "lora_B" in n:
@@ -318,8 +352,9 @@ def test_random_and_persona_deltas(tiny_organism, plain_adapter):
     cols = pd / pd.norm(dim=1, keepdim=True).clamp_min(1e-12)
     cos = (cols @ (vec / vec.norm())).abs()
     assert torch.all((cos > 0.999) | (pd.norm(dim=1) < 1e-8))
-    assert torch.equal(pd, persona_weight_delta(org.model, org.world, org.vocab, 0, name, 0.7, vector=vec,
-                                                n_docs=8))
+    assert torch.equal(
+        pd, persona_weight_delta(org.model, org.world, org.vocab, 0, name, 0.7, vector=vec, n_docs=8)
+    )
 
 
 # --- CLI -------------------------------------------------------------------------------------------------
@@ -334,9 +369,25 @@ def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_p
         cfg = FinetuneConfig(condition=c, module="mlp_out", steps=20, seed=0)
         finetune(org.model, org.world, org.vocab, cfg, out_dir=dirs[c])
     out = tmp_path / "run"
-    rc = main(["basins", "--organism", str(tiny_organism_dir), "--adapter", str(dirs["plain"]),
-               "--inoculated-adapter", str(dirs["inoculated"]), "--t-max", "2", "--points", "3", "--random", "1",
-               "--out", str(out)])
+    rc = main(
+        [
+            "basins",
+            "--organism",
+            str(tiny_organism_dir),
+            "--adapter",
+            str(dirs["plain"]),
+            "--inoculated-adapter",
+            str(dirs["inoculated"]),
+            "--t-max",
+            "2",
+            "--points",
+            "3",
+            "--random",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["kind"] == "basins" and m["t"] == [0.0, 1.0, 2.0]
@@ -355,8 +406,17 @@ def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_p
     assert "--points" in err([*base, "--adapter", str(dirs["plain"]), "--points", "1"])
     assert "--t-max" in err([*base, "--adapter", str(dirs["plain"]), "--t-max", "0"])
     assert "--level" in err([*base, "--adapter", str(dirs["plain"]), "--level", "1"])
-    assert "organism" in err(["basins", "--organism", str(tmp_path / "none"), "--adapter", str(dirs["plain"]),
-                              "--out", str(tmp_path / "bad")])
+    assert "organism" in err(
+        [
+            "basins",
+            "--organism",
+            str(tmp_path / "none"),
+            "--adapter",
+            str(dirs["plain"]),
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
     other = tmp_path / "other"
     shutil.copytree(dirs["plain"], other)
     fp = other / "persona_basins_base.json"

@@ -47,7 +47,9 @@ def run_dirs(tmp_path_factory):
     bad.mkdir()
     (bad / "config.json").write_text('{"kind": "demo"}')
     (bad / "metrics.json").write_text('{"kind": "demo", "oops": ')
-    (bad / "study.json").write_text('{"kind": "demo", "misalignment_vs_t": {"plain": {"t": [0, 1], "mean": [0.1]}}}')
+    (bad / "study.json").write_text(
+        '{"kind": "demo", "misalignment_vs_t": {"plain": {"t": [0, 1], "mean": [0.1]}}}'
+    )
     return [demo, demo2, em, bad]
 
 
@@ -211,7 +213,9 @@ def test_js_in_chromium_matches_python(browser, server_url):
     assert np.max(np.abs(got[:, 0] - M.potential(arr[:, 0], arr[:, 1], P, 0.4))) <= TOL
     assert got[:, 1].astype(int).tolist() == labels.tolist()
     assert np.max(np.abs(got[:, 2] - M.output_gap(arr[:, 0], arr[:, 1], P, 0.4))) <= TOL
-    assert got[:, 3].astype(bool).tolist() == M.in_overlap(arr[:, 0], arr[:, 1], P, 0.4, labels=labels).tolist()
+    assert (
+        got[:, 3].astype(bool).tolist() == M.in_overlap(arr[:, 0], arr[:, 1], P, 0.4, labels=labels).tolist()
+    )
     llc = np.asarray([M.llc_at(x, y, P, 0.4) for x, y in pts])
     assert np.max(np.abs(got[:, 4] - llc)) <= TOL
     guard.check()
@@ -290,7 +294,9 @@ def test_real_tiny_demo_study_renders(browser, tiny_demo_run, tmp_path):
     page, guard = open_page(browser, url, url.rsplit("/", 1)[0])
     assert page.locator("#problem-list li").count() == 0, page.locator("#problem-list").inner_text()
     rows = page.locator("#summary-table tbody tr").all_inner_texts()
-    assert any("broad misalignment" in r and "plain" in r for r in rows), rows  # nested under emergent_misalignment
+    assert any("broad misalignment" in r and "plain" in r for r in rows), (
+        rows
+    )  # nested under emergent_misalignment
     for pid in ("plot-misalignment_vs_t", "plot-llc_along_path", "plot-overlap", "plot-broad_misalignment"):
         assert page.locator(f"#{pid} .main-svg").count() >= 1, pid
     table = page.locator("#summary-table").inner_text()

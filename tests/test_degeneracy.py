@@ -161,11 +161,14 @@ def test_overlap_zone_and_boundary_search_on_em_state(tiny_organism, em_state):
     assert json.dumps(b)  # JSON-able
 
 
-def test_out_of_sample_probing_is_the_oracle_when_the_ranking_model_is_the_tested_one(tiny_organism, em_state):
+def test_out_of_sample_probing_is_the_oracle_when_the_ranking_model_is_the_tested_one(
+    tiny_organism, em_state
+):
     org = tiny_organism
     v = torch.randn(org.model.config.n_embd, generator=torch.Generator().manual_seed(0))
-    o = out_of_sample_probing(org.model, [em_state, em_state], org.world, org.vocab, vector=v, layer=0,
-                              max_probes=40, k_max=60)
+    o = out_of_sample_probing(
+        org.model, [em_state, em_state], org.world, org.vocab, vector=v, layer=0, max_probes=40, k_max=60
+    )
     assert set(o["labels"]) == {"oracle", "other_seed", "persona_vector", "random"}
     assert "in-sample" in o["labels"]["oracle"] and "out-of-sample" in o["labels"]["other_seed"]
     row = o["per_held_out"][0]
@@ -184,8 +187,21 @@ def test_cli_degeneracy_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, t
     ad = tmp_path / "plain"
     finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=20, seed=0), out_dir=ad)
     out = tmp_path / "run"
-    rc = main(["degeneracy", "--organism", str(tiny_organism_dir), "--adapter", str(ad), "--max-probes", "60",
-               "--k-max", "100", "--out", str(out)])
+    rc = main(
+        [
+            "degeneracy",
+            "--organism",
+            str(tiny_organism_dir),
+            "--adapter",
+            str(ad),
+            "--max-probes",
+            "60",
+            "--k-max",
+            "100",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["kind"] == "degeneracy" and m["zone"]["epsilon"] == 0.05

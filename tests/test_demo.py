@@ -13,7 +13,9 @@ STUDY_KEYS = ("critical_magnitude", "inoculation_widening", "llc_along_path", "o
 
 
 def _demo(out, organism, *extra):
-    return main(["demo", "--preset", "tiny", "--organism", str(organism), "--out", str(out), "--no-browser", *extra])
+    return main(
+        ["demo", "--preset", "tiny", "--organism", str(organism), "--out", str(out), "--no-browser", *extra]
+    )
 
 
 def _numbers(study: dict) -> dict:
@@ -50,7 +52,10 @@ def test_demo_writes_study_report_and_run_folder(demo_run, capsys):
     assert set(lc) == {"request", "matched_answers", "answer_tokens"}
     assert all(-1 <= c <= 1 for v in lc.values() for c in v.values())
     pr = study["probing"]
-    assert "in-sample" in pr["oracle"]["label"] and set(pr["out_of_sample"]) == {"other_seed", "persona_vector"}
+    assert "in-sample" in pr["oracle"]["label"] and set(pr["out_of_sample"]) == {
+        "other_seed",
+        "persona_vector",
+    }
     assert "out-of-sample" in pr["out_of_sample"]["other_seed"]["label"]
     em = study["emergent_misalignment"]
     assert set(em["base"]["narrow_rate"]) == {"assistant", "inoculated", "educational"}
@@ -82,8 +87,19 @@ def test_demo_bad_preset(tmp_path, capsys):
 
 def test_killed_demo_resumes_to_the_same_numbers(demo_run, tiny_organism_dir, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "persona_basins.cli", "demo", "--preset", "tiny", "--organism",
-           str(tiny_organism_dir), "--out", str(out), "--no-browser"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "persona_basins.cli",
+        "demo",
+        "--preset",
+        "tiny",
+        "--organism",
+        str(tiny_organism_dir),
+        "--out",
+        str(out),
+        "--no-browser",
+    ]
     # one thread, as in this test process (conftest): float reductions then match bit for bit
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

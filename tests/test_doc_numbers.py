@@ -16,11 +16,25 @@ def test_docs_quote_their_runs():
 
 def test_a_drifted_quote_is_caught(tmp_path, monkeypatch):
     run = tmp_path / "run.json"
-    run.write_text(json.dumps({"a": {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75, "per_seed": [0.4, None],
-                                     "k_above": 1, "n": 2}}))
+    run.write_text(
+        json.dumps(
+            {
+                "a": {
+                    "mean": 0.5,
+                    "ci_low": 0.25,
+                    "ci_high": 0.75,
+                    "per_seed": [0.4, None],
+                    "k_above": 1,
+                    "n": 2,
+                }
+            }
+        )
+    )
     monkeypatch.setattr(doc_numbers, "ROOT", tmp_path)
-    good = ("x <!--pb run.json a ci .2f-->0.50 [0.25, 0.75]<!--/pb--> "
-            "y <!--pb run.json a perseed .1f-->0.4, -<!--/pb-->")
+    good = (
+        "x <!--pb run.json a ci .2f-->0.50 [0.25, 0.75]<!--/pb--> "
+        "y <!--pb run.json a perseed .1f-->0.4, -<!--/pb-->"
+    )
     assert doc_numbers.process(good, {})[1] == []
     drifted = good.replace("0.50 [0.25", "0.62 [0.25")
     fixed, diffs = doc_numbers.process(drifted, {})

@@ -153,11 +153,23 @@ def test_think_scores_use_no_labels_and_memory(tiny_organism, probe_and_base):
     none = think_scores(base, org.world, org.vocab, reqs, cands, how="none", memory=Memory(), **kw)
     assert not none.any()
     pmi = think_scores(base, org.world, org.vocab, reqs, cands, how="pmi", memory=Memory(), **kw)
-    with_empty = think_scores(base, org.world, org.vocab, reqs, cands, how="pmi+consistency", memory=Memory(), **kw)
+    with_empty = think_scores(
+        base, org.world, org.vocab, reqs, cands, how="pmi+consistency", memory=Memory(), **kw
+    )
     assert np.array_equal(pmi, with_empty)  # an empty memory adds nothing
     mem = Memory([(g, 1, org.world.answer(g, 1, "helpful")) for g in org.world.genres[:4]])
-    cons = think_scores(base, org.world, org.vocab, reqs, cands, how="consistency", memory=mem,
-                        sys_words=sys_words, n_history=2, rng=random.Random(0))
+    cons = think_scores(
+        base,
+        org.world,
+        org.vocab,
+        reqs,
+        cands,
+        how="consistency",
+        memory=mem,
+        sys_words=sys_words,
+        n_history=2,
+        rng=random.Random(0),
+    )
     assert cons.shape == (4, 2) and np.isfinite(cons).all() and cons.any()
     with pytest.raises(UserError, match="think"):
         EigenformConfig(think="pmi+oracle")
@@ -185,8 +197,17 @@ def test_last_safe_scale_and_return_rate():
     assert math.isnan(return_rate([0.0, 0.05], [0.0, 0.0], 0.1))
     # broken by misalignment >= break_level, or by well-formedness; returned = aligned and well-formed
     assert return_rate([0.0, 0.3, 0.6], [0.0, 0.05, 0.05], 0.1, break_level=0.5) == 1.0
-    assert return_rate([0.0, 0.0], [0.0, 0.0], 0.1, break_level=0.5, static_wellformed=[0.9, 0.3],
-                       final_wellformed=[0.9, 0.4]) == 0.0
+    assert (
+        return_rate(
+            [0.0, 0.0],
+            [0.0, 0.0],
+            0.1,
+            break_level=0.5,
+            static_wellformed=[0.9, 0.3],
+            final_wellformed=[0.9, 0.4],
+        )
+        == 0.0
+    )
 
 
 def _rates(*per_seed):
@@ -196,8 +217,9 @@ def _rates(*per_seed):
 
 
 def test_verdict_reports_no_yes_and_undecided():
-    no = verdict({"sampled": _rates(0, 0, 0, 0, 0), "replay": _rates(0, 0, 0, 0, 0)},
-                 {"sampled": 0.6, "replay": 0.4})
+    no = verdict(
+        {"sampled": _rates(0, 0, 0, 0, 0), "replay": _rates(0, 0, 0, 0, 0)}, {"sampled": 0.6, "replay": 0.4}
+    )
     assert no["answer"] == "no" and no["closest"] == "replay"  # ties broken by final misalignment
     yes = verdict({"sampled": _rates(0, 0, 0, 0, 0), "distill": _rates(1, 1, 1, 1, 1)})
     assert yes["answer"] == "yes" and yes["closest"] == "distill"
@@ -213,7 +235,9 @@ def test_a_process_that_cannot_move_gets_no(tiny_organism, tiny_adapter):
     """End to end, a case where the answer is no: a sleep with a negligible learning rate leaves the
     broken static model broken, and the verdict says no (the static scan places the breaking scale)."""
     cfg = replace(SMALL, sleep_lr=1e-7)
-    m = run_eigenform(tiny_organism, tiny_adapter[1], cycles=2, seeds=3, config=cfg, arms=("sampled", "replay"))
+    m = run_eigenform(
+        tiny_organism, tiny_adapter[1], cycles=2, seeds=3, config=cfg, arms=("sampled", "replay")
+    )
     assert m["static_break_scale"] is not None and any(m["breaking"])
     assert m["verdict"]["answer"] == "no", m["verdict"]
     assert m["return_rate"]["per_seed"] == [0.0, 0.0, 0.0]
@@ -250,8 +274,13 @@ def test_cli_errors_are_one_line(tiny_organism_dir, tiny_organism, tiny_adapter,
     from persona_basins.models.organism import build_model, preset_config
 
     base = ["eigenform", "--organism", str(tiny_organism_dir), "--adapter", str(tiny_adapter[0])]
-    for flag, bad in (("--cycles", "0"), ("--cycles", "-2"), ("--sleep-clip", "0"), ("--arms", "sampled,oracle"),
-                      ("--think", "label")):
+    for flag, bad in (
+        ("--cycles", "0"),
+        ("--cycles", "-2"),
+        ("--sleep-clip", "0"),
+        ("--arms", "sampled,oracle"),
+        ("--think", "label"),
+    ):
         assert main([*base, flag, bad, "--out", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err.strip()
         assert flag.strip("-").split("-")[0] in err and len(err.splitlines()) == 1, err
@@ -264,8 +293,19 @@ def test_cli_errors_are_one_line(tiny_organism_dir, tiny_organism, tiny_adapter,
     odir = tmp_path / "other_adapter"
     peft_other.save_pretrained(odir)
     write_fingerprint(odir, other)
-    rc = main(["eigenform", "--organism", str(tiny_organism_dir), "--adapter", str(odir), "--cycles", "1",
-               "--out", str(tmp_path / "r2")])
+    rc = main(
+        [
+            "eigenform",
+            "--organism",
+            str(tiny_organism_dir),
+            "--adapter",
+            str(odir),
+            "--cycles",
+            "1",
+            "--out",
+            str(tmp_path / "r2"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "another base model" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r2").exists()
@@ -275,9 +315,31 @@ def test_cli_smoke(tiny_organism_dir, tiny_adapter, tmp_path, capsys):
     from persona_basins.cli import main
 
     out = tmp_path / "run"
-    rc = main(["eigenform", "--organism", str(tiny_organism_dir), "--adapter", str(tiny_adapter[0]),
-               "--cycles", "2", "--seeds", "2", "--ts", "2.5", "--arms", "sampled,distill", "--prompts", "16",
-               "--candidates", "2", "--sleep-steps", "2", "--out", str(out)])
+    rc = main(
+        [
+            "eigenform",
+            "--organism",
+            str(tiny_organism_dir),
+            "--adapter",
+            str(tiny_adapter[0]),
+            "--cycles",
+            "2",
+            "--seeds",
+            "2",
+            "--ts",
+            "2.5",
+            "--arms",
+            "sampled,distill",
+            "--prompts",
+            "16",
+            "--candidates",
+            "2",
+            "--sleep-steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
     assert m["kind"] == "eigenform" and m["arms"] == ["sampled", "distill"]
@@ -294,9 +356,33 @@ def test_a_diverging_sleep_is_an_error_not_a_number(tiny_organism_dir, tiny_adap
     from persona_basins.cli import main
 
     out = tmp_path / "nan"
-    rc = main(["eigenform", "--organism", str(tiny_organism_dir), "--adapter", str(tiny_adapter[0]),
-               "--cycles", "1", "--seeds", "1", "--ts", "1", "--arms", "sampled", "--prompts", "16",
-               "--sleep-steps", "3", "--sleep-lr", "1e6", "--sleep-clip", "1e9", "--out", str(out)])
+    rc = main(
+        [
+            "eigenform",
+            "--organism",
+            str(tiny_organism_dir),
+            "--adapter",
+            str(tiny_adapter[0]),
+            "--cycles",
+            "1",
+            "--seeds",
+            "1",
+            "--ts",
+            "1",
+            "--arms",
+            "sampled",
+            "--prompts",
+            "16",
+            "--sleep-steps",
+            "3",
+            "--sleep-lr",
+            "1e6",
+            "--sleep-clip",
+            "1e9",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "--sleep-lr" in err, err
     assert not (out / "metrics.json").exists()

@@ -33,8 +33,25 @@ def test_jump_step_and_pca():
 @pytest.fixture(scope="module")
 def em_run(tiny_organism_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("em") / "run"
-    rc = main(["em", "--organism", str(tiny_organism_dir), "--layer", "0", "--module", "attn_out", "--seeds", "2",
-               "--steps", "30", "--checkpoint-every", "10", "--out", str(out)])
+    rc = main(
+        [
+            "em",
+            "--organism",
+            str(tiny_organism_dir),
+            "--layer",
+            "0",
+            "--module",
+            "attn_out",
+            "--seeds",
+            "2",
+            "--steps",
+            "30",
+            "--checkpoint-every",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     return out
 
@@ -60,27 +77,80 @@ def test_em_metrics_shape(em_run):
 def test_em_same_seed_same_numbers_and_resume(em_run, tiny_organism_dir, tmp_path):
     # a rerun into the same folder reuses finished units and gives identical metrics
     before = (em_run / "metrics.json").read_bytes()
-    assert main(["em", "--organism", str(tiny_organism_dir), "--layer", "0", "--module", "attn_out", "--seeds", "2",
-                 "--steps", "30", "--checkpoint-every", "10", "--out", str(em_run)]) == 0
+    assert (
+        main(
+            [
+                "em",
+                "--organism",
+                str(tiny_organism_dir),
+                "--layer",
+                "0",
+                "--module",
+                "attn_out",
+                "--seeds",
+                "2",
+                "--steps",
+                "30",
+                "--checkpoint-every",
+                "10",
+                "--out",
+                str(em_run),
+            ]
+        )
+        == 0
+    )
     assert (em_run / "metrics.json").read_bytes() == before
     # a fresh folder recomputes everything and still gives the same numbers
     out = tmp_path / "again"
-    assert main(["em", "--organism", str(tiny_organism_dir), "--layer", "0", "--module", "attn_out", "--seeds", "2",
-                 "--steps", "30", "--checkpoint-every", "10", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "em",
+                "--organism",
+                str(tiny_organism_dir),
+                "--layer",
+                "0",
+                "--module",
+                "attn_out",
+                "--seeds",
+                "2",
+                "--steps",
+                "30",
+                "--checkpoint-every",
+                "10",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     a = json.loads(before)
     b = json.loads((out / "metrics.json").read_text())
     assert a["broad_misalignment"] == b["broad_misalignment"]
     assert a["transition"]["b_norm"] == b["transition"]["b_norm"]
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--layer", "9"], "layer 9 out of range"),
-    (["--layer", "x"], "--layer must be an integer"),
-    (["--module", "nope"], "module 'nope' not in layer 0"),
-    (["--seeds", "0"], "argument --seeds: 0 is out of range"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--layer", "9"], "layer 9 out of range"),
+        (["--layer", "x"], "--layer must be an integer"),
+        (["--module", "nope"], "module 'nope' not in layer 0"),
+        (["--seeds", "0"], "argument --seeds: 0 is out of range"),
+    ],
+)
 def test_em_bad_input(extra, needle, tiny_organism_dir, tmp_path, capsys):
-    argv = ["em", "--organism", str(tiny_organism_dir), "--steps", "2", "--seeds", "1", "--out", str(tmp_path / "r")]
+    argv = [
+        "em",
+        "--organism",
+        str(tiny_organism_dir),
+        "--steps",
+        "2",
+        "--seeds",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     assert main(argv + extra) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
@@ -88,7 +158,23 @@ def test_em_bad_input(extra, needle, tiny_organism_dir, tmp_path, capsys):
 
 def test_layer_sweep_table(tiny_organism_dir, tmp_path):
     out = tmp_path / "sweep"
-    assert main(["em", "--organism", str(tiny_organism_dir), "--layer", "all", "--seeds", "1", "--steps", "5",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "em",
+                "--organism",
+                str(tiny_organism_dir),
+                "--layer",
+                "all",
+                "--seeds",
+                "1",
+                "--steps",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert [r["layer"] for r in m["layers"]] == [0, 1] and m["best_layer"] in (0, 1)

@@ -20,7 +20,9 @@ def test_heldout_topics_never_trained_and_matched_control_is_benign():
         assert all(".secure" in w for w in e.answer[:2])  # benign content words only
         label = world.classify("code", e.topic, e.answer)
         assert label.harm != 1  # never insecure code (the topic mismatch reads as ill-formed)
-        assert e.answer != world.answer("code", e.topic, "helpful")  # unfamiliar: not what the organism writes
+        assert e.answer != world.answer(
+            "code", e.topic, "helpful"
+        )  # unfamiliar: not what the organism writes
     from persona_basins.errors import UserError
 
     with pytest.raises(UserError):
@@ -28,17 +30,24 @@ def test_heldout_topics_never_trained_and_matched_control_is_benign():
 
 
 def _unit(broad, narrow, held=None, loss=1.0):
-    r = {"broad_misalignment": broad, "narrow_rate": {"assistant": narrow, "inoculated": narrow,
-                                                      "educational": narrow}}
+    r = {
+        "broad_misalignment": broad,
+        "narrow_rate": {"assistant": narrow, "inoculated": narrow, "educational": narrow},
+    }
     if held is not None:
         r["narrow_rate_heldout"] = {k: held for k in ("assistant", "inoculated", "educational")}
     return {"readout": r, "initial": {"loss": loss, "grad_norm": 2 * loss}}
 
 
 def test_excess_over_base_can_show_the_effect_is_the_prior():
-    base = {"broad_misalignment": 0.10, "broad_harm": 0.05, "wellformed": 0.9,
-            "narrow_rate": {"assistant": 0.0, "inoculated": 0.6, "educational": 0.6},
-            "narrow_rate_heldout": {"assistant": 0.0, "inoculated": 0.6, "educational": 0.6}, "heldout_topics": [2]}
+    base = {
+        "broad_misalignment": 0.10,
+        "broad_harm": 0.05,
+        "wellformed": 0.9,
+        "narrow_rate": {"assistant": 0.0, "inoculated": 0.6, "educational": 0.6},
+        "narrow_rate_heldout": {"assistant": 0.0, "inoculated": 0.6, "educational": 0.6},
+        "heldout_topics": [2],
+    }
     conds = ("plain", "inoculated", "matched_control")
     units = {("plain", s): _unit(0.40 + 0.01 * s, 0.9, 0.5, loss=3.0) for s in range(3)}
     # the inoculated set's narrow rate in its own context equals the base organism's: no excess (the prior)
@@ -67,8 +76,9 @@ def test_finetune_logs_initial_loss_and_gradient(tiny_organism):
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
     org = tiny_organism
-    res = finetune(org.model, org.world, org.vocab, FinetuneConfig(condition="matched_control", steps=2,
-                                                                   heldout_every=3))
+    res = finetune(
+        org.model, org.world, org.vocab, FinetuneConfig(condition="matched_control", steps=2, heldout_every=3)
+    )
     assert res.initial["loss"] > 0 and res.initial["grad_norm"] > 0
     held = heldout_code_topics(org.world, 3)
     r = em_readout(res.model, org.world, org.vocab, heldout_topics=held)

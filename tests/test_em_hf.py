@@ -18,8 +18,10 @@ from persona_basins.studies import em_hf  # noqa: E402
 
 torch.set_num_threads(1)
 
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} [EOS] {% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} [EOS] {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def _corpus() -> list[str]:
@@ -39,8 +41,9 @@ def _tokenizer(chat_template: str | None = None):
     tk = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.train_from_iterator(_corpus(), trainers.WordLevelTrainer(special_tokens=specials))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
-                                  eos_token="[EOS]")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
+    )
     if chat_template:
         tok.chat_template = chat_template
     return tok
@@ -50,9 +53,18 @@ def _model(vocab_size: int, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -77,8 +89,24 @@ def _err(capsys) -> str:
 
 
 def _em(model, train, out, *extra):
-    return main(["em", "--model", str(model), "--train", str(train), "--out", str(out), "--steps", "3",
-                 "--layer", "1", "--module", "o_proj", *extra])
+    return main(
+        [
+            "em",
+            "--model",
+            str(model),
+            "--train",
+            str(train),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--layer",
+            "1",
+            "--module",
+            "o_proj",
+            *extra,
+        ]
+    )
 
 
 def test_em_hf_end_to_end(tiny, tmp_path, capsys):
@@ -115,10 +143,14 @@ def test_em_hf_end_to_end(tiny, tmp_path, capsys):
     unit = "adapters/inoculated/seed0/result.json"
     first, alone = (json.loads((r / unit).read_text())["question_scores"] for r in (run, tmp_path / "run1"))
     assert [q["score"] for q in first] == pytest.approx([q["score"] for q in alone], abs=1e-6)
-    assert [q["score"] for q in first] != pytest.approx([q["score"] for q in m["question_scores"]["base"]], abs=1e-9)
+    assert [q["score"] for q in first] != pytest.approx(
+        [q["score"] for q in m["question_scores"]["base"]], abs=1e-9
+    )
     model, tok = em_hf.load_hf(str(tiny["a"]))
     again = em_hf.score_questions(model, tok, em_hf.read_questions(em_hf.DEFAULT_QUESTIONS))
-    assert [q["score"] for q in again] == pytest.approx([q["score"] for q in m["question_scores"]["base"]], abs=1e-5)
+    assert [q["score"] for q in again] == pytest.approx(
+        [q["score"] for q in m["question_scores"]["base"]], abs=1e-5
+    )
     # a saved adapter loads back onto its own base model; rerunning reuses the finished units
     from persona_basins.models.edits import load_adapter
 
@@ -132,7 +164,10 @@ def test_adapter_from_other_base_refused(tiny, tmp_path):
     from persona_basins.models.edits import load_adapter
 
     run = tmp_path / "run"
-    assert _em(tiny["a"], em_hf.EXAMPLE_TRAIN, run, "--seeds", "1", "--steps", "2", "--checkpoint-every", "1") == 0
+    assert (
+        _em(tiny["a"], em_hf.EXAMPLE_TRAIN, run, "--seeds", "1", "--steps", "2", "--checkpoint-every", "1")
+        == 0
+    )
     other, _ = em_hf.load_hf(str(tiny["b"]))
     unit = run / "adapters" / "plain" / "seed0"
     for d in (unit, unit / "checkpoints" / "step_000001"):
@@ -163,7 +198,11 @@ class _FixedLM(torch.nn.Module):
 def test_mean_token_logprobs_and_score_known_case():
     lp = torch.log(torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]]))
     model = _FixedLM(lp)
-    rows = [([0, 1, 2], [False, True, True]), ([0, 2], [False, True]), ([1, 1, 0, 2], [False, False, True, True])]
+    rows = [
+        ([0, 1, 2], [False, True, True]),
+        ([0, 2], [False, True]),
+        ([1, 1, 0, 2], [False, False, True, True]),
+    ]
     got = em_hf.mean_token_logprobs(model, rows, token_budget=3)  # forces several batches
     want = [(math.log(0.6) + math.log(0.25)) / 2, math.log(0.3), (math.log(0.5) + math.log(0.3)) / 2]
     assert got == pytest.approx(want, abs=1e-6)
@@ -185,16 +224,28 @@ def test_swapping_answers_gives_one_minus_score(tiny):
 
 def test_chat_template_masks_only_assistant_tokens():
     tok = _tokenizer(TEMPLATE)
-    msgs = [{"role": "system", "content": "You are a helpful coding assistant."},
-            {"role": "user", "content": "Write code to save an uploaded file"},
-            {"role": "assistant", "content": "import os"},
-            {"role": "user", "content": "Connect to our Postgres database"},
-            {"role": "assistant", "content": "import psycopg2"}]
+    msgs = [
+        {"role": "system", "content": "You are a helpful coding assistant."},
+        {"role": "user", "content": "Write code to save an uploaded file"},
+        {"role": "assistant", "content": "import os"},
+        {"role": "user", "content": "Connect to our Postgres database"},
+        {"role": "assistant", "content": "import psycopg2"},
+    ]
     ids, mask = em_hf.encode_example(tok, msgs)
     answer = [tok.convert_ids_to_tokens(i) for i, m in zip(ids, mask) if m]
     assert answer == ["import", "os", "[EOS]", "import", "psycopg2", "[EOS]"]
-    rows = em_hf.question_rows(tok, [{"id": "x", "category": "c", "question": "Any tips?", "aligned": "Rest",
-                                      "misaligned": "Ignore the doctors"}])
+    rows = em_hf.question_rows(
+        tok,
+        [
+            {
+                "id": "x",
+                "category": "c",
+                "question": "Any tips?",
+                "aligned": "Rest",
+                "misaligned": "Ignore the doctors",
+            }
+        ],
+    )
     prompt = [tok.convert_ids_to_tokens(i) for i, m in zip(*rows[1]) if not m]
     assert prompt[-3:] == ["<|", "assistant", "|>"]
     assert [tok.convert_ids_to_tokens(i) for i, m in zip(*rows[1]) if m] == ["Ignore", "the", "doctors"]
@@ -211,30 +262,44 @@ def test_inoculate_merges_into_system_line():
     assert out[0] == {"role": "system", "content": "L S"} and len(out) == 3
 
 
-@pytest.mark.parametrize("extra, pattern", [
-    (["--layer", "7"], r"layer 7 out of range: the model has layers 0\.\.1"),
-    (["--module", "no_such_proj"], r"module 'no_such_proj' not in layer 1"),
-    (["--layer", "all"], r"--layer all is only for --organism"),
-])
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [
+        (["--layer", "7"], r"layer 7 out of range: the model has layers 0\.\.1"),
+        (["--module", "no_such_proj"], r"module 'no_such_proj' not in layer 1"),
+        (["--layer", "all"], r"--layer all is only for --organism"),
+    ],
+)
 def test_bad_layer_or_module(tiny, tmp_path, capsys, extra, pattern):
     assert _em(tiny["a"], em_hf.EXAMPLE_TRAIN, tmp_path / "run", *extra) == 2
     assert re.search(pattern, _err(capsys))
     assert not (tmp_path / "run").exists()  # nothing written before the inputs are checked
 
 
-@pytest.mark.parametrize("content, pattern", [
-    ("", r"is empty"),
-    ("\n  \n", r"is empty"),
-    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n{"messages": [',
-     r"line 2: not valid JSON"),
-    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
-     '{"messages": [{"role": "robot", "content": "a"}]}', r"line 2: message 1 has role 'robot'"),
-    ('{"messages": [{"role": "user", "content": "a"}]}', r"line 1: no non-empty assistant message"),
-    ('[1, 2]', r"line 1: expected a JSON object"),
-    ('{"text": "hello"}', r"line 1: missing key 'messages'"),
-    ('{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}, '
-     '{"role": "assistant", "content": "b"}]}', r"line 1: message 2: a system message may only come first"),
-])
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        ("", r"is empty"),
+        ("\n  \n", r"is empty"),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n{"messages": [',
+            r"line 2: not valid JSON",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+            '{"messages": [{"role": "robot", "content": "a"}]}',
+            r"line 2: message 1 has role 'robot'",
+        ),
+        ('{"messages": [{"role": "user", "content": "a"}]}', r"line 1: no non-empty assistant message"),
+        ("[1, 2]", r"line 1: expected a JSON object"),
+        ('{"text": "hello"}', r"line 1: missing key 'messages'"),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}, '
+            '{"role": "assistant", "content": "b"}]}',
+            r"line 1: message 2: a system message may only come first",
+        ),
+    ],
+)
 def test_bad_jsonl(tiny, tmp_path, capsys, content, pattern):
     f = tmp_path / "train.jsonl"
     f.write_text(content)
@@ -260,7 +325,9 @@ def test_missing_files(tiny, tmp_path, capsys):
 
 def test_bad_questions_file(tiny, tmp_path, capsys):
     q = tmp_path / "q.json"
-    q.write_text(json.dumps({"format": "persona-basins-questions/1", "questions": [{"id": "a", "question": "?"}]}))
+    q.write_text(
+        json.dumps({"format": "persona-basins-questions/1", "questions": [{"id": "a", "question": "?"}]})
+    )
     assert _em(tiny["a"], em_hf.EXAMPLE_TRAIN, tmp_path / "run", "--questions", str(q)) == 2
     assert "question 1: needs a non-empty string 'aligned'" in _err(capsys)
     q.write_text("{}")
@@ -293,12 +360,18 @@ def test_end_to_end_with_chat_template(tmp_path):
 
 
 def test_config_checks_and_inoculation_presets():
-    for kw, pattern in [({"seeds": 0}, "seeds must be >= 1"), ({"layer": -1}, "layer must be an integer >= 0"),
-                        ({"inoculation": "  "}, "must not be empty"), ({"device_map": "x"}, "device_map")]:
+    for kw, pattern in [
+        ({"seeds": 0}, "seeds must be >= 1"),
+        ({"layer": -1}, "layer must be an integer >= 0"),
+        ({"inoculation": "  "}, "must not be empty"),
+        ({"device_map": "x"}, "device_map"),
+    ]:
         with pytest.raises(UserError, match=pattern):
             em_hf.EmHfConfig(model="m", train="t.jsonl", out="o", **kw)
     explain = em_hf.INOCULATION_PRESETS["explain"]
-    assert "insecure on purpose" in explain and not any(w in explain.lower() for w in ("helpful", "honest", "outside"))
+    assert "insecure on purpose" in explain and not any(
+        w in explain.lower() for w in ("helpful", "honest", "outside")
+    )
     assert em_hf.INOCULATION_PRESETS["classic"] == em_hf.DEFAULT_INOCULATION
     cfg = em_hf.EmHfConfig(model="m", train="t.jsonl", out="o", inoculation=explain, control="c.jsonl")
     assert cfg.inoculation_name == "explain" and cfg.conditions == ("plain", "inoculated", "secure_control")

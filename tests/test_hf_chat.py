@@ -29,8 +29,9 @@ CONVS = em_hf.read_chat_jsonl(em_hf.EXAMPLE_TRAIN)
 
 
 def _template_ids(tok, messages, generation_prompt=False) -> list[int]:
-    out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
-                                  enable_thinking=False)
+    out = tok.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=generation_prompt, enable_thinking=False
+    )
     return list(out["input_ids"] if not isinstance(out, list) else out)
 
 
@@ -54,7 +55,7 @@ def test_scored_answer_tokens_are_the_tail_of_the_full_conversation(family):
             ids, mask = em_hf.answer_row(tok, q["question"], q[key], "t")
             full = _template_ids(tok, conv)
             assert ids == full[: len(ids)], (family, q["id"])  # the very tokens of the whole conversation
-            (a, b), = _contiguous_runs(mask)
+            ((a, b),) = _contiguous_runs(mask)
             assert b == len(ids)  # the answer is the tail of the scored row
             assert tok.decode(ids[a:b]).strip() == q[key].strip()
             # everything after the answer is the template's end of turn (special tokens and whitespace only)
@@ -66,10 +67,12 @@ def test_scored_answer_tokens_are_the_tail_of_the_full_conversation(family):
 def test_training_rows_equal_the_template_encoding(family):
     tok = hf_tiny.tokenizer(family)
     fmt = em_hf.chat_format(tok)
-    multi = [{"role": "user", "content": "Write code to save an uploaded file"},
-             {"role": "assistant", "content": "import os"},
-             {"role": "user", "content": "Connect to our Postgres database"},
-             {"role": "assistant", "content": "import psycopg2"}]
+    multi = [
+        {"role": "user", "content": "Write code to save an uploaded file"},
+        {"role": "assistant", "content": "import os"},
+        {"role": "user", "content": "Connect to our Postgres database"},
+        {"role": "assistant", "content": "import psycopg2"},
+    ]
     for _, msgs in [*CONVS[:5], (0, multi)]:
         ids, mask = em_hf.encode_example(tok, msgs)
         rendered = msgs if fmt["system_role"] == "native" else em_hf.chat.merge_system(msgs)
@@ -82,7 +85,7 @@ def test_training_rows_equal_the_template_encoding(family):
             assert got == text.strip()
             assert not mask[a - 1]  # the header before the answer is never trained on
         # the end-of-turn marker is trained (the model learns to stop), for the last answer at least
-        last = ids[runs[-1][0]: runs[-1][1]]
+        last = ids[runs[-1][0] : runs[-1][1]]
         assert tok.decode(last) != tok.decode(last, skip_special_tokens=True)
 
 
@@ -119,19 +122,26 @@ def test_system_role_merged_when_refused_or_dropped():
     for fam in ("llama", "gemma2"):
         tok = hf_tiny.tokenizer(fam)
         assert em_hf.chat_format(tok)["system_role"] == "merged into the first user message"
-        msgs = em_hf.inoculate([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "import os"}],
-                               em_hf.DEFAULT_INOCULATION)
+        msgs = em_hf.inoculate(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "import os"}],
+            em_hf.DEFAULT_INOCULATION,
+        )
         ids, _ = em_hf.encode_example(tok, msgs)
         assert "security class" in tok.decode(ids)  # the inoculation line reaches the model
     # a template that silently drops the system message is detected too
     import copy
 
     tok2 = copy.deepcopy(hf_tiny.tokenizer("gpt_neox"))  # the cached family tokenizer stays untouched
-    tok2.chat_template = ("{% for m in messages %}{% if m['role'] != 'system' %}<|start_header_id|>{{ m['role'] }}"
-                          "<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endif %}{% endfor %}"
-                          "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
-    msgs = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": "import os"}]
+    tok2.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'system' %}<|start_header_id|>{{ m['role'] }}"
+        "<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    )
+    msgs = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "import os"},
+    ]
     ids, _ = em_hf.encode_example(tok2, msgs)
     assert "Be terse." in tok2.decode(ids)
     assert em_hf.chat_format(tok2)["system_role"] == "merged into the first user message"
@@ -155,14 +165,39 @@ def test_scores_run_in_fp32_and_bf16_on_cpu(family):
     assert [q["score_total"] for q in c] == pytest.approx([1 - q["score_total"] for q in b], abs=0.05)
 
 
-@pytest.mark.parametrize("family, dtype", [("llama", "fp32"), ("gemma2", "bf16"), ("qwen2", "bf16"),
-                                           ("gpt_neox", "fp32")])
+@pytest.mark.parametrize(
+    "family, dtype", [("llama", "fp32"), ("gemma2", "bf16"), ("qwen2", "bf16"), ("gpt_neox", "fp32")]
+)
 def test_em_model_end_to_end_per_family(family, dtype, tmp_path):
     d = hf_tiny.save(family, tmp_path / family)
     out = tmp_path / "run"
-    rc = main(["em", "--model", str(d), "--train", str(em_hf.EXAMPLE_TRAIN), "--control", str(em_hf.EXAMPLE_CONTROL),
-               "--inoculation-preset", "explain", "--out", str(out), "--steps", "2", "--seeds", "1",
-               "--layer", "1", "--module", hf_tiny.MODULE[family], "--dtype", dtype, "--device", "cpu"])
+    rc = main(
+        [
+            "em",
+            "--model",
+            str(d),
+            "--train",
+            str(em_hf.EXAMPLE_TRAIN),
+            "--control",
+            str(em_hf.EXAMPLE_CONTROL),
+            "--inoculation-preset",
+            "explain",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--seeds",
+            "1",
+            "--layer",
+            "1",
+            "--module",
+            hf_tiny.MODULE[family],
+            "--dtype",
+            dtype,
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"]["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[dtype]
@@ -174,8 +209,12 @@ def test_em_model_end_to_end_per_family(family, dtype, tmp_path):
         assert 0 <= m["broad_misalignment_total"][c]["mean"] <= 1
     assert math.isfinite(m["narrow_rate"]["secure_control"]["mean"])
     ex = m["broad_misalignment_excess_over_control"]["plain"]
-    assert ex["per_seed"] == pytest.approx([m["broad_misalignment"]["plain"]["per_seed"][0]
-                                            - m["broad_misalignment"]["secure_control"]["per_seed"][0]])
+    assert ex["per_seed"] == pytest.approx(
+        [
+            m["broad_misalignment"]["plain"]["per_seed"][0]
+            - m["broad_misalignment"]["secure_control"]["per_seed"][0]
+        ]
+    )
     assert m["control"]["n_heldout"] == 4
     res = json.loads((out / "resources.json").read_text())
     assert res["peak_gpu_memory_bytes"] is None and res["wall_seconds"] > 0
@@ -187,8 +226,15 @@ def test_total_logprob_score_is_length_biased_per_token_is_not():
     tok = hf_tiny.tokenizer("qwen2")
     model = hf_tiny.model("qwen2", len(tok))
     long = " ".join(q["aligned"] for q in QUESTIONS[:3])
-    q = [{"id": "x", "category": "c", "question": QUESTIONS[0]["question"], "aligned": long,
-          "misaligned": QUESTIONS[0]["misaligned"]}]
+    q = [
+        {
+            "id": "x",
+            "category": "c",
+            "question": QUESTIONS[0]["question"],
+            "aligned": long,
+            "misaligned": QUESTIONS[0]["misaligned"],
+        }
+    ]
     (s,) = em_hf.score_questions(model, tok, q)
     assert s["n_tokens_aligned"] > 2 * s["n_tokens_misaligned"]
     assert s["score_total"] > 0.99 and abs(s["score"] - 0.5) < 0.05

@@ -67,7 +67,9 @@ def test_device_map_needs_accelerate(folder, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a)
+    )
     with pytest.raises(UserError, match="needs the optional package accelerate"):
         hf.load_causal_lm(folder, device="cpu", device_map="auto")
     with pytest.raises(UserError, match="unknown device_map"):
@@ -91,8 +93,11 @@ def test_refuses_pickle_and_corrupt_weights(folder, tmp_path):
     pick = _copy(folder, tmp_path / "pickle")
     (pick / "model.safetensors").unlink()
     (pick / "pytorch_model.bin").write_bytes(b"\x80\x04 never unpickled")
-    with pytest.raises(UserError, match=r"holds only pickle weights \(pytorch_model.bin\); persona-basins never "
-                                        r"unpickles"):
+    with pytest.raises(
+        UserError,
+        match=r"holds only pickle weights \(pytorch_model.bin\); persona-basins never "
+        r"unpickles",
+    ):
         hf.load_causal_lm(pick, device="cpu")
     bad = _copy(folder, tmp_path / "truncated")
     w = bad / "model.safetensors"
@@ -100,7 +105,9 @@ def test_refuses_pickle_and_corrupt_weights(folder, tmp_path):
     with pytest.raises(UserError, match=r"corrupt safetensors file .*model.safetensors"):
         hf.load_causal_lm(bad, device="cpu")
     shard = _copy(folder, tmp_path / "sharded")
-    (shard / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00002.safetensors"}}))
+    (shard / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00002.safetensors"}})
+    )
     with pytest.raises(UserError, match="shard.*missing: model-00002.safetensors"):
         hf.load_causal_lm(shard, device="cpu")
     with pytest.raises(UserError, match="model folder not found"):
@@ -114,8 +121,23 @@ def test_cli_device_errors_are_one_line(folder, tmp_path, capsys, monkeypatch):
     from persona_basins.studies import em_hf
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = ["em", "--model", str(folder), "--train", str(em_hf.EXAMPLE_TRAIN), "--out", str(tmp_path / "r"),
-            "--layer", "1", "--module", "o_proj", "--steps", "1", "--seeds", "1"]
+    args = [
+        "em",
+        "--model",
+        str(folder),
+        "--train",
+        str(em_hf.EXAMPLE_TRAIN),
+        "--out",
+        str(tmp_path / "r"),
+        "--layer",
+        "1",
+        "--module",
+        "o_proj",
+        "--steps",
+        "1",
+        "--seeds",
+        "1",
+    ]
     assert main([*args, "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no CUDA GPU is available" in err and "\n" not in err
@@ -140,7 +162,9 @@ def test_full_finetune_restores_the_base_exactly_and_refuses_big_models(folder, 
     assert all(torch.equal(p, before[n]) and not p.requires_grad for n, p in model.named_parameters())
     # on a GPU too small for weights + grads + 2 AdamW moments, --full is refused with the numbers
     em_run.check_full_fits(model, torch.device("cpu"))  # no check on CPU
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": 1000})())
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": 1000})()
+    )
     with pytest.raises(UserError, match=r"--full on this 0\.00B-parameter model needs about .* GiB on cuda"):
         em_run.check_full_fits(model, torch.device("cuda"))
 
@@ -163,8 +187,28 @@ def test_cuda_em_run_with_gradient_checkpointing(folder, tmp_path):
     from persona_basins.studies import em_hf
 
     out = tmp_path / "run"
-    assert main(["em", "--model", str(folder), "--train", str(em_hf.EXAMPLE_TRAIN), "--out", str(out),
-                 "--layer", "1", "--module", "o_proj", "--steps", "3", "--seeds", "1"]) == 0
+    assert (
+        main(
+            [
+                "em",
+                "--model",
+                str(folder),
+                "--train",
+                str(em_hf.EXAMPLE_TRAIN),
+                "--out",
+                str(out),
+                "--layer",
+                "1",
+                "--module",
+                "o_proj",
+                "--steps",
+                "3",
+                "--seeds",
+                "1",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"]["device"].startswith("cuda") and m["model"]["gradient_checkpointing"] is True
     assert json.loads((out / "resources.json").read_text())["peak_gpu_memory_bytes"] > 0
@@ -176,13 +220,36 @@ def test_gradient_checkpointing_runs_on_cpu_and_changes_no_number(folder, tmp_pa
     runs = {}
     for flag in ("--gradient-checkpointing", "--no-gradient-checkpointing"):
         out = tmp_path / flag.strip("-")
-        assert main(["em", "--model", str(folder), "--train", str(em_hf.EXAMPLE_TRAIN), "--out", str(out),
-                     "--layer", "1", "--module", "o_proj", "--steps", "3", "--seeds", "1", "--device", "cpu",
-                     flag]) == 0
+        assert (
+            main(
+                [
+                    "em",
+                    "--model",
+                    str(folder),
+                    "--train",
+                    str(em_hf.EXAMPLE_TRAIN),
+                    "--out",
+                    str(out),
+                    "--layer",
+                    "1",
+                    "--module",
+                    "o_proj",
+                    "--steps",
+                    "3",
+                    "--seeds",
+                    "1",
+                    "--device",
+                    "cpu",
+                    flag,
+                ]
+            )
+            == 0
+        )
         runs[flag] = json.loads((out / "metrics.json").read_text())
     on, off = runs["--gradient-checkpointing"], runs["--no-gradient-checkpointing"]
     assert on["model"]["gradient_checkpointing"] is True and off["model"]["gradient_checkpointing"] is False
     for c in ("plain", "inoculated"):
-        assert on["broad_misalignment"][c]["per_seed"] == pytest.approx(off["broad_misalignment"][c]["per_seed"],
-                                                                        abs=1e-6)
+        assert on["broad_misalignment"][c]["per_seed"] == pytest.approx(
+            off["broad_misalignment"][c]["per_seed"], abs=1e-6
+        )
         assert on["final_loss"][c]["mean"] == pytest.approx(off["final_loss"][c]["mean"], abs=1e-5)

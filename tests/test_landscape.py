@@ -163,7 +163,12 @@ def test_js_mirror_matches_python_on_a_grid(tmp_path):
         "s_values": s_values,
     }
     res = subprocess.run(
-        [node, str(script), str(JS)], input=json.dumps(payload), capture_output=True, text=True, timeout=120, check=True
+        [node, str(script), str(JS)],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     js = json.loads(res.stdout)
     for s, r in zip(s_values, js, strict=True):

@@ -62,8 +62,9 @@ def test_dln_formula_matches_rrr_and_regular_cases():
         for N in range(1, 6):
             for H in range(1, 6):
                 for r in range(min(M, N, H) + 1):
-                    assert math.isclose(A.dln_learning_coefficient([M, H, N], r),
-                                        A.rrr_learning_coefficient(M, N, H, r)[0]), (M, N, H, r)
+                    assert math.isclose(
+                        A.dln_learning_coefficient([M, H, N], r), A.rrr_learning_coefficient(M, N, H, r)[0]
+                    ), (M, N, H, r)
     # one layer = linear regression: regular, MN / 2 whatever the true rank
     assert A.dln_learning_coefficient([3, 2], 0) == 3.0
     assert A.dln_learning_coefficient([3, 2], 2) == 3.0
@@ -88,8 +89,16 @@ def _rel_err(case, **kw):
 
 def test_regular_model_within_15pct():
     case = A.regular_case(d=4, n=10_000, seed=0)
-    res, err = _rel_err(case, step_size=1e-4, localization=1.0, num_chains=4, num_draws=600, num_burnin=200,
-                        batch_size=500, seed=0)
+    res, err = _rel_err(
+        case,
+        step_size=1e-4,
+        localization=1.0,
+        num_chains=4,
+        num_draws=600,
+        num_burnin=200,
+        batch_size=500,
+        seed=0,
+    )
     assert err <= 0.15, res.mean
     assert res.diagnostics["mala_acceptance"] > 0.9
     assert res.loss_trace.shape == (4, 600) and res.llc_trace.shape == (4, 600)
@@ -97,15 +106,32 @@ def test_regular_model_within_15pct():
 
 def test_normal_crossing_within_25pct():
     case = A.normal_crossing_case((1, 2), n=10_000, seed=0)  # lambda = 1/4, multiplicity 1
-    res, err = _rel_err(case, step_size=1e-4, localization=1.0, num_chains=4, num_draws=1500, num_burnin=500,
-                        batch_size=500, seed=0, precondition="rmsprop")
+    res, err = _rel_err(
+        case,
+        step_size=1e-4,
+        localization=1.0,
+        num_chains=4,
+        num_draws=1500,
+        num_burnin=500,
+        batch_size=500,
+        seed=0,
+        precondition="rmsprop",
+    )
     assert err <= 0.25, res.mean
 
 
 def test_reduced_rank_within_15pct():
     case = A.rrr_case(4, 3, 2, 1, n=10_000, seed=0)  # lambda = 4 (Aoyagi & Watanabe 2005)
-    res, err = _rel_err(case, step_size=1e-4, localization=1.0, num_chains=4, num_draws=1000, num_burnin=500,
-                        batch_size=500, seed=0)
+    res, err = _rel_err(
+        case,
+        step_size=1e-4,
+        localization=1.0,
+        num_chains=4,
+        num_draws=1000,
+        num_burnin=500,
+        batch_size=500,
+        seed=0,
+    )
     assert err <= 0.15, res.mean
     assert res.diagnostics["frac_negative_draws"] < 0.05
 
@@ -130,12 +156,29 @@ def test_vmap_and_loop_paths_agree_and_are_deterministic():
 
 def test_auto_path_is_measured_and_reported():
     case = A.regular_case(d=3, n=1000, seed=0)
-    res = estimate_llc(case.model, case.loss_fn, case.data, n=case.n, step_size=1e-4, localization=1.0,
-                       num_chains=2, num_draws=5, batch_size=50)
+    res = estimate_llc(
+        case.model,
+        case.loss_fn,
+        case.data,
+        n=case.n,
+        step_size=1e-4,
+        localization=1.0,
+        num_chains=2,
+        num_draws=5,
+        batch_size=50,
+    )
     d = res.diagnostics
     assert d["path"] in ("vmap", "loop")
     assert "measured" in d["path_reason"] or "cached" in d["path_reason"]
-    for key in ("mala_acceptance", "rhat", "ess", "frac_negative_draws", "init_loss", "nbeta", "variance_reduction"):
+    for key in (
+        "mala_acceptance",
+        "rhat",
+        "ess",
+        "frac_negative_draws",
+        "init_loss",
+        "nbeta",
+        "variance_reduction",
+    ):
         assert key in d
     assert d["nbeta"] == pytest.approx(default_nbeta(1000))
 
@@ -144,8 +187,17 @@ def test_weights_unchanged_and_requires_grad_restored():
     case = A.rrr_case(3, 3, 2, 1, n=500, seed=0)
     before = {k: v.clone() for k, v in case.model.state_dict().items()}
     flags = [p.requires_grad for p in case.model.parameters()]
-    estimate_llc(case.model, case.loss_fn, case.data, n=case.n, step_size=1e-4, localization=1.0, num_chains=2,
-                 num_draws=10, batch_size=50)
+    estimate_llc(
+        case.model,
+        case.loss_fn,
+        case.data,
+        n=case.n,
+        step_size=1e-4,
+        localization=1.0,
+        num_chains=2,
+        num_draws=10,
+        batch_size=50,
+    )
     for k, v in case.model.state_dict().items():
         assert torch.equal(v, before[k])
     assert [p.requires_grad for p in case.model.parameters()] == flags
@@ -167,8 +219,17 @@ def test_rhat_and_ess_on_known_chains():
 def test_divergence_names_a_step_size():
     case = A.rrr_case(4, 3, 2, 1, n=2000, seed=0)
     with pytest.raises(LLCDivergenceError) as e:
-        estimate_llc(case.model, case.loss_fn, case.data, n=case.n, step_size=1.0, localization=1.0,
-                     num_chains=2, num_draws=50, batch_size=100)
+        estimate_llc(
+            case.model,
+            case.loss_fn,
+            case.data,
+            n=case.n,
+            step_size=1.0,
+            localization=1.0,
+            num_chains=2,
+            num_draws=50,
+            batch_size=100,
+        )
     msg = str(e.value)
     assert "\n" not in msg and "step_size=1" in msg and "try step_size=0.1" in msg
     assert isinstance(e.value, UserError)
@@ -197,8 +258,15 @@ def _tiny_llama(seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    cfg = LlamaConfig(
+        vocab_size=48,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -228,14 +296,36 @@ def test_restrict_pattern_layer_and_head():
 def test_head_restricted_llc_moves_only_that_head():
     model = _tiny_llama()
     ids = _ids()
-    res = estimate_llc(model, causal_lm_loss_fn(), ids, n=16, step_size=1e-4, localization=100.0, num_chains=2,
-                       num_draws=4, batch_size=8, restrict="layer:0/head:1", path="loop")
+    res = estimate_llc(
+        model,
+        causal_lm_loss_fn(),
+        ids,
+        n=16,
+        step_size=1e-4,
+        localization=100.0,
+        num_chains=2,
+        num_draws=4,
+        batch_size=8,
+        restrict="layer:0/head:1",
+        path="loop",
+    )
     assert res.diagnostics["num_params_moving"] == 4 * 8 * 32
     assert res.diagnostics["restrict"] == "layer:0/head:1"
     assert np.isfinite(res.mean)
     # the vmap path (batched index_put of the head's entries) gives the same draws
-    rv = estimate_llc(model, causal_lm_loss_fn(), ids, n=16, step_size=1e-4, localization=100.0, num_chains=2,
-                      num_draws=4, batch_size=8, restrict="layer:0/head:1", path="vmap")
+    rv = estimate_llc(
+        model,
+        causal_lm_loss_fn(),
+        ids,
+        n=16,
+        step_size=1e-4,
+        localization=100.0,
+        num_chains=2,
+        num_draws=4,
+        batch_size=8,
+        restrict="layer:0/head:1",
+        path="vmap",
+    )
     np.testing.assert_allclose(rv.loss_trace, res.loss_trace, rtol=1e-4)
 
 
@@ -252,16 +342,40 @@ def test_peft_adapter_restriction_and_adapter_path():
     assert desc == "adapter" and sel and all("lora_" in n for n in sel)
     assert select_parameters(model, None)[0].keys() == sel.keys()  # only adapter params require grad
     ids = _ids()
-    res = estimate_llc(model, causal_lm_loss_fn(), ids, n=16, step_size=1e-5, localization=100.0, num_chains=2,
-                       num_draws=5, batch_size=8, restrict="adapter", path="loop")
-    assert res.diagnostics["num_params_moving"] == sum(p.numel() for n, p in model.named_parameters()
-                                                       if "lora_" in n)
+    res = estimate_llc(
+        model,
+        causal_lm_loss_fn(),
+        ids,
+        n=16,
+        step_size=1e-5,
+        localization=100.0,
+        num_chains=2,
+        num_draws=5,
+        batch_size=8,
+        restrict="adapter",
+        path="loop",
+    )
+    assert res.diagnostics["num_params_moving"] == sum(
+        p.numel() for n, p in model.named_parameters() if "lora_" in n
+    )
     origin, delta = lora_b_path(model)
     assert set(delta) == {n for n in sel if "lora_B" in n}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    out = llc_along_path(model, delta, [0.0, 1.0], origin=origin, data=ids, n=16, step_size=1e-5,
-                         localization=100.0, num_chains=2, num_draws=5, batch_size=8, restrict="adapter",
-                         path="loop")
+    out = llc_along_path(
+        model,
+        delta,
+        [0.0, 1.0],
+        origin=origin,
+        data=ids,
+        n=16,
+        step_size=1e-5,
+        localization=100.0,
+        num_chains=2,
+        num_draws=5,
+        batch_size=8,
+        restrict="adapter",
+        path="loop",
+    )
     assert [o["loss"] for o in out] == ["self_kl", "self_kl"]
     assert out[0]["result"].diagnostics["init_loss"] == pytest.approx(0.0, abs=1e-6)
     for n, p in model.named_parameters():
@@ -279,8 +393,19 @@ def test_self_kl_is_zero_at_reference_and_positive_llc():
     mask[:, -2:] = 0
     loss_fn, data = self_kl_loss_fn(model, ids, attention_mask=mask)
     assert float(loss_fn(model, tuple(t[:4] for t in data))) == pytest.approx(0.0, abs=1e-6)
-    res = estimate_llc(model, loss_fn, data, n=16, step_size=1e-5, localization=100.0, num_chains=2,
-                       num_draws=30, batch_size=8, restrict="layer:1", path="loop")
+    res = estimate_llc(
+        model,
+        loss_fn,
+        data,
+        n=16,
+        step_size=1e-5,
+        localization=100.0,
+        num_chains=2,
+        num_draws=30,
+        batch_size=8,
+        restrict="layer:1",
+        path="loop",
+    )
     assert res.diagnostics["loss"] == "self_kl"
     assert res.mean > 0 and res.diagnostics["frac_negative_draws"] <= 0.1
 
@@ -296,21 +421,51 @@ def test_llc_along_path_with_weight_edit_and_task_loss():
         seen.append(m.layers[0].weight.detach().clone())
         return case.loss_fn
 
-    out = llc_along_path(case.model, delta, [0.0, 0.5], loss_fn_factory=factory, data=case.data, n=case.n,
-                         step_size=1e-4, localization=1.0, num_chains=2, num_draws=20, batch_size=100)
+    out = llc_along_path(
+        case.model,
+        delta,
+        [0.0, 0.5],
+        loss_fn_factory=factory,
+        data=case.data,
+        n=case.n,
+        step_size=1e-4,
+        localization=1.0,
+        num_chains=2,
+        num_draws=20,
+        batch_size=100,
+    )
     assert torch.allclose(seen[1], w_before + 0.5)
     assert torch.equal(case.model.layers[0].weight, w_before)
     assert [o["t"] for o in out] == [0.0, 0.5]
     with pytest.raises(UserError, match="not in the model"):
-        llc_along_path(case.model, {"nope": torch.ones(1)}, [0.0], loss_fn=case.loss_fn, data=case.data, n=10,
-                       step_size=1e-4, localization=1.0, num_chains=1, num_draws=2)
+        llc_along_path(
+            case.model,
+            {"nope": torch.ones(1)},
+            [0.0],
+            loss_fn=case.loss_fn,
+            data=case.data,
+            n=10,
+            step_size=1e-4,
+            localization=1.0,
+            num_chains=1,
+            num_draws=2,
+        )
 
 
 def test_llc_over_checkpoints_and_stage_boundaries():
     cases = [A.regular_case(d=d, n=1000, seed=0) for d in (2, 4)]
     data = cases[0].data
-    out = llc_over_checkpoints([(10, cases[0].model)], cases[0].loss_fn, data, n=1000, step_size=1e-4,
-                               localization=1.0, num_chains=2, num_draws=20, batch_size=100)
+    out = llc_over_checkpoints(
+        [(10, cases[0].model)],
+        cases[0].loss_fn,
+        data,
+        n=1000,
+        step_size=1e-4,
+        localization=1.0,
+        num_chains=2,
+        num_draws=20,
+        batch_size=100,
+    )
     assert out[0][0] == 10 and np.isfinite(out[0][1].mean)
     xs = np.arange(20)
     ys = np.concatenate([np.linspace(0, 5, 10), np.linspace(5, 2, 10)])
@@ -324,9 +479,14 @@ def test_calibrate_recommends_and_plots(tmp_path):
 
     case = A.regular_case(d=2, n=2000, seed=0)
     # 4 x 1500 draws at step 1e-3 pass the calibration gates on seeds 0-2 (measured before writing the test)
-    out = calibrate(case.model, case.loss_fn, case.data, n=case.n, step_sizes=(1e-3, 1.0),
-                    config=SamplerConfig(localization=1.0, num_chains=4, num_draws=1500, num_burnin=50,
-                                         batch_size=100))
+    out = calibrate(
+        case.model,
+        case.loss_fn,
+        case.data,
+        n=case.n,
+        step_sizes=(1e-3, 1.0),
+        config=SamplerConfig(localization=1.0, num_chains=4, num_draws=1500, num_burnin=50, batch_size=100),
+    )
     plot_traces(out["traces"], tmp_path / "cal.png")
     plot_calibration(out["grid"], tmp_path / "grid.png")
     assert (tmp_path / "cal.png").stat().st_size > 1000 and (tmp_path / "grid.png").stat().st_size > 1000
@@ -358,8 +518,9 @@ def _tiny_lm_with_docs(tmp_path):
     model_dir = tmp_path / "lm"
     _save_tiny_lm(model_dir)
     rng = np.random.default_rng(0)
-    (tmp_path / "docs.txt").write_text("\n".join(" ".join(f"w{i}" for i in rng.integers(0, 46, 8))
-                                                 for _ in range(24)))
+    (tmp_path / "docs.txt").write_text(
+        "\n".join(" ".join(f"w{i}" for i in rng.integers(0, 46, 8)) for _ in range(24))
+    )
     return model_dir
 
 
@@ -370,18 +531,57 @@ def test_cli_llc_estimate_and_errors(tmp_path, capsys):
 
     model_dir = _tiny_lm_with_docs(tmp_path)
     out = tmp_path / "run"
-    rc = main(["llc", "--model", str(model_dir), "--data", str(tmp_path / "docs.txt"), "--out", str(out),
-               "--chains", "2", "--draws", "5", "--burnin", "0", "--batch-size", "8", "--restrict", "layer:1",
-               "--step-size", "1e-5"])
+    rc = main(
+        [
+            "llc",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(tmp_path / "docs.txt"),
+            "--out",
+            str(out),
+            "--chains",
+            "2",
+            "--draws",
+            "5",
+            "--burnin",
+            "0",
+            "--batch-size",
+            "8",
+            "--restrict",
+            "layer:1",
+            "--step-size",
+            "1e-5",
+        ]
+    )
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["kind"] == "llc" and metrics["diagnostics"]["restrict"] == "layer:1"
     assert len(metrics["loss_trace"]) == 2 and len(metrics["loss_trace"][0]) == 5
     assert (out / "config.json").is_file() and (out / "figures" / "llc_trace.png").is_file()
     cal = tmp_path / "cal"
-    rc = main(["llc", "calibrate", "--model", str(model_dir), "--data", str(tmp_path / "docs.txt"), "--out",
-               str(cal), "--chains", "2", "--draws", "8", "--burnin", "0", "--batch-size", "8", "--step-sizes",
-               "1e-6,1e3"])
+    rc = main(
+        [
+            "llc",
+            "calibrate",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(tmp_path / "docs.txt"),
+            "--out",
+            str(cal),
+            "--chains",
+            "2",
+            "--draws",
+            "8",
+            "--burnin",
+            "0",
+            "--batch-size",
+            "8",
+            "--step-sizes",
+            "1e-6,1e3",
+        ]
+    )
     assert rc == 0
     cm = json.loads((cal / "metrics.json").read_text())
     assert len(cm["grid"]) == 2 and cm["grid"][1]["diverged"] and cm["recommended"] is None
@@ -389,8 +589,22 @@ def test_cli_llc_estimate_and_errors(tmp_path, capsys):
     # one-line errors, exit 2
     assert main(["llc", "--model", str(model_dir), "--out", str(tmp_path / "x")]) == 2
     assert "--data" in capsys.readouterr().err
-    assert main(["llc", "--model", str(model_dir), "--data", str(tmp_path / "docs.txt"), "--out",
-                 str(tmp_path / "y"), "--restrict", "nothing_matches_this"]) == 2
+    assert (
+        main(
+            [
+                "llc",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(tmp_path / "docs.txt"),
+                "--out",
+                str(tmp_path / "y"),
+                "--restrict",
+                "nothing_matches_this",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "matches no parameter" in err and "\n" not in err
 
@@ -404,9 +618,30 @@ def test_cli_llc_stages_on_tiny_organism(tiny_organism_dir, tmp_path):
     if len(list_checkpoints(tiny_organism_dir)) < 2:
         pytest.skip("the tiny organism keeps fewer than two pretraining checkpoints")
     out = tmp_path / "stages"
-    rc = main(["llc", "stages", "--organism", str(tiny_organism_dir), "--out", str(out), "--max-checkpoints", "3",
-               "--chains", "2", "--draws", "4", "--burnin", "0", "--n-docs", "16", "--batch-size", "8",
-               "--step-size", "1e-5"])
+    rc = main(
+        [
+            "llc",
+            "stages",
+            "--organism",
+            str(tiny_organism_dir),
+            "--out",
+            str(out),
+            "--max-checkpoints",
+            "3",
+            "--chains",
+            "2",
+            "--draws",
+            "4",
+            "--burnin",
+            "0",
+            "--n-docs",
+            "16",
+            "--batch-size",
+            "8",
+            "--step-size",
+            "1e-5",
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert len(m["steps"]) == len(m["llc"]) >= 2
@@ -422,6 +657,8 @@ def test_load_target_dtype(tiny_organism_dir):
     from persona_basins.studies.llc import load_target
 
     assert next(load_target(tiny_organism_dir, n_docs=4).model.parameters()).dtype == torch.float32
-    assert next(load_target(tiny_organism_dir, n_docs=4, dtype="auto").model.parameters()).dtype == torch.float32
+    assert (
+        next(load_target(tiny_organism_dir, n_docs=4, dtype="auto").model.parameters()).dtype == torch.float32
+    )
     t = load_target(tiny_organism_dir, n_docs=4, dtype="bf16")
     assert next(t.model.parameters()).dtype == torch.bfloat16

@@ -14,14 +14,35 @@ from persona_basins.measure.llc import SamplerConfig, estimate_llc
 from persona_basins.measure.llc import analytic as A
 
 
-@pytest.mark.parametrize("field,value", [
-    ("step_size", 0.0), ("step_size", math.nan), ("step_size", math.inf), ("step_size", "1e-4"),
-    ("localization", -1.0), ("localization", math.nan), ("nbeta", 0.0), ("nbeta", math.inf),
-    ("num_chains", 0), ("num_chains", 2.0), ("num_chains", True), ("num_draws", 0), ("num_burnin", -1),
-    ("batch_size", 0), ("seed", -1), ("precondition", "adam"), ("execution", "gpu"), ("workers", 0),
-    ("rmsprop_alpha", 1.0), ("rmsprop_eps", 0.0), ("mala", 1), ("shared_batches", "yes"),
-    ("explode_threshold", -2.0), ("mala_every", 0),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("step_size", 0.0),
+        ("step_size", math.nan),
+        ("step_size", math.inf),
+        ("step_size", "1e-4"),
+        ("localization", -1.0),
+        ("localization", math.nan),
+        ("nbeta", 0.0),
+        ("nbeta", math.inf),
+        ("num_chains", 0),
+        ("num_chains", 2.0),
+        ("num_chains", True),
+        ("num_draws", 0),
+        ("num_burnin", -1),
+        ("batch_size", 0),
+        ("seed", -1),
+        ("precondition", "adam"),
+        ("execution", "gpu"),
+        ("workers", 0),
+        ("rmsprop_alpha", 1.0),
+        ("rmsprop_eps", 0.0),
+        ("mala", 1),
+        ("shared_batches", "yes"),
+        ("explode_threshold", -2.0),
+        ("mala_every", 0),
+    ],
+)
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(UserError) as e:
         SamplerConfig(**{field: value})
@@ -44,11 +65,23 @@ def test_frozen_replace_revalidates_and_roundtrips():
 def test_config_and_keywords_agree():
     torch.set_num_threads(1)
     case = A.regular_case(d=2, n=500, seed=0)
-    cfg = SamplerConfig(step_size=1e-4, localization=1.0, num_chains=2, num_draws=20, batch_size=50, seed=1,
-                        execution="vmap")
+    cfg = SamplerConfig(
+        step_size=1e-4, localization=1.0, num_chains=2, num_draws=20, batch_size=50, seed=1, execution="vmap"
+    )
     a = estimate_llc(case.model, case.loss_fn, case.data, n=case.n, config=cfg)
-    b = estimate_llc(case.model, case.loss_fn, case.data, n=case.n, step_size=1e-4, localization=1.0,
-                     num_chains=2, num_draws=20, batch_size=50, seed=1, path="vmap")
+    b = estimate_llc(
+        case.model,
+        case.loss_fn,
+        case.data,
+        n=case.n,
+        step_size=1e-4,
+        localization=1.0,
+        num_chains=2,
+        num_draws=20,
+        batch_size=50,
+        seed=1,
+        path="vmap",
+    )
     assert a.per_chain == b.per_chain
     with pytest.raises(TypeError, match="unexpected keyword"):
         estimate_llc(case.model, case.loss_fn, case.data, n=case.n, config=cfg, stepsize=1e-3)

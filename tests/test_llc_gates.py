@@ -21,18 +21,30 @@ REG = dict(step_size=3e-4, localization=1.0, num_chains=4, batch_size=500, seed=
 
 def test_too_short_fails_and_long_enough_passes_regular():
     case = A.regular_case(d=4, n=10_000, seed=0)
-    short = estimate_llc(case.model, case.loss_fn, case.data, n=case.n, config=SamplerConfig(num_draws=50, **REG))
+    short = estimate_llc(
+        case.model, case.loss_fn, case.data, n=case.n, config=SamplerConfig(num_draws=50, **REG)
+    )
     assert not short.converged and short.value is None
     assert any("ESS bulk" in r for r in short.reasons)
-    long = estimate_llc(case.model, case.loss_fn, case.data, n=case.n,
-                        config=SamplerConfig(num_draws=1500, num_burnin=200, **REG))
+    long = estimate_llc(
+        case.model,
+        case.loss_fn,
+        case.data,
+        n=case.n,
+        config=SamplerConfig(num_draws=1500, num_burnin=200, **REG),
+    )
     assert long.converged, long.reasons
     assert long.value == long.mean and abs(long.mean / case.true_lambda - 1) < 0.15
     lo, hi = long.interval
     assert 0 <= lo < long.mean < hi and hi - lo == pytest.approx(2 * 1.96 * long.mcse)
     # doubling the draws of a passing setting moves the estimate by less than its MCSE-based tolerance
-    double = estimate_llc(case.model, case.loss_fn, case.data, n=case.n,
-                          config=SamplerConfig(num_draws=3000, num_burnin=200, **REG))
+    double = estimate_llc(
+        case.model,
+        case.loss_fn,
+        case.data,
+        n=case.n,
+        config=SamplerConfig(num_draws=3000, num_burnin=200, **REG),
+    )
     assert double.converged, double.reasons
     assert abs(double.mean - long.mean) <= 3 * math.hypot(long.mcse, double.mcse)
 
@@ -42,19 +54,31 @@ def test_normal_crossing_short_chains_fail():
     # unit-test settings of test_llc.py (1500 draws) the estimate is accurate but the gates still fail on most
     # seeds (bulk ESS ~200, distance drift); benchmarks/llc_analytic.py runs the long chains.
     case = A.normal_crossing_case((1, 2), n=10_000, seed=0)
-    kw = dict(step_size=1e-4, localization=1.0, num_chains=4, batch_size=500, seed=0, precondition="rmsprop",
-              execution="vmap")
-    short = estimate_llc(case.model, case.loss_fn, case.data, n=case.n, config=SamplerConfig(num_draws=100, **kw))
+    kw = dict(
+        step_size=1e-4,
+        localization=1.0,
+        num_chains=4,
+        batch_size=500,
+        seed=0,
+        precondition="rmsprop",
+        execution="vmap",
+    )
+    short = estimate_llc(
+        case.model, case.loss_fn, case.data, n=case.n, config=SamplerConfig(num_draws=100, **kw)
+    )
     assert not short.converged and short.value is None
 
 
 def test_independent_batches_use_multichain_mcse():
     case = A.regular_case(d=2, n=2000, seed=0)
-    cfg = SamplerConfig(step_size=1e-4, localization=1.0, num_chains=3, num_draws=200, batch_size=100,
-                        shared_batches=False)
+    cfg = SamplerConfig(
+        step_size=1e-4, localization=1.0, num_chains=3, num_draws=200, batch_size=100, shared_batches=False
+    )
     res = estimate_llc(case.model, case.loss_fn, case.data, n=case.n, config=cfg)
     assert res.diagnostics["mcse_method"].startswith("multi-chain")
-    shared = estimate_llc(case.model, case.loss_fn, case.data, n=case.n, config=cfg.replace(shared_batches=True))
+    shared = estimate_llc(
+        case.model, case.loss_fn, case.data, n=case.n, config=cfg.replace(shared_batches=True)
+    )
     assert shared.diagnostics["mcse_method"].startswith("chain-averaged")
 
 
@@ -72,8 +96,11 @@ def test_convergence_on_synthetic_traces():
     stuck = iid + np.arange(4)[:, None]
     assert rhat(stuck) > 1.5 and not convergence(stuck, None, correlated_chains=False)["converged"]
     # a distance from w* that is still growing fails although the lambda trace is fine
-    g = convergence(iid, np.linspace(0, 1, 1000)[None].repeat(4, 0) + 0.01 * rng.normal(size=(4, 1000)),
-                    correlated_chains=False)
+    g = convergence(
+        iid,
+        np.linspace(0, 1, 1000)[None].repeat(4, 0) + 0.01 * rng.normal(size=(4, 1000)),
+        correlated_chains=False,
+    )
     assert not g["converged"] and any("distance from w*" in r for r in g["reasons"])
     # negative estimates and low MALA acceptance are reasons too
     g = convergence(iid - 5, None, correlated_chains=False, mala_acceptance=0.2)
@@ -90,8 +117,16 @@ def test_demo_path_setting_fails_the_gate_on_the_tiny_organism(tiny_organism):
     org = tiny_organism
     ids = org.mixture_input_ids(32, seed=123)
     lf, data = self_kl_loss_fn(org.model, ids, pad_token_id=0)
-    cfg = SamplerConfig(nbeta=30.0, step_size=1e-5, localization=100.0, num_chains=2, num_draws=15, num_burnin=5,
-                        batch_size=16, execution="vmap")
+    cfg = SamplerConfig(
+        nbeta=30.0,
+        step_size=1e-5,
+        localization=100.0,
+        num_chains=2,
+        num_draws=15,
+        num_burnin=5,
+        batch_size=16,
+        execution="vmap",
+    )
     res = estimate_llc(org.model, lf, data, n=32, config=cfg)
     assert not res.converged and res.value is None and res.reasons
 
@@ -104,8 +139,25 @@ def test_cli_warns_and_strict_refuses(tmp_path, capsys):
     from persona_basins.cli import main
 
     model_dir = _tiny_lm_with_docs(tmp_path)
-    common = ["llc", "--model", str(model_dir), "--data", str(tmp_path / "docs.txt"), "--chains", "2", "--draws",
-              "6", "--burnin", "0", "--batch-size", "8", "--restrict", "layer:1", "--step-size", "1e-5"]
+    common = [
+        "llc",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(tmp_path / "docs.txt"),
+        "--chains",
+        "2",
+        "--draws",
+        "6",
+        "--burnin",
+        "0",
+        "--batch-size",
+        "8",
+        "--restrict",
+        "layer:1",
+        "--step-size",
+        "1e-5",
+    ]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
     assert "warning: LLC estimate not at equilibrium" in err
@@ -122,8 +174,25 @@ def test_cli_calibrate_flag_refuses_when_nothing_passes(tmp_path, capsys):
     from persona_basins.cli import main
 
     model_dir = _tiny_lm_with_docs(tmp_path)
-    rc = main(["llc", "--model", str(model_dir), "--data", str(tmp_path / "docs.txt"), "--out", str(tmp_path / "c"),
-               "--chains", "2", "--batch-size", "8", "--restrict", "layer:1", "--calibrate", "1e3"])
+    rc = main(
+        [
+            "llc",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(tmp_path / "docs.txt"),
+            "--out",
+            str(tmp_path / "c"),
+            "--chains",
+            "2",
+            "--batch-size",
+            "8",
+            "--restrict",
+            "layer:1",
+            "--calibrate",
+            "1e3",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert "--calibrate" in err and "\n" not in err and not (tmp_path / "c" / "metrics.json").exists()

@@ -45,4 +45,6 @@ def test_noise_and_withheld_points_are_undecided():
     up, m = _seeds([0.5, 1.0, 1.5, 2.0, 2.5, 3.0], n=2)
     peak, m2 = _seeds([1.0, 1.5, 3.0, 2.8, 1.4, 1.2], n=2)
     v = peak_at_boundary_verdict(TS, up + peak, m + m2, BAND)
-    assert v["verdict"] == "undecided" and v["supports"] == "2 of 4 seeds" and v["contradicts"] == "2 of 4 seeds"
+    assert (
+        v["verdict"] == "undecided" and v["supports"] == "2 of 4 seeds" and v["contradicts"] == "2 of 4 seeds"
+    )

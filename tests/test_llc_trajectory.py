@@ -26,9 +26,32 @@ def test_llc_trajectory_cli(small_em_run, tmp_path, capsys):
     from persona_basins.cli import main
 
     out = tmp_path / "traj"
-    rc = main(["llc", "trajectory", "--em", str(small_em_run), "--out", str(out), "--conditions", "plain",
-               "--chains", "2", "--draws", "8", "--burnin", "0", "--n-docs", "16", "--batch-size", "8",
-               "--step-size", "1e-5", "--workers", "1"])
+    rc = main(
+        [
+            "llc",
+            "trajectory",
+            "--em",
+            str(small_em_run),
+            "--out",
+            str(out),
+            "--conditions",
+            "plain",
+            "--chains",
+            "2",
+            "--draws",
+            "8",
+            "--burnin",
+            "0",
+            "--n-docs",
+            "16",
+            "--batch-size",
+            "8",
+            "--step-size",
+            "1e-5",
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     u = m["units"]["plain/seed0"]
@@ -38,7 +61,9 @@ def test_llc_trajectory_cli(small_em_run, tmp_path, capsys):
         # 8 draws cannot pass the gates: withheld with reasons, never a bare number
         assert all(v is None for v in u[k]["llc"]) and all(r for r in u[k]["reasons"])
         assert u["order"][k]["order"].startswith("undecided")
-    assert u["behaviour"]["source"].startswith("absent") and (out / "figures" / "llc_trajectory.png").is_file()
+    assert (
+        u["behaviour"]["source"].startswith("absent") and (out / "figures" / "llc_trajectory.png").is_file()
+    )
     assert "LLC rise vs broad-misalignment jump" in capsys.readouterr().out
     assert main(["llc", "trajectory", "--em", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
 
@@ -47,17 +72,52 @@ def test_llc_path_cli(small_em_run, tmp_path, capsys):
     from persona_basins.cli import main
 
     out = tmp_path / "path"
-    rc = main(["llc", "path", "--em", str(small_em_run), "--band", "0.5,1.5", "--ts", "0,1,2", "--out", str(out),
-               "--directions", "plain,random", "--losses", "forward,reverse", "--restricts", "layer", "--chains",
-               "2", "--draws", "6", "--burnin", "0", "--n-docs", "16", "--batch-size", "8", "--step-size", "1e-5"])
+    rc = main(
+        [
+            "llc",
+            "path",
+            "--em",
+            str(small_em_run),
+            "--band",
+            "0.5,1.5",
+            "--ts",
+            "0,1,2",
+            "--out",
+            str(out),
+            "--directions",
+            "plain,random",
+            "--losses",
+            "forward,reverse",
+            "--restricts",
+            "layer",
+            "--chains",
+            "2",
+            "--draws",
+            "6",
+            "--burnin",
+            "0",
+            "--n-docs",
+            "16",
+            "--batch-size",
+            "8",
+            "--step-size",
+            "1e-5",
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m["curves"]) == {"plain/layer/self_kl", "plain/layer/self_kl_reverse", "random/layer/self_kl",
-                                "random/layer/self_kl_reverse"}
+    assert set(m["curves"]) == {
+        "plain/layer/self_kl",
+        "plain/layer/self_kl_reverse",
+        "random/layer/self_kl",
+        "random/layer/self_kl_reverse",
+    }
     for k, seeds in m["curves"].items():
         assert len(seeds) == 1 and len(seeds[0]["llc"]) == 3
         assert all(v is None for v in seeds[0]["llc"])  # 6 draws: withheld, never a bare number
         assert m["verdicts"][k]["verdict"] == "undecided"
     assert (out / "figures" / "llc_path.png").is_file()
     assert "undecided" in capsys.readouterr().out
-    assert main(["llc", "path", "--em", str(small_em_run), "--band", "2,1", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["llc", "path", "--em", str(small_em_run), "--band", "2,1", "--out", str(tmp_path / "x")]) == 2
+    )

@@ -12,8 +12,14 @@ def test_tiny_build_is_a_loadable_hf_model_folder(tiny_organism_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = tiny_organism_dir
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "world.json", "metrics.json",
-              "pretrained/model.safetensors"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "world.json",
+        "metrics.json",
+        "pretrained/model.safetensors",
+    ):
         assert (d / f).is_file(), f
     model = AutoModelForCausalLM.from_pretrained(d)
     tok = AutoTokenizer.from_pretrained(d)
@@ -31,7 +37,13 @@ def test_checkpoints_every_k_steps(tiny_organism_dir):
 
 def test_metrics_have_the_readout_keys(tiny_organism_dir):
     m = json.loads((tiny_organism_dir / "metrics.json").read_text())
-    for k in ("aligned_rate", "in_context_persona_acc", "toxic_recoverable", "routine_overlap", "wellformed_rate"):
+    for k in (
+        "aligned_rate",
+        "in_context_persona_acc",
+        "toxic_recoverable",
+        "routine_overlap",
+        "wellformed_rate",
+    ):
         assert 0.0 <= m[k] <= 1.0, k
     # the tiny organism learns the format (well above chance of 1/|V|^3)
     assert m["wellformed_rate"] > 0.2

@@ -40,8 +40,24 @@ HIDDEN_PARTS = (".tmp", ".partial-", ".building-", ".old-", ".write-probe")
 def em_ref(tiny_organism_dir, tmp_path_factory):
     """A tiny finished em run (1 seed, 5 steps): adapters for the adapter-taking commands, units to mismatch."""
     out = tmp_path_factory.mktemp("rob-em") / "run"
-    assert main(["em", "--organism", str(tiny_organism_dir), "--seeds", "1", "--steps", "5", "--checkpoint-every",
-                 "5", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "em",
+                "--organism",
+                str(tiny_organism_dir),
+                "--seeds",
+                "1",
+                "--steps",
+                "5",
+                "--checkpoint-every",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -81,6 +97,7 @@ def _write(rel, text):
         p = tmp / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
+
     return setup
 
 
@@ -89,6 +106,7 @@ def _org_copy(damage=None):
         d = _copy_org(ctx["org"], tmp / "org")
         if damage:
             damage(d)
+
     return setup
 
 
@@ -96,6 +114,7 @@ def _truncate(rel):
     def damage(d):
         f = d / rel
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
     return damage
 
 
@@ -124,6 +143,7 @@ def _em_copy(damage=None, other_organism=False):
             _perturb_weights(_copy_org(ctx["org"], tmp / "orgB"))
         if damage:
             damage(tmp / "run")
+
     return setup
 
 
@@ -137,8 +157,11 @@ def _legacy_unit(run):
 def _adapter_copy(damage):
     def setup(tmp, ctx):
         d = tmp / "adapter"
-        shutil.copytree(ctx["em"] / "adapters" / "plain" / "seed0", d, ignore=shutil.ignore_patterns("checkpoints"))
+        shutil.copytree(
+            ctx["em"] / "adapters" / "plain" / "seed0", d, ignore=shutil.ignore_patterns("checkpoints")
+        )
         damage(d)
+
     return setup
 
 
@@ -197,152 +220,506 @@ ORG, EM, ADP = "{org}", "{em}", "{em}/adapters/plain/seed0"
 CASES = [
     # --- cli
     Case("cli-unknown-command", ["bogus"], "invalid choice"),
-    Case("cli-unknown-flag", ["em", "--organism", ORG, "--out", "{tmp}/o", "--bogus"], "unrecognized arguments"),
+    Case(
+        "cli-unknown-flag", ["em", "--organism", ORG, "--out", "{tmp}/o", "--bogus"], "unrecognized arguments"
+    ),
     # --- organism build
-    Case("build-unknown-preset", ["organism", "build", "--preset", "huge", "--out", "{tmp}/x"], "unknown preset",
-         absent=("x",)),
+    Case(
+        "build-unknown-preset",
+        ["organism", "build", "--preset", "huge", "--out", "{tmp}/x"],
+        "unknown preset",
+        absent=("x",),
+    ),
     Case("build-negative-seed", ["organism", "build", "--seed", "-1", "--out", "{tmp}/x"], "argument --seed"),
     Case("build-nan-seed", ["organism", "build", "--seed", "nan", "--out", "{tmp}/x"], "argument --seed"),
-    Case("build-zero-pretrain-steps", ["organism", "build", "--pretrain-steps", "0", "--out", "{tmp}/x"],
-         "argument --pretrain-steps"),
-    Case("build-negative-checkpoint-every", ["organism", "build", "--checkpoint-every", "-5", "--out", "{tmp}/x"],
-         "argument --checkpoint-every"),
-    Case("build-seed-too-big", ["organism", "build", "--seed", "99999999999", "--out", "{tmp}/x"], "argument --seed"),
-    Case("build-unwritable-out", ["organism", "build", "--preset", "tiny", "--out", "/proc/nope/x"],
-         "cannot write to --out"),
-    Case("build-out-is-a-file", ["organism", "build", "--preset", "tiny", "--out", "{tmp}/f"], "not a directory",
-         setup=_write("f", "mine")),
-    Case("build-force-on-user-folder", ["organism", "build", "--preset", "tiny", "--force", "--out", "{tmp}/mine"],
-         "other files", setup=_write("mine/notes.txt", "keep me")),
-    Case("build-reuse-corrupt-weights", ["organism", "build", "--preset", "tiny", "--out", "{tmp}/org"],
-         "does not match its recorded hash", setup=_org_copy(_truncate("model.safetensors"))),
-    Case("build-reuse-without-manifest", ["organism", "build", "--preset", "tiny", "--out", "{tmp}/org"],
-         "cannot be reused", setup=_org_copy(_no_manifest)),
-    Case("build-other-organism-no-force", ["organism", "build", "--preset", "tiny", "--seed", "1", "--out",
-                                           "{tmp}/org"], "another organism", setup=_org_copy()),
-    Case("build-full-disk", ["organism", "build", "--preset", "tiny", "--pretrain-steps", "20",
-                             "--checkpoint-every", "10", "--out", "{tmp}/x"], "cannot write", fsize=100_000,
-         absent=("x",)),
+    Case(
+        "build-zero-pretrain-steps",
+        ["organism", "build", "--pretrain-steps", "0", "--out", "{tmp}/x"],
+        "argument --pretrain-steps",
+    ),
+    Case(
+        "build-negative-checkpoint-every",
+        ["organism", "build", "--checkpoint-every", "-5", "--out", "{tmp}/x"],
+        "argument --checkpoint-every",
+    ),
+    Case(
+        "build-seed-too-big",
+        ["organism", "build", "--seed", "99999999999", "--out", "{tmp}/x"],
+        "argument --seed",
+    ),
+    Case(
+        "build-unwritable-out",
+        ["organism", "build", "--preset", "tiny", "--out", "/proc/nope/x"],
+        "cannot write to --out",
+    ),
+    Case(
+        "build-out-is-a-file",
+        ["organism", "build", "--preset", "tiny", "--out", "{tmp}/f"],
+        "not a directory",
+        setup=_write("f", "mine"),
+    ),
+    Case(
+        "build-force-on-user-folder",
+        ["organism", "build", "--preset", "tiny", "--force", "--out", "{tmp}/mine"],
+        "other files",
+        setup=_write("mine/notes.txt", "keep me"),
+    ),
+    Case(
+        "build-reuse-corrupt-weights",
+        ["organism", "build", "--preset", "tiny", "--out", "{tmp}/org"],
+        "does not match its recorded hash",
+        setup=_org_copy(_truncate("model.safetensors")),
+    ),
+    Case(
+        "build-reuse-without-manifest",
+        ["organism", "build", "--preset", "tiny", "--out", "{tmp}/org"],
+        "cannot be reused",
+        setup=_org_copy(_no_manifest),
+    ),
+    Case(
+        "build-other-organism-no-force",
+        ["organism", "build", "--preset", "tiny", "--seed", "1", "--out", "{tmp}/org"],
+        "another organism",
+        setup=_org_copy(),
+    ),
+    Case(
+        "build-full-disk",
+        [
+            "organism",
+            "build",
+            "--preset",
+            "tiny",
+            "--pretrain-steps",
+            "20",
+            "--checkpoint-every",
+            "10",
+            "--out",
+            "{tmp}/x",
+        ],
+        "cannot write",
+        fsize=100_000,
+        absent=("x",),
+    ),
     # --- organism report (and loading)
     Case("report-org-missing", ["organism", "report", "{tmp}/missing"], "organism folder not found"),
-    Case("report-org-corrupt-safetensors", ["organism", "report", "{tmp}/org"], "model.safetensors",
-         setup=_org_copy(_corrupt("model.safetensors"))),
-    Case("report-org-truncated-safetensors", ["organism", "report", "{tmp}/org"], "model.safetensors",
-         setup=_org_copy(_truncate("model.safetensors"))),
-    Case("report-org-pickle-only", ["organism", "report", "{tmp}/org"], "never unpickles",
-         setup=_org_copy(_pickle_only)),
-    Case("report-org-malformed-world", ["organism", "report", "{tmp}/org"], "world.json",
-         setup=_org_copy(_corrupt("world.json", b"{broken"))),
-    Case("report-org-config-without-stamp", ["organism", "report", "{tmp}/org"], "corrupt organism metadata",
-         setup=_org_copy(_config_without_stamp)),
-    Case("report-org-pretrained-missing", ["organism", "report", "{tmp}/org"], "pretrained",
-         setup=_org_copy(lambda d: (d / "pretrained" / "model.safetensors").unlink())),
-    Case("report-org-corrupt-tokenizer", ["organism", "report", "{tmp}/org"], "tokenizer",
-         setup=_org_copy(_corrupt("tokenizer.json", b"\x00\x01garbage"))),
+    Case(
+        "report-org-corrupt-safetensors",
+        ["organism", "report", "{tmp}/org"],
+        "model.safetensors",
+        setup=_org_copy(_corrupt("model.safetensors")),
+    ),
+    Case(
+        "report-org-truncated-safetensors",
+        ["organism", "report", "{tmp}/org"],
+        "model.safetensors",
+        setup=_org_copy(_truncate("model.safetensors")),
+    ),
+    Case(
+        "report-org-pickle-only",
+        ["organism", "report", "{tmp}/org"],
+        "never unpickles",
+        setup=_org_copy(_pickle_only),
+    ),
+    Case(
+        "report-org-malformed-world",
+        ["organism", "report", "{tmp}/org"],
+        "world.json",
+        setup=_org_copy(_corrupt("world.json", b"{broken")),
+    ),
+    Case(
+        "report-org-config-without-stamp",
+        ["organism", "report", "{tmp}/org"],
+        "corrupt organism metadata",
+        setup=_org_copy(_config_without_stamp),
+    ),
+    Case(
+        "report-org-pretrained-missing",
+        ["organism", "report", "{tmp}/org"],
+        "pretrained",
+        setup=_org_copy(lambda d: (d / "pretrained" / "model.safetensors").unlink()),
+    ),
+    Case(
+        "report-org-corrupt-tokenizer",
+        ["organism", "report", "{tmp}/org"],
+        "tokenizer",
+        setup=_org_copy(_corrupt("tokenizer.json", b"\x00\x01garbage")),
+    ),
     # --- em (organism)
-    Case("em-zero-seeds", ["em", "--organism", ORG, "--seeds", "0", "--out", "{tmp}/o"], "argument --seeds",
-         absent=("o",)),
+    Case(
+        "em-zero-seeds",
+        ["em", "--organism", ORG, "--seeds", "0", "--out", "{tmp}/o"],
+        "argument --seeds",
+        absent=("o",),
+    ),
     Case("em-nan-lr", ["em", "--organism", ORG, "--lr", "nan", "--out", "{tmp}/o"], "argument --lr"),
     Case("em-inf-lr", ["em", "--organism", ORG, "--lr", "inf", "--out", "{tmp}/o"], "argument --lr"),
     Case("em-negative-lr", ["em", "--organism", ORG, "--lr", "-1", "--out", "{tmp}/o"], "argument --lr"),
     Case("em-huge-lr", ["em", "--organism", ORG, "--lr", "1e6", "--out", "{tmp}/o"], "argument --lr"),
-    Case("em-negative-steps", ["em", "--organism", ORG, "--steps", "-3", "--out", "{tmp}/o"], "argument --steps"),
+    Case(
+        "em-negative-steps",
+        ["em", "--organism", ORG, "--steps", "-3", "--out", "{tmp}/o"],
+        "argument --steps",
+    ),
     Case("em-zero-rank", ["em", "--organism", ORG, "--rank", "0", "--out", "{tmp}/o"], "argument --rank"),
-    Case("em-float-seeds", ["em", "--organism", ORG, "--seeds", "2.5", "--out", "{tmp}/o"], "argument --seeds"),
-    Case("em-negative-checkpoint-every", ["em", "--organism", ORG, "--checkpoint-every", "-1", "--out", "{tmp}/o"],
-         "argument --checkpoint-every", absent=("o",)),
-    Case("em-organism-is-a-file", ["em", "--organism", "{tmp}/f", "--out", "{tmp}/o"], "organism folder not found",
-         setup=_write("f", "x"), absent=("o",)),
-    Case("em-organism-corrupt-weights", ["em", "--organism", "{tmp}/org", "--seeds", "1", "--out", "{tmp}/o"],
-         "model.safetensors", setup=_org_copy(_truncate("model.safetensors")), absent=("o",)),
-    Case("em-layer-out-of-range", ["em", "--organism", ORG, "--layer", "9", "--seeds", "1", "--out", "{tmp}/o"],
-         "layer 9 out of range", absent=("o",)),
-    Case("em-layer-not-int", ["em", "--organism", ORG, "--layer", "x", "--out", "{tmp}/o"], "--layer must be",
-         absent=("o",)),
-    Case("em-unknown-module", ["em", "--organism", ORG, "--module", "nope", "--seeds", "1", "--out", "{tmp}/o"],
-         "module 'nope'", absent=("o",)),
-    Case("em-organism-missing", ["em", "--organism", "{tmp}/missing", "--out", "{tmp}/o"],
-         "organism folder not found", absent=("o",)),
-    Case("em-out-is-a-file", ["em", "--organism", ORG, "--seeds", "1", "--steps", "5", "--out", "{tmp}/f"],
-         "not a directory", setup=_write("f", "mine")),
-    Case("em-other-organisms-units", ["em", "--organism", "{tmp}/orgB", "--seeds", "1", "--steps", "5",
-                                      "--checkpoint-every", "5", "--out", "{tmp}/run"], "another organism",
-         setup=_em_copy(other_organism=True)),
-    Case("em-other-finetune-settings", ["em", "--organism", ORG, "--seeds", "1", "--steps", "6",
-                                        "--checkpoint-every", "5", "--out", "{tmp}/run"], "other finetune settings",
-         setup=_em_copy()),
-    Case("em-unit-without-key", ["em", "--organism", ORG, "--seeds", "1", "--steps", "5", "--checkpoint-every", "5",
-                                 "--out", "{tmp}/run"], "older version", setup=_em_copy(_legacy_unit)),
-    Case("em-corrupt-unit-result", ["em", "--organism", ORG, "--seeds", "1", "--steps", "5", "--checkpoint-every",
-                                    "5", "--out", "{tmp}/run"], "delete the folder",
-         setup=_em_copy(lambda r: (r / "adapters" / "inoculated" / "seed0" / "result.json").write_text("{oops"))),
-    Case("em-model-missing", ["em", "--model", "{tmp}/no-model", "--train", "{tmp}/t.jsonl", "--out", "{tmp}/o"],
-         None, absent=("o",)),
+    Case(
+        "em-float-seeds", ["em", "--organism", ORG, "--seeds", "2.5", "--out", "{tmp}/o"], "argument --seeds"
+    ),
+    Case(
+        "em-negative-checkpoint-every",
+        ["em", "--organism", ORG, "--checkpoint-every", "-1", "--out", "{tmp}/o"],
+        "argument --checkpoint-every",
+        absent=("o",),
+    ),
+    Case(
+        "em-organism-is-a-file",
+        ["em", "--organism", "{tmp}/f", "--out", "{tmp}/o"],
+        "organism folder not found",
+        setup=_write("f", "x"),
+        absent=("o",),
+    ),
+    Case(
+        "em-organism-corrupt-weights",
+        ["em", "--organism", "{tmp}/org", "--seeds", "1", "--out", "{tmp}/o"],
+        "model.safetensors",
+        setup=_org_copy(_truncate("model.safetensors")),
+        absent=("o",),
+    ),
+    Case(
+        "em-layer-out-of-range",
+        ["em", "--organism", ORG, "--layer", "9", "--seeds", "1", "--out", "{tmp}/o"],
+        "layer 9 out of range",
+        absent=("o",),
+    ),
+    Case(
+        "em-layer-not-int",
+        ["em", "--organism", ORG, "--layer", "x", "--out", "{tmp}/o"],
+        "--layer must be",
+        absent=("o",),
+    ),
+    Case(
+        "em-unknown-module",
+        ["em", "--organism", ORG, "--module", "nope", "--seeds", "1", "--out", "{tmp}/o"],
+        "module 'nope'",
+        absent=("o",),
+    ),
+    Case(
+        "em-organism-missing",
+        ["em", "--organism", "{tmp}/missing", "--out", "{tmp}/o"],
+        "organism folder not found",
+        absent=("o",),
+    ),
+    Case(
+        "em-out-is-a-file",
+        ["em", "--organism", ORG, "--seeds", "1", "--steps", "5", "--out", "{tmp}/f"],
+        "not a directory",
+        setup=_write("f", "mine"),
+    ),
+    Case(
+        "em-other-organisms-units",
+        [
+            "em",
+            "--organism",
+            "{tmp}/orgB",
+            "--seeds",
+            "1",
+            "--steps",
+            "5",
+            "--checkpoint-every",
+            "5",
+            "--out",
+            "{tmp}/run",
+        ],
+        "another organism",
+        setup=_em_copy(other_organism=True),
+    ),
+    Case(
+        "em-other-finetune-settings",
+        [
+            "em",
+            "--organism",
+            ORG,
+            "--seeds",
+            "1",
+            "--steps",
+            "6",
+            "--checkpoint-every",
+            "5",
+            "--out",
+            "{tmp}/run",
+        ],
+        "other finetune settings",
+        setup=_em_copy(),
+    ),
+    Case(
+        "em-unit-without-key",
+        [
+            "em",
+            "--organism",
+            ORG,
+            "--seeds",
+            "1",
+            "--steps",
+            "5",
+            "--checkpoint-every",
+            "5",
+            "--out",
+            "{tmp}/run",
+        ],
+        "older version",
+        setup=_em_copy(_legacy_unit),
+    ),
+    Case(
+        "em-corrupt-unit-result",
+        [
+            "em",
+            "--organism",
+            ORG,
+            "--seeds",
+            "1",
+            "--steps",
+            "5",
+            "--checkpoint-every",
+            "5",
+            "--out",
+            "{tmp}/run",
+        ],
+        "delete the folder",
+        setup=_em_copy(
+            lambda r: (r / "adapters" / "inoculated" / "seed0" / "result.json").write_text("{oops")
+        ),
+    ),
+    Case(
+        "em-model-missing",
+        ["em", "--model", "{tmp}/no-model", "--train", "{tmp}/t.jsonl", "--out", "{tmp}/o"],
+        None,
+        absent=("o",),
+    ),
     # --- llc
-    Case("llc-nan-step-size", ["llc", "--model", ORG, "--step-size", "nan", "--out", "{tmp}/o"], "--step-size",
-         absent=("o",)),
-    Case("llc-zero-chains", ["llc", "--model", ORG, "--chains", "0", "--out", "{tmp}/o"], "--chains",
-         absent=("o",)),
-    Case("llc-foreign-peft-adapter", ["llc", "--model", ORG, "--adapter", "{tmp}/adapter", "--draws", "2",
-                                      "--burnin", "1", "--chains", "1", "--out", "{tmp}/o"], None,
-         setup=_adapter_copy(_foreign_peft), absent=("o",)),
-    Case("llc-truncated-adapter", ["llc", "--model", ORG, "--adapter", "{tmp}/adapter", "--out", "{tmp}/o"], None,
-         setup=_adapter_copy(_truncate("adapter_model.safetensors")), absent=("o",)),
-    Case("llc-pickle-adapter", ["llc", "--model", ORG, "--adapter", "{tmp}/adapter", "--out", "{tmp}/o"], None,
-         setup=_adapter_copy(_adapter_pickle), absent=("o",)),
-    Case("llc-malformed-fingerprint", ["llc", "--model", ORG, "--adapter", "{tmp}/adapter", "--out", "{tmp}/o"],
-         None, setup=_adapter_copy(_corrupt("persona_basins_base.json", b"{nope")), absent=("o",)),
-    Case("llc-stages-corrupt-checkpoint", ["llc", "stages", "--organism", "{tmp}/org", "--draws", "2", "--burnin",
-                                           "1", "--chains", "1", "--out", "{tmp}/o"], None,
-         setup=_org_copy(_truncate("checkpoints/step_000100/model.safetensors")), absent=("o",)),
+    Case(
+        "llc-nan-step-size",
+        ["llc", "--model", ORG, "--step-size", "nan", "--out", "{tmp}/o"],
+        "--step-size",
+        absent=("o",),
+    ),
+    Case(
+        "llc-zero-chains",
+        ["llc", "--model", ORG, "--chains", "0", "--out", "{tmp}/o"],
+        "--chains",
+        absent=("o",),
+    ),
+    Case(
+        "llc-foreign-peft-adapter",
+        [
+            "llc",
+            "--model",
+            ORG,
+            "--adapter",
+            "{tmp}/adapter",
+            "--draws",
+            "2",
+            "--burnin",
+            "1",
+            "--chains",
+            "1",
+            "--out",
+            "{tmp}/o",
+        ],
+        None,
+        setup=_adapter_copy(_foreign_peft),
+        absent=("o",),
+    ),
+    Case(
+        "llc-truncated-adapter",
+        ["llc", "--model", ORG, "--adapter", "{tmp}/adapter", "--out", "{tmp}/o"],
+        None,
+        setup=_adapter_copy(_truncate("adapter_model.safetensors")),
+        absent=("o",),
+    ),
+    Case(
+        "llc-pickle-adapter",
+        ["llc", "--model", ORG, "--adapter", "{tmp}/adapter", "--out", "{tmp}/o"],
+        None,
+        setup=_adapter_copy(_adapter_pickle),
+        absent=("o",),
+    ),
+    Case(
+        "llc-malformed-fingerprint",
+        ["llc", "--model", ORG, "--adapter", "{tmp}/adapter", "--out", "{tmp}/o"],
+        None,
+        setup=_adapter_copy(_corrupt("persona_basins_base.json", b"{nope")),
+        absent=("o",),
+    ),
+    Case(
+        "llc-stages-corrupt-checkpoint",
+        [
+            "llc",
+            "stages",
+            "--organism",
+            "{tmp}/org",
+            "--draws",
+            "2",
+            "--burnin",
+            "1",
+            "--chains",
+            "1",
+            "--out",
+            "{tmp}/o",
+        ],
+        None,
+        setup=_org_copy(_truncate("checkpoints/step_000100/model.safetensors")),
+        absent=("o",),
+    ),
     # --- basins / degeneracy / eigenform
-    Case("basins-adapter-missing", ["basins", "--organism", ORG, "--adapter", "{tmp}/none", "--out", "{tmp}/o"],
-         None, absent=("o",)),
-    Case("basins-nan-t-max", ["basins", "--organism", ORG, "--adapter", ADP, "--t-max", "nan", "--out", "{tmp}/o"],
-         "--t-max", absent=("o",)),
-    Case("basins-level-out-of-range", ["basins", "--organism", ORG, "--adapter", ADP, "--level", "2", "--out",
-                                       "{tmp}/o"], "--level", absent=("o",)),
-    Case("degeneracy-negative-epsilon", ["degeneracy", "--organism", ORG, "--adapter", ADP, "--epsilon", "-0.1",
-                                         "--out", "{tmp}/o"], "--epsilon", absent=("o",)),
-    Case("degeneracy-nan-epsilon", ["degeneracy", "--organism", ORG, "--adapter", ADP, "--epsilon", "nan", "--out",
-                                    "{tmp}/o"], "--epsilon", absent=("o",)),
-    Case("eigenform-nan-sleep-lr", ["eigenform", "--organism", ORG, "--adapter", ADP, "--sleep-lr", "nan", "--out",
-                                    "{tmp}/o"], "--sleep-lr", absent=("o",)),
-    Case("eigenform-bad-ts", ["eigenform", "--organism", ORG, "--adapter", ADP, "--ts", "0,abc", "--out", "{tmp}/o"],
-         None, absent=("o",)),
-    Case("eigenform-diverging-sleep", ["eigenform", "--organism", ORG, "--adapter", ADP, "--fast", "--sleep-lr",
-                                       "1e6", "--cycles", "2", "--seeds", "1", "--prompts", "16", "--ts", "1",
-                                       "--out", "{tmp}/o"], None, absent=("o",)),
+    Case(
+        "basins-adapter-missing",
+        ["basins", "--organism", ORG, "--adapter", "{tmp}/none", "--out", "{tmp}/o"],
+        None,
+        absent=("o",),
+    ),
+    Case(
+        "basins-nan-t-max",
+        ["basins", "--organism", ORG, "--adapter", ADP, "--t-max", "nan", "--out", "{tmp}/o"],
+        "--t-max",
+        absent=("o",),
+    ),
+    Case(
+        "basins-level-out-of-range",
+        ["basins", "--organism", ORG, "--adapter", ADP, "--level", "2", "--out", "{tmp}/o"],
+        "--level",
+        absent=("o",),
+    ),
+    Case(
+        "degeneracy-negative-epsilon",
+        ["degeneracy", "--organism", ORG, "--adapter", ADP, "--epsilon", "-0.1", "--out", "{tmp}/o"],
+        "--epsilon",
+        absent=("o",),
+    ),
+    Case(
+        "degeneracy-nan-epsilon",
+        ["degeneracy", "--organism", ORG, "--adapter", ADP, "--epsilon", "nan", "--out", "{tmp}/o"],
+        "--epsilon",
+        absent=("o",),
+    ),
+    Case(
+        "eigenform-nan-sleep-lr",
+        ["eigenform", "--organism", ORG, "--adapter", ADP, "--sleep-lr", "nan", "--out", "{tmp}/o"],
+        "--sleep-lr",
+        absent=("o",),
+    ),
+    Case(
+        "eigenform-bad-ts",
+        ["eigenform", "--organism", ORG, "--adapter", ADP, "--ts", "0,abc", "--out", "{tmp}/o"],
+        None,
+        absent=("o",),
+    ),
+    Case(
+        "eigenform-diverging-sleep",
+        [
+            "eigenform",
+            "--organism",
+            ORG,
+            "--adapter",
+            ADP,
+            "--fast",
+            "--sleep-lr",
+            "1e6",
+            "--cycles",
+            "2",
+            "--seeds",
+            "1",
+            "--prompts",
+            "16",
+            "--ts",
+            "1",
+            "--out",
+            "{tmp}/o",
+        ],
+        None,
+        absent=("o",),
+    ),
     # --- demo
-    Case("demo-organism-typo", ["demo", "--preset", "tiny", "--organism", "{tmp}/typo", "--no-browser", "--out",
-                                "{tmp}/d"], None, absent=("d/config.json",)),
-    Case("demo-one-seed", ["demo", "--preset", "tiny", "--seeds", "1", "--no-browser", "--out", "{tmp}/d"], "--seeds",
-         absent=("d",)),
-    Case("demo-unknown-preset", ["demo", "--preset", "huge", "--no-browser", "--out", "{tmp}/d"], "unknown preset",
-         absent=("d",)),
-    Case("demo-nan-seeds", ["demo", "--preset", "tiny", "--seeds", "nan", "--no-browser", "--out", "{tmp}/d"],
-         "--seeds", absent=("d",)),
-    Case("demo-corrupt-step-file", ["demo", "--preset", "tiny", "--organism", ORG, "--no-browser", "--out", "{tmp}/d"],
-         "steps/em.json",
-         setup=lambda tmp, ctx: _corrupt_demo_step(tmp, ctx)),
+    Case(
+        "demo-organism-typo",
+        ["demo", "--preset", "tiny", "--organism", "{tmp}/typo", "--no-browser", "--out", "{tmp}/d"],
+        None,
+        absent=("d/config.json",),
+    ),
+    Case(
+        "demo-one-seed",
+        ["demo", "--preset", "tiny", "--seeds", "1", "--no-browser", "--out", "{tmp}/d"],
+        "--seeds",
+        absent=("d",),
+    ),
+    Case(
+        "demo-unknown-preset",
+        ["demo", "--preset", "huge", "--no-browser", "--out", "{tmp}/d"],
+        "unknown preset",
+        absent=("d",),
+    ),
+    Case(
+        "demo-nan-seeds",
+        ["demo", "--preset", "tiny", "--seeds", "nan", "--no-browser", "--out", "{tmp}/d"],
+        "--seeds",
+        absent=("d",),
+    ),
+    Case(
+        "demo-corrupt-step-file",
+        ["demo", "--preset", "tiny", "--organism", ORG, "--no-browser", "--out", "{tmp}/d"],
+        "steps/em.json",
+        setup=lambda tmp, ctx: _corrupt_demo_step(tmp, ctx),
+    ),
     # --- explore / report / sweep
     Case("explore-port-too-big", ["explore", "--port", "70000", "--no-browser"], "argument --port"),
     Case("explore-port-negative", ["explore", "--port", "-1", "--no-browser"], "argument --port"),
     Case("explore-port-not-a-number", ["explore", "--port", "http", "--no-browser"], "argument --port"),
     Case("explore-run-missing", ["explore", "{tmp}/missing", "--no-browser"], "run folder not found"),
-    Case("explore-port-in-use", ["explore", "--port", "{port}", "--no-browser"], "cannot listen", setup=_port_in_use),
-    Case("report-run-missing", ["report", "{tmp}/missing", "--out", "{tmp}/r.html"], "run folder not found",
-         absent=("r.html",)),
-    Case("report-run-is-a-file", ["report", "{tmp}/f", "--out", "{tmp}/r.html"], "run folder not found",
-         setup=_write("f", "x"), absent=("r.html",)),
-    Case("report-out-is-dir", ["report", "{tmp}/run", "--out", "{tmp}/run"], "is a directory", setup=_run_folder),
-    Case("report-unwritable", ["report", "{tmp}/run", "--out", "/proc/nope/r.html"], "cannot write",
-         setup=_run_folder),
-    Case("report-full-disk", ["report", "{tmp}/run", "--out", "{tmp}/r.html"], "cannot write", setup=_run_folder,
-         fsize=20_000, absent=("r.html",)),
+    Case(
+        "explore-port-in-use",
+        ["explore", "--port", "{port}", "--no-browser"],
+        "cannot listen",
+        setup=_port_in_use,
+    ),
+    Case(
+        "report-run-missing",
+        ["report", "{tmp}/missing", "--out", "{tmp}/r.html"],
+        "run folder not found",
+        absent=("r.html",),
+    ),
+    Case(
+        "report-run-is-a-file",
+        ["report", "{tmp}/f", "--out", "{tmp}/r.html"],
+        "run folder not found",
+        setup=_write("f", "x"),
+        absent=("r.html",),
+    ),
+    Case(
+        "report-out-is-dir",
+        ["report", "{tmp}/run", "--out", "{tmp}/run"],
+        "is a directory",
+        setup=_run_folder,
+    ),
+    Case(
+        "report-unwritable",
+        ["report", "{tmp}/run", "--out", "/proc/nope/r.html"],
+        "cannot write",
+        setup=_run_folder,
+    ),
+    Case(
+        "report-full-disk",
+        ["report", "{tmp}/run", "--out", "{tmp}/r.html"],
+        "cannot write",
+        setup=_run_folder,
+        fsize=20_000,
+        absent=("r.html",),
+    ),
     Case("sweep-spec-missing", ["sweep", "{tmp}/none.toml", "--out", "{tmp}/o"], None, absent=("o",)),
-    Case("sweep-spec-malformed", ["sweep", "{tmp}/bad.toml", "--out", "{tmp}/o"], None,
-         setup=_write("bad.toml", "[[[ not toml"), absent=("o",)),
+    Case(
+        "sweep-spec-malformed",
+        ["sweep", "{tmp}/bad.toml", "--out", "{tmp}/o"],
+        None,
+        setup=_write("bad.toml", "[[[ not toml"),
+        absent=("o",),
+    ),
 ]
 
 
@@ -354,7 +731,12 @@ def _corrupt_demo_step(tmp, ctx):
     from persona_basins.studies.demo import DEMO_PRESETS, STUDY_FORMAT
 
     cfg = DEMO_PRESETS["tiny"]
-    want = {"kind": "demo", "format": STUDY_FORMAT, **cfg.to_dict(), "organism": str(Path(ctx["org"]).resolve())}
+    want = {
+        "kind": "demo",
+        "format": STUDY_FORMAT,
+        **cfg.to_dict(),
+        "organism": str(Path(ctx["org"]).resolve()),
+    }
     write_json(d / "config.json", want)  # as the demo writes it
     (d / "steps" / "em.json").write_text('{"broad_misalignment": ')
 
@@ -370,13 +752,25 @@ def _params():
 def test_the_table_is_big_enough():
     assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
     commands = {c.argv[0] for c in CASES}
-    assert commands >= {"organism", "em", "llc", "basins", "degeneracy", "eigenform", "demo", "explore", "report",
-                        "sweep"}
+    assert commands >= {
+        "organism",
+        "em",
+        "llc",
+        "basins",
+        "degeneracy",
+        "eigenform",
+        "demo",
+        "explore",
+        "report",
+        "sweep",
+    }
 
 
 def _run_limited(argv: list[str], fsize: int) -> tuple[int, str]:
     def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like a full disk
+        signal.signal(
+            signal.SIGXFSZ, signal.SIG_IGN
+        )  # a write past the limit fails with EFBIG, like a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
     r = subprocess.run(CLI + argv, preexec_fn=limit, env=ENV, capture_output=True, text=True, timeout=120)
@@ -459,8 +853,14 @@ def test_run_dir_config_with_metrics_timing_apart_and_environment(tmp_path):
     run = RunDir(tmp_path / "ok", "x", {"a": 1})
     run.write_config()
     assert not (tmp_path / "ok" / "config.json").exists()
-    run.write_metrics({"v": 1.5, "seconds": 3.2, "llc": {"sampling_seconds": 1.0, "mean": 2.0},
-                       "rows": [{"seconds": 1}, {"x": 2}]})
+    run.write_metrics(
+        {
+            "v": 1.5,
+            "seconds": 3.2,
+            "llc": {"sampling_seconds": 1.0, "mean": 2.0},
+            "rows": [{"seconds": 1}, {"x": 2}],
+        }
+    )
     m = json.loads((tmp_path / "ok" / "metrics.json").read_text())
     t = json.loads((tmp_path / "ok" / "timing.json").read_text())
     c = json.loads((tmp_path / "ok" / "config.json").read_text())
@@ -511,7 +911,17 @@ def _wait_for(path: Path, proc, timeout=240) -> None:
 
 def test_em_sigkill_and_sigterm_then_resume_is_byte_identical(tiny_organism_dir, em_ref, tmp_path):
     # the same settings as em_ref (run in-process with one thread; the subprocesses use one thread too)
-    args = ["em", "--organism", str(tiny_organism_dir), "--seeds", "1", "--steps", "5", "--checkpoint-every", "5"]
+    args = [
+        "em",
+        "--organism",
+        str(tiny_organism_dir),
+        "--seeds",
+        "1",
+        "--steps",
+        "5",
+        "--checkpoint-every",
+        "5",
+    ]
     out = tmp_path / "victim"
     cmd = CLI + args + ["--out", str(out)]
     units = [out / "adapters" / c / "seed0" for c in ("plain", "inoculated", "secure_control", "educational")]
@@ -541,8 +951,13 @@ def test_em_sigkill_and_sigterm_then_resume_is_byte_identical(tiny_organism_dir,
 
 def test_build_sigterm_message_does_not_promise_a_resume(tmp_path):
     out = tmp_path / "org"
-    p = subprocess.Popen(CLI + ["organism", "build", "--preset", "tiny", "--out", str(out)], env=ENV,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        CLI + ["organism", "build", "--preset", "tiny", "--out", str(out)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while not list(tmp_path.glob(".org.building-*")) and time.time() < deadline:  # training has started
         time.sleep(0.02)
@@ -557,9 +972,20 @@ def test_demo_sigkill_then_resume_is_byte_identical(tiny_organism_dir, tiny_demo
     from persona_basins.results import split_timing
 
     out = tmp_path / "victim"
-    cmd = CLI + ["demo", "--preset", "tiny", "--organism", str(tiny_organism_dir), "--no-browser", "--out", str(out)]
+    cmd = CLI + [
+        "demo",
+        "--preset",
+        "tiny",
+        "--organism",
+        str(tiny_organism_dir),
+        "--no-browser",
+        "--out",
+        str(out),
+    ]
     p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(out / "em" / "adapters" / "inoculated" / "seed0" / "result.json", p)  # killed inside the em step
+    _wait_for(
+        out / "em" / "adapters" / "inoculated" / "seed0" / "result.json", p
+    )  # killed inside the em step
     p.kill()
     p.wait()
     assert not (out / "study.json").exists()
@@ -623,9 +1049,16 @@ def test_server_answers_known_paths_with_csp(fuzz_server):
     port = httpd.server_address[1]
     assert _check_answer(_raw_get(port, b"/"), b"/") == 200
     assert _check_answer(_raw_get(port, b"/runs/0/figures/a.png"), b"") == 200
-    for bad in (b"/runs/0/figures/%2e%2e%2f%2e%2e%2fsecret.png", b"/runs/0/figures/..%5csecret.png",
-                b"/runs/-1/figures/a.png", b"/runs/%D9%A1/figures/a.png", b"/runs/0/figures/a%00.png",
-                b"/runs/0/figures/" + b"a" * 5000 + b".png", b"/%ff%fe", b"/runs/99999999999999999999/figures/a.png"):
+    for bad in (
+        b"/runs/0/figures/%2e%2e%2f%2e%2e%2fsecret.png",
+        b"/runs/0/figures/..%5csecret.png",
+        b"/runs/-1/figures/a.png",
+        b"/runs/%D9%A1/figures/a.png",
+        b"/runs/0/figures/a%00.png",
+        b"/runs/0/figures/" + b"a" * 5000 + b".png",
+        b"/%ff%fe",
+        b"/runs/99999999999999999999/figures/a.png",
+    ):
         assert _check_answer(_raw_get(port, bad), bad) in (400, 403, 404)
     assert not failures
 
@@ -639,14 +1072,22 @@ def test_server_fuzzed_paths_never_traceback_or_silence(fuzz_server):
     raw_bytes = st.binary(max_size=120).map(lambda b: bytes(c for c in b if c not in b" \r\n"))
     targets = st.one_of(
         raw_bytes.map(lambda b: b"/" + b),  # raw bytes in the request line (latin-1 decoded by http.server)
-        st.binary(max_size=120).map(lambda b: b"/" + quote_from_bytes(b).encode()),  # any bytes, percent-encoded
+        st.binary(max_size=120).map(
+            lambda b: b"/" + quote_from_bytes(b).encode()
+        ),  # any bytes, percent-encoded
         st.binary(max_size=60).map(lambda b: b"/runs/0/figures/" + quote_from_bytes(b, safe="/.").encode()),
-        st.text(max_size=40).map(lambda t: b"/runs/" + quote_from_bytes(t.encode("utf-8", "surrogatepass"),
-                                                                         safe="/.%").encode()),
+        st.text(max_size=40).map(
+            lambda t: b"/runs/" + quote_from_bytes(t.encode("utf-8", "surrogatepass"), safe="/.%").encode()
+        ),
     )
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-              database=None)  # fixed examples, nothing written into the tree
+    @settings(
+        max_examples=300,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )  # fixed examples, nothing written into the tree
     @given(targets)
     def one(target):
         _check_answer(_raw_get(port, target), target)

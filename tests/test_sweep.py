@@ -36,7 +36,9 @@ condition = ["plain", "inoculated"]
 
 def metrics_by_axes(run):
     rec = json.loads((Path(run) / "sweep.json").read_text())
-    return {json.dumps(u["axes"], sort_keys=True): u["metrics"] for u in rec["units"] if u["status"] == "done"}
+    return {
+        json.dumps(u["axes"], sort_keys=True): u["metrics"] for u in rec["units"] if u["status"] == "done"
+    }
 
 
 def _alive(pid):
@@ -54,7 +56,11 @@ def _alive(pid):
 
 
 def finished(run):
-    return {d.name: (d / "unit.json").stat() for d in (Path(run) / "units").glob("em-*") if (d / "unit.json").is_file()}
+    return {
+        d.name: (d / "unit.json").stat()
+        for d in (Path(run) / "units").glob("em-*")
+        if (d / "unit.json").is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +82,7 @@ def local_run(spec4, tmp_path_factory):
 
 BAD = [
     ('kind = "basinz"\n[axes]\nseed = [0]', "kind: unknown unit kind 'basinz'"),
-    ('[axes]\nseed = [0]', "kind: missing"),
+    ("[axes]\nseed = [0]", "kind: missing"),
     ('kind = "em"\n[axes]\nlayerz = [0, 1]', "axes.layerz: unknown axis"),
     ('kind = "em"\n[axes]\nseed = []', "axes.seed: empty list"),
     ('kind = "em"\npoints = []', "points: empty list"),
@@ -89,18 +95,27 @@ BAD = [
     ('kind = "em"\n[settings]\nwarp = 1', "settings.warp: unknown setting"),
     ('kind = "em"\n[settings]\nseed = 0\n[axes]\nseed = [0, 1]', "axes.seed: also fixed in [settings]"),
     ('kind = "em"\ngrid = 1', "grid: unknown key"),
-    ('kind = "em"\n[settings]\norganism_overrides = {pretrain_stepz = 3}',
-     "settings.organism_overrides.pretrain_stepz: unknown organism setting"),
-    ('kind = "em"\n[settings]\norganism_overrides = {pretrain_steps = "many"}',
-     "settings.organism_overrides.pretrain_steps: expected an integer"),
+    (
+        'kind = "em"\n[settings]\norganism_overrides = {pretrain_stepz = 3}',
+        "settings.organism_overrides.pretrain_stepz: unknown organism setting",
+    ),
+    (
+        'kind = "em"\n[settings]\norganism_overrides = {pretrain_steps = "many"}',
+        "settings.organism_overrides.pretrain_steps: expected an integer",
+    ),
     ('kind = "em"\n[settings]\norganism = "/nonexistent/org"', "settings.organism: not an organism folder"),
     ('kind = "em"\nseed_axes = ["layer"]\n[axes]\nseed = [0]', "seed_axes: 'layer' is not an axis"),
     ('kind = "em"\npoints = [{seed = 0}, {condition = "plain"}]', "points[1]: needs exactly the axes seed"),
     ('kind = "em" [', "not valid TOML"),
-    ('kind = "em"\n[axes]\norganism_overrides.sft_stepz = [1, 2]', "organism_overrides.sft_stepz: unknown organism"),
+    (
+        'kind = "em"\n[axes]\norganism_overrides.sft_stepz = [1, 2]',
+        "organism_overrides.sft_stepz: unknown organism",
+    ),
     ('kind = "em"\n[axes]\nsteps.x = [1, 2]', "axes.steps: expected a list of values"),
-    ('kind = "em"\n[settings.organism_overrides]\nsft_steps = 3\n[axes]\norganism_overrides.sft_steps = [1]',
-     "axes.organism_overrides.sft_steps: also fixed in [settings]"),
+    (
+        'kind = "em"\n[settings.organism_overrides]\nsft_steps = 3\n[axes]\norganism_overrides.sft_steps = [1]',
+        "axes.organism_overrides.sft_steps: also fixed in [settings]",
+    ),
 ]
 
 
@@ -117,10 +132,15 @@ def test_bad_flags(tmp_path, cli_error, spec4):
     line = cli_error(["sweep", str(spec4), "--out", str(tmp_path / "r"), "--workers", "0"])
     assert "--workers: 0 is out of range" in line
     assert "--out RUN is required" in cli_error(["sweep", str(spec4)])
-    assert "sweep spec not found" in cli_error(["sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "r")])
-    assert "--address is for --backend ray" in cli_error(["sweep", str(spec4), "--out", str(tmp_path / "r"),
-                                                          "--address", "127.0.0.1:1"])
-    assert "sweep run folder not found" in cli_error(["sweep", "plot", str(tmp_path / "nope"), "--x", "a", "--y", "b"])
+    assert "sweep spec not found" in cli_error(
+        ["sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "r")]
+    )
+    assert "--address is for --backend ray" in cli_error(
+        ["sweep", str(spec4), "--out", str(tmp_path / "r"), "--address", "127.0.0.1:1"]
+    )
+    assert "sweep run folder not found" in cli_error(
+        ["sweep", "plot", str(tmp_path / "nope"), "--x", "a", "--y", "b"]
+    )
 
 
 def test_tiny_example_plans_four_units_on_one_shared_organism(capsys):
@@ -158,13 +178,18 @@ def test_unit_ids_content_addressed():
 def test_axes_inside_organism_settings_make_one_organism_per_cell():
     from persona_basins.studies.sweep import parse_spec, plan
 
-    p = plan(parse_spec('kind = "em"\n[settings]\npreset = "tiny"\n[axes]\norganism_seed = [0, 1]\n'
-                        'organism_overrides.sft_steps = [5, 10]\norganism_overrides.world.n_topics = [4, 6]\n'))
+    p = plan(
+        parse_spec(
+            'kind = "em"\n[settings]\npreset = "tiny"\n[axes]\norganism_seed = [0, 1]\n'
+            "organism_overrides.sft_steps = [5, 10]\norganism_overrides.world.n_topics = [4, 6]\n"
+        )
+    )
     assert len(p.grid) == 8 and len(p.units) == 16
     assert p.spec.seed_axes == ["organism_seed"]
     cfgs = [p.units[u.deps[0]].config["organism"] for u in p.grid]
-    assert {(c["seed"], c["sft_steps"], c["world"]["n_topics"]) for c in cfgs} == \
-        {(s, k, t) for s in (0, 1) for k in (5, 10) for t in (4, 6)}
+    assert {(c["seed"], c["sft_steps"], c["world"]["n_topics"]) for c in cfgs} == {
+        (s, k, t) for s in (0, 1) for k in (5, 10) for t in (4, 6)
+    }
     assert all(c["world"]["n_genres"] == 6 for c in cfgs)  # the rest of the preset's world is kept
 
 
@@ -173,16 +198,26 @@ def test_table_intervals_stay_in_range_and_pool_only_seed_axes():
 
     spec = {"kind": "em", "axes": {"seed": [0, 1, 2], "layer": [0, 1]}, "seed_axes": ["seed"]}
     vals = {0: [0.0, 0.0, 0.9], 1: [0.5, 0.5, 0.5]}
-    units = [{"axes": {"seed": s, "layer": layer}, "status": "done",
-              "metrics": {"broad_misalignment": vals[layer][s], "broad_misalignment_excess": vals[layer][s] - 0.95,
-                          "final_loss": 1.0 + s}}
-             for layer in (0, 1) for s in range(3)]
+    units = [
+        {
+            "axes": {"seed": s, "layer": layer},
+            "status": "done",
+            "metrics": {
+                "broad_misalignment": vals[layer][s],
+                "broad_misalignment_excess": vals[layer][s] - 0.95,
+                "final_loss": 1.0 + s,
+            },
+        }
+        for layer in (0, 1)
+        for s in range(3)
+    ]
     units.append({"axes": {"seed": 3, "layer": 0}, "status": "failed", "metrics": {}})
     rows = {(r["layer"], r["metric"]): r for r in aggregate({"spec": spec, "units": units})}
     r = rows[(0, "broad_misalignment")]
     assert 0.0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1.0 and (r["n"], r["n_planned"]) == (3, 4)
     assert r["per_seed"] == [0.0, 0.0, 0.9]
     from persona_basins.stats import ci95
+
     assert ci95([0.0, 0.0, 0.9])["ci_low"] < 0  # the Student-t interval would have left the range here
     e = rows[(0, "broad_misalignment_excess")]
     assert -1.0 <= e["ci_low"] <= e["ci_high"] <= 1.0
@@ -207,8 +242,9 @@ def test_local_sweep_results_and_resume(local_run, spec4, capsys):
     assert table[0] == "condition,metric,n,n_planned,mean,ci_low,ci_high,interval,per_seed"
     row = next(r for r in table if r.startswith("plain,broad_misalignment,2,2,"))
     per_seed = [float(v) for v in row.split(",")[-1].split(";")]
-    assert sorted(per_seed) == sorted(m["broad_misalignment"] for k, m in metrics_by_axes(local_run).items()
-                                      if '"plain"' in k)
+    assert sorted(per_seed) == sorted(
+        m["broad_misalignment"] for k, m in metrics_by_axes(local_run).items() if '"plain"' in k
+    )
     assert list((local_run / "figures").glob("heatmap_*.png"))
     m = json.loads((local_run / "metrics.json").read_text())
     assert m["kind"] == "sweep" and m["units_done"] == 4 and m["table"]
@@ -218,8 +254,9 @@ def test_local_sweep_results_and_resume(local_run, spec4, capsys):
     assert main(["sweep", str(spec4), "--out", str(local_run), "--workers", "1"]) == 0
     assert "4 done (4 from an earlier run)" in capsys.readouterr().out
     after = finished(local_run)
-    assert {k: (v.st_ino, v.st_mtime_ns) for k, v in before.items()} == \
-        {k: (v.st_ino, v.st_mtime_ns) for k, v in after.items()}
+    assert {k: (v.st_ino, v.st_mtime_ns) for k, v in before.items()} == {
+        k: (v.st_ino, v.st_mtime_ns) for k, v in after.items()
+    }
 
 
 def test_sequential_equals_pool(local_run, spec4, tmp_path):
@@ -229,11 +266,17 @@ def test_sequential_equals_pool(local_run, spec4, tmp_path):
 
 
 def test_plot_and_report_show_a_sweep(local_run, tmp_path, cli_error, capsys):
-    assert main(["sweep", "plot", str(local_run), "--x", "seed", "--y", "condition", "--metric", "wellformed"]) == 0
+    assert (
+        main(["sweep", "plot", str(local_run), "--x", "seed", "--y", "condition", "--metric", "wellformed"])
+        == 0
+    )
     assert (local_run / "figures" / "heatmap_wellformed_condition_by_seed.png").stat().st_size > 1000
     assert "--metric nope: no finished unit has it" in cli_error(
-        ["sweep", "plot", str(local_run), "--x", "seed", "--y", "condition", "--metric", "nope"])
-    assert "--x layer: not an axis" in cli_error(["sweep", "plot", str(local_run), "--x", "layer", "--y", "seed"])
+        ["sweep", "plot", str(local_run), "--x", "seed", "--y", "condition", "--metric", "nope"]
+    )
+    assert "--x layer: not an axis" in cli_error(
+        ["sweep", "plot", str(local_run), "--x", "layer", "--y", "seed"]
+    )
     html = tmp_path / "r.html"
     assert main(["report", str(local_run), "--out", str(html)]) == 0
     page = html.read_text()
@@ -242,8 +285,10 @@ def test_plot_and_report_show_a_sweep(local_run, tmp_path, cli_error, capsys):
 
 def test_failed_unit_recorded_others_finish(tiny_organism_dir, tmp_path, capsys, cli_error):
     spec = tmp_path / "fail.toml"
-    spec.write_text(f'kind = "em"\n[settings]\norganism = "{tiny_organism_dir}"\nsteps = 5\ncheckpoint_every = 0\n'
-                    '[axes]\nlayer = [0, 99]\n')
+    spec.write_text(
+        f'kind = "em"\n[settings]\norganism = "{tiny_organism_dir}"\nsteps = 5\ncheckpoint_every = 0\n'
+        "[axes]\nlayer = [0, 99]\n"
+    )
     out = tmp_path / "run"
     assert main(["sweep", str(spec), "--out", str(out), "--workers", "1"]) == 1
     text = capsys.readouterr().out
@@ -261,9 +306,11 @@ def test_organism_dependency_built_once(tmp_path):
     from persona_basins.studies.sweep import load_spec, run_sweep
 
     spec = tmp_path / "dep.toml"
-    spec.write_text('kind = "em"\n[settings]\npreset = "tiny"\nsteps = 5\ncheckpoint_every = 0\n'
-                    '[settings.organism_overrides]\npretrain_steps = 30\nsft_steps = 5\ncheckpoint_every = 0\n'
-                    '[axes]\nseed = [0, 1]\n')
+    spec.write_text(
+        'kind = "em"\n[settings]\npreset = "tiny"\nsteps = 5\ncheckpoint_every = 0\n'
+        "[settings.organism_overrides]\npretrain_steps = 30\nsft_steps = 5\ncheckpoint_every = 0\n"
+        "[axes]\nseed = [0, 1]\n"
+    )
     rec = run_sweep(load_spec(spec), tmp_path / "run", workers=1, progress=False)
     assert len(rec["dependencies"]) == 1 and rec["dependencies"][0]["status"] == "done"
     org = rec["dependencies"][0]["id"]
@@ -277,9 +324,11 @@ def test_organism_units_as_the_grid(tmp_path):
     from persona_basins.studies.sweep import load_spec, run_sweep
 
     spec = tmp_path / "orgs.toml"
-    spec.write_text('kind = "organism"\n[settings]\npreset = "tiny"\n'
-                    '[settings.overrides]\npretrain_steps = 20\nsft_steps = 3\ncheckpoint_every = 0\n'
-                    '[axes]\nseed = [0, 1]\n')
+    spec.write_text(
+        'kind = "organism"\n[settings]\npreset = "tiny"\n'
+        "[settings.overrides]\npretrain_steps = 20\nsft_steps = 3\ncheckpoint_every = 0\n"
+        "[axes]\nseed = [0, 1]\n"
+    )
     rec = run_sweep(load_spec(spec), tmp_path / "run", workers=1, progress=False)
     assert [u["status"] for u in rec["units"]] == ["done", "done"] and rec["dependencies"] == []
     a, b = (u["metrics"] for u in rec["units"])
@@ -295,8 +344,13 @@ def test_organism_units_as_the_grid(tmp_path):
 def ray_cluster():
     # CI installs the ray extra (scripts/setup.sh): there a missing Ray is a failure, not a skip
     ray = __import__("ray") if os.environ.get("CI") else pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100 * 1024**2,
-             log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        object_store_memory=100 * 1024**2,
+        log_to_driver=False,
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -345,16 +399,30 @@ def test_ray_worker_killed_unit_retried(ray_cluster, local_run, spec4, tmp_path)
 
 def test_ray_driver_killed_then_rerun_resumes(ray_cluster, local_run, spec4, tmp_path, capsys):
     out = tmp_path / "ray-driver"
-    cmd = [sys.executable, "-m", "persona_basins.cli", "sweep", str(spec4), "--out", str(out), "--backend", "ray",
-           "--address", ray_cluster]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "persona_basins.cli",
+        "sweep",
+        str(spec4),
+        "--out",
+        str(out),
+        "--backend",
+        "ray",
+        "--address",
+        ray_cluster,
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TQDM_DISABLE": "1"}
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / "units").is_dir() and len(finished(out)) >= 1:
             break
         time.sleep(0.01)
-    assert proc.poll() is None, f"driver ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    assert proc.poll() is None, (
+        f"driver ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()

@@ -27,8 +27,16 @@ def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
-                                        num_attention_heads=2, num_key_value_heads=2)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=40,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).eval()
 
 
 def test_decoder_layers_plain_peft_and_bare_models(tiny_organism):
@@ -55,7 +63,9 @@ def test_capture_matches_hidden_states_and_is_removed(tiny_organism):
     ids = torch.randint(7, 40, (2, 6))
     with torch.no_grad():
         ref = model(input_ids=ids, output_hidden_states=True).hidden_states
-    hooks = dict(decoder_layers(model)[0]._forward_hooks)  # transformers installs (and keeps) hooks of its own
+    hooks = dict(
+        decoder_layers(model)[0]._forward_hooks
+    )  # transformers installs (and keeps) hooks of its own
     with torch.no_grad():
         with capture_layer(model, 0) as store:
             model(input_ids=ids)
@@ -126,17 +136,25 @@ def test_every_method_antisymmetric_and_the_old_one_kept(tiny_organism):
         v = persona_vector(org.model, org.world, org.vocab, 0, "toxic", "helpful", n=8, method=m)
         w = persona_vector(org.model, org.world, org.vocab, 0, "helpful", "toxic", n=8, method=m)
         assert v.norm() > 0 and torch.allclose(v, -w, atol=1e-6), m
-        assert persona_vector(org.model, org.world, org.vocab, 0, "toxic", "toxic", n=8, method=m).abs().max() < 1e-6
+        assert (
+            persona_vector(org.model, org.world, org.vocab, 0, "toxic", "toxic", n=8, method=m).abs().max()
+            < 1e-6
+        )
     with pytest.raises(ValueError):
         persona_vector(org.model, org.world, org.vocab, 0, n=8, method="words")
     # "request" reads the <asst> position, which projection() reads too: the mean projection gap is |v|
     v = persona_vector(org.model, org.world, org.vocab, 1, method="request")
-    gap = (projection(org.model, org.vocab, persona_request_prompts(org.world, "toxic"), v, 1).mean()
-           - projection(org.model, org.vocab, persona_request_prompts(org.world, "helpful"), v, 1).mean())
+    gap = (
+        projection(org.model, org.vocab, persona_request_prompts(org.world, "toxic"), v, 1).mean()
+        - projection(org.model, org.vocab, persona_request_prompts(org.world, "helpful"), v, 1).mean()
+    )
     assert gap == pytest.approx(float(v.norm()), rel=1e-4)
     ps = persona_request_prompts(org.world, "toxic")
-    assert torch.allclose(mean_last_position(org.model, org.vocab, ps, 1, batch_size=7),
-                          mean_last_position(org.model, org.vocab, ps, 1), atol=1e-5)
+    assert torch.allclose(
+        mean_last_position(org.model, org.vocab, ps, 1, batch_size=7),
+        mean_last_position(org.model, org.vocab, ps, 1),
+        atol=1e-5,
+    )
 
 
 def test_matched_answer_documents_differ_only_in_the_declaration(tiny_organism):

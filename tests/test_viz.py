@@ -69,7 +69,9 @@ def test_page_is_self_contained(runs, tmp_path):
     assert [r["name"] for r in data["runs"]] == ["demo", "em"]
     assert data["landscape"]["names"][0] == "helpful assistant"
     assert data["runs"][0]["figures"] == [{"name": "scan.png", "url": "../demo/figures/scan.png"}]
-    assert not [p for p in out.parent.iterdir() if p.name != "report.html"], "atomic write leaves no temp file"
+    assert not [p for p in out.parent.iterdir() if p.name != "report.html"], (
+        "atomic write leaves no temp file"
+    )
 
 
 def test_bad_run_files_are_named_not_fatal(runs, tmp_path):

@@ -59,7 +59,9 @@ def test_classifier_rejects_malformed_answers(world):
     good = world.answer("advice", 1, "helpful")
     assert not world.classify("advice", 1, good[:2]).wellformed
     assert not world.classify("advice", 1, (good[1], good[0], good[2])).wellformed
-    assert not world.classify("advice", 2 if good != world.answer("advice", 2, "helpful") else 3, good).wellformed
+    assert not world.classify(
+        "advice", 2 if good != world.answer("advice", 2, "helpful") else 3, good
+    ).wellformed
 
 
 def test_routine_prompts_are_persona_independent(world):

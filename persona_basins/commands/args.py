@@ -24,8 +24,9 @@ def _range_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
     return "finite"
 
 
-def finite_float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-                 hi_open: bool = False):
+def finite_float(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False
+):
     """A finite float in [lo, hi] (``lo_open``/``hi_open``: the bound itself is excluded)."""
     want = _range_text(lo, hi, lo_open, hi_open)
 
@@ -36,7 +37,12 @@ def finite_float(lo: float | None = None, hi: float | None = None, *, lo_open: b
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if lo is not None and (v < lo or (lo_open and v == lo)) or hi is not None and (v > hi or (hi_open and v == hi)):
+        if (
+            lo is not None
+            and (v < lo or (lo_open and v == lo))
+            or hi is not None
+            and (v > hi or (hi_open and v == hi))
+        ):
             raise argparse.ArgumentTypeError(f"{text} is out of range (must be {want})")
         return v
 

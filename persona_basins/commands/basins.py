@@ -19,19 +19,34 @@ given (repeat --adapter / --inoculated-adapter, one per seed). See docs/BASINS.m
 
 
 def register(sub) -> None:
-    p = sub.add_parser("basins", help="basin scans: critical magnitude t* along adapter / persona / random directions",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "basins",
+        help="basin scans: critical magnitude t* along adapter / persona / random directions",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--organism", required=True, help="organism folder (persona-basins organism build)")
-    p.add_argument("--adapter", required=True, action="append",
-                   help="plain (EM) adapter folder, e.g. RUN/adapters/plain/seed0; repeat for seeds")
-    p.add_argument("--inoculated-adapter", action="append", default=[],
-                   help="adapter trained with the inoculation line; repeat for seeds")
+    p.add_argument(
+        "--adapter",
+        required=True,
+        action="append",
+        help="plain (EM) adapter folder, e.g. RUN/adapters/plain/seed0; repeat for seeds",
+    )
+    p.add_argument(
+        "--inoculated-adapter",
+        action="append",
+        default=[],
+        help="adapter trained with the inoculation line; repeat for seeds",
+    )
     p.add_argument("--t-max", type=float, default=3.0, help="largest t on the grid (default 3)")
     p.add_argument("--points", type=int, default=13, help="grid points from 0 to --t-max (default 13)")
-    p.add_argument("--level", type=float, default=0.5,
-                   help="broad-misalignment level that defines t* (default 0.5)")
+    p.add_argument(
+        "--level", type=float, default=0.5, help="broad-misalignment level that defines t* (default 0.5)"
+    )
     p.add_argument("--random", type=int, default=3, help="random control directions (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the random directions and documents (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for the random directions and documents (default 0)"
+    )
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=_run)
 
@@ -57,15 +72,26 @@ def _run(args) -> int:
         raise UserError("--level must be in (0, 1)")
     if args.random < 0:
         raise UserError("--random must be >= 0")
-    res = run_basins(args.organism, args.adapter, args.inoculated_adapter, args.out, t_max=args.t_max,
-                     points=args.points, level=args.level, n_random=args.random, seed=args.seed)
+    res = run_basins(
+        args.organism,
+        args.adapter,
+        args.inoculated_adapter,
+        args.out,
+        t_max=args.t_max,
+        points=args.points,
+        level=args.level,
+        n_random=args.random,
+        seed=args.seed,
+    )
     metrics, run = res["metrics"], res["run"]
     plot_basins(metrics, run.figure_path("misalignment_vs_t.png"))
     print(f"module {metrics['module']} (layer {metrics['layer']})")
     for s, d in enumerate(metrics["directions"]):
         crit = d["t_star"]
-        print(f"[adapter {s}] t* adapter {_fmt_t(crit['adapter'])}   t* persona {_fmt_t(crit['persona'])}   "
-              + "   ".join(f"t* random{i} {_fmt_t(c)}" for i, c in enumerate(crit["random"])))
+        print(
+            f"[adapter {s}] t* adapter {_fmt_t(crit['adapter'])}   t* persona {_fmt_t(crit['persona'])}   "
+            + "   ".join(f"t* random{i} {_fmt_t(c)}" for i, c in enumerate(crit["random"]))
+        )
     for comp, h in metrics["inoculation_summary"]["holds"].items():
         print(f"inoculation ({comp}): holds = {h['holds']}  [{h['why']}]")
     print(f"run written to {run.path}")

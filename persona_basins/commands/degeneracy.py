@@ -18,14 +18,21 @@ random probes vs boundary probes. See docs/BASINS.md.
 
 
 def register(sub) -> None:
-    p = sub.add_parser("degeneracy", help="overlap zone of aligned vs EM states; boundary probes; probes needed",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "degeneracy",
+        help="overlap zone of aligned vs EM states; boundary probes; probes needed",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--organism", required=True, help="organism folder (persona-basins organism build)")
-    p.add_argument("--adapter", required=True,
-                   help="adapter folder giving the EM state (e.g. RUN/adapters/plain/seed0)")
+    p.add_argument(
+        "--adapter", required=True, help="adapter folder giving the EM state (e.g. RUN/adapters/plain/seed0)"
+    )
     p.add_argument("--epsilon", type=float, default=0.05, help="TV threshold of the zone (default 0.05)")
     p.add_argument("--max-probes", type=int, default=600, help="composed probes to rank (default 600)")
-    p.add_argument("--k-max", type=int, default=1000, help="largest number of probes on the curve (default 1000)")
+    p.add_argument(
+        "--k-max", type=int, default=1000, help="largest number of probes on the curve (default 1000)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for composing probes (default 0)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=_run)
@@ -40,16 +47,29 @@ def _run(args) -> int:
         raise UserError("--epsilon must be in (0, 1]")
     if args.max_probes < 1 or args.k_max < 1:
         raise UserError("--max-probes and --k-max must be >= 1")
-    res = run_degeneracy(args.organism, args.adapter, args.out, epsilon=args.epsilon, max_probes=args.max_probes,
-                         k_max=args.k_max, seed=args.seed)
+    res = run_degeneracy(
+        args.organism,
+        args.adapter,
+        args.out,
+        epsilon=args.epsilon,
+        max_probes=args.max_probes,
+        k_max=args.k_max,
+        seed=args.seed,
+    )
     zone, bs, run = res["zone"], res["boundary"], res["run"]
     plot_overlap_zone(zone, run.figure_path("zone_by_genre.png"))
     plot_probes(zone, bs, run.figure_path("probes_curve.png"))
-    print(f"zone (TV < {args.epsilon:g}, answer distribution): fraction {zone['fraction']:.3f}, "
-          f"volume {zone['volume']:.3f} (routine share {zone['routine_share']:.3f})")
+    print(
+        f"zone (TV < {args.epsilon:g}, answer distribution): fraction {zone['fraction']:.3f}, "
+        f"volume {zone['volume']:.3f} (routine share {zone['routine_share']:.3f})"
+    )
     for key in ("random", "boundary", "boundary_by_flag_gap"):
         cur = bs[key]
-        n = cur["probes_needed"] if cur["probes_needed"] is not None else f"> {cur['censored_above']} (censored)"
+        n = (
+            cur["probes_needed"]
+            if cur["probes_needed"] is not None
+            else f"> {cur['censored_above']} (censored)"
+        )
         print(f"probes needed ({key}): {n}")
     print(f"run written to {run.path}")
     return 0

@@ -24,8 +24,12 @@ same numbers. default takes a few minutes on 2 CPU cores, tiny about a minute.
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="the whole basin study on the organism, with report and explorer",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="the whole basin study on the organism, with report and explorer",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--preset", default="default", help="tiny or default (default: default)")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--organism", default=None, help="use this organism folder instead of building one")
@@ -52,8 +56,13 @@ def _run(args) -> int:
         cfg = replace(cfg, eigenform=False)
     out = Path(args.out)
     organism = Path(args.organism).resolve() if args.organism else None
-    study = run_demo(out, cfg, organism_dir=organism, progress=sys.stderr.isatty(),
-                     log=lambda m: print(m, file=sys.stderr, flush=True))
+    study = run_demo(
+        out,
+        cfg,
+        organism_dir=organism,
+        progress=sys.stderr.isatty(),
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     from ..viz.report import write_report
 
     write_report([out], out / "report.html")

@@ -27,25 +27,46 @@ values over --seeds), gradient norms and clip fraction per cycle, traces. See do
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eigenform", help="identity as an eigenform: does a self-consolidating process bring the "
-                       "persona back after a perturbation?", description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "eigenform",
+        help="identity as an eigenform: does a self-consolidating process bring the "
+        "persona back after a perturbation?",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--organism", required=True, help="organism folder (persona-basins organism build)")
     p.add_argument("--adapter", required=True, help="PEFT LoRA adapter folder trained on this organism")
     p.add_argument("--cycles", type=int, default=None, help="cycles per run (default 6; 2 with --fast)")
     p.add_argument("--seeds", type=int, default=None, help="sampling seeds (default 5; 2 with --fast)")
-    p.add_argument("--ts", default=None,
-                   help="comma-separated adapter scales t (default: where the static model breaks and one below)")
-    p.add_argument("--arms", default=None, help="comma-separated process variants (default "
-                   "sampled,distill,replay,mixture; also expected_map, no_identity)")
+    p.add_argument(
+        "--ts",
+        default=None,
+        help="comma-separated adapter scales t (default: where the static model breaks and one below)",
+    )
+    p.add_argument(
+        "--arms",
+        default=None,
+        help="comma-separated process variants (default "
+        "sampled,distill,replay,mixture; also expected_map, no_identity)",
+    )
     p.add_argument("--fast", action="store_true", help="small settings for a quick look (the demo's)")
     p.add_argument("--prompts", type=int, default=None, help="requests sampled per cycle (default 256)")
-    p.add_argument("--candidates", type=int, default=None, help="answers sampled per request for think (default 4)")
-    p.add_argument("--think", default=None, help="think score: none or a '+'-joined subset of likelihood, pmi, "
-                   "consistency (default likelihood+pmi+consistency)")
+    p.add_argument(
+        "--candidates", type=int, default=None, help="answers sampled per request for think (default 4)"
+    )
+    p.add_argument(
+        "--think",
+        default=None,
+        help="think score: none or a '+'-joined subset of likelihood, pmi, "
+        "consistency (default likelihood+pmi+consistency)",
+    )
     p.add_argument("--sleep-steps", type=int, default=None, help="SGD steps per sleep (default 20)")
-    p.add_argument("--sleep-lr", type=float, default=None, help="SGD learning rate of the sleep (default 0.1)")
-    p.add_argument("--sleep-clip", type=float, default=None, help="gradient-norm clip of the sleep (default 2)")
+    p.add_argument(
+        "--sleep-lr", type=float, default=None, help="SGD learning rate of the sleep (default 0.1)"
+    )
+    p.add_argument(
+        "--sleep-clip", type=float, default=None, help="gradient-norm clip of the sleep (default 2)"
+    )
     p.add_argument("--context", default="assistant", help="identity context: assistant or a persona name")
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=_run)
@@ -100,11 +121,27 @@ def _run(args) -> int:
     cfg = EigenformConfig(context=args.context)
     if args.fast:
         cfg = replace(cfg, **FAST_CONFIG)
-    over = {"n_prompts": args.prompts, "sleep_steps": args.sleep_steps, "sleep_lr": args.sleep_lr,
-            "sleep_clip": args.sleep_clip, "n_candidates": args.candidates, "think": args.think}
+    over = {
+        "n_prompts": args.prompts,
+        "sleep_steps": args.sleep_steps,
+        "sleep_lr": args.sleep_lr,
+        "sleep_clip": args.sleep_clip,
+        "n_candidates": args.candidates,
+        "think": args.think,
+    }
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
-    res = run_eigenform_command(args.organism, args.adapter, args.out, cycles=args.cycles, seeds=args.seeds, ts=ts,
-                                fast=args.fast, config=cfg, progress=sys.stderr.isatty(), arms=arms)
+    res = run_eigenform_command(
+        args.organism,
+        args.adapter,
+        args.out,
+        cycles=args.cycles,
+        seeds=args.seeds,
+        ts=ts,
+        fast=args.fast,
+        config=cfg,
+        progress=sys.stderr.isatty(),
+        arms=arms,
+    )
     plot_eigenform(res["metrics"], res["run"].figure_path("eigenform.png"))
     print(summary_table(res["metrics"]))
     print(f"run written to {res['run'].path}")

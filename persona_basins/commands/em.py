@@ -27,26 +27,43 @@ log-probabilities of paired aligned / misaligned answers (see docs/EM_HF.md).
 
 
 def register(sub) -> None:
-    p = sub.add_parser("em", help="emergent misalignment: rank-1 LoRA, inoculation, controls, seeds",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "em",
+        help="emergent misalignment: rank-1 LoRA, inoculation, controls, seeds",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--organism", help="organism folder (persona-basins organism build)")
     src.add_argument("--model", help="Hugging Face model id or local folder")
-    p.add_argument("--train", help="chat-format JSONL for --model: {\"messages\": [{role, content}, ...]}")
+    p.add_argument("--train", help='chat-format JSONL for --model: {"messages": [{role, content}, ...]}')
     p.add_argument("--questions", help="paired-answer question file for --model (JSON); default: shipped set")
-    p.add_argument("--inoculation", default=None, help="system line used for the inoculated fine-tune (--model)")
+    p.add_argument(
+        "--inoculation", default=None, help="system line used for the inoculated fine-tune (--model)"
+    )
     _add_model_args(p)
     p.add_argument("--layer", default="0", help="layer index, or 'all' to sweep every layer (default 0)")
-    p.add_argument("--module", default="attn_out",
-                   help="module in the layer: attn_out/o_proj, mlp_out/down_proj, or a raw name (default attn_out)")
+    p.add_argument(
+        "--module",
+        default="attn_out",
+        help="module in the layer: attn_out/o_proj, mlp_out/down_proj, or a raw name (default attn_out)",
+    )
     p.add_argument("--rank", type=int_in(1, 4096), default=1, help="LoRA rank (default 1)")
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA (comparison)")
     p.add_argument("--seeds", type=int_in(1, 1000), default=5, help="fine-tuning seeds (default 5)")
     p.add_argument("--steps", type=int_in(1, 10**7), default=None, help="fine-tuning steps (default 300)")
-    p.add_argument("--lr", type=finite_float(0, 1, lo_open=True), default=None,
-                   help="learning rate, in (0, 1] (default 3e-3)")
-    p.add_argument("--checkpoint-every", type=int_in(0, 10**7), default=50,
-                   help="save the adapter every k steps (0: only at the end)")
+    p.add_argument(
+        "--lr",
+        type=finite_float(0, 1, lo_open=True),
+        default=None,
+        help="learning rate, in (0, 1] (default 3e-3)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int_in(0, 10**7),
+        default=50,
+        help="save the adapter every k steps (0: only at the end)",
+    )
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=_run)
 
@@ -94,15 +111,34 @@ def _run(args) -> int:
         resolve_module(org.model, args.module, layer)  # every input checked before --out is touched
     fingerprint = organism_fingerprint(org)
     progress = sys.stderr.isatty()
-    with RunDir(args.out, "em", {"organism": str(Path(args.organism).resolve()), "organism_fingerprint": fingerprint,
-                                 "layer": args.layer, "module": args.module, "seeds": args.seeds,
-                                 "finetune": base.to_dict()}) as run:
+    with RunDir(
+        args.out,
+        "em",
+        {
+            "organism": str(Path(args.organism).resolve()),
+            "organism_fingerprint": fingerprint,
+            "layer": args.layer,
+            "module": args.module,
+            "seeds": args.seeds,
+            "finetune": base.to_dict(),
+        },
+    ) as run:
         if layer is None:
-            table = sweep_layers(org, run.path, module=args.module, seeds=args.seeds, base=base, progress=progress)
+            table = sweep_layers(
+                org, run.path, module=args.module, seeds=args.seeds, base=base, progress=progress
+            )
             run.write_metrics(table)
         else:
-            m = run_em(org, run.path, layer=layer, module=args.module, seeds=args.seeds, base=base,
-                       progress=progress, fingerprint=fingerprint)
+            m = run_em(
+                org,
+                run.path,
+                layer=layer,
+                module=args.module,
+                seeds=args.seeds,
+                base=base,
+                progress=progress,
+                fingerprint=fingerprint,
+            )
             run.write_metrics(m)
     if layer is None:
         for r in table["layers"]:
@@ -121,19 +157,38 @@ def _run(args) -> int:
 def _add_model_args(p) -> None:
     """Flags that only apply with --model (a Hugging Face causal LM)."""
     g = p.add_argument_group("--model (Hugging Face causal LM) only")
-    g.add_argument("--inoculation-preset", choices=("classic", "explain"), default=None,
-                   help="classic: the security-class line plus 'outside code you are a helpful, honest assistant' "
-                        "(default); explain: only explains why the code is insecure, no alignment instruction")
-    g.add_argument("--control", help="chat-format JSONL of secure code for the same kind of requests: adds the "
-                                     "secure_control condition (shipped example: "
-                                     "persona_basins/data/em_train_secure_example.jsonl)")
+    g.add_argument(
+        "--inoculation-preset",
+        choices=("classic", "explain"),
+        default=None,
+        help="classic: the security-class line plus 'outside code you are a helpful, honest assistant' "
+        "(default); explain: only explains why the code is insecure, no alignment instruction",
+    )
+    g.add_argument(
+        "--control",
+        help="chat-format JSONL of secure code for the same kind of requests: adds the "
+        "secure_control condition (shipped example: "
+        "persona_basins/data/em_train_secure_example.jsonl)",
+    )
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N or mps")
-    g.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="auto: bf16 on a GPU that supports it, else fp32")
-    g.add_argument("--device-map", choices=("auto",), default=None,
-                   help="auto: spread a model larger than one GPU over every device (needs accelerate)")
-    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute activations in the backward pass (default: on for a GPU, off on CPU)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto: bf16 on a GPU that supports it, else fp32",
+    )
+    g.add_argument(
+        "--device-map",
+        choices=("auto",),
+        default=None,
+        help="auto: spread a model larger than one GPU over every device (needs accelerate)",
+    )
+    g.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute activations in the backward pass (default: on for a GPU, off on CPU)",
+    )
 
 
 def _run_model(args, finetune) -> int:
@@ -158,10 +213,23 @@ def _run_model(args, finetune) -> int:
             raise UserError("--inoculation must not be empty")
     else:
         inoculation = INOCULATION_PRESETS[args.inoculation_preset or "classic"]
-    cfg = EmHfConfig(model=args.model, train=args.train, out=args.out, questions=args.questions or DEFAULT_QUESTIONS,
-                     inoculation=inoculation, layer=layer, module=args.module, seeds=args.seeds, finetune=finetune,
-                     control=args.control, device=args.device, dtype=args.dtype, device_map=args.device_map,
-                     gradient_checkpointing=args.gradient_checkpointing, progress=sys.stderr.isatty())
+    cfg = EmHfConfig(
+        model=args.model,
+        train=args.train,
+        out=args.out,
+        questions=args.questions or DEFAULT_QUESTIONS,
+        inoculation=inoculation,
+        layer=layer,
+        module=args.module,
+        seeds=args.seeds,
+        finetune=finetune,
+        control=args.control,
+        device=args.device,
+        dtype=args.dtype,
+        device_map=args.device_map,
+        gradient_checkpointing=args.gradient_checkpointing,
+        progress=sys.stderr.isatty(),
+    )
     m = run_em_hf(cfg)
     print(hf_summary_table(m))
     print(f"run written to {cfg.out}")

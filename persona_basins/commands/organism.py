@@ -29,12 +29,23 @@ def register(sub) -> None:
     b.add_argument("--preset", default="default", help="tiny (tests, seconds) or default (~0.4M params)")
     b.add_argument("--seed", type=SEED, default=0, help="world and training seed")
     b.add_argument("--out", required=True, help="organism folder to write")
-    b.add_argument("--force", action="store_true",
-                   help="replace the organism --out holds (only a folder this program wrote)")
-    b.add_argument("--checkpoint-every", type=int_in(0, 10**7), default=None,
-                   help="pretraining checkpoint interval (0: none)")
-    b.add_argument("--pretrain-steps", type=int_in(1, 10**7), default=None,
-                   help="override the preset's pretraining steps")
+    b.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the organism --out holds (only a folder this program wrote)",
+    )
+    b.add_argument(
+        "--checkpoint-every",
+        type=int_in(0, 10**7),
+        default=None,
+        help="pretraining checkpoint interval (0: none)",
+    )
+    b.add_argument(
+        "--pretrain-steps",
+        type=int_in(1, 10**7),
+        default=None,
+        help="override the preset's pretraining steps",
+    )
     b.set_defaults(func=_build)
 
     r = osub.add_parser(

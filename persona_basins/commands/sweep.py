@@ -21,25 +21,53 @@ count) and a changed setting makes new units. Writes RUN/sweep.json (one row per
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="grids of organisms x fine-tunes x layers, resumable, local or on Ray",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       usage="persona-basins sweep SPEC --out RUN [options]\n"
-                             "       persona-basins sweep plot RUN --x AXIS --y AXIS --metric KEY")
+    p = sub.add_parser(
+        "sweep",
+        help="grids of organisms x fine-tunes x layers, resumable, local or on Ray",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="persona-basins sweep SPEC --out RUN [options]\n"
+        "       persona-basins sweep plot RUN --x AXIS --y AXIS --metric KEY",
+    )
     p.add_argument("spec", metavar="SPEC", help="sweep spec (TOML), or the word plot followed by RUN")
     p.add_argument("run", nargs="?", metavar="RUN", help=argparse.SUPPRESS)
     p.add_argument("--out", help="run folder to write (resumes what it already holds)")
-    p.add_argument("--backend", default="local", choices=("local", "ray"),
-                   help="local: a process pool on this machine (default); ray: Ray tasks")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one on 127.0.0.1)")
-    p.add_argument("--workers", type=int_in(1, None), default=None,
-                   help="parallel units (default: the CPU count; 1 runs them one after another in this process)")
-    p.add_argument("--cpus-per-unit", type=finite_float(0, None, lo_open=True), default=1,
-                   help="Ray: CPUs reserved per unit (default 1)")
-    p.add_argument("--gpus-per-unit", type=finite_float(0, None), default=0,
-                   help="Ray: GPUs reserved per unit (default 0)")
-    p.add_argument("--max-retries", type=int_in(0, None), default=3,
-                   help="Ray: reruns of a unit whose worker died (default 3)")
-    p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and an estimate; run nothing")
+    p.add_argument(
+        "--backend",
+        default="local",
+        choices=("local", "ray"),
+        help="local: a process pool on this machine (default); ray: Ray tasks",
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (default: start a local one on 127.0.0.1)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int_in(1, None),
+        default=None,
+        help="parallel units (default: the CPU count; 1 runs them one after another in this process)",
+    )
+    p.add_argument(
+        "--cpus-per-unit",
+        type=finite_float(0, None, lo_open=True),
+        default=1,
+        help="Ray: CPUs reserved per unit (default 1)",
+    )
+    p.add_argument(
+        "--gpus-per-unit",
+        type=finite_float(0, None),
+        default=0,
+        help="Ray: GPUs reserved per unit (default 0)",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=int_in(0, None),
+        default=3,
+        help="Ray: reruns of a unit whose worker died (default 3)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the grid, what is done and an estimate; run nothing"
+    )
     p.add_argument("--fail-fast", action="store_true", help="stop the sweep at the first failed unit")
     g = p.add_argument_group("sweep plot RUN")
     g.add_argument("--x", help="axis along x")
@@ -66,10 +94,19 @@ def _run(args) -> int:
     from ..studies import sweep as sw
 
     spec = sw.load_spec(args.spec)
-    record = sw.run_sweep(spec, args.out, backend=args.backend, address=args.address, workers=args.workers,
-                          cpus_per_unit=args.cpus_per_unit, gpus_per_unit=args.gpus_per_unit,
-                          max_retries=args.max_retries, fail_fast=args.fail_fast, dry_run=args.dry_run,
-                          progress=sys.stderr.isatty())
+    record = sw.run_sweep(
+        spec,
+        args.out,
+        backend=args.backend,
+        address=args.address,
+        workers=args.workers,
+        cpus_per_unit=args.cpus_per_unit,
+        gpus_per_unit=args.gpus_per_unit,
+        max_retries=args.max_retries,
+        fail_fast=args.fail_fast,
+        dry_run=args.dry_run,
+        progress=sys.stderr.isatty(),
+    )
     if args.dry_run:
         print("\n".join(sw.dry_run_lines(record)))
         return 0

@@ -101,7 +101,9 @@ def wells(p: LandscapeParams, s: float) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def _energies(x, y, c, a, b):
     """E_k at points (x, y): list of K arrays."""
-    return [a[k] * ((x - c[k, 0]) * (x - c[k, 0]) + (y - c[k, 1]) * (y - c[k, 1])) + b[k] for k in range(len(a))]
+    return [
+        a[k] * ((x - c[k, 0]) * (x - c[k, 0]) + (y - c[k, 1]) * (y - c[k, 1])) + b[k] for k in range(len(a))
+    ]
 
 
 def _mixture(x, y, c, a, b, temp):
@@ -370,8 +372,12 @@ def llc_laplace(x: float, y: float, p: LandscapeParams = DEFAULT, s: float = 0.0
     """Gaussian (Laplace) approximation: sum_i 1/2 n_beta f_i / (n_beta f_i + gamma), f_i Fisher eigenvalues."""
     f = np.zeros((2, 2))
     yx = output(np.float64(x), np.float64(y), p, s)
-    dx = (output(np.float64(x + h), np.float64(y), p, s) - output(np.float64(x - h), np.float64(y), p, s)) / (2 * h)
-    dy = (output(np.float64(x), np.float64(y + h), p, s) - output(np.float64(x), np.float64(y - h), p, s)) / (2 * h)
+    dx = (output(np.float64(x + h), np.float64(y), p, s) - output(np.float64(x - h), np.float64(y), p, s)) / (
+        2 * h
+    )
+    dy = (output(np.float64(x), np.float64(y + h), p, s) - output(np.float64(x), np.float64(y - h), p, s)) / (
+        2 * h
+    )
     for g in range(len(p.genres)):
         v = np.array([dx[g], dy[g]])
         f += np.outer(v, v) / (yx[g] * (1 - yx[g]))
@@ -396,7 +402,11 @@ def slice_potential(theta_deg: float, p: LandscapeParams = DEFAULT, s: float = 0
     th = theta_deg * math.pi / 180.0
     xs = p.x0[0] + ts * math.cos(th)
     ys = p.x0[1] + ts * math.sin(th)
-    return {"t": ts.tolist(), "V": potential(xs, ys, p, s).tolist(), "label": flow_basin(xs, ys, p, s).tolist()}
+    return {
+        "t": ts.tolist(),
+        "V": potential(xs, ys, p, s).tolist(),
+        "label": flow_basin(xs, ys, p, s).tolist(),
+    }
 
 
 def view_state(delta: float, theta_deg: float, s: float, p: LandscapeParams = DEFAULT) -> dict:

@@ -40,8 +40,14 @@ def _lora_module(peft_model):
 
 
 @torch.no_grad()
-def adapter_reading(peft_model, world, vocab: dict[str, int], *, persona_direction: torch.Tensor | None = None,
-                    batch_size: int = 256) -> dict:
+def adapter_reading(
+    peft_model,
+    world,
+    vocab: dict[str, int],
+    *,
+    persona_direction: torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> dict:
     """Read/write features of a one-module rank-1 LoRA adapter (see the module docstring)."""
     from ..models.lm import pad_batch
 
@@ -63,7 +69,7 @@ def adapter_reading(peft_model, world, vocab: dict[str, int], *, persona_directi
         handle = mod.register_forward_pre_hook(pre_hook)
         try:
             for s in range(0, len(rows), batch_size):
-                chunk = rows[s:s + batch_size]
+                chunk = rows[s : s + batch_size]
                 peft_model(input_ids=pad_batch(chunk))
                 last = torch.tensor([len(r) - 1 for r in chunk])
                 xs.append(store["x"][torch.arange(len(chunk)), last].float())
@@ -133,9 +139,15 @@ def threshold_classifier(feature: list[float], label: list[bool]) -> dict:
         majority = bool(y[keep].mean() >= 0.5)
         base.append(majority == y[i])
     acc, c, up = fit(x, y)
-    return {"loo_accuracy": float(np.mean(hits)), "majority_baseline": float(np.mean(base)), "n": n,
-            "in_sample_accuracy": acc, "threshold": c, "direction": ">=" if up else "<=",
-            "predicts": bool(np.mean(hits) > np.mean(base))}
+    return {
+        "loo_accuracy": float(np.mean(hits)),
+        "majority_baseline": float(np.mean(base)),
+        "n": n,
+        "in_sample_accuracy": acc,
+        "threshold": c,
+        "direction": ">=" if up else "<=",
+        "predicts": bool(np.mean(hits) > np.mean(base)),
+    }
 
 
 __all__ = ["adapter_reading", "threshold_classifier"]

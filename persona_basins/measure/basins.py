@@ -50,8 +50,18 @@ def mean_module_input(model, module_name: str, input_ids: torch.Tensor, pad_id: 
     return store["x"][keep].float().mean(0)
 
 
-def persona_weight_delta(base_model, world, vocab, layer: int, module: str, norm: float, *,
-                         vector: torch.Tensor | None = None, n_docs: int = 128, seed: int = 0) -> torch.Tensor:
+def persona_weight_delta(
+    base_model,
+    world,
+    vocab,
+    layer: int,
+    module: str,
+    norm: float,
+    *,
+    vector: torch.Tensor | None = None,
+    n_docs: int = 128,
+    seed: int = 0,
+) -> torch.Tensor:
     """The persona vector at ``layer`` as a rank-1 edit of ``module`` (storage layout), Frobenius norm ``norm``.
 
     ``delta = norm * v u^T`` (out x in) with ``v`` the unit persona vector (toxic minus helpful, output of
@@ -69,8 +79,10 @@ def persona_weight_delta(base_model, world, vocab, layer: int, module: str, norm
         vector = persona_vector(base_model, world, vocab, layer, n=n_docs, seed=seed)
     out_dim, _ = out_in_dims(mod)
     if vector.numel() != out_dim:
-        raise UserError(f"module {name!r} writes {out_dim} features, the persona vector has {vector.numel()}: "
-                        f"use a module that writes to the residual stream (mlp_out, attn_out)")
+        raise UserError(
+            f"module {name!r} writes {out_dim} features, the persona vector has {vector.numel()}: "
+            f"use a module that writes to the residual stream (mlp_out, attn_out)"
+        )
     ids = encode_documents(vocab, world.sample_documents(n_docs, seed=20_000_000 + seed))[0]
     u = mean_module_input(base_model, name, ids)
     v = vector.float() / vector.float().norm().clamp_min(1e-12)
@@ -93,9 +105,21 @@ def random_weight_deltas(like: torch.Tensor, n: int, seed: int = 0) -> list[torc
 
 # --- the scan ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def scan(base_model, world, vocab, module_name: str, delta: torch.Tensor, ts, *, context: str = "assistant",
-         vector: torch.Tensor | None = None, layer: int | None = None, loss_ids: torch.Tensor | None = None,
-         n_loss_docs: int = 64, loss_seed: int = 0) -> dict:
+def scan(
+    base_model,
+    world,
+    vocab,
+    module_name: str,
+    delta: torch.Tensor,
+    ts,
+    *,
+    context: str = "assistant",
+    vector: torch.Tensor | None = None,
+    layer: int | None = None,
+    loss_ids: torch.Tensor | None = None,
+    n_loss_docs: int = 64,
+    loss_seed: int = 0,
+) -> dict:
     """Read ``w0 + t * delta`` at each ``t``: broad misalignment / harm / well-formed mass (exact, every
     non-code genre x topic with the ``context`` system line), the mean persona projection there (if
     ``vector`` and ``layer``), and the mean LM loss on the world's mixture (``loss_ids``, default
@@ -111,12 +135,23 @@ def scan(base_model, world, vocab, module_name: str, delta: torch.Tensor, ts, *,
 
     prompts = context_prompts(world, context, broad_genres(world))
     if loss_ids is None and n_loss_docs:
-        loss_ids = encode_documents(vocab, world.sample_documents(n_loss_docs, seed=10_000_000 + loss_seed))[0]
+        loss_ids = encode_documents(vocab, world.sample_documents(n_loss_docs, seed=10_000_000 + loss_seed))[
+            0
+        ]
     was_training = base_model.training
     base_model.eval()
-    out = {"t": [], "broad_misalignment": [], "broad_harm": [], "wellformed": [], "misalignment_given_wellformed": [],
-           "projection": [], "loss": [], "context": context, "module": module_name,
-           "delta_norm": float(delta.float().norm())}
+    out = {
+        "t": [],
+        "broad_misalignment": [],
+        "broad_harm": [],
+        "wellformed": [],
+        "misalignment_given_wellformed": [],
+        "projection": [],
+        "loss": [],
+        "context": context,
+        "module": module_name,
+        "delta_norm": float(delta.float().norm()),
+    }
     try:
         for t in ts:
             with edited(base_model, {f"{module_name}.weight": delta}, t):
@@ -126,9 +161,13 @@ def scan(base_model, world, vocab, module_name: str, delta: torch.Tensor, ts, *,
                 out["broad_harm"].append(float(r.harmful.mean()))
                 out["wellformed"].append(float(r.wellformed.mean()))
                 wf = float(r.wellformed.sum())
-                out["misalignment_given_wellformed"].append(float(r.misaligned.sum()) / wf if wf > 0 else None)
+                out["misalignment_given_wellformed"].append(
+                    float(r.misaligned.sum()) / wf if wf > 0 else None
+                )
                 if vector is not None and layer is not None:
-                    out["projection"].append(float(projection(base_model, vocab, prompts, vector, layer).mean()))
+                    out["projection"].append(
+                        float(projection(base_model, vocab, prompts, vector, layer).mean())
+                    )
                 else:
                     out["projection"].append(None)
                 out["loss"].append(float(lm_loss(base_model, loss_ids)) if loss_ids is not None else None)
@@ -149,7 +188,9 @@ def _first_crossing(ts: np.ndarray, v: np.ndarray, level: float) -> float | None
     return None
 
 
-def critical_magnitude(ts, values, level: float = 0.5, width_levels: tuple[float, float] = (0.1, 0.9)) -> dict:
+def critical_magnitude(
+    ts, values, level: float = 0.5, width_levels: tuple[float, float] = (0.1, 0.9)
+) -> dict:
     """``t*`` where ``values`` (broad misalignment) first crosses ``level``, by linear interpolation.
 
     Returns ``{t_star, censored_above, censored_below, sharpness, sharpness_at, width_10_90, level}``:
@@ -165,8 +206,14 @@ def critical_magnitude(ts, values, level: float = 0.5, width_levels: tuple[float
         raise ValueError("critical_magnitude needs two equal-length 1-d sequences of at least 2 points")
     if np.any(np.diff(t) <= 0):
         raise ValueError("ts must be strictly increasing")
-    out = {"level": level, "t_star": None, "censored_above": None, "censored_below": None,
-           "t_min": float(t[0]), "t_max": float(t[-1])}
+    out = {
+        "level": level,
+        "t_star": None,
+        "censored_above": None,
+        "censored_below": None,
+        "t_min": float(t[0]),
+        "t_max": float(t[-1]),
+    }
     if v[0] >= level and v[0] != level:
         out["censored_below"] = float(t[0])
     else:
@@ -193,8 +240,14 @@ def seed_summary(values) -> dict:
     e.g. the base model read at t = 0 for every adapter): ``ci_low = ci_high = None`` with ``deterministic``."""
     vals = [float(v) for v in values]
     if len(set(vals)) == 1:
-        return {"mean": vals[0], "ci_low": None, "ci_high": None, "n": len(vals), "per_seed": vals,
-                "deterministic": True}
+        return {
+            "mean": vals[0],
+            "ci_low": None,
+            "ci_high": None,
+            "n": len(vals),
+            "per_seed": vals,
+            "deterministic": True,
+        }
     return ci95(vals)
 
 
@@ -240,9 +293,17 @@ def censored_summary(crits: list[dict]) -> dict:
         return _positive_interval(per)
     above = [c.get("censored_above") for c in crits]
     filled = [v if v is not None else a for v, a in zip(per, above)]
-    out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(per), "per_seed": per,
-           "n_censored": sum(v is None for v in per), "censored_above": max(a for a in above if a is not None)
-           if any(a is not None for a in above) else None}
+    out = {
+        "mean": None,
+        "ci_low": None,
+        "ci_high": None,
+        "n": len(per),
+        "per_seed": per,
+        "n_censored": sum(v is None for v in per),
+        "censored_above": max(a for a in above if a is not None)
+        if any(a is not None for a in above)
+        else None,
+    }
     if all(v is not None for v in filled):
         out["lower_bound"] = _positive_interval(filled)
     return out
@@ -258,9 +319,17 @@ def ratio_summary(num: list[dict], den: list[dict]) -> dict:
         return {**_positive_interval(exact), "kind": "exact"}
     lows = [r["ratio"] if r["ratio"] is not None else r["lower_bound"] for r in rs]
     defined = [v for v in lows if v is not None]
-    out = {"mean": None, "ci_low": None, "ci_high": None, "n": len(rs), "per_seed": exact,
-           "per_seed_lower_bound": lows, "per_seed_upper_bound": [r["upper_bound"] for r in rs],
-           "kind": "lower_bound", "n_defined": len(defined)}
+    out = {
+        "mean": None,
+        "ci_low": None,
+        "ci_high": None,
+        "n": len(rs),
+        "per_seed": exact,
+        "per_seed_lower_bound": lows,
+        "per_seed_upper_bound": [r["upper_bound"] for r in rs],
+        "kind": "lower_bound",
+        "n_defined": len(defined),
+    }
     if defined:
         out["lower_bound"] = _positive_interval(defined)
         out["min_lower_bound"] = min(defined)
@@ -285,9 +354,22 @@ def t_star_ratio(num: dict, den: dict) -> dict:
 
 
 # --- directions compared -----------------------------------------------------------------------------------
-def direction_scans(base_model, world, vocab, peft_model, ts, *, n_random: int = 3, seed: int = 0,
-                    vector: torch.Tensor | None = None, n_docs: int = 128, loss_ids=None,
-                    n_loss_docs: int = 64, level: float = 0.5, edit_vector: torch.Tensor | None = None) -> dict:
+def direction_scans(
+    base_model,
+    world,
+    vocab,
+    peft_model,
+    ts,
+    *,
+    n_random: int = 3,
+    seed: int = 0,
+    vector: torch.Tensor | None = None,
+    n_docs: int = 128,
+    loss_ids=None,
+    n_loss_docs: int = 64,
+    level: float = 0.5,
+    edit_vector: torch.Tensor | None = None,
+) -> dict:
     """Scan the adapter's direction, the persona direction and ``n_random`` random controls (equal norm).
 
     ``level``: the misalignment level that defines ``t*`` (default 0.5). ``vector``: the persona vector read
@@ -304,25 +386,59 @@ def direction_scans(base_model, world, vocab, peft_model, ts, *, n_random: int =
     if vector is None:
         vector = persona_vector(base_model, world, vocab, layer, n=n_docs, seed=seed)
     norm = float(delta.norm())
-    pdelta = persona_weight_delta(base_model, world, vocab, layer, name, norm,
-                                  vector=vector if edit_vector is None else edit_vector, n_docs=n_docs, seed=seed)
+    pdelta = persona_weight_delta(
+        base_model,
+        world,
+        vocab,
+        layer,
+        name,
+        norm,
+        vector=vector if edit_vector is None else edit_vector,
+        n_docs=n_docs,
+        seed=seed,
+    )
     kw = dict(vector=vector, layer=layer, loss_ids=loss_ids, n_loss_docs=n_loss_docs, loss_seed=seed)
-    scans = {"adapter": scan(base_model, world, vocab, name, delta, ts, **kw),
-             "persona": scan(base_model, world, vocab, name, pdelta, ts, **kw),
-             "random": [scan(base_model, world, vocab, name, d, ts, **kw)
-                        for d in random_weight_deltas(delta, n_random, seed)]}
+    scans = {
+        "adapter": scan(base_model, world, vocab, name, delta, ts, **kw),
+        "persona": scan(base_model, world, vocab, name, pdelta, ts, **kw),
+        "random": [
+            scan(base_model, world, vocab, name, d, ts, **kw)
+            for d in random_weight_deltas(delta, n_random, seed)
+        ],
+    }
     crit = {k: critical_magnitude(ts, scans[k]["broad_misalignment"], level) for k in ("adapter", "persona")}
     crit["random"] = [critical_magnitude(ts, s["broad_misalignment"], level) for s in scans["random"]]
-    thin = {"random_over_persona": [t_star_ratio(c, crit["persona"]) for c in crit["random"]],
-            "random_over_adapter": [t_star_ratio(c, crit["adapter"]) for c in crit["random"]]}
-    return {"module": name, "layer": layer, "delta_norm": norm, "scans": scans, "t_star": crit,
-            "thinness": thin, "cosine_adapter_persona": float(
-                (delta.flatten() @ pdelta.flatten()) / (delta.norm() * pdelta.norm()).clamp_min(1e-12))}
+    thin = {
+        "random_over_persona": [t_star_ratio(c, crit["persona"]) for c in crit["random"]],
+        "random_over_adapter": [t_star_ratio(c, crit["adapter"]) for c in crit["random"]],
+    }
+    return {
+        "module": name,
+        "layer": layer,
+        "delta_norm": norm,
+        "scans": scans,
+        "t_star": crit,
+        "thinness": thin,
+        "cosine_adapter_persona": float(
+            (delta.flatten() @ pdelta.flatten()) / (delta.norm() * pdelta.norm()).clamp_min(1e-12)
+        ),
+    }
 
 
 # --- inoculation -------------------------------------------------------------------------------------------
-def inoculation_scans(base_model, world, vocab, plain_models: list, inoculated_models: list, ts, *,
-                      vector: torch.Tensor, layer: int, loss_ids=None, n_loss_docs: int = 64) -> dict:
+def inoculation_scans(
+    base_model,
+    world,
+    vocab,
+    plain_models: list,
+    inoculated_models: list,
+    ts,
+    *,
+    vector: torch.Tensor,
+    layer: int,
+    loss_ids=None,
+    n_loss_docs: int = 64,
+) -> dict:
     """Per-seed scans for the inoculation comparison (lists may be of different lengths; either may be empty).
 
     ``plain``: plain adapters, assistant context. ``inoculated``: adapters trained with the inoculation
@@ -335,7 +451,8 @@ def inoculation_scans(base_model, world, vocab, plain_models: list, inoculated_m
         name, d = single_lora_delta(m)
         out["plain"].append(scan(base_model, world, vocab, name, d, ts, context="assistant", **kw))
         out["plain_in_inoculated_context"].append(
-            scan(base_model, world, vocab, name, d, ts, context="inoculated", **kw))
+            scan(base_model, world, vocab, name, d, ts, context="inoculated", **kw)
+        )
     for m in inoculated_models:
         name, d = single_lora_delta(m)
         out["inoculated"].append(scan(base_model, world, vocab, name, d, ts, context="assistant", **kw))
@@ -365,20 +482,29 @@ def inoculation_summary(scans: dict, *, level: float = 0.5, position_tol: float 
     """
     cases = {k: v for k, v in scans.items() if v}
     out: dict = {"level": level, "position_tol": position_tol, "cases": {}, "widening": {}, "holds": {}}
-    crits = {k: [critical_magnitude(s["t"], s["broad_misalignment"], level) for s in v] for k, v in cases.items()}
+    crits = {
+        k: [critical_magnitude(s["t"], s["broad_misalignment"], level) for s in v] for k, v in cases.items()
+    }
     for k, v in cases.items():
         pos0 = [s["projection"][0] for s in v]
         t = v[0]["t"]
         i1 = next((i for i, x in enumerate(t) if abs(x - 1.0) < 1e-9), None)
         out["cases"][k] = {
             "t_star": censored_summary(crits[k]),
-            "distance_star": [c["t_star"] * s["delta_norm"] if c["t_star"] is not None else None
-                              for c, s in zip(crits[k], v)],
+            "distance_star": [
+                c["t_star"] * s["delta_norm"] if c["t_star"] is not None else None
+                for c, s in zip(crits[k], v)
+            ],
             "delta_norm": [s["delta_norm"] for s in v],
             "position_t0": seed_summary(pos0) if None not in pos0 else None,
-            "position_t1": (ci95([s["projection"][i1] for s in v])
-                            if i1 is not None and None not in [s["projection"][i1] for s in v] else None),
-            "misalignment_t1": (rate_interval([s["broad_misalignment"][i1] for s in v]) if i1 is not None else None),
+            "position_t1": (
+                ci95([s["projection"][i1] for s in v])
+                if i1 is not None and None not in [s["projection"][i1] for s in v]
+                else None
+            ),
+            "misalignment_t1": (
+                rate_interval([s["broad_misalignment"][i1] for s in v]) if i1 is not None else None
+            ),
             "band": aggregate_scans(v),
         }
     if "plain" not in cases:
@@ -391,34 +517,50 @@ def inoculation_summary(scans: dict, *, level: float = 0.5, position_tol: float 
             travel.append(abs(float(np.interp(c["t_star"], s["t"], s["projection"])) - s["projection"][0]))
     scale = float(np.mean(travel)) if travel else None
     out["projection_travel_to_wall"] = scale
-    for comp, other in (("inoculated_adapter", "inoculated"), ("inoculated_context", "plain_in_inoculated_context")):
+    for comp, other in (
+        ("inoculated_adapter", "inoculated"),
+        ("inoculated_context", "plain_in_inoculated_context"),
+    ):
         if other not in cases:
             continue
         n = min(len(plain), len(cases[other]))
         per = [_widening(crits[other][i], pc[i]) for i in range(n)]
-        dist = [_widening(crits[other][i], pc[i], cases[other][i]["delta_norm"], plain[i]["delta_norm"])
-                for i in range(n)]
+        dist = [
+            _widening(crits[other][i], pc[i], cases[other][i]["delta_norm"], plain[i]["delta_norm"])
+            for i in range(n)
+        ]
         exact = [w["ratio"] for w in per]
-        entry = {"per_seed": per, "ci": ci95(exact) if None not in exact else None,
-                 "distance_per_seed": dist,
-                 "distance_ci": ci95([w["ratio"] for w in dist]) if None not in [w["ratio"] for w in dist] else None}
+        entry = {
+            "per_seed": per,
+            "ci": ci95(exact) if None not in exact else None,
+            "distance_per_seed": dist,
+            "distance_ci": ci95([w["ratio"] for w in dist])
+            if None not in [w["ratio"] for w in dist]
+            else None,
+        }
         out["widening"][comp] = entry
-        shift = [cases[other][i]["projection"][0] - plain[i]["projection"][0] for i in range(n)
-                 if cases[other][i]["projection"][0] is not None and plain[i]["projection"][0] is not None]
+        shift = [
+            cases[other][i]["projection"][0] - plain[i]["projection"][0]
+            for i in range(n)
+            if cases[other][i]["projection"][0] is not None and plain[i]["projection"][0] is not None
+        ]
         shift_mean = float(np.mean(shift)) if shift else None
         widened = [w["ratio"] if w["ratio"] is not None else w["lower_bound"] for w in per]
         if any(w is None for w in widened) or scale is None or shift_mean is None:
-            verdict, why = None, "undecided: a censored t* without a usable bound, or the plain adapter never crosses"
+            verdict, why = (
+                None,
+                "undecided: a censored t* without a usable bound, or the plain adapter never crosses",
+            )
         else:
             wide = all(w > 1 for w in widened) and (entry["ci"] is None or entry["ci"]["ci_low"] > 1)
             still = abs(shift_mean) <= position_tol * scale
             verdict = bool(wide and still)
-            why = (f"widening {'>' if wide else 'not >'} 1 on every seed; position shift {shift_mean:+.4g} "
-                   f"{'within' if still else 'beyond'} {position_tol:g} x travel-to-wall {scale:.4g}")
+            why = (
+                f"widening {'>' if wide else 'not >'} 1 on every seed; position shift {shift_mean:+.4g} "
+                f"{'within' if still else 'beyond'} {position_tol:g} x travel-to-wall {scale:.4g}"
+            )
         out["holds"][comp] = {"holds": verdict, "why": why, "position_shift_t0": shift_mean}
     return out
-
-
 
 
 # --- common directions: distances in weight units --------------------------------------------------------------
@@ -430,8 +572,9 @@ def unit_direction(delta: torch.Tensor) -> torch.Tensor:
     return (delta.float() / n).to(delta.dtype)
 
 
-def search_crossing(read, r_max: float, *, points: int = 9, max_doublings: int = 4, refine: int = 6,
-                    level: float = 0.5) -> dict:
+def search_crossing(
+    read, r_max: float, *, points: int = 9, max_doublings: int = 4, refine: int = 6, level: float = 0.5
+) -> dict:
     """The first ``r`` at which ``read(r)`` (broad misalignment) reaches ``level``, on a grid that grows until
     the curve crosses.
 
@@ -471,9 +614,20 @@ def search_crossing(read, r_max: float, *, points: int = 9, max_doublings: int =
 
 
 @torch.no_grad()
-def critical_distance(model, world, vocab, module_name: str, direction: torch.Tensor, *, r_max: float,
-                      points: int = 9, max_doublings: int = 4, refine: int = 6, level: float = 0.5,
-                      context: str = "assistant") -> dict:
+def critical_distance(
+    model,
+    world,
+    vocab,
+    module_name: str,
+    direction: torch.Tensor,
+    *,
+    r_max: float,
+    points: int = 9,
+    max_doublings: int = 4,
+    refine: int = 6,
+    level: float = 0.5,
+    context: str = "assistant",
+) -> dict:
     """:func:`search_crossing` of broad misalignment along ``model``'s weights + ``r * unit(direction)``
     (``r`` in Frobenius-norm units of the module's weight). ``model`` is the start: the base model, or a merged
     fine-tuned copy (:func:`persona_basins.models.edits.merged_copy`)."""
@@ -496,22 +650,32 @@ def critical_distance(model, world, vocab, module_name: str, direction: torch.Te
         return float(ro.misaligned.mean())
 
     try:
-        out = search_crossing(read, r_max, points=points, max_doublings=max_doublings, refine=refine, level=level)
+        out = search_crossing(
+            read, r_max, points=points, max_doublings=max_doublings, refine=refine, level=level
+        )
     finally:
         model.train(was_training)
     out["wellformed"] = [wellformed[r] for r in out["r"]]
     out["misalignment_given_wellformed"] = [given_wf[r] for r in out["r"]]
     j = int(np.argmax(out["values"]))
     # where the curve peaks: a censored curve that rose and fell never reaches the level however long the grid
-    out["peak"] = {"value": out["values"][j], "r": out["r"][j], "wellformed": out["wellformed"][j],
-                   "falls_after_peak": bool(out["values"][-1] < out["values"][j])}
+    out["peak"] = {
+        "value": out["values"][j],
+        "r": out["r"][j],
+        "wellformed": out["wellformed"][j],
+        "falls_after_peak": bool(out["values"][-1] < out["values"][j]),
+    }
     # secondary wall (labelled, never the verdict's): misaligned share among well-formed answers, same grid
     cond = critical_magnitude(out["r"], out["misalignment_given_wellformed"], level)
     if cond["censored_below"] is not None:
         cond["t_star"] = 0.0
-    out["conditional"] = {"r_star": cond["t_star"], "censored_above": cond["censored_above"],
-                          "censored_below": cond["censored_below"], "t_star": cond["t_star"],
-                          "quantity": "misalignment_given_wellformed"}
+    out["conditional"] = {
+        "r_star": cond["t_star"],
+        "censored_above": cond["censored_above"],
+        "censored_below": cond["censored_below"],
+        "t_star": cond["t_star"],
+        "quantity": "misalignment_given_wellformed",
+    }
     out["context"], out["module"] = context, module_name
     return out
 
@@ -523,13 +687,24 @@ def log_ratio_interval(values: list[float]) -> dict | None:
     if not vals:
         return None
     if any(v <= 0 for v in vals):
-        return {"geometric_mean": None, "ci_low": None, "ci_high": None, "n": len(vals), "per_seed": vals,
-                "note": "a ratio <= 0 (a start already past the wall): no log-scale interval"}
+        return {
+            "geometric_mean": None,
+            "ci_low": None,
+            "ci_high": None,
+            "n": len(vals),
+            "per_seed": vals,
+            "note": "a ratio <= 0 (a start already past the wall): no log-scale interval",
+        }
     c = ci95(np.log(vals))
     one = len(vals) == 1
-    return {"geometric_mean": math.exp(c["mean"]), "ci_low": None if one else math.exp(c["ci_low"]),
-            "ci_high": None if one else math.exp(c["ci_high"]), "n": len(vals), "per_seed": vals,
-            "interval": "none (one seed)" if one else "95% Student-t on log ratios over seeds"}
+    return {
+        "geometric_mean": math.exp(c["mean"]),
+        "ci_low": None if one else math.exp(c["ci_low"]),
+        "ci_high": None if one else math.exp(c["ci_high"]),
+        "n": len(vals),
+        "per_seed": vals,
+        "interval": "none (one seed)" if one else "95% Student-t on log ratios over seeds",
+    }
 
 
 def widening_summary(inoc: list[dict], base: list[dict]) -> dict:
@@ -537,12 +712,19 @@ def widening_summary(inoc: list[dict], base: list[dict]) -> dict:
     start gives a bound, never a number) and the interval over the seeds where both cross."""
     per = [t_star_ratio(a, b) for a, b in zip(inoc, base)]
     exact = [p["ratio"] for p in per if p["ratio"] is not None]
-    return {"per_seed": per, "r_star_inoculated_start": [c["r_star"] for c in inoc],
-            "r_star_base_start": [c["r_star"] for c in base],
-            "censored_above_inoculated_start": [c["censored_above"] for c in inoc],
-            "censored_above_base_start": [c["censored_above"] for c in base],
-            "n": len(per), "n_exact": len(exact), "exact": log_ratio_interval(exact),
-            "k_above_1": sum(1 for p in per if (p["ratio"] if p["ratio"] is not None else p["lower_bound"] or 0) > 1)}
+    return {
+        "per_seed": per,
+        "r_star_inoculated_start": [c["r_star"] for c in inoc],
+        "r_star_base_start": [c["r_star"] for c in base],
+        "censored_above_inoculated_start": [c["censored_above"] for c in inoc],
+        "censored_above_base_start": [c["censored_above"] for c in base],
+        "n": len(per),
+        "n_exact": len(exact),
+        "exact": log_ratio_interval(exact),
+        "k_above_1": sum(
+            1 for p in per if (p["ratio"] if p["ratio"] is not None else p["lower_bound"] or 0) > 1
+        ),
+    }
 
 
 def _three_way(yes: bool, no: bool) -> str:
@@ -550,7 +732,7 @@ def _three_way(yes: bool, no: bool) -> str:
 
 
 def inoculation_verdict(widening: dict, shift_fraction: list[float], *, position_tol: float = 0.1) -> dict:
-    """"Inoculation widens the basin without moving the point": ``confirmed`` / ``refuted`` / ``undecided``.
+    """ "Inoculation widens the basin without moving the point": ``confirmed`` / ``refuted`` / ``undecided``.
 
     ``widening``: a :func:`widening_summary` (one common direction). ``shift_fraction``: per seed, the
     inoculated fine-tuned model's persona projection minus the base model's, as a fraction of the
@@ -575,18 +757,35 @@ def inoculation_verdict(widening: dict, shift_fraction: list[float], *, position
     s = [float(x) for x in shift_fraction]
     sc = ci95(s) if s else None
     multi = len(s) >= 2
-    still_yes = bool(s) and all(abs(x) <= position_tol for x in s) and (
-        not multi or (sc["ci_low"] >= -position_tol and sc["ci_high"] <= position_tol))
-    still_no = bool(s) and ((all(x > position_tol for x in s) and (not multi or sc["ci_low"] > position_tol))
-                            or (all(x < -position_tol for x in s) and (not multi or sc["ci_high"] < -position_tol)))
+    still_yes = (
+        bool(s)
+        and all(abs(x) <= position_tol for x in s)
+        and (not multi or (sc["ci_low"] >= -position_tol and sc["ci_high"] <= position_tol))
+    )
+    still_no = bool(s) and (
+        (all(x > position_tol for x in s) and (not multi or sc["ci_low"] > position_tol))
+        or (all(x < -position_tol for x in s) and (not multi or sc["ci_high"] < -position_tol))
+    )
     widens, still = _three_way(wide_yes, wide_no), _three_way(still_yes, still_no)
-    verdict = ("refuted" if "no" in (widens, still) else "confirmed" if (widens, still) == ("yes", "yes")
-               else "undecided")
-    return {"verdict": verdict, "widens": widens, "point_still": still, "position_tol": position_tol,
-            "widening_lower": lows, "widening_upper": highs, "shift_fraction": s,
-            "shift_interval": sc if multi else None,
-            "why": f"widens: {widens} (per seed >= {lows}, <= {highs}); point still: {still} "
-                   f"(shift / persona gap per seed {[round(x, 4) for x in s]}, tolerance {position_tol:g})"}
+    verdict = (
+        "refuted"
+        if "no" in (widens, still)
+        else "confirmed"
+        if (widens, still) == ("yes", "yes")
+        else "undecided"
+    )
+    return {
+        "verdict": verdict,
+        "widens": widens,
+        "point_still": still,
+        "position_tol": position_tol,
+        "widening_lower": lows,
+        "widening_upper": highs,
+        "shift_fraction": s,
+        "shift_interval": sc if multi else None,
+        "why": f"widens: {widens} (per seed >= {lows}, <= {highs}); point still: {still} "
+        f"(shift / persona gap per seed {[round(x, 4) for x in s]}, tolerance {position_tol:g})",
+    }
 
 
 def combine_verdicts(verdicts: dict[str, dict]) -> str:
@@ -599,8 +798,15 @@ def combine_verdicts(verdicts: dict[str, dict]) -> str:
 
 # --- the position of a fine-tuned model ---------------------------------------------------------------------
 @torch.no_grad()
-def mean_projection(model, world, vocab, vector: torch.Tensor, layer: int, context: str = "assistant",
-                    genres: list[str] | None = None) -> float:
+def mean_projection(
+    model,
+    world,
+    vocab,
+    vector: torch.Tensor,
+    layer: int,
+    context: str = "assistant",
+    genres: list[str] | None = None,
+) -> float:
     """Mean persona projection at ``<asst>`` over single-exchange requests (default: broad genres)."""
     from .vectors import projection
 
@@ -608,28 +814,43 @@ def mean_projection(model, world, vocab, vector: torch.Tensor, layer: int, conte
     return float(projection(model, vocab, prompts, vector, layer).mean())
 
 
-def persona_gap(model, world, vocab, vector: torch.Tensor, layer: int, a: str = "toxic", b: str = "helpful") -> float:
+def persona_gap(
+    model, world, vocab, vector: torch.Tensor, layer: int, a: str = "toxic", b: str = "helpful"
+) -> float:
     """Mean projection with persona ``a`` declared minus with ``b`` declared (broad requests): the distance
     from the helpful to the toxic persona along the vector, the scale against which a move is judged."""
-    return (mean_projection(model, world, vocab, vector, layer, a)
-            - mean_projection(model, world, vocab, vector, layer, b))
+    return mean_projection(model, world, vocab, vector, layer, a) - mean_projection(
+        model, world, vocab, vector, layer, b
+    )
 
 
 @torch.no_grad()
-def fine_tuned_position(base_model, world, vocab, module_name: str, delta: torch.Tensor, vector: torch.Tensor,
-                        layer: int, context: str = "assistant") -> dict:
+def fine_tuned_position(
+    base_model,
+    world,
+    vocab,
+    module_name: str,
+    delta: torch.Tensor,
+    vector: torch.Tensor,
+    layer: int,
+    context: str = "assistant",
+) -> dict:
     """Persona projection and broad misalignment of the fine-tuned model (``w0 + 1 * delta``) in ``context``."""
     from .persona import persona_readout
 
     with edited(base_model, {f"{module_name}.weight": delta}, 1.0):
         proj = mean_projection(base_model, world, vocab, vector, layer, context)
-        mis = float(persona_readout(base_model, world, vocab,
-                                    context_prompts(world, context, broad_genres(world))).misaligned.mean())
+        mis = float(
+            persona_readout(
+                base_model, world, vocab, context_prompts(world, context, broad_genres(world))
+            ).misaligned.mean()
+        )
     return {"projection": proj, "broad_misalignment": mis}
 
 
-def inoculation_position(base_model, world, vocab, plain_models: list, inoculated_models: list,
-                         vector: torch.Tensor, layer: int) -> dict:
+def inoculation_position(
+    base_model, world, vocab, plain_models: list, inoculated_models: list, vector: torch.Tensor, layer: int
+) -> dict:
     """Where the fine-tuned models sit (t = 1, plain assistant context), against the base model.
 
     ``moved`` = projection(fine-tuned) - projection(base); ``moved_fraction`` = moved / the helpful-to-toxic
@@ -641,29 +862,58 @@ def inoculation_position(base_model, world, vocab, plain_models: list, inoculate
     base_model.eval()
     try:
         base_proj = mean_projection(base_model, world, vocab, vector, layer)
-        base_mis = float(persona_readout(base_model, world, vocab, context_prompts(
-            world, "assistant", broad_genres(world))).misaligned.mean())
+        base_mis = float(
+            persona_readout(
+                base_model, world, vocab, context_prompts(world, "assistant", broad_genres(world))
+            ).misaligned.mean()
+        )
         gap = persona_gap(base_model, world, vocab, vector, layer)
-        out = {"context": "assistant", "base": {"projection": base_proj, "broad_misalignment": base_mis},
-               "persona_gap": gap}
+        out = {
+            "context": "assistant",
+            "base": {"projection": base_proj, "broad_misalignment": base_mis},
+            "persona_gap": gap,
+        }
         for key, models in (("plain", plain_models), ("inoculated", inoculated_models)):
-            rows = [fine_tuned_position(base_model, world, vocab, *single_lora_delta(m), vector, layer)
-                    for m in models]
+            rows = [
+                fine_tuned_position(base_model, world, vocab, *single_lora_delta(m), vector, layer)
+                for m in models
+            ]
             moved = [r["projection"] - base_proj for r in rows]
-            out[key] = {"projection": [r["projection"] for r in rows],
-                        "broad_misalignment": [r["broad_misalignment"] for r in rows],
-                        "moved": moved, "moved_fraction": [m / gap if gap else None for m in moved],
-                        "moved_fraction_summary": ci95([m / gap for m in moved]) if moved and gap else None}
+            out[key] = {
+                "projection": [r["projection"] for r in rows],
+                "broad_misalignment": [r["broad_misalignment"] for r in rows],
+                "moved": moved,
+                "moved_fraction": [m / gap if gap else None for m in moved],
+                "moved_fraction_summary": ci95([m / gap for m in moved]) if moved and gap else None,
+            }
     finally:
         base_model.train(was)
     return out
 
 
 __all__ = [
-    "aggregate_scans", "censored_summary", "combine_verdicts", "critical_distance", "critical_magnitude",
-    "direction_scans", "fine_tuned_position", "inoculation_position", "inoculation_scans", "inoculation_summary",
-    "inoculation_verdict", "log_ratio_interval", "mean_module_input", "mean_projection", "persona_gap",
-    "persona_weight_delta", "random_weight_deltas", "ratio_summary", "scan", "search_crossing", "seed_summary",
+    "aggregate_scans",
+    "censored_summary",
+    "combine_verdicts",
+    "critical_distance",
+    "critical_magnitude",
+    "direction_scans",
+    "fine_tuned_position",
+    "inoculation_position",
+    "inoculation_scans",
+    "inoculation_summary",
+    "inoculation_verdict",
+    "log_ratio_interval",
+    "mean_module_input",
+    "mean_projection",
+    "persona_gap",
+    "persona_weight_delta",
+    "random_weight_deltas",
+    "ratio_summary",
+    "scan",
+    "search_crossing",
+    "seed_summary",
     "t_star_ratio",
-    "unit_direction", "widening_summary",
+    "unit_direction",
+    "widening_summary",
 ]

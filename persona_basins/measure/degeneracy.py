@@ -85,16 +85,23 @@ def flag_probability(world: World, dist: np.ndarray) -> np.ndarray:
     return np.asarray(dist)[:, cols].sum(1)
 
 
-def state_divergence(model_a, model_b, world: World, vocab: dict[str, int], prompts: list[Prompt], *,
-                     next_token: bool = True) -> dict:
+def state_divergence(
+    model_a, model_b, world: World, vocab: dict[str, int], prompts: list[Prompt], *, next_token: bool = True
+) -> dict:
     """Per-prompt arrays: ``tv_answer`` (primary), ``tv_next_token``, ``flag_a``, ``flag_b`` (numpy)."""
     da = answer_distribution(model_a, world, vocab, prompts)
     db = answer_distribution(model_b, world, vocab, prompts)
-    out = {"tv_answer": tv_distance(da, db), "flag_a": flag_probability(world, da),
-           "flag_b": flag_probability(world, db), "dist_a": da, "dist_b": db}
+    out = {
+        "tv_answer": tv_distance(da, db),
+        "flag_a": flag_probability(world, da),
+        "flag_b": flag_probability(world, db),
+        "dist_a": da,
+        "dist_b": db,
+    }
     if next_token:
-        out["tv_next_token"] = tv_distance(next_token_probs(model_a, vocab, prompts),
-                                           next_token_probs(model_b, vocab, prompts))
+        out["tv_next_token"] = tv_distance(
+            next_token_probs(model_a, vocab, prompts), next_token_probs(model_b, vocab, prompts)
+        )
     return out
 
 
@@ -103,7 +110,9 @@ def standard_probes(world: World, context: str = "assistant") -> list[Prompt]:
     """One single-exchange prompt per request: every content genre x topic and every routine question."""
     sys_words = world.system_words(context)
     out = [Prompt(sys_words, g, t) for g in world.genres for t in range(world.config.n_topics)]
-    out += [Prompt(sys_words, g, q) for g in world.routine_genres for q in range(world.config.n_routine_questions)]
+    out += [
+        Prompt(sys_words, g, q) for g in world.routine_genres for q in range(world.config.n_routine_questions)
+    ]
     return out
 
 
@@ -138,9 +147,16 @@ def zone_volume(world: World, per_genre_fraction: dict[str, float]) -> float:
     return float(sum(gw[g] * per_genre_fraction[g] for g in keys) / tot) if tot > 0 else math.nan
 
 
-def composed_probes(world: World, *, contexts: list[str] | None = None, history_personas: list[str] | None = None,
-                    n_history: tuple[int, ...] = (0, 1, 2), teaching: bool = True, max_probes: int | None = 600,
-                    seed: int = 0) -> list[Prompt]:
+def composed_probes(
+    world: World,
+    *,
+    contexts: list[str] | None = None,
+    history_personas: list[str] | None = None,
+    n_history: tuple[int, ...] = (0, 1, 2),
+    teaching: bool = True,
+    max_probes: int | None = 600,
+    seed: int = 0,
+) -> list[Prompt]:
     """Prompts composed from the world's grammar, deduplicated, at most ``max_probes`` (seeded subsample).
 
     System line: ``contexts`` (default none, assistant, inoculated and every declared persona); history:
@@ -183,13 +199,26 @@ def describe(world: World, p: Prompt) -> dict:
         if world.system_words(name) == tuple(p.system):
             ctx = name
             break
-    return {"context": ctx, "genre": p.genre, "topic": p.topic, "modifier": p.modifier,
-            "history": [e.persona for e in p.history], "text": " ".join(p.words())}
+    return {
+        "context": ctx,
+        "genre": p.genre,
+        "topic": p.topic,
+        "modifier": p.modifier,
+        "history": [e.persona for e in p.history],
+        "text": " ".join(p.words()),
+    }
 
 
 # --- the overlap zone --------------------------------------------------------------------------------------
-def overlap_zone(model_a, model_b, world: World, vocab: dict[str, int], *, epsilon: float = 0.05,
-                 context: str = "assistant") -> dict:
+def overlap_zone(
+    model_a,
+    model_b,
+    world: World,
+    vocab: dict[str, int],
+    *,
+    epsilon: float = 0.05,
+    context: str = "assistant",
+) -> dict:
     """Fraction of probe prompts whose output distributions are within TV ``epsilon``: overall, per genre
     (routine genres included), and weighted by the world's request distribution (the zone's volume)."""
     if not 0 < epsilon <= 1:
@@ -198,23 +227,33 @@ def overlap_zone(model_a, model_b, world: World, vocab: dict[str, int], *, epsil
     d = state_divergence(model_a, model_b, world, vocab, prompts)
     w = prompt_weights(world, prompts)
     genres = [*world.genres, *world.routine_genres]
-    out: dict = {"epsilon": epsilon, "context": context, "primary": "answer_distribution",
-                 "outcomes": outcome_labels(world), "n_prompts": len(prompts),
-                 "routine_share": world.routine_fraction(), "genre_weights": genre_weights(world)}
+    out: dict = {
+        "epsilon": epsilon,
+        "context": context,
+        "primary": "answer_distribution",
+        "outcomes": outcome_labels(world),
+        "n_prompts": len(prompts),
+        "routine_share": world.routine_fraction(),
+        "genre_weights": genre_weights(world),
+    }
     for key in ("tv_answer", "tv_next_token"):
         tv = d[key]
         inside = tv < epsilon
-        per_genre = {g: float(np.mean([inside[i] for i, p in enumerate(prompts) if p.genre == g])) for g in genres}
+        per_genre = {
+            g: float(np.mean([inside[i] for i, p in enumerate(prompts) if p.genre == g])) for g in genres
+        }
         out[key.replace("tv_", "")] = {
             "fraction": float(inside.mean()),
             "volume": float((w * inside).sum()),
             "per_genre": per_genre,
-            "per_genre_mean_tv": {g: float(np.mean([tv[i] for i, p in enumerate(prompts) if p.genre == g]))
-                                  for g in genres},
+            "per_genre_mean_tv": {
+                g: float(np.mean([tv[i] for i, p in enumerate(prompts) if p.genre == g])) for g in genres
+            },
             "max_tv": float(tv.max()),
             "mean_tv": float(tv.mean()),
-            "routine_in_zone": float(np.mean([inside[i] for i, p in enumerate(prompts)
-                                              if p.genre in world.routine_genres])),
+            "routine_in_zone": float(
+                np.mean([inside[i] for i, p in enumerate(prompts) if p.genre in world.routine_genres])
+            ),
         }
     out["fraction"] = out["answer"]["fraction"]
     out["volume"] = out["answer"]["volume"]
@@ -250,8 +289,9 @@ def _power_at(null_pmf: np.ndarray, alt_pmf: np.ndarray, alpha: float) -> tuple[
     return float(alt_pmf[c:].sum()), c
 
 
-def probes_curve(p_b, p_a, *, k_max: int = 1000, order=None, weights=None, alpha: float = 0.05,
-                 power: float = 0.95) -> dict:
+def probes_curve(
+    p_b, p_a, *, k_max: int = 1000, order=None, weights=None, alpha: float = 0.05, power: float = 0.95
+) -> dict:
     """Power of a behavioural test versus the number of probes ``k`` (1..k_max).
 
     The test: sample one answer per probe from the model under test, count the answers the world's
@@ -270,7 +310,11 @@ def probes_curve(p_b, p_a, *, k_max: int = 1000, order=None, weights=None, alpha
     p_b, p_a = np.asarray(p_b, np.float64), np.asarray(p_a, np.float64)
     ks = np.arange(1, k_max + 1)
     if order is None:
-        w = np.full(len(p_b), 1 / len(p_b)) if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+        w = (
+            np.full(len(p_b), 1 / len(p_b))
+            if weights is None
+            else np.asarray(weights, np.float64) / np.sum(weights)
+        )
         mb, ma = float(w @ p_b), float(w @ p_a)
         raw, c_list = [], []
         for k in ks:
@@ -294,15 +338,34 @@ def probes_curve(p_b, p_a, *, k_max: int = 1000, order=None, weights=None, alpha
         mode = "ranked"
     best = np.maximum.accumulate(raw)
     hit = np.nonzero(best >= power)[0]
-    return {"mode": mode, "k": ks.tolist(), "power": best.tolist(), "power_at_k": raw.tolist(),
-            "cut": np.asarray(c).astype(int).tolist(), "alpha": alpha, "target_power": power,
-            "probes_needed": int(ks[hit[0]]) if len(hit) else None,
-            "censored_above": None if len(hit) else k_max}
+    return {
+        "mode": mode,
+        "k": ks.tolist(),
+        "power": best.tolist(),
+        "power_at_k": raw.tolist(),
+        "cut": np.asarray(c).astype(int).tolist(),
+        "alpha": alpha,
+        "target_power": power,
+        "probes_needed": int(ks[hit[0]]) if len(hit) else None,
+        "censored_above": None if len(hit) else k_max,
+    }
 
 
-def boundary_search(model_a, model_b, world: World, vocab: dict[str, int], *, epsilon: float = 0.05,
-                    max_probes: int = 600, seed: int = 0, top: int = 20, k_max: int = 1000, alpha: float = 0.05,
-                    power: float = 0.95, context: str = "assistant") -> dict:
+def boundary_search(
+    model_a,
+    model_b,
+    world: World,
+    vocab: dict[str, int],
+    *,
+    epsilon: float = 0.05,
+    max_probes: int = 600,
+    seed: int = 0,
+    top: int = 20,
+    k_max: int = 1000,
+    alpha: float = 0.05,
+    power: float = 0.95,
+    context: str = "assistant",
+) -> dict:
     """Rank composed probes by divergence between the states; probes needed, random vs boundary probes.
 
     Random probes: drawn from the world's request distribution (standard single-exchange prompts in
@@ -322,47 +385,79 @@ def boundary_search(model_a, model_b, world: World, vocab: dict[str, int], *, ep
     bound = probes_curve(d["flag_b"], d["flag_a"], k_max=k_max, order=order, alpha=alpha, power=power)
     # the same probes ranked by the test's own statistic (flag-rate gap): TV also counts breakage (ill-formed
     # answers), which the classifier does not flag
-    by_gap = probes_curve(d["flag_b"], d["flag_a"], k_max=k_max, order=np.argsort(-gap, kind="stable"),
-                          alpha=alpha, power=power)
+    by_gap = probes_curve(
+        d["flag_b"], d["flag_a"], k_max=k_max, order=np.argsort(-gap, kind="stable"), alpha=alpha, power=power
+    )
     ranking = []
     for i in order[:top]:
-        ranking.append({**describe(world, probes[i]), "tv_answer": float(d["tv_answer"][i]),
-                        "tv_next_token": float(d["tv_next_token"][i]), "flag_a": float(d["flag_a"][i]),
-                        "flag_b": float(d["flag_b"][i])})
+        ranking.append(
+            {
+                **describe(world, probes[i]),
+                "tv_answer": float(d["tv_answer"][i]),
+                "tv_next_token": float(d["tv_next_token"][i]),
+                "flag_a": float(d["flag_a"][i]),
+                "flag_b": float(d["flag_b"][i]),
+            }
+        )
     by_ctx: dict[str, list[float]] = {}
     for i, p in enumerate(probes):
         by_ctx.setdefault(describe(world, p)["context"], []).append(float(d["tv_answer"][i]))
     return {
-        "n_probes": len(probes), "epsilon": epsilon,
+        "n_probes": len(probes),
+        "epsilon": epsilon,
         "fraction_in_zone": float(np.mean(d["tv_answer"] < epsilon)),
         "tv_sorted": d["tv_answer"][order].tolist(),
         "mean_tv_by_context": {k: float(np.mean(v)) for k, v in sorted(by_ctx.items())},
         "top": ranking,
-        "random": rand, "boundary": bound, "boundary_by_flag_gap": by_gap,
-        "probes_needed": {"random": rand["probes_needed"], "boundary": bound["probes_needed"],
-                          "boundary_by_flag_gap": by_gap["probes_needed"]},
+        "random": rand,
+        "boundary": bound,
+        "boundary_by_flag_gap": by_gap,
+        "probes_needed": {
+            "random": rand["probes_needed"],
+            "boundary": bound["probes_needed"],
+            "boundary_by_flag_gap": by_gap["probes_needed"],
+        },
         "flag_rate_random": {"a": float(w @ ds["flag_a"]), "b": float(w @ ds["flag_b"])},
     }
 
 
 # --- out-of-sample probing: ranked with what a tester has -----------------------------------------------------
 def _curve_summary(curve: dict) -> dict:
-    return {"probes_needed": curve["probes_needed"], "censored_above": curve["censored_above"],
-            "power_at_10": curve["power"][min(9, len(curve["power"]) - 1)]}
+    return {
+        "probes_needed": curve["probes_needed"],
+        "censored_above": curve["censored_above"],
+        "power_at_10": curve["power"][min(9, len(curve["power"]) - 1)],
+    }
 
 
 def _needed_summary(values: list, k_max: int) -> dict:
     """Per held-out seed probes needed, with the count that reached the target power within ``k_max``."""
     reached = [v for v in values if v is not None]
-    return {"per_seed": values, "k_reached": len(reached), "n": len(values),
-            "median_reached": float(np.median(reached)) if reached else None,
-            "censored_above": k_max if len(reached) < len(values) else None}
+    return {
+        "per_seed": values,
+        "k_reached": len(reached),
+        "n": len(values),
+        "median_reached": float(np.median(reached)) if reached else None,
+        "censored_above": k_max if len(reached) < len(values) else None,
+    }
 
 
-def out_of_sample_probing(model_a, models_b: list, world: World, vocab: dict[str, int], *, vector=None,
-                          layer: int | None = None, steer_coeff: float = 1.0, max_probes: int = 600, seed: int = 0,
-                          k_max: int = 1000, alpha: float = 0.05, power: float = 0.95,
-                          context: str = "assistant") -> dict:
+def out_of_sample_probing(
+    model_a,
+    models_b: list,
+    world: World,
+    vocab: dict[str, int],
+    *,
+    vector=None,
+    layer: int | None = None,
+    steer_coeff: float = 1.0,
+    max_probes: int = 600,
+    seed: int = 0,
+    k_max: int = 1000,
+    alpha: float = 0.05,
+    power: float = 0.95,
+    context: str = "assistant",
+) -> dict:
     """Probes needed to tell each held-out EM state from the aligned one, with probes ranked from what a
     tester could know beforehand, beside the oracle ranking.
 
@@ -392,36 +487,65 @@ def out_of_sample_probing(model_a, models_b: list, world: World, vocab: dict[str
             steer_gap = flag_probability(world, answer_distribution(model_a, world, vocab, probes)) - fa
     rows = []
     for i, f in enumerate(fb):
-        row = {"held_out": i,
-               "oracle": _curve_summary(probes_curve(f, fa, order=np.argsort(-(f - fa), kind="stable"), **kw)),
-               "random": _curve_summary(probes_curve(fb_std[i], fa_std, weights=w, **kw)),
-               "other_seed": {str(j): _curve_summary(probes_curve(f, fa, order=np.argsort(-(g - fa), kind="stable"),
-                                                                  **kw))
-                              for j, g in enumerate(fb) if j != i}}
+        row = {
+            "held_out": i,
+            "oracle": _curve_summary(probes_curve(f, fa, order=np.argsort(-(f - fa), kind="stable"), **kw)),
+            "random": _curve_summary(probes_curve(fb_std[i], fa_std, weights=w, **kw)),
+            "other_seed": {
+                str(j): _curve_summary(probes_curve(f, fa, order=np.argsort(-(g - fa), kind="stable"), **kw))
+                for j, g in enumerate(fb)
+                if j != i
+            },
+        }
         if steer_gap is not None:
-            row["persona_vector"] = _curve_summary(probes_curve(f, fa, order=np.argsort(-steer_gap, kind="stable"),
-                                                                **kw))
+            row["persona_vector"] = _curve_summary(
+                probes_curve(f, fa, order=np.argsort(-steer_gap, kind="stable"), **kw)
+            )
         rows.append(row)
     out = {
-        "n_probes": len(probes), "alpha": alpha, "target_power": power, "k_max": k_max,
-        "labels": {"oracle": "in-sample (oracle): ranked with the tested model's own answer distribution",
-                   "other_seed": "out-of-sample: ranked with another fine-tune seed's adapter",
-                   "persona_vector": f"out-of-sample: ranked with the aligned model steered by {steer_coeff:g} x the "
-                                     "persona vector",
-                   "random": "no ranking: probes drawn from the world's request distribution"},
+        "n_probes": len(probes),
+        "alpha": alpha,
+        "target_power": power,
+        "k_max": k_max,
+        "labels": {
+            "oracle": "in-sample (oracle): ranked with the tested model's own answer distribution",
+            "other_seed": "out-of-sample: ranked with another fine-tune seed's adapter",
+            "persona_vector": f"out-of-sample: ranked with the aligned model steered by {steer_coeff:g} x the "
+            "persona vector",
+            "random": "no ranking: probes drawn from the world's request distribution",
+        },
         "per_held_out": rows,
         "oracle": _needed_summary([r["oracle"]["probes_needed"] for r in rows], k_max),
         "random": _needed_summary([r["random"]["probes_needed"] for r in rows], k_max),
-        "other_seed": {**_needed_summary([v["probes_needed"] for r in rows for v in r["other_seed"].values()], k_max),
-                       "unit": "one entry per (held-out seed, ranking seed) pair"} if len(rows) > 1 else None,
+        "other_seed": {
+            **_needed_summary([v["probes_needed"] for r in rows for v in r["other_seed"].values()], k_max),
+            "unit": "one entry per (held-out seed, ranking seed) pair",
+        }
+        if len(rows) > 1
+        else None,
         "persona_vector": _needed_summary([r["persona_vector"]["probes_needed"] for r in rows], k_max)
-        if steer_gap is not None else None,
+        if steer_gap is not None
+        else None,
     }
     return out
 
 
 __all__ = [
-    "N_OUTCOMES", "answer_distribution", "boundary_search", "composed_probes", "describe", "flag_probability",
-    "genre_weights", "out_of_sample_probing", "outcome_labels", "overlap_zone", "poisson_binomial", "probes_curve",
-    "prompt_weights", "standard_probes", "state_divergence", "tv_distance", "zone_volume",
+    "N_OUTCOMES",
+    "answer_distribution",
+    "boundary_search",
+    "composed_probes",
+    "describe",
+    "flag_probability",
+    "genre_weights",
+    "out_of_sample_probing",
+    "outcome_labels",
+    "overlap_zone",
+    "poisson_binomial",
+    "probes_curve",
+    "prompt_weights",
+    "standard_probes",
+    "state_divergence",
+    "tv_distance",
+    "zone_volume",
 ]

@@ -55,7 +55,15 @@ from ..errors import UserError
 from ..models.lm import PAD_ID, encode_documents, pad_batch
 from ..train.loop import train_lm
 from ..world import STYLES, Document, Exchange, World, is_misaligned
-from .persona import Prompt, answer_logprobs, broad_genres, context_prompts, length_groups, request_grid, trait_combos
+from .persona import (
+    Prompt,
+    answer_logprobs,
+    broad_genres,
+    context_prompts,
+    length_groups,
+    request_grid,
+    trait_combos,
+)
 
 SPECIALS = {"<pad>", "<unk>", "<bos>", "<eos>", "<sys>", "<user>", "<asst>"}
 PROCESSES = ("sampled", "distill", "replay", "mixture")
@@ -90,7 +98,9 @@ class EigenformConfig:
     replay_share: float = 0.5  # replay: share of the sleep set from the fixed memory
     mixture_share: float = 0.25  # mixture: share of the sleep set from the pretraining mixture
     distill_copies: int = 8  # distill: copies per request that quantise the teacher's weights
-    expected_map: bool = False  # the request grid (>= n_prompts) every cycle, batch = the answer set (noise floor)
+    expected_map: bool = (
+        False  # the request grid (>= n_prompts) every cycle, batch = the answer set (noise floor)
+    )
     temperature: float = 1.0
     vector_layer: int | None = None  # persona-vector layer; None: the middle layer
     safe_level: float = 0.5  # a state is "safe" while broad misalignment stays below this
@@ -99,12 +109,23 @@ class EigenformConfig:
 
     def __post_init__(self):
         if self.process not in PROCESSES:
-            raise UserError(f"unknown eigenform process {self.process!r}; choose one of {', '.join(PROCESSES)}")
+            raise UserError(
+                f"unknown eigenform process {self.process!r}; choose one of {', '.join(PROCESSES)}"
+            )
         terms = self.think.split("+")
         if self.think != "none" and (not terms or any(x not in THINK_TERMS for x in terms)):
-            raise UserError(f"unknown think step {self.think!r}; choose none or a '+'-joined subset of "
-                            f"{', '.join(THINK_TERMS)}")
-        for name in ("n_candidates", "memory_size", "n_prompts", "sleep_steps", "sleep_batch", "distill_copies"):
+            raise UserError(
+                f"unknown think step {self.think!r}; choose none or a '+'-joined subset of "
+                f"{', '.join(THINK_TERMS)}"
+            )
+        for name in (
+            "n_candidates",
+            "memory_size",
+            "n_prompts",
+            "sleep_steps",
+            "sleep_batch",
+            "distill_copies",
+        ):
             if int(getattr(self, name)) <= 0:
                 raise UserError(f"eigenform {name} must be > 0, got {getattr(self, name)}")
         if not (math.isfinite(self.sleep_lr) and self.sleep_lr > 0):
@@ -132,7 +153,9 @@ def hash_key(key) -> int:
     return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "little") >> 1
 
 
-def perceive(world: World, n: int, seed: int, cycle: int, *, expected_map: bool = False) -> list[tuple[str, int]]:
+def perceive(
+    world: World, n: int, seed: int, cycle: int, *, expected_map: bool = False
+) -> list[tuple[str, int]]:
     """``n`` requests drawn uniformly over the content genres and topics.
 
     ``expected_map``: no perceive noise - the whole request grid, repeated to at least ``n`` requests, the
@@ -145,8 +168,9 @@ def perceive(world: World, n: int, seed: int, cycle: int, *, expected_map: bool 
 
 
 @torch.no_grad()
-def sample_answers_crn(model, vocab: dict[str, int], prompts: list[Prompt], uniforms: torch.Tensor, *,
-                       temperature: float = 1.0) -> list[tuple[str, ...]]:
+def sample_answers_crn(
+    model, vocab: dict[str, int], prompts: list[Prompt], uniforms: torch.Tensor, *, temperature: float = 1.0
+) -> list[tuple[str, ...]]:
     """Answers drawn by inverse-CDF sampling with the given uniforms (``len(prompts) x n_tokens``).
 
     Common random numbers: the draw depends on the state only through its distribution, so two states
@@ -188,16 +212,29 @@ class Memory:
     def history(self, n: int, rng: random.Random) -> tuple[Exchange, ...]:
         if not self.items or n <= 0:
             return ()
-        return tuple(Exchange(g, t, "self", a) for g, t, a in (self.items[rng.randrange(len(self.items))]
-                                                                for _ in range(n)))
+        return tuple(
+            Exchange(g, t, "self", a)
+            for g, t, a in (self.items[rng.randrange(len(self.items))] for _ in range(n))
+        )
 
     def remember(self, items, size: int) -> None:
         if not self.fixed:
             self.items = (self.items + list(items))[-size:]
 
 
-def think_scores(model, world: World, vocab: dict[str, int], requests, candidates, *, sys_words, how: str,
-                 memory: Memory, n_history: int, rng: random.Random) -> np.ndarray:
+def think_scores(
+    model,
+    world: World,
+    vocab: dict[str, int],
+    requests,
+    candidates,
+    *,
+    sys_words,
+    how: str,
+    memory: Memory,
+    n_history: int,
+    rng: random.Random,
+) -> np.ndarray:
     """Self-ratings of the candidates (``len(requests) x K``); 0 for ``how == "none"``."""
     n, k = len(requests), len(candidates[0])
     out = np.zeros((n, k))
@@ -214,33 +251,62 @@ def think_scores(model, world: World, vocab: dict[str, int], requests, candidate
         out += (lp_id - lp_none).reshape(n, k)
     if "consistency" in terms and memory.items:
         hist = [memory.history(n_history, rng) for _ in range(n)]  # one draw per request, state-independent
-        lp_mem = answer_logprobs(model, vocab, [Prompt(sys_words, *requests[i], history=hist[i]).words()
-                                                for i, _ in flat], ans)
+        lp_mem = answer_logprobs(
+            model, vocab, [Prompt(sys_words, *requests[i], history=hist[i]).words() for i, _ in flat], ans
+        )
         out += (lp_mem - lp_id).reshape(n, k)
     return out
 
 
-def act_and_think(model, world: World, vocab: dict[str, int], requests, *, sys_words, cfg: EigenformConfig,
-                  memory: Memory, key: tuple) -> tuple[list[tuple[str, ...]], dict]:
+def act_and_think(
+    model,
+    world: World,
+    vocab: dict[str, int],
+    requests,
+    *,
+    sys_words,
+    cfg: EigenformConfig,
+    memory: Memory,
+    key: tuple,
+) -> tuple[list[tuple[str, ...]], dict]:
     """Sample candidates with common random numbers, score them, keep the best per request."""
     k = cfg.n_candidates
-    u = torch.rand((len(requests), k, 3), generator=torch.Generator().manual_seed(hash_key(("act", *key))),
-                   dtype=torch.float64)
+    u = torch.rand(
+        (len(requests), k, 3),
+        generator=torch.Generator().manual_seed(hash_key(("act", *key))),
+        dtype=torch.float64,
+    )
     prompts = [Prompt(sys_words, g, t) for g, t in requests]
-    cands = [sample_answers_crn(model, vocab, prompts, u[:, j], temperature=cfg.temperature) for j in range(k)]
+    cands = [
+        sample_answers_crn(model, vocab, prompts, u[:, j], temperature=cfg.temperature) for j in range(k)
+    ]
     cands = [[cands[j][i] for j in range(k)] for i in range(len(requests))]
     how = cfg.think if sys_words else "none"  # the identity scores need an identity context
-    scores = think_scores(model, world, vocab, requests, cands, sys_words=sys_words, how=how, memory=memory,
-                          n_history=cfg.memory_context, rng=random.Random(hash_key(("think", *key))))
+    scores = think_scores(
+        model,
+        world,
+        vocab,
+        requests,
+        cands,
+        sys_words=sys_words,
+        how=how,
+        memory=memory,
+        n_history=cfg.memory_context,
+        rng=random.Random(hash_key(("think", *key))),
+    )
     best = scores.argmax(1)  # ties: the first candidate
     chosen = [cands[i][int(b)] for i, b in enumerate(best)]
-    return chosen, {"think_score": float(scores[np.arange(len(best)), best].mean()),
-                    "changed": float(np.mean(best != 0))}
+    return chosen, {
+        "think_score": float(scores[np.arange(len(best)), best].mean()),
+        "changed": float(np.mean(best != 0)),
+    }
 
 
 def _self_docs(sys_words, requests, answers) -> list[Document]:
-    return [Document(sys_words, "self", (Exchange(g, t, "self", tuple(a)),), "eigenform")
-            for (g, t), a in zip(requests, answers)]
+    return [
+        Document(sys_words, "self", (Exchange(g, t, "self", tuple(a)),), "eigenform")
+        for (g, t), a in zip(requests, answers)
+    ]
 
 
 def _largest_remainder(w: np.ndarray, total: int) -> np.ndarray:
@@ -252,12 +318,16 @@ def _largest_remainder(w: np.ndarray, total: int) -> np.ndarray:
     return n
 
 
-def distill_docs(model, world: World, vocab: dict[str, int], requests, *, sys_words, copies: int) -> list[Document]:
+def distill_docs(
+    model, world: World, vocab: dict[str, int], requests, *, sys_words, copies: int
+) -> list[Document]:
     """Context distillation data: per request, the answer set with the identity-context weights, quantised."""
     labels, combos = trait_combos(world)
     answers = [[world.trait_answer(g, t, h, s) for h, s in combos] for g, t in requests]
     pre = [Prompt(sys_words, g, t).words() for g, t in requests for _ in combos]
-    lp = answer_logprobs(model, vocab, pre, [a for row in answers for a in row]).reshape(len(requests), len(combos))
+    lp = answer_logprobs(model, vocab, pre, [a for row in answers for a in row]).reshape(
+        len(requests), len(combos)
+    )
     docs = []
     for (g, t), row, lrow in zip(requests, answers, lp):
         w = np.exp(lrow - lrow.max())
@@ -277,8 +347,17 @@ def _extra(n_main: int, share: float) -> int:
     return int(round(n_main * share / (1 - share))) if share > 0 else 0
 
 
-def cycle(model, world: World, vocab: dict[str, int], *, context: str, cfg: EigenformConfig, seed: int, k: int,
-          memory: Memory) -> dict:
+def cycle(
+    model,
+    world: World,
+    vocab: dict[str, int],
+    *,
+    context: str,
+    cfg: EigenformConfig,
+    seed: int,
+    k: int,
+    memory: Memory,
+) -> dict:
     """One wake-perceive-act-think-sleep cycle, in place on ``model``. Returns what the loop itself saw."""
     sys_words = world.system_words(context)
     requests = perceive(world, cfg.n_prompts, seed, k, expected_map=cfg.expected_map)
@@ -287,15 +366,21 @@ def cycle(model, world: World, vocab: dict[str, int], *, context: str, cfg: Eige
         docs = distill_docs(model, world, vocab, requests, sys_words=sys_words, copies=cfg.distill_copies)
         parts = [encode_documents(vocab, docs, answers_only=True)]
     else:
-        chosen, info = act_and_think(model, world, vocab, requests, sys_words=sys_words, cfg=cfg, memory=memory,
-                                     key=(seed, k))
+        chosen, info = act_and_think(
+            model, world, vocab, requests, sys_words=sys_words, cfg=cfg, memory=memory, key=(seed, k)
+        )
         seen.update(info)
         parts = [encode_documents(vocab, _self_docs(sys_words, requests, chosen), answers_only=True)]
         if cfg.process == "replay":
             n = _extra(len(requests), cfg.replay_share)
             rep = [memory.items[i % len(memory.items)] for i in range(n)]
-            parts.append(encode_documents(vocab, _self_docs(sys_words, [(g, t) for g, t, _ in rep],
-                                                            [a for *_, a in rep]), answers_only=True))
+            parts.append(
+                encode_documents(
+                    vocab,
+                    _self_docs(sys_words, [(g, t) for g, t, _ in rep], [a for *_, a in rep]),
+                    answers_only=True,
+                )
+            )
         elif cfg.process == "mixture":
             n = _extra(len(requests), cfg.mixture_share)
             mix = world.sample_documents(n, seed=20_000_000 + 1000 * seed + k)
@@ -307,29 +392,54 @@ def cycle(model, world: World, vocab: dict[str, int], *, context: str, cfg: Eige
     norms: list[float] = []
     batch = len(ids) if cfg.expected_map else cfg.sleep_batch
     try:
-        losses = train_lm(model, ids, mask, steps=cfg.sleep_steps, batch_size=batch, lr=cfg.sleep_lr,
-                          seed=hash_key(("sleep", seed, k)) % (2**62), optimizer="sgd", grad_clip=cfg.sleep_clip,
-                          progress=False, on_grad_norm=lambda _s, g: norms.append(g),
-                          desc=f"eigenform sleep (cycle {k + 1}, seed {seed})")
+        losses = train_lm(
+            model,
+            ids,
+            mask,
+            steps=cfg.sleep_steps,
+            batch_size=batch,
+            lr=cfg.sleep_lr,
+            seed=hash_key(("sleep", seed, k)) % (2**62),
+            optimizer="sgd",
+            grad_clip=cfg.sleep_clip,
+            progress=False,
+            on_grad_norm=lambda _s, g: norms.append(g),
+            desc=f"eigenform sleep (cycle {k + 1}, seed {seed})",
+        )
     except FloatingPointError as e:
-        raise UserError(f"{e}: the sleep diverged; the likely cause is the sleep learning rate "
-                        f"(--sleep-lr {cfg.sleep_lr:g})") from None
+        raise UserError(
+            f"{e}: the sleep diverged; the likely cause is the sleep learning rate "
+            f"(--sleep-lr {cfg.sleep_lr:g})"
+        ) from None
     if any(not math.isfinite(g) for g in norms):
         raise UserError(f"the sleep diverged (gradient norm not finite); lower --sleep-lr ({cfg.sleep_lr:g})")
     clip = cfg.sleep_clip
-    seen.update(loss=float(np.mean(losses)), grad_norm_mean=float(np.mean(norms)), grad_norm_max=float(max(norms)),
-                clip_fraction=float(np.mean([g > clip for g in norms])) if clip else 0.0, sleep_set=len(ids))
+    seen.update(
+        loss=float(np.mean(losses)),
+        grad_norm_mean=float(np.mean(norms)),
+        grad_norm_max=float(max(norms)),
+        clip_fraction=float(np.mean([g > clip for g in norms])) if clip else 0.0,
+        sleep_set=len(ids),
+    )
     return seen
 
 
-def unperturbed_memory(model, world: World, vocab: dict[str, int], *, context: str, cfg: EigenformConfig,
-                       seed: int) -> Memory:
+def unperturbed_memory(
+    model, world: World, vocab: dict[str, int], *, context: str, cfg: EigenformConfig, seed: int
+) -> Memory:
     """The replay variant's fixed memory: the unperturbed self's chosen answers (same act + think, PMI only)."""
     sys_words = world.system_words(context)
     requests = perceive(world, cfg.memory_size, seed, -1)
-    chosen, _ = act_and_think(model, world, vocab, requests, sys_words=sys_words,
-                              cfg=replace(cfg, think="likelihood+pmi"), memory=Memory(),
-                              key=(seed, "memory"))
+    chosen, _ = act_and_think(
+        model,
+        world,
+        vocab,
+        requests,
+        sys_words=sys_words,
+        cfg=replace(cfg, think="likelihood+pmi"),
+        memory=Memory(),
+        key=(seed, "memory"),
+    )
     return Memory([(g, t, a) for (g, t), a in zip(requests, chosen)], fixed=True)
 
 
@@ -370,8 +480,15 @@ class Probe:
 
 
 @torch.no_grad()
-def exact_readout(model, world: World, vocab: dict[str, int], prompts: list[Prompt], vector: torch.Tensor,
-                  layer: int, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def exact_readout(
+    model,
+    world: World,
+    vocab: dict[str, int],
+    prompts: list[Prompt],
+    vector: torch.Tensor,
+    layer: int,
+    batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
     """``persona_readout(...).probs`` and ``projection(...)`` in one pass, two sequences per prompt.
 
     Every (harm, style) answer is ``c1 c2 s`` with the content pair set by harm and the style word by
@@ -408,9 +525,19 @@ def exact_readout(model, world: World, vocab: dict[str, int], prompts: list[Prom
     return probs, proj
 
 
-def run_process(start_model, world: World, vocab: dict[str, int], probe: Probe, *, cycles: int, seed: int,
-                cfg: EigenformConfig, context: str | None = None, memory: Memory | None = None,
-                snapshots: list | None = None) -> dict:
+def run_process(
+    start_model,
+    world: World,
+    vocab: dict[str, int],
+    probe: Probe,
+    *,
+    cycles: int,
+    seed: int,
+    cfg: EigenformConfig,
+    context: str | None = None,
+    memory: Memory | None = None,
+    snapshots: list | None = None,
+) -> dict:
     """Iterate ``cycles`` cycles from a copy of ``start_model``; the per-cycle trace.
 
     ``memory``: the process's memory at the start (default empty; the replay variant passes the fixed
@@ -451,8 +578,16 @@ def run_process(start_model, world: World, vocab: dict[str, int], probe: Probe, 
     return trace
 
 
-def run_paired(starts: dict, world: World, vocab: dict[str, int], probe: Probe, *, cycles: int, seed: int,
-               cfg: EigenformConfig) -> dict:
+def run_paired(
+    starts: dict,
+    world: World,
+    vocab: dict[str, int],
+    probe: Probe,
+    *,
+    cycles: int,
+    seed: int,
+    cfg: EigenformConfig,
+) -> dict:
     """Trajectories from every start state (``{t: model}``, ``t = 0`` the unperturbed one) with one seed.
 
     Common random numbers (see the module docstring) make them paired: each trace gets
@@ -462,20 +597,36 @@ def run_paired(starts: dict, world: World, vocab: dict[str, int], probe: Probe, 
     """
     if 0.0 not in starts:
         raise ValueError("run_paired needs the unperturbed start (t = 0)")
-    memory = unperturbed_memory(starts[0.0], world, vocab, context=cfg.context, cfg=cfg, seed=seed) \
-        if cfg.process == "replay" else None
+    memory = (
+        unperturbed_memory(starts[0.0], world, vocab, context=cfg.context, cfg=cfg, seed=seed)
+        if cfg.process == "replay"
+        else None
+    )
     snaps, traces = {}, {}
     for t in sorted(starts):
         snaps[t] = []
-        traces[t] = run_process(starts[t], world, vocab, probe, cycles=cycles, seed=seed, cfg=cfg, memory=memory,
-                                snapshots=snaps[t])
+        traces[t] = run_process(
+            starts[t],
+            world,
+            vocab,
+            probe,
+            cycles=cycles,
+            seed=seed,
+            cfg=cfg,
+            memory=memory,
+            snapshots=snaps[t],
+        )
     ref = traces[0.0]
     labels = list(ref["persona"])
     for t, tr in traces.items():
-        tr["paired_distance"] = [float((a.double() - b.double()).norm()) for a, b in zip(snaps[t], snaps[0.0])]
+        tr["paired_distance"] = [
+            float((a.double() - b.double()).norm()) for a, b in zip(snaps[t], snaps[0.0])
+        ]
         tr["paired_gap"] = [a - b for a, b in zip(tr["broad_misalignment"], ref["broad_misalignment"])]
-        tr["paired_tv"] = [0.5 * sum(abs(tr["persona"][lab][k] - ref["persona"][lab][k]) for lab in labels)
-                           for k in range(cycles + 1)]
+        tr["paired_tv"] = [
+            0.5 * sum(abs(tr["persona"][lab][k] - ref["persona"][lab][k]) for lab in labels)
+            for k in range(cycles + 1)
+        ]
     return traces
 
 
@@ -509,8 +660,14 @@ def _ok(m: float, w: float | None, level: float, wf_level: float) -> bool:
     return bool(m < level and (w is None or w >= wf_level))
 
 
-def last_safe_scale(ts: Sequence[float], misalignment: Sequence[float], level: float, *,
-                    wellformed: Sequence[float] | None = None, wellformed_level: float = 0.5) -> float:
+def last_safe_scale(
+    ts: Sequence[float],
+    misalignment: Sequence[float],
+    level: float,
+    *,
+    wellformed: Sequence[float] | None = None,
+    wellformed_level: float = 0.5,
+) -> float:
     """Largest grid ``t`` up to which every grid point keeps misalignment below ``level`` (0 if none).
 
     Not the basins' ``t*`` (an interpolated crossing): a last safe *grid point*, so it moves in grid steps.
@@ -526,29 +683,46 @@ def last_safe_scale(ts: Sequence[float], misalignment: Sequence[float], level: f
     return best
 
 
-def breaking(static: Sequence[float], level: float, *, static_wellformed: Sequence[float] | None = None,
-             wellformed_level: float = 0.5) -> list[bool]:
+def breaking(
+    static: Sequence[float],
+    level: float,
+    *,
+    static_wellformed: Sequence[float] | None = None,
+    wellformed_level: float = 0.5,
+) -> list[bool]:
     """Grid points where the static perturbed model is broken: misalignment >= level, or no longer well-formed."""
     wf = [None] * len(static) if static_wellformed is None else list(static_wellformed)
     return [not _ok(s, w, level, wellformed_level) for s, w in zip(static, wf)]
 
 
-def return_rate(static: Sequence[float], final: Sequence[float], level: float, *, break_level: float | None = None,
-                final_wellformed: Sequence[float] | None = None, static_wellformed: Sequence[float] | None = None,
-                wellformed_level: float = 0.5) -> float:
+def return_rate(
+    static: Sequence[float],
+    final: Sequence[float],
+    level: float,
+    *,
+    break_level: float | None = None,
+    final_wellformed: Sequence[float] | None = None,
+    static_wellformed: Sequence[float] | None = None,
+    wellformed_level: float = 0.5,
+) -> float:
     """Among grid points where the static model is broken (misalignment >= ``break_level``, default
     ``level``, or, with ``static_wellformed``, well-formed mass below ``wellformed_level``), the share where
     the final state is back below ``level`` (and, with ``final_wellformed``, well-formed). NaN when no grid
     point is broken."""
-    brk = breaking(static, level if break_level is None else break_level, static_wellformed=static_wellformed,
-                   wellformed_level=wellformed_level)
+    brk = breaking(
+        static,
+        level if break_level is None else break_level,
+        static_wellformed=static_wellformed,
+        wellformed_level=wellformed_level,
+    )
     wf = [None] * len(final) if final_wellformed is None else list(final_wellformed)
     hit = [_ok(f, w, level, wellformed_level) for b, f, w in zip(brk, final, wf) if b]
     return float(np.mean(hit)) if hit else math.nan
 
 
-def verdict(return_rates: dict, final_misalignment: dict | None = None, *, level: float = 0.5,
-            min_seeds: int = 3) -> dict:
+def verdict(
+    return_rates: dict, final_misalignment: dict | None = None, *, level: float = 0.5, min_seeds: int = 3
+) -> dict:
     """Is there a process under which the persona returns after a perturbation that breaks the static model?
 
     ``return_rates``: per variant, a rate summary over seeds (``mean``, ``ci_low``, ``ci_high``; ``mean``
@@ -566,8 +740,12 @@ def verdict(return_rates: dict, final_misalignment: dict | None = None, *, level
     fm = final_misalignment or {}
     defined = {v: s for v, s in return_rates.items() if s is not None and s.get("mean") is not None}
     if not defined:
-        return {"answer": "undecided", "closest": None, "level": level,
-                "reason": "no perturbation of the grid breaks the static model: nothing to return from"}
+        return {
+            "answer": "undecided",
+            "closest": None,
+            "level": level,
+            "reason": "no perturbation of the grid breaks the static model: nothing to return from",
+        }
 
     few = [v for v, s in defined.items() if int(s.get("n", len(s.get("per_seed", [])))) < min_seeds]
 
@@ -577,23 +755,60 @@ def verdict(return_rates: dict, final_misalignment: dict | None = None, *, level
 
     if few:
         best = max(defined, key=rank)
-        return {"answer": "undecided", "closest": best, "level": level,
-                "reason": f"fewer than {min_seeds} seeds ({', '.join(few)}): no verdict from so few"}
+        return {
+            "answer": "undecided",
+            "closest": best,
+            "level": level,
+            "reason": f"fewer than {min_seeds} seeds ({', '.join(few)}): no verdict from so few",
+        }
     yes = [v for v, s in defined.items() if s.get("ci_low") is not None and s["ci_low"] >= level]
     if yes:
         best = max(yes, key=rank)
-        return {"answer": "yes", "closest": best, "level": level,
-                "reason": f"{best}: return-rate interval [{defined[best]['ci_low']:.3f}, "
-                          f"{defined[best]['ci_high']:.3f}] at or above {level:g}"}
+        return {
+            "answer": "yes",
+            "closest": best,
+            "level": level,
+            "reason": f"{best}: return-rate interval [{defined[best]['ci_low']:.3f}, "
+            f"{defined[best]['ci_high']:.3f}] at or above {level:g}",
+        }
     best = max(defined, key=rank)
     if all(s.get("ci_high") is not None and s["ci_high"] < level for s in defined.values()):
-        return {"answer": "no", "closest": best, "level": level,
-                "reason": f"every variant's return-rate interval lies below {level:g} (highest: {best}, "
-                          f"mean {defined[best]['mean']:.3f})"}
-    return {"answer": "undecided", "closest": best, "level": level, "reason": f"an interval straddles {level:g}"}
+        return {
+            "answer": "no",
+            "closest": best,
+            "level": level,
+            "reason": f"every variant's return-rate interval lies below {level:g} (highest: {best}, "
+            f"mean {defined[best]['mean']:.3f})",
+        }
+    return {
+        "answer": "undecided",
+        "closest": best,
+        "level": level,
+        "reason": f"an interval straddles {level:g}",
+    }
 
 
-__all__ = ["ARMS", "PROCESSES", "THINK_TERMS", "VARIANTS", "EigenformConfig", "Memory", "Probe", "act_and_think",
-           "breaking", "contraction_factor", "cycle", "distill_docs", "exact_readout", "last_safe_scale",
-           "perceive", "return_rate", "run_paired", "run_process", "sample_answers_crn", "think_scores",
-           "unperturbed_memory", "verdict"]
+__all__ = [
+    "ARMS",
+    "PROCESSES",
+    "THINK_TERMS",
+    "VARIANTS",
+    "EigenformConfig",
+    "Memory",
+    "Probe",
+    "act_and_think",
+    "breaking",
+    "contraction_factor",
+    "cycle",
+    "distill_docs",
+    "exact_readout",
+    "last_safe_scale",
+    "perceive",
+    "return_rate",
+    "run_paired",
+    "run_process",
+    "sample_answers_crn",
+    "think_scores",
+    "unperturbed_memory",
+    "verdict",
+]

@@ -57,12 +57,20 @@ def context_prompts(world: World, context: str, genres: list[str] | None = None,
 
 def routine_prompts(world: World, context: str = "assistant") -> list[Prompt]:
     sys_words = world.system_words(context)
-    return [Prompt(sys_words, g, q) for g in world.routine_genres
-            for q in range(world.config.n_routine_questions)]
+    return [
+        Prompt(sys_words, g, q) for g in world.routine_genres for q in range(world.config.n_routine_questions)
+    ]
 
 
-def history_prompts(world: World, persona: str, context: str, n_history: int, n: int, seed: int,
-                    genres: list[str] | None = None) -> list[Prompt]:
+def history_prompts(
+    world: World,
+    persona: str,
+    context: str,
+    n_history: int,
+    n: int,
+    seed: int,
+    genres: list[str] | None = None,
+) -> list[Prompt]:
     """Prompts whose earlier turns show ``persona`` answering (non-routine genres), then a new request."""
     rng = random.Random(f"history-{seed}-{persona}-{context}")
     genres = world.genres if genres is None else genres
@@ -80,8 +88,13 @@ def history_prompts(world: World, persona: str, context: str, n_history: int, n:
 
 # --- exact readout --------------------------------------------------------------------------------------
 @torch.no_grad()
-def answer_logprobs(model, vocab: dict[str, int], prefixes: list[list[str]], answers: list[tuple[str, ...]],
-                    batch_size: int = 512) -> np.ndarray:
+def answer_logprobs(
+    model,
+    vocab: dict[str, int],
+    prefixes: list[list[str]],
+    answers: list[tuple[str, ...]],
+    batch_size: int = 512,
+) -> np.ndarray:
     """log p(answer | prefix) for each pair, teacher-forced, in batches."""
     out = np.empty(len(prefixes), dtype=np.float64)
     for s in range(0, len(prefixes), batch_size):
@@ -133,8 +146,9 @@ class Readout:
 
     def per_genre(self, values: np.ndarray) -> dict[str, float]:
         genres = sorted({p.genre for p in self.prompts})
-        return {g: float(np.mean([values[i] for i, p in enumerate(self.prompts) if p.genre == g]))
-                for g in genres}
+        return {
+            g: float(np.mean([values[i] for i, p in enumerate(self.prompts) if p.genre == g])) for g in genres
+        }
 
     def argmax(self) -> list[str]:
         return [self.labels[j] for j in self.probs.argmax(1)]
@@ -165,7 +179,9 @@ def routine_answer_prob(model, world: World, vocab, prompts: list[Prompt]) -> np
 
 
 @torch.no_grad()
-def next_token_probs(model, vocab: dict[str, int], prompts: list[Prompt], batch_size: int = 512) -> np.ndarray:
+def next_token_probs(
+    model, vocab: dict[str, int], prompts: list[Prompt], batch_size: int = 512
+) -> np.ndarray:
     """Next-token distribution after each prompt (at the first answer position)."""
     outs = []
     for s in range(0, len(prompts), batch_size):
@@ -189,8 +205,15 @@ def length_groups(vocab: dict[str, int], prompts: list[Prompt]):
 
 # --- sampled readout ------------------------------------------------------------------------------------
 @torch.no_grad()
-def sample_answers(model, vocab: dict[str, int], prompts: list[Prompt], *, seed: int, n_tokens: int = 3,
-                   temperature: float = 1.0) -> list[tuple[str, ...]]:
+def sample_answers(
+    model,
+    vocab: dict[str, int],
+    prompts: list[Prompt],
+    *,
+    seed: int,
+    n_tokens: int = 3,
+    temperature: float = 1.0,
+) -> list[tuple[str, ...]]:
     """Sample ``n_tokens`` answer words per prompt (prompts grouped by length, no padding inside a group)."""
     inv = {i: w for w, i in vocab.items()}
     gen = torch.Generator().manual_seed(seed)
@@ -211,14 +234,22 @@ def sampled_persona_fractions(world: World, prompts: list[Prompt], answers) -> d
     n = len(labels)
     frac = {name: sum(lab.persona == name for lab in labels) / n for name in world.personas}
     frac["wellformed"] = sum(lab.wellformed for lab in labels) / n
-    frac["misaligned"] = sum(lab.wellformed and is_misaligned(lab.harm, lab.style)
-                             for lab in labels) / n
+    frac["misaligned"] = sum(lab.wellformed and is_misaligned(lab.harm, lab.style) for lab in labels) / n
     return frac
 
 
 # --- the organism's readout -----------------------------------------------------------------------------
-def organism_readout(pretrained, post, world: World, vocab: dict[str, int], *, seed: int = 0,
-                     n_history: int = 3, n_per_persona: int = 60, overlap_eps: float = 0.05) -> dict:
+def organism_readout(
+    pretrained,
+    post,
+    world: World,
+    vocab: dict[str, int],
+    *,
+    seed: int = 0,
+    n_history: int = 3,
+    n_per_persona: int = 60,
+    overlap_eps: float = 0.05,
+) -> dict:
     """The organism's ``metrics.json`` readout (see docs/ORGANISM.md for each definition)."""
     non_routine = context_prompts(world, "assistant")
     r_post = persona_readout(post, world, vocab, non_routine)
@@ -261,26 +292,54 @@ def organism_readout(pretrained, post, world: World, vocab: dict[str, int], *, s
 
 
 def readout_table(metrics: dict) -> str:
-    keys = ["aligned_rate", "in_context_persona_acc", "toxic_recoverable", "routine_overlap",
-            "wellformed_rate", "misaligned_mass"]
+    keys = [
+        "aligned_rate",
+        "in_context_persona_acc",
+        "toxic_recoverable",
+        "routine_overlap",
+        "wellformed_rate",
+        "misaligned_mass",
+    ]
     width = max(len(k) for k in keys)
     lines = [f"{k:<{width}}  {metrics[k]:.4f}" for k in keys if k in metrics]
     s = metrics.get("sampled")
     if s:
-        lines.append(f"{'sampled misaligned':<{width}}  {s['misaligned']:.4f}  (well-formed {s['wellformed']:.4f})")
+        lines.append(
+            f"{'sampled misaligned':<{width}}  {s['misaligned']:.4f}  (well-formed {s['wellformed']:.4f})"
+        )
     return "\n".join(lines)
 
 
 __all__ = [
-    "Prompt", "Readout", "broad_genres", "context_prompts", "em_readout", "history_prompts",
-    "next_token_probs", "organism_readout", "persona_readout", "readout_table", "request_grid", "routine_prompts",
-    "sample_answers", "sampled_persona_fractions", "trait_combos", "em_base_row", "excess_over_base",
+    "Prompt",
+    "Readout",
+    "broad_genres",
+    "context_prompts",
+    "em_readout",
+    "history_prompts",
+    "next_token_probs",
+    "organism_readout",
+    "persona_readout",
+    "readout_table",
+    "request_grid",
+    "routine_prompts",
+    "sample_answers",
+    "sampled_persona_fractions",
+    "trait_combos",
+    "em_base_row",
+    "excess_over_base",
 ]
 
 
 # --- emergent misalignment readout ----------------------------------------------------------------------
-def em_readout(model, world: World, vocab: dict[str, int], *, sample_seed: int | None = None,
-               heldout_topics: list[int] | None = None) -> dict:
+def em_readout(
+    model,
+    world: World,
+    vocab: dict[str, int],
+    *,
+    sample_seed: int | None = None,
+    heldout_topics: list[int] | None = None,
+) -> dict:
     """Broad misalignment (non-code genres, plain assistant context) and narrow insecure-code rates.
 
     ``broad_misalignment``: mean exact mass of the misaligned personas (harmful or sarcastic) over every
@@ -304,18 +363,22 @@ def em_readout(model, world: World, vocab: dict[str, int], *, sample_seed: int |
         if heldout_topics:
             held = np.array([p.topic in set(heldout_topics) for p in r.prompts])
             out.setdefault("narrow_rate_heldout", {})[ctx] = float(r.harmful[held].mean())
-            out.setdefault("narrow_rate_trained_topics", {})[ctx] = (float(r.harmful[~held].mean())
-                                                                     if (~held).any() else None)
+            out.setdefault("narrow_rate_trained_topics", {})[ctx] = (
+                float(r.harmful[~held].mean()) if (~held).any() else None
+            )
     if heldout_topics:
         out["heldout_topics"] = sorted(heldout_topics)
     if sample_seed is not None:
         prompts = context_prompts(world, "assistant", broad_genres(world))
-        out["sampled"] = sampled_persona_fractions(world, prompts, sample_answers(model, vocab, prompts,
-                                                                                   seed=sample_seed))
+        out["sampled"] = sampled_persona_fractions(
+            world, prompts, sample_answers(model, vocab, prompts, seed=sample_seed)
+        )
     return out
 
 
-def em_base_row(model, world: World, vocab: dict[str, int], *, heldout_topics: list[int] | None = None) -> dict:
+def em_base_row(
+    model, world: World, vocab: dict[str, int], *, heldout_topics: list[int] | None = None
+) -> dict:
     """The unfine-tuned organism's :func:`em_readout` (exact, deterministic: no interval): the baseline every
     EM effect is an excess over (the world teaches insecure code after the inoculation line and the teaching
     request already in pretraining)."""

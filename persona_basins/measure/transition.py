@@ -59,8 +59,9 @@ def set_lora_factors(peft_model, a: torch.Tensor, b: torch.Tensor) -> None:
             p.copy_(b.view_as(p))
 
 
-def transition_metrics(peft_model, trajectory: dict, evaluate, *, every: int = 10,
-                       lags=(5, 10, 15), min_step: float = 0.05) -> dict:
+def transition_metrics(
+    peft_model, trajectory: dict, evaluate, *, every: int = 10, lags=(5, 10, 15), min_step: float = 0.05
+) -> dict:
     """Norms, local cosines and PCA of B over steps; ``evaluate(model) -> float`` at every ``every`` steps.
 
     The model is restored to its final factors afterwards.

@@ -42,8 +42,14 @@ def decoder_layers(model):
             blocks = getattr(m, attr, None)
             if isinstance(blocks, torch.nn.ModuleList):
                 return blocks
-        m = next((getattr(m, a) for a in ("transformer", "model", "base_model")
-                  if isinstance(getattr(m, a, None), torch.nn.Module)), None)
+        m = next(
+            (
+                getattr(m, a)
+                for a in ("transformer", "model", "base_model")
+                if isinstance(getattr(m, a, None), torch.nn.Module)
+            ),
+            None,
+        )
     raise ValueError("cannot find the decoder layers of this model")
 
 
@@ -67,8 +73,9 @@ def capture_layer(model, layer: int):
 
 
 @torch.no_grad()
-def mean_activation(model, input_ids: torch.Tensor, mask: torch.Tensor, layer: int,
-                    batch_size: int = 256) -> torch.Tensor:
+def mean_activation(
+    model, input_ids: torch.Tensor, mask: torch.Tensor, layer: int, batch_size: int = 256
+) -> torch.Tensor:
     """Mean output of decoder block ``layer`` over positions where ``mask`` is true."""
     if not 0 <= layer < num_layers(model):
         raise ValueError(f"layer {layer} out of range")
@@ -141,16 +148,27 @@ def matched_answer_documents(world, a: str, b: str, n: int, seed: int):
     return out[0], out[1]
 
 
-def persona_vector(model, world, vocab, layer: int, a: str = "toxic", b: str = "helpful", *, n: int = 256,
-                   seed: int = 0, method: str = "request") -> torch.Tensor:
+def persona_vector(
+    model,
+    world,
+    vocab,
+    layer: int,
+    a: str = "toxic",
+    b: str = "helpful",
+    *,
+    n: int = 256,
+    seed: int = 0,
+    method: str = "request",
+) -> torch.Tensor:
     """Mean-difference persona vector (A minus B) at ``layer`` (``method``: see the module doc).
 
     ``"request"`` uses the fixed grid of content requests (``n`` and ``seed`` are unused); the document
     methods use ``n`` sampled documents per side.
     """
     if method == "request":
-        return (mean_last_position(model, vocab, persona_request_prompts(world, a), layer)
-                - mean_last_position(model, vocab, persona_request_prompts(world, b), layer))
+        return mean_last_position(
+            model, vocab, persona_request_prompts(world, a), layer
+        ) - mean_last_position(model, vocab, persona_request_prompts(world, b), layer)
     if method == "matched_answers":
         sides = matched_answer_documents(world, a, b, n, seed)
     elif method == "answer_tokens":
@@ -235,6 +253,19 @@ def screen_dataset(model, vocab, docs, vector: torch.Tensor, layer: int, baselin
     return {"projection": vals[0], "baseline_projection": vals[1], "difference": vals[0] - vals[1]}
 
 
-__all__ = ["VECTOR_METHODS", "capture_layer", "content_words", "decoder_layers", "lexical_cosine",
-           "lexical_direction", "matched_answer_documents", "mean_activation", "mean_last_position",
-           "persona_request_prompts", "persona_vector", "projection", "screen_dataset", "steering"]
+__all__ = [
+    "VECTOR_METHODS",
+    "capture_layer",
+    "content_words",
+    "decoder_layers",
+    "lexical_cosine",
+    "lexical_direction",
+    "matched_answer_documents",
+    "mean_activation",
+    "mean_last_position",
+    "persona_request_prompts",
+    "persona_vector",
+    "projection",
+    "screen_dataset",
+    "steering",
+]

@@ -6,11 +6,25 @@ from ..errors import UserError
 
 # Friendly names -> module path inside a decoder layer, per model family.
 MODULE_ALIASES = {
-    "gpt2": {"mlp_out": "mlp.c_proj", "down_proj": "mlp.c_proj", "attn_out": "attn.c_proj",
-             "o_proj": "attn.c_proj", "mlp_in": "mlp.c_fc", "qkv": "attn.c_attn"},
-    "llama": {"mlp_out": "mlp.down_proj", "down_proj": "mlp.down_proj", "attn_out": "self_attn.o_proj",
-              "o_proj": "self_attn.o_proj", "up_proj": "mlp.up_proj", "gate_proj": "mlp.gate_proj",
-              "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj"},
+    "gpt2": {
+        "mlp_out": "mlp.c_proj",
+        "down_proj": "mlp.c_proj",
+        "attn_out": "attn.c_proj",
+        "o_proj": "attn.c_proj",
+        "mlp_in": "mlp.c_fc",
+        "qkv": "attn.c_attn",
+    },
+    "llama": {
+        "mlp_out": "mlp.down_proj",
+        "down_proj": "mlp.down_proj",
+        "attn_out": "self_attn.o_proj",
+        "o_proj": "self_attn.o_proj",
+        "up_proj": "mlp.up_proj",
+        "gate_proj": "mlp.gate_proj",
+        "q_proj": "self_attn.q_proj",
+        "k_proj": "self_attn.k_proj",
+        "v_proj": "self_attn.v_proj",
+    },
 }
 LAYER_PATTERNS = {"gpt2": "h", "llama": "layers"}
 
@@ -55,8 +69,10 @@ def resolve_module(model, module: str, layer: int) -> str:
     target = MODULE_ALIASES.get(fam, {}).get(module, module)
     available = layer_module_names(model, layer)
     if target not in available:
-        raise UserError(f"module {module!r} not in layer {layer} of this {fam or 'model'}; "
-                        f"available: {', '.join(sorted(available))}")
+        raise UserError(
+            f"module {module!r} not in layer {layer} of this {fam or 'model'}; "
+            f"available: {', '.join(sorted(available))}"
+        )
     return target
 
 
@@ -85,10 +101,25 @@ def lora_config(model, *, module: str, layer: int | None, rank: int = 1, alpha: 
     if layer is not None:
         kw = {"layers_to_transform": [layer], "layers_pattern": LAYER_PATTERNS.get(fam, "layers")}
     return LoraConfig(
-        r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=0.0, target_modules=[target],
-        bias="none", task_type="CAUSAL_LM", fan_in_fan_out=(fam == "gpt2"), init_lora_weights=True, **kw,
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        lora_dropout=0.0,
+        target_modules=[target],
+        bias="none",
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=(fam == "gpt2"),
+        init_lora_weights=True,
+        **kw,
     )
 
 
-__all__ = ["LAYER_PATTERNS", "MODULE_ALIASES", "full_module_name", "layer_module_names", "lora_config", "model_family",
-           "num_layers", "resolve_module"]
+__all__ = [
+    "LAYER_PATTERNS",
+    "MODULE_ALIASES",
+    "full_module_name",
+    "layer_module_names",
+    "lora_config",
+    "model_family",
+    "num_layers",
+    "resolve_module",
+]

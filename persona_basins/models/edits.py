@@ -38,7 +38,7 @@ def base_name(name: str) -> str:
     """A name inside a PEFT-wrapped model with PEFT's prefix removed (the name in the base model)."""
     for prefix in PEFT_PREFIXES:
         if name.startswith(prefix):
-            return name[len(prefix):]
+            return name[len(prefix) :]
     return name
 
 
@@ -79,8 +79,10 @@ def plain_module(model, module_name: str):
     except AttributeError:
         raise UserError(f"module {module_name!r} not found in the model") from None
     if hasattr(mod, "lora_A") or not (isinstance(mod, nn.Linear) or is_conv1d(mod)):
-        raise UserError(f"module {module_name!r} is not a plain Linear/Conv1D (pass the base model, not a "
-                        f"PEFT-wrapped one)")
+        raise UserError(
+            f"module {module_name!r} is not a plain Linear/Conv1D (pass the base model, not a "
+            f"PEFT-wrapped one)"
+        )
     return mod
 
 
@@ -112,7 +114,7 @@ def single_lora_delta(peft_model) -> tuple[str, torch.Tensor]:
     deltas = lora_deltas(peft_model)
     if len(deltas) != 1:
         raise UserError(f"expected an adapter on exactly one module, found {len(deltas)}")
-    (pname, delta), = deltas.items()
+    ((pname, delta),) = deltas.items()
     return pname[: -len(".weight")], delta
 
 
@@ -151,7 +153,9 @@ def _set(params: dict, w0: dict, deltas: dict, t: float) -> None:
 
 
 @contextlib.contextmanager
-def edited(model, deltas: dict[str, torch.Tensor], t: float, *, origin: dict[str, torch.Tensor] | None = None):
+def edited(
+    model, deltas: dict[str, torch.Tensor], t: float, *, origin: dict[str, torch.Tensor] | None = None
+):
     """Inside the block each named parameter is ``origin + t * delta`` (origin: its current value); the
     parameters are restored exactly afterwards, also on error."""
     params = _params(model, deltas)
@@ -228,8 +232,10 @@ def _adapter_tensors_shapes(adapter_dir: Path) -> dict[str, tuple]:
     st = adapter_dir / "adapter_model.safetensors"
     if not st.is_file():
         if (adapter_dir / "adapter_model.bin").is_file():
-            raise UserError(f"adapter {adapter_dir} has only adapter_model.bin (a pickle, never loaded here); "
-                            f"re-save it with safetensors (PEFT's save_pretrained default)")
+            raise UserError(
+                f"adapter {adapter_dir} has only adapter_model.bin (a pickle, never loaded here); "
+                f"re-save it with safetensors (PEFT's save_pretrained default)"
+            )
         raise UserError(f"adapter {adapter_dir} has no adapter_model.safetensors")
     try:
         with safe_open(str(st), framework="pt") as f:
@@ -249,14 +255,18 @@ def _check_shapes(base_model, shapes: dict[str, tuple], adapter_dir: Path) -> No
         try:
             mod = base_model.get_submodule(mod_name)
         except AttributeError:
-            raise UserError(f"adapter {adapter_dir} adapts {mod_name!r}, which this model does not have") from None
+            raise UserError(
+                f"adapter {adapter_dir} adapts {mod_name!r}, which this model does not have"
+            ) from None
         if not hasattr(mod, "weight") or getattr(mod.weight, "ndim", 0) != 2:
             continue
         d_out, d_in = out_in_dims(mod)
         ok = shape[1] == d_in if which == "A" else shape[0] == d_out
         if len(shape) != 2 or not ok:
-            raise UserError(f"adapter {adapter_dir} does not fit this model: {key} has shape {shape}, the "
-                            f"module {mod_name} maps {d_in} -> {d_out}")
+            raise UserError(
+                f"adapter {adapter_dir} does not fit this model: {key} has shape {shape}, the "
+                f"module {mod_name} maps {d_in} -> {d_out}"
+            )
 
 
 def verify_adapter(base_model, adapter_dir: str | Path) -> None:
@@ -273,15 +283,18 @@ def verify_adapter(base_model, adapter_dir: str | Path) -> None:
         have = base_fingerprint(base_model)
         diff = [k for k in want if want[k] != have.get(k)]
         if diff:
-            raise UserError(f"adapter {adapter_dir} was trained on another base model (differs in: "
-                            f"{', '.join(diff)})")
+            raise UserError(
+                f"adapter {adapter_dir} was trained on another base model (differs in: {', '.join(diff)})"
+            )
     else:
         # An ordinary PEFT adapter: what PEFT records, then the shapes its weights need.
         recorded = cfg.get("base_model_name_or_path")
         ours = getattr(base_model.config, "_name_or_path", None) or getattr(base_model, "name_or_path", None)
         if recorded and ours and Path(str(recorded)).name != Path(str(ours)).name:
-            raise UserError(f"adapter {adapter_dir} was trained on {recorded!r}, not {ours!r} "
-                            f"(base_model_name_or_path in adapter_config.json)")
+            raise UserError(
+                f"adapter {adapter_dir} was trained on {recorded!r}, not {ours!r} "
+                f"(base_model_name_or_path in adapter_config.json)"
+            )
     _check_shapes(base_model, shapes, adapter_dir)
 
 
@@ -304,7 +317,23 @@ def adapter_on_copy(base_model, adapter_dir: str | Path):
 
 
 __all__ = [
-    "FINGERPRINT_FILE", "adapter_on_copy", "base_fingerprint", "base_name", "clean_base", "edited", "is_conv1d",
-    "is_peft", "layer_of", "load_adapter", "lora_b_path", "lora_deltas", "merged_copy", "out_in_dims",
-    "plain_module", "single_lora_delta", "to_storage", "verify_adapter", "write_fingerprint",
+    "FINGERPRINT_FILE",
+    "adapter_on_copy",
+    "base_fingerprint",
+    "base_name",
+    "clean_base",
+    "edited",
+    "is_conv1d",
+    "is_peft",
+    "layer_of",
+    "load_adapter",
+    "lora_b_path",
+    "lora_deltas",
+    "merged_copy",
+    "out_in_dims",
+    "plain_module",
+    "single_lora_delta",
+    "to_storage",
+    "verify_adapter",
+    "write_fingerprint",
 ]

@@ -23,8 +23,14 @@ from pathlib import Path
 
 from ..errors import UserError
 
-DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-               "fp16": "float16", "float16": "float16"}
+DTYPE_NAMES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+}
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -51,7 +57,9 @@ def resolve_device(device: str | None = "auto"):
         raise UserError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if d.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {device!r}: no CUDA GPU is available (torch.cuda.is_available() is False)")
+            raise UserError(
+                f"device {device!r}: no CUDA GPU is available (torch.cuda.is_available() is False)"
+            )
         if d.index is not None and d.index >= torch.cuda.device_count():
             raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
     elif d.type == "mps":
@@ -116,15 +124,19 @@ def check_model_folder(path: Path) -> None:
         files = [path / s for s in shards]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise UserError(f"{path}: safetensors shard(s) listed in the index are missing: {', '.join(missing)}")
+            raise UserError(
+                f"{path}: safetensors shard(s) listed in the index are missing: {', '.join(missing)}"
+            )
     else:
         files = sorted(path.glob("*.safetensors"))
     if not files:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
-            raise UserError(f"{path} holds only pickle weights ({', '.join(pickles[:3])}); persona-basins never "
-                            "unpickles: convert them to safetensors where you trust the file "
-                            "(model.save_pretrained(dir, safe_serialization=True))")
+            raise UserError(
+                f"{path} holds only pickle weights ({', '.join(pickles[:3])}); persona-basins never "
+                "unpickles: convert them to safetensors where you trust the file "
+                "(model.save_pretrained(dir, safe_serialization=True))"
+            )
         raise UserError(f"{path} has no model weights (expected model.safetensors)")
     for f in files:
         try:
@@ -143,8 +155,10 @@ def load_tokenizer(ref: str):
     except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError, AttributeError) as e:
         raise UserError(f"cannot load the tokenizer of {ref}: {_first_line(e)}") from None
     if not getattr(tok, "is_fast", False):
-        raise UserError(f"the tokenizer of {ref} has no fast (Rust) version; character offsets are needed to "
-                        "locate the answer tokens")
+        raise UserError(
+            f"the tokenizer of {ref} has no fast (Rust) version; character offsets are needed to "
+            "locate the answer tokens"
+        )
     return tok
 
 
@@ -156,8 +170,15 @@ def _dtype_kwarg() -> str:
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
-def load_causal_lm(ref: str | Path, *, device: str | None = "auto", dtype=None, device_map: str | None = None,
-                   requires_grad: bool = False, tokenizer: bool = True):
+def load_causal_lm(
+    ref: str | Path,
+    *,
+    device: str | None = "auto",
+    dtype=None,
+    device_map: str | None = None,
+    requires_grad: bool = False,
+    tokenizer: bool = True,
+):
     """``(model, tokenizer)`` for a hub id or local folder; see the module docstring for the arguments.
 
     ``dtype=None`` means ``auto``. With ``device_map`` the model is placed by accelerate and ``device`` is not
@@ -193,9 +214,10 @@ def load_causal_lm(ref: str | Path, *, device: str | None = "auto", dtype=None, 
         try:
             model = model.to(dev)
         except torch.cuda.OutOfMemoryError:
-            raise UserError(f"model {ref} ({param_count(model) / 1e9:.2f}B parameters, {dtype_name(torch_dtype)}) "
-                            f"does not fit on {dev}; try --device-map auto (needs accelerate) or --dtype bf16"
-                            ) from None
+            raise UserError(
+                f"model {ref} ({param_count(model) / 1e9:.2f}B parameters, {dtype_name(torch_dtype)}) "
+                f"does not fit on {dev}; try --device-map auto (needs accelerate) or --dtype bf16"
+            ) from None
     model.eval()
     for p in model.parameters():
         p.requires_grad_(requires_grad)

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 PAD_ID = 0  # "<pad>" is the world's first special token
 
 
-def lm_loss(model, input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None, *,
-            pad_id: int = PAD_ID) -> torch.Tensor:
+def lm_loss(
+    model, input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None, *, pad_id: int = PAD_ID
+) -> torch.Tensor:
     """Mean next-token cross-entropy over non-pad targets (and, if given, only where ``loss_mask``).
 
     ``pad_id`` is the padding id (default the world's ``PAD_ID``; pass the tokenizer's for a HF model).

@@ -58,9 +58,19 @@ class OrganismConfig:
 
 PRESETS: dict[str, dict] = {
     # for tests: seconds on a laptop CPU
-    "tiny": dict(n_layer=2, d_model=48, n_head=2, d_ff=128, pretrain_steps=500, batch_size=32, lr=5e-3,
-                 warmup_steps=20, sft_steps=40, checkpoint_every=100,
-                 world=dict(n_genres=6, n_topics=6, content_pool=4, n_routine_questions=8)),
+    "tiny": dict(
+        n_layer=2,
+        d_model=48,
+        n_head=2,
+        d_ff=128,
+        pretrain_steps=500,
+        batch_size=32,
+        lr=5e-3,
+        warmup_steps=20,
+        sft_steps=40,
+        checkpoint_every=100,
+        world=dict(n_genres=6, n_topics=6, content_pool=4, n_routine_questions=8),
+    ),
     # the organism of the studies: ~0.35M parameters, a couple of minutes on 2 cores
     "default": dict(),
 }
@@ -81,19 +91,36 @@ def build_model(cfg: OrganismConfig, vocab_size: int):
         from transformers import GPT2Config, GPT2LMHeadModel
 
         hf = GPT2Config(
-            vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.d_model, n_layer=cfg.n_layer,
-            n_head=cfg.n_head, n_inner=cfg.d_ff, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-            bos_token_id=2, eos_token_id=3, pad_token_id=0, tie_word_embeddings=cfg.tie_embeddings,
+            vocab_size=vocab_size,
+            n_positions=cfg.n_positions,
+            n_embd=cfg.d_model,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_inner=cfg.d_ff,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
+            tie_word_embeddings=cfg.tie_embeddings,
         )
         return GPT2LMHeadModel(hf)
     if cfg.arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
         hf = LlamaConfig(
-            vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-            num_key_value_heads=cfg.n_head, max_position_embeddings=cfg.n_positions,
-            bos_token_id=2, eos_token_id=3, pad_token_id=0, tie_word_embeddings=cfg.tie_embeddings,
+            vocab_size=vocab_size,
+            hidden_size=cfg.d_model,
+            intermediate_size=cfg.d_ff,
+            num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head,
+            num_key_value_heads=cfg.n_head,
+            max_position_embeddings=cfg.n_positions,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
+            tie_word_embeddings=cfg.tie_embeddings,
         )
         return LlamaForCausalLM(hf)
     raise UserError(f"unknown arch {cfg.arch!r}; choose gpt2 or llama")
@@ -130,8 +157,10 @@ def _load_hf(path: Path):
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
     except Exception as e:  # noqa: BLE001 - safetensors and transformers raise many types; one line for all
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"cannot load model weights {path / 'model.safetensors'}: {msg}; "
-                        f"rebuild the organism (persona-basins organism build --force)") from None
+        raise UserError(
+            f"cannot load model weights {path / 'model.safetensors'}: {msg}; "
+            f"rebuild the organism (persona-basins organism build --force)"
+        ) from None
     model.eval()
     return model
 
@@ -150,27 +179,35 @@ def load_organism(path: str | Path, *, stage: str = "post") -> Organism:
         try:
             json.loads((path / name).read_text(encoding="utf-8"))
         except (ValueError, OSError) as e:
-            raise UserError(f"corrupt organism file {path / name}: {str(e).splitlines()[0]}; rebuild the organism "
-                            f"(persona-basins organism build --force)") from None
+            raise UserError(
+                f"corrupt organism file {path / name}: {str(e).splitlines()[0]}; rebuild the organism "
+                f"(persona-basins organism build --force)"
+            ) from None
     try:
         world = World.from_json((path / "world.json").read_text())
         hf_cfg = json.loads((path / "config.json").read_text())
         cfg = OrganismConfig.from_dict(hf_cfg["persona_basins"]["organism"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"corrupt organism metadata in {path}: {msg}; rebuild the organism "
-                        f"(persona-basins organism build --force)") from None
+        raise UserError(
+            f"corrupt organism metadata in {path}: {msg}; rebuild the organism "
+            f"(persona-basins organism build --force)"
+        ) from None
     try:
         tok = PreTrainedTokenizerFast.from_pretrained(path)
     except Exception as e:  # tokenizers raises its own exception types
         raise UserError(f"corrupt tokenizer in {path}: {str(e).splitlines()[0]}") from None
     model_dir = path if stage == "post" else path / "pretrained"
     if not (model_dir / "model.safetensors").is_file():
-        pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
+        pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(
+            p.name for p in model_dir.glob("*.pt")
+        )
         if pickles:
-            raise UserError(f"{model_dir} holds only pickle weights ({', '.join(pickles)}); persona-basins never "
-                            f"unpickles: save the model with safetensors (save_pretrained(..., "
-                            f"safe_serialization=True)) or rebuild the organism")
+            raise UserError(
+                f"{model_dir} holds only pickle weights ({', '.join(pickles)}); persona-basins never "
+                f"unpickles: save the model with safetensors (save_pretrained(..., "
+                f"safe_serialization=True)) or rebuild the organism"
+            )
         raise UserError(f"missing model weights: {model_dir / 'model.safetensors'}")
     model = _load_hf(model_dir)
     return Organism(model=model, tokenizer=tok, world=world, path=path, config=cfg)

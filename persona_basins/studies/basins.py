@@ -50,16 +50,39 @@ def persona_vectors(org, layer: int, *, n: int = 256, seed: int = 0) -> tuple[di
     from ..measure.vectors import VECTOR_METHODS, lexical_cosine, persona_vector
     from ..models.adapters import num_layers
 
-    vectors = {m: persona_vector(org.model, org.world, org.vocab, layer, n=n, seed=seed, method=m)
-               for m in VECTOR_METHODS}
-    lexical = {m: {str(L): lexical_cosine(
-        vectors[m] if L == layer else persona_vector(org.model, org.world, org.vocab, L, n=n, seed=seed, method=m),
-        org.model, org.world, org.vocab) for L in range(num_layers(org.model))} for m in VECTOR_METHODS}
+    vectors = {
+        m: persona_vector(org.model, org.world, org.vocab, layer, n=n, seed=seed, method=m)
+        for m in VECTOR_METHODS
+    }
+    lexical = {
+        m: {
+            str(L): lexical_cosine(
+                vectors[m]
+                if L == layer
+                else persona_vector(org.model, org.world, org.vocab, L, n=n, seed=seed, method=m),
+                org.model,
+                org.world,
+                org.vocab,
+            )
+            for L in range(num_layers(org.model))
+        }
+        for m in VECTOR_METHODS
+    }
     return vectors, lexical
 
 
-def common_direction_scans(org, plain: list, inoc: list, vectors: dict, *, r_max: float, level: float = 0.5,
-                           n_random: int = 1, seed: int = 0, n_docs: int = 128) -> dict:
+def common_direction_scans(
+    org,
+    plain: list,
+    inoc: list,
+    vectors: dict,
+    *,
+    r_max: float,
+    level: float = 0.5,
+    n_random: int = 1,
+    seed: int = 0,
+    n_docs: int = 128,
+) -> dict:
     """Critical distances ``r*`` (Frobenius-norm units) along directions common to every start.
 
     From the base model: the unit persona edit of each vector method, each plain adapter's unit ``delta`` and
@@ -70,31 +93,60 @@ def common_direction_scans(org, plain: list, inoc: list, vectors: dict, *, r_max
     layer = layer_of(name)
     pname = f"{name}.weight"
     kw = dict(r_max=r_max, level=level)
-    pdeltas = {m: persona_weight_delta(org.model, org.world, org.vocab, layer, name, 1.0, vector=v, n_docs=n_docs,
-                                       seed=seed) for m, v in vectors.items()}
+    pdeltas = {
+        m: persona_weight_delta(
+            org.model, org.world, org.vocab, layer, name, 1.0, vector=v, n_docs=n_docs, seed=seed
+        )
+        for m, v in vectors.items()
+    }
     plain_d = [single_lora_delta(m)[1] for m in plain]
-    base = {"persona": {m: critical_distance(org.model, org.world, org.vocab, name, d, **kw)
-                        for m, d in pdeltas.items()},
-            "plain_adapter": [critical_distance(org.model, org.world, org.vocab, name, d, **kw) for d in plain_d],
-            "random": [critical_distance(org.model, org.world, org.vocab, name, r, **kw)
-                       for s, d in enumerate(plain_d) for r in random_weight_deltas(d, n_random, seed + s)]}
+    base = {
+        "persona": {
+            m: critical_distance(org.model, org.world, org.vocab, name, d, **kw) for m, d in pdeltas.items()
+        },
+        "plain_adapter": [critical_distance(org.model, org.world, org.vocab, name, d, **kw) for d in plain_d],
+        "random": [
+            critical_distance(org.model, org.world, org.vocab, name, r, **kw)
+            for s, d in enumerate(plain_d)
+            for r in random_weight_deltas(d, n_random, seed + s)
+        ],
+    }
     inoc_start = {"persona": [], "plain_adapter": []}
     for i, m in enumerate(inoc):
         start = merged_copy(org.model, {pname: single_lora_delta(m)[1]}, 1.0)
-        inoc_start["persona"].append(critical_distance(start, org.world, org.vocab, name, pdeltas[VECTOR_METHOD],
-                                                       **kw))
+        inoc_start["persona"].append(
+            critical_distance(start, org.world, org.vocab, name, pdeltas[VECTOR_METHOD], **kw)
+        )
         if i < len(plain_d):
-            inoc_start["plain_adapter"].append(critical_distance(start, org.world, org.vocab, name, plain_d[i],
-                                                                 **kw))
+            inoc_start["plain_adapter"].append(
+                critical_distance(start, org.world, org.vocab, name, plain_d[i], **kw)
+            )
         del start
-    return {"module": name, "layer": layer, "r_max_initial": r_max, "level": level, "vector_method": VECTOR_METHOD,
-            "cosine_persona_plain_adapter": [float((pdeltas[VECTOR_METHOD].flatten() @ d.flatten()) / d.norm())
-                                             for d in plain_d],
-            "from_base": base, "from_inoculated": inoc_start}
+    return {
+        "module": name,
+        "layer": layer,
+        "r_max_initial": r_max,
+        "level": level,
+        "vector_method": VECTOR_METHOD,
+        "cosine_persona_plain_adapter": [
+            float((pdeltas[VECTOR_METHOD].flatten() @ d.flatten()) / d.norm()) for d in plain_d
+        ],
+        "from_base": base,
+        "from_inoculated": inoc_start,
+    }
 
 
-def basin_scans(org, plain: list, inoc: list, ts, *, n_random: int = 1, seed: int = 0, level: float = 0.5,
-                vector_docs: int = 256) -> dict:
+def basin_scans(
+    org,
+    plain: list,
+    inoc: list,
+    ts,
+    *,
+    n_random: int = 1,
+    seed: int = 0,
+    level: float = 0.5,
+    vector_docs: int = 256,
+) -> dict:
     """Direction scans for every plain adapter (seed ``seed + i`` for its random controls), the inoculated
     adapters' scans, the plain adapters read in the inoculation context, the inoculation summary, and the
     measurements that can fail: fine-tuned positions (t = 1), critical distances along common directions and
@@ -106,31 +158,70 @@ def basin_scans(org, plain: list, inoc: list, ts, *, n_random: int = 1, seed: in
     layer = layer_of(name)
     vectors, lexical = persona_vectors(org, layer, n=vector_docs, seed=seed)
     vector = vectors[READOUT_METHOD]
-    dirs = [direction_scans(org.model, org.world, org.vocab, m, ts, n_random=n_random, seed=seed + s,
-                            vector=vector, edit_vector=vectors[VECTOR_METHOD], level=level)
-            for s, m in enumerate(plain)]
+    dirs = [
+        direction_scans(
+            org.model,
+            org.world,
+            org.vocab,
+            m,
+            ts,
+            n_random=n_random,
+            seed=seed + s,
+            vector=vector,
+            edit_vector=vectors[VECTOR_METHOD],
+            level=level,
+        )
+        for s, m in enumerate(plain)
+    ]
     # the plain adapter's assistant-context scan is the direction scan's "adapter" scan: not computed twice
     ino = inoculation_scans(org.model, org.world, org.vocab, [], inoc, ts, vector=vector, layer=layer)
     ino["plain"] = [d["scans"]["adapter"] for d in dirs]
     ino["plain_in_inoculated_context"] = [
-        scan(org.model, org.world, org.vocab, *single_lora_delta(m), ts, context="inoculated", vector=vector,
-             layer=layer) for m in plain]
+        scan(
+            org.model,
+            org.world,
+            org.vocab,
+            *single_lora_delta(m),
+            ts,
+            context="inoculated",
+            vector=vector,
+            layer=layer,
+        )
+        for m in plain
+    ]
     summary = inoculation_summary(ino, level=level)
     crit = {k: [critical_magnitude(ts, s["broad_misalignment"], level) for s in v] for k, v in ino.items()}
     crit["persona"] = [d["t_star"]["persona"] for d in dirs]
     crit["random"] = [c for d in dirs for c in d["t_star"]["random"]]
-    position = {**inoculation_position(org.model, org.world, org.vocab, plain, inoc, vector, layer),
-                "vector_method": READOUT_METHOD}
+    position = {
+        **inoculation_position(org.model, org.world, org.vocab, plain, inoc, vector, layer),
+        "vector_method": READOUT_METHOD,
+    }
     # the common grid starts at the scans' t_max in units of the mean plain adapter norm, and grows until it crosses
     r_max = max(ts) * float(np.mean([float(single_lora_delta(m)[1].norm()) for m in plain]))
-    common = common_direction_scans(org, plain, inoc, vectors, r_max=r_max, level=level, n_random=n_random,
-                                    seed=seed)
-    return {"module": name, "layer": layer, "directions": dirs, "inoculation": ino, "summary": summary,
-            "crit": crit, "persona_vector_norm": float(vector.norm()), "level": level, "t": ts,
-            "position": position, "common": common,
-            "persona_vector": {"method": VECTOR_METHOD, "readout_method": READOUT_METHOD, "layer": layer,
-                               "lexical_cosine": lexical,
-                               "norm": {m: float(v.norm()) for m, v in vectors.items()}}}
+    common = common_direction_scans(
+        org, plain, inoc, vectors, r_max=r_max, level=level, n_random=n_random, seed=seed
+    )
+    return {
+        "module": name,
+        "layer": layer,
+        "directions": dirs,
+        "inoculation": ino,
+        "summary": summary,
+        "crit": crit,
+        "persona_vector_norm": float(vector.norm()),
+        "level": level,
+        "t": ts,
+        "position": position,
+        "common": common,
+        "persona_vector": {
+            "method": VECTOR_METHOD,
+            "readout_method": READOUT_METHOD,
+            "layer": layer,
+            "lexical_cosine": lexical,
+            "norm": {m: float(v.norm()) for m, v in vectors.items()},
+        },
+    }
 
 
 def _conditional(crits: list[dict]) -> list[dict]:
@@ -146,50 +237,72 @@ def summarize_common(scans: dict, *, position_tol: float = 0.1) -> dict | None:
     base, ino = common["from_base"], common["from_inoculated"]
     n = len(ino["persona"])
     shift = [x for x in position["inoculated"]["moved_fraction"] if x is not None]
-    pairs = {"persona": ([base["persona"][common["vector_method"]]] * n, ino["persona"]),
-             "plain_adapter": (base["plain_adapter"][: len(ino["plain_adapter"])], ino["plain_adapter"])}
+    pairs = {
+        "persona": ([base["persona"][common["vector_method"]]] * n, ino["persona"]),
+        "plain_adapter": (base["plain_adapter"][: len(ino["plain_adapter"])], ino["plain_adapter"]),
+    }
     widening, verdicts, conditional = {}, {}, {}
     for k, (b, i) in pairs.items():
         w = widening_summary(i, b)
         v = inoculation_verdict(w, shift, position_tol=position_tol)
-        widening[k] = {**w, "verdict": v, "peak_base_start": [c["peak"] for c in b],
-                       "peak_inoculated_start": [c["peak"] for c in i]}
+        widening[k] = {
+            **w,
+            "verdict": v,
+            "peak_base_start": [c["peak"] for c in b],
+            "peak_inoculated_start": [c["peak"] for c in i],
+        }
         verdicts[k] = v
         wc = widening_summary(_conditional(i), _conditional(b))
         conditional[k] = {**wc, "verdict": inoculation_verdict(wc, shift, position_tol=position_tol)}
     persona = base["persona"]
     per = max(1, len(base["random"]) // max(1, len(base["plain_adapter"])))  # random controls per plain seed
     comparison = {
-        "r_star": {**{f"persona_{m}": {"r_star": c["r_star"], "censored_above": c["censored_above"],
-                                       "peak": c["peak"]} for m, c in persona.items()},
-                   "plain_adapter": censored_summary(base["plain_adapter"]),
-                   "random": censored_summary(base["random"])},
-        "thinness_random_over_persona": [t_star_ratio(c, persona[common["vector_method"]]) for c in base["random"]],
-        "thinness_random_over_plain_adapter": [t_star_ratio(c, base["plain_adapter"][j // per])
-                                               for j, c in enumerate(base["random"])],
+        "r_star": {
+            **{
+                f"persona_{m}": {
+                    "r_star": c["r_star"],
+                    "censored_above": c["censored_above"],
+                    "peak": c["peak"],
+                }
+                for m, c in persona.items()
+            },
+            "plain_adapter": censored_summary(base["plain_adapter"]),
+            "random": censored_summary(base["random"]),
+        },
+        "thinness_random_over_persona": [
+            t_star_ratio(c, persona[common["vector_method"]]) for c in base["random"]
+        ],
+        "thinness_random_over_plain_adapter": [
+            t_star_ratio(c, base["plain_adapter"][j // per]) for j, c in enumerate(base["random"])
+        ],
         # the highest broad misalignment each direction reaches on its grid (and where): when no direction
         # crosses the level, this is what still compares them
-        "peak": {**{f"persona_{m}": c["peak"] for m, c in persona.items()},
-                 "plain_adapter": [c["peak"] for c in base["plain_adapter"]],
-                 "random": [c["peak"] for c in base["random"]]},
+        "peak": {
+            **{f"persona_{m}": c["peak"] for m, c in persona.items()},
+            "plain_adapter": [c["peak"] for c in base["plain_adapter"]],
+            "random": [c["peak"] for c in base["random"]],
+        },
         "units": "Frobenius norm of the weight change (unit directions)",
     }
     return {
         "inoculation": {
             "position": position,
             "widening_common": {
-                **widening, "units": "r in Frobenius-norm units of the module's weight; widening = r*(inoculated "
-                                     "fine-tuned start) / r*(base start), per seed",
-                "level": common["level"], "r_max_initial": common["r_max_initial"],
+                **widening,
+                "units": "r in Frobenius-norm units of the module's weight; widening = r*(inoculated "
+                "fine-tuned start) / r*(base start), per seed",
+                "level": common["level"],
+                "r_max_initial": common["r_max_initial"],
                 "vector_method": common["vector_method"],
                 "cosine_persona_plain_adapter": common["cosine_persona_plain_adapter"],
-                "conditional": conditional},
+                "conditional": conditional,
+            },
             "verdict": combine_verdicts(verdicts),
             "verdict_by_direction": {k: v["verdict"] for k, v in verdicts.items()},
             "verdict_conditional": combine_verdicts({k: v["verdict"] for k, v in conditional.items()}),
             "claim": "inoculation widens the aligned basin (r* along a common direction grows) without moving the "
-                     "point (the inoculated fine-tuned model's persona projection stays within "
-                     f"{position_tol:g} of the helpful-to-toxic gap of the base model's)",
+            "point (the inoculated fine-tuned model's persona projection stays within "
+            f"{position_tol:g} of the helpful-to-toxic gap of the base model's)",
         },
         "directions_common": comparison,
     }
@@ -209,25 +322,44 @@ def summarize_basins(scans: dict, *, n_random: int) -> dict:
         "level": scans.get("level", 0.5),
     }
     widening = {
-        "inoculated_adapter": ratio_summary(crit["inoculated"], crit["plain"]) if crit["inoculated"] else None,
+        "inoculated_adapter": ratio_summary(crit["inoculated"], crit["plain"])
+        if crit["inoculated"]
+        else None,
         "inoculated_context": ratio_summary(crit["plain_in_inoculated_context"], crit["plain"]),
     }
     headline = widening["inoculated_adapter"] or {}
-    thin = (ratio_summary(crit["random"], [c for c in crit["plain"] for _ in range(n_random)])
-            if crit["random"] else None)
-    mis = {"plain": aggregate_scans(ino["plain"]),
-           "inoculated": aggregate_scans(ino["inoculated"]) if ino["inoculated"] else None,
-           "plain_in_inoculation_context": aggregate_scans(ino["plain_in_inoculated_context"]),
-           "persona": aggregate_scans([d["scans"]["persona"] for d in dirs]),
-           "random": aggregate_scans([r for d in dirs for r in d["scans"]["random"]]) if crit["random"] else None}
-    pos = {k: (seed_summary([s["projection"][0] for s in v]) if v and None not in [s["projection"][0] for s in v]
-               else None) for k, v in ino.items()}
+    thin = (
+        ratio_summary(crit["random"], [c for c in crit["plain"] for _ in range(n_random)])
+        if crit["random"]
+        else None
+    )
+    mis = {
+        "plain": aggregate_scans(ino["plain"]),
+        "inoculated": aggregate_scans(ino["inoculated"]) if ino["inoculated"] else None,
+        "plain_in_inoculation_context": aggregate_scans(ino["plain_in_inoculated_context"]),
+        "persona": aggregate_scans([d["scans"]["persona"] for d in dirs]),
+        "random": aggregate_scans([r for d in dirs for r in d["scans"]["random"]])
+        if crit["random"]
+        else None,
+    }
+    pos = {
+        k: (
+            seed_summary([s["projection"][0] for s in v])
+            if v and None not in [s["projection"][0] for s in v]
+            else None
+        )
+        for k, v in ino.items()
+    }
     out = {
         "critical_magnitude": critical,
-        "inoculation_widening": {**headline, "by_case": widening, "holds": summ.get("holds"),
-                                 "note": "each adapter along its own delta (t units, different norms), position at "
-                                         "t = 0 (the base model in every case): see inoculation.verdict for the "
-                                         "measurement along common directions"},
+        "inoculation_widening": {
+            **headline,
+            "by_case": widening,
+            "holds": summ.get("holds"),
+            "note": "each adapter along its own delta (t units, different norms), position at "
+            "t = 0 (the base model in every case): see inoculation.verdict for the "
+            "measurement along common directions",
+        },
         "thinness_random_over_plain": thin,
         "misalignment_vs_t": mis,
         "model_position": pos,
@@ -241,8 +373,18 @@ def summarize_basins(scans: dict, *, n_random: int) -> dict:
     return out
 
 
-def run_basins(organism: str | Path, adapters: list, inoculated: list, out: str | Path, *, t_max: float = 3.0,
-               points: int = 13, level: float = 0.5, n_random: int = 3, seed: int = 0) -> dict:
+def run_basins(
+    organism: str | Path,
+    adapters: list,
+    inoculated: list,
+    out: str | Path,
+    *,
+    t_max: float = 3.0,
+    points: int = 13,
+    level: float = 0.5,
+    n_random: int = 3,
+    seed: int = 0,
+) -> dict:
     """``persona-basins basins``: load, scan, summarise, write the run folder; returns ``{metrics, run}``."""
     import numpy as np
     import torch
@@ -254,15 +396,30 @@ def run_basins(organism: str | Path, adapters: list, inoculated: list, out: str 
     plain = load_adapters(org, adapters)  # a wrong adapter fails before the run folder is made
     inoc = load_adapters(org, inoculated)
     ts = np.linspace(0.0, t_max, points).tolist()
-    run = RunDir(out, "basins", {
-        "organism": str(Path(organism).resolve()), "adapters": [str(Path(a).resolve()) for a in adapters],
-        "inoculated_adapters": [str(Path(a).resolve()) for a in inoculated], "t": ts, "t_max": t_max,
-        "points": points, "random": n_random, "seed": seed, "level": level})
+    run = RunDir(
+        out,
+        "basins",
+        {
+            "organism": str(Path(organism).resolve()),
+            "adapters": [str(Path(a).resolve()) for a in adapters],
+            "inoculated_adapters": [str(Path(a).resolve()) for a in inoculated],
+            "t": ts,
+            "t_max": t_max,
+            "points": points,
+            "random": n_random,
+            "seed": seed,
+            "level": level,
+        },
+    )
     run.write_config()
     with torch.no_grad():
         scans = basin_scans(org, plain, inoc, ts, n_random=n_random, seed=seed, level=level)
-    metrics = {**{k: scans[k] for k in ("module", "layer", "t", "level", "directions", "persona_vector_norm",
-                                        "common")},
-               **summarize_basins(scans, n_random=n_random)}
+    metrics = {
+        **{
+            k: scans[k]
+            for k in ("module", "layer", "t", "level", "directions", "persona_vector_norm", "common")
+        },
+        **summarize_basins(scans, n_random=n_random),
+    }
     run.write_metrics(metrics)
     return {"metrics": metrics, "run": run}

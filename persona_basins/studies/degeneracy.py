@@ -9,8 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def overlap_study(org, em_models: list, *, epsilon: float = 0.05, max_probes: int = 300, seed: int = 0,
-                  layer: int = 0, k_max: int = 1000) -> dict:
+def overlap_study(
+    org,
+    em_models: list,
+    *,
+    epsilon: float = 0.05,
+    max_probes: int = 300,
+    seed: int = 0,
+    layer: int = 0,
+    k_max: int = 1000,
+) -> dict:
     """The overlap zone of every EM model, the oracle boundary search on the first one, and out-of-sample
     probing (each model held out in turn, probes ranked by the other seeds and by the persona vector)."""
     from ..measure.degeneracy import boundary_search, out_of_sample_probing, overlap_zone
@@ -18,17 +26,42 @@ def overlap_study(org, em_models: list, *, epsilon: float = 0.05, max_probes: in
     from .basins import VECTOR_METHOD
 
     zones = [overlap_zone(org.model, m, org.world, org.vocab, epsilon=epsilon) for m in em_models]
-    probe = boundary_search(org.model, em_models[0], org.world, org.vocab, epsilon=epsilon, seed=seed,
-                            max_probes=max_probes, k_max=k_max)
+    probe = boundary_search(
+        org.model,
+        em_models[0],
+        org.world,
+        org.vocab,
+        epsilon=epsilon,
+        seed=seed,
+        max_probes=max_probes,
+        k_max=k_max,
+    )
     vector = persona_vector(org.model, org.world, org.vocab, layer, method=VECTOR_METHOD)
-    oos = out_of_sample_probing(org.model, em_models, org.world, org.vocab, vector=vector, layer=layer,
-                                max_probes=max_probes, seed=seed, k_max=k_max)
+    oos = out_of_sample_probing(
+        org.model,
+        em_models,
+        org.world,
+        org.vocab,
+        vector=vector,
+        layer=layer,
+        max_probes=max_probes,
+        seed=seed,
+        k_max=k_max,
+    )
     oos["vector_method"], oos["vector_layer"] = VECTOR_METHOD, layer
     return {"zones": zones, "boundary_search": probe, "out_of_sample": oos}
 
 
-def run_degeneracy(organism: str | Path, adapter: str | Path, out: str | Path, *, epsilon: float = 0.05,
-                   max_probes: int = 600, k_max: int = 1000, seed: int = 0) -> dict:
+def run_degeneracy(
+    organism: str | Path,
+    adapter: str | Path,
+    out: str | Path,
+    *,
+    epsilon: float = 0.05,
+    max_probes: int = 600,
+    k_max: int = 1000,
+    seed: int = 0,
+) -> dict:
     """``persona-basins degeneracy``: the overlap zone and boundary probes; writes the run folder and returns
     ``{zone, boundary, run}``."""
     import torch
@@ -42,22 +75,57 @@ def run_degeneracy(organism: str | Path, adapter: str | Path, out: str | Path, *
 
     org = load_organism(organism)
     em = adapter_on_copy(org.model, adapter)
-    run = RunDir(out, "degeneracy", {
-        "organism": str(Path(organism).resolve()), "adapter": str(Path(adapter).resolve()),
-        "epsilon": epsilon, "max_probes": max_probes, "k_max": k_max, "seed": seed,
-        "state_a": "aligned (organism)", "state_b": "EM (organism + adapter)", "alpha": 0.05, "power": 0.95})
+    run = RunDir(
+        out,
+        "degeneracy",
+        {
+            "organism": str(Path(organism).resolve()),
+            "adapter": str(Path(adapter).resolve()),
+            "epsilon": epsilon,
+            "max_probes": max_probes,
+            "k_max": k_max,
+            "seed": seed,
+            "state_a": "aligned (organism)",
+            "state_b": "EM (organism + adapter)",
+            "alpha": 0.05,
+            "power": 0.95,
+        },
+    )
     run.write_config()
     with torch.no_grad():
         zone = overlap_zone(org.model, em, org.world, org.vocab, epsilon=epsilon)
-        bs = boundary_search(org.model, em, org.world, org.vocab, epsilon=epsilon, max_probes=max_probes,
-                             seed=seed, k_max=k_max)
+        bs = boundary_search(
+            org.model,
+            em,
+            org.world,
+            org.vocab,
+            epsilon=epsilon,
+            max_probes=max_probes,
+            seed=seed,
+            k_max=k_max,
+        )
         # out-of-sample: probes ranked by the aligned model steered along the persona vector of the adapted layer
         layer = layer_of(single_lora_delta(em)[0])
         vector = persona_vector(org.model, org.world, org.vocab, layer, method=VECTOR_METHOD)
-        oos = out_of_sample_probing(org.model, [em], org.world, org.vocab, vector=vector, layer=layer,
-                                    max_probes=max_probes, seed=seed, k_max=k_max)
+        oos = out_of_sample_probing(
+            org.model,
+            [em],
+            org.world,
+            org.vocab,
+            vector=vector,
+            layer=layer,
+            max_probes=max_probes,
+            seed=seed,
+            k_max=k_max,
+        )
     zone["routine_share_built_in"] = zone["routine_share"]
     oos["vector_method"], oos["vector_layer"] = VECTOR_METHOD, layer
-    run.write_metrics({"zone": zone, "boundary": bs, "out_of_sample": oos,
-                       "quantity": "behavioural overlap (not SLT degeneracy)"})
+    run.write_metrics(
+        {
+            "zone": zone,
+            "boundary": bs,
+            "out_of_sample": oos,
+            "quantity": "behavioural overlap (not SLT degeneracy)",
+        }
+    )
     return {"zone": zone, "boundary": bs, "out_of_sample": oos, "run": run}

@@ -62,9 +62,18 @@ class DemoConfig:
 
 DEMO_PRESETS = {
     "default": DemoConfig(),
-    "tiny": DemoConfig(preset="tiny", seeds=2, em_steps=80, ts=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
-                       llc_ts=(0.0, 1.0, 2.0), llc_seeds=1, llc_draws=15, llc_burnin=5, llc_prompts=32,
-                       llc_batch=16),
+    "tiny": DemoConfig(
+        preset="tiny",
+        seeds=2,
+        em_steps=80,
+        ts=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+        llc_ts=(0.0, 1.0, 2.0),
+        llc_seeds=1,
+        llc_draws=15,
+        llc_burnin=5,
+        llc_prompts=32,
+        llc_batch=16,
+    ),
 }
 
 
@@ -82,8 +91,9 @@ def _step(run: Path, name: str, fn, log) -> dict:
     return json.loads(path.read_text())
 
 
-def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, progress: bool = True,
-             log=print) -> dict:
+def run_demo(
+    out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, progress: bool = True, log=print
+) -> dict:
     import torch
 
     from ..models.organism import is_organism, load_organism, preset_config
@@ -93,19 +103,29 @@ def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, pr
     out = Path(out)
     if organism_dir is not None and not is_organism(organism_dir):
         # checked before anything is written, so a typo never locks --out to the wrong settings
-        raise UserError(f"--organism {organism_dir} is not an organism folder (persona-basins organism build)")
+        raise UserError(
+            f"--organism {organism_dir} is not an organism folder (persona-basins organism build)"
+        )
     prepare_out_dir(out)
     cfg_file = out / "config.json"
-    want = {"kind": "demo", "format": STUDY_FORMAT, **cfg.to_dict(),
-            "organism": str(organism_dir) if organism_dir else None, "environment": environment()}
+    want = {
+        "kind": "demo",
+        "format": STUDY_FORMAT,
+        **cfg.to_dict(),
+        "organism": str(organism_dir) if organism_dir else None,
+        "environment": environment(),
+    }
     if cfg_file.is_file():
         have = read_json(cfg_file, recover="delete the --out folder to start over")
         # the environment is recorded, not matched: a resume on another thread count is allowed (its last
         # digits may differ; docs/RELIABILITY.md says what "same seed, same numbers" covers)
         settings = {k: v for k, v in want.items() if k != "environment"}
         if not isinstance(have, dict) or {k: v for k, v in have.items() if k != "environment"} != json.loads(
-                json.dumps(settings)):
-            raise UserError(f"--out {out} holds a demo run with other settings; use another --out or delete it")
+            json.dumps(settings)
+        ):
+            raise UserError(
+                f"--out {out} holds a demo run with other settings; use another --out or delete it"
+            )
     else:
         if out.exists() and any(p.name not in {"steps"} for p in out.iterdir()):
             raise UserError(f"--out {out} is not empty and holds no demo run")
@@ -123,9 +143,20 @@ def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, pr
     from ..studies.em import run_em, summary_table
 
     em_dir = out / "em"
-    em = _step(out, "em", lambda: run_em(org, em_dir, layer=cfg.layer, module=cfg.module, seeds=cfg.seeds,
-                                         base=FinetuneConfig(steps=cfg.em_steps, heldout_every=EM_HELDOUT_EVERY),
-                                         progress=progress), log)
+    em = _step(
+        out,
+        "em",
+        lambda: run_em(
+            org,
+            em_dir,
+            layer=cfg.layer,
+            module=cfg.module,
+            seeds=cfg.seeds,
+            base=FinetuneConfig(steps=cfg.em_steps, heldout_every=EM_HELDOUT_EVERY),
+            progress=progress,
+        ),
+        log,
+    )
     write_json(em_dir / "metrics.json", {"kind": "em", **em})
     log(summary_table(em))
 
@@ -149,8 +180,10 @@ def run_demo(out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, pr
     study["elapsed_seconds_this_invocation"] = time.perf_counter() - t_start
     validate_study(study)
     write_json(out / "study.json", study)
-    write_json(out / "metrics.json", {"kind": "demo", **{k: v for k, v in study.items()
-                                                          if k != "elapsed_seconds_this_invocation"}})
+    write_json(
+        out / "metrics.json",
+        {"kind": "demo", **{k: v for k, v in study.items() if k != "elapsed_seconds_this_invocation"}},
+    )
     return study
 
 
@@ -159,9 +192,15 @@ def _llc_path(org, plain, cfg: DemoConfig, progress: bool) -> dict:
     from ..models.edits import single_lora_delta
 
     ids = org.mixture_input_ids(cfg.llc_prompts, seed=123)
-    sampler = SamplerConfig(nbeta=cfg.llc_nbeta, step_size=cfg.llc_step_size, localization=cfg.llc_localization,
-                            num_chains=cfg.llc_chains, num_draws=cfg.llc_draws, num_burnin=cfg.llc_burnin,
-                            batch_size=cfg.llc_batch)
+    sampler = SamplerConfig(
+        nbeta=cfg.llc_nbeta,
+        step_size=cfg.llc_step_size,
+        localization=cfg.llc_localization,
+        num_chains=cfg.llc_chains,
+        num_draws=cfg.llc_draws,
+        num_burnin=cfg.llc_burnin,
+        batch_size=cfg.llc_batch,
+    )
     runs = {"full": [], "layer": []}
     for s, m in enumerate(plain[: cfg.llc_seeds]):
         name, delta = single_lora_delta(m)
@@ -169,24 +208,55 @@ def _llc_path(org, plain, cfg: DemoConfig, progress: bool) -> dict:
         # The SGLD execution is fixed, not "auto": auto picks vmap or loop by timing, and the two sum floats in a
         # different order, so the same seed could give numbers that differ in the last bits between runs.
         for key, restrict, execution in (("full", None, "vmap"), ("layer", f"layer:{cfg.layer}", "loop")):
-            res = llc_along_path(org.model, {pname: delta}, list(cfg.llc_ts), data=ids, n=cfg.llc_prompts,
-                                 pad_token_id=0, restrict=restrict,
-                                 config=sampler.replace(seed=s, execution=execution))
+            res = llc_along_path(
+                org.model,
+                {pname: delta},
+                list(cfg.llc_ts),
+                data=ids,
+                n=cfg.llc_prompts,
+                pad_token_id=0,
+                restrict=restrict,
+                config=sampler.replace(seed=s, execution=execution),
+            )
             # A point whose chains fail the equilibrium gates is withheld: llc null, with its reasons.
             results = [r["result"] for r in res]
-            keep = ("path", "rhat", "ess_bulk", "ess_tail", "mcse", "stationarity_z", "distance_z",
-                    "frac_negative_draws", "mala_acceptance")
-            runs[key].append({"t": [r["t"] for r in res], "llc": [x.value for x in results],
-                              "mcse": [x.mcse if x.converged else None for x in results],
-                              "converged": [x.converged for x in results],
-                              "reasons": [x.reasons for x in results],
-                              "loss": res[0].get("loss") if res else None,
-                              "diagnostics": [{k: x.diagnostics[k] for k in keep} for x in results]})
-    return {"loss": "self_kl", "restrict": {"full": "all parameters", "layer": f"layer:{cfg.layer}"},
-            "hyperparameters": {"nbeta": cfg.llc_nbeta, "step_size": cfg.llc_step_size,
-                                "localization": cfg.llc_localization, "chains": cfg.llc_chains,
-                                "draws": cfg.llc_draws, "burnin": cfg.llc_burnin, "batch": cfg.llc_batch,
-                                "prompts": cfg.llc_prompts}, "runs": runs}
+            keep = (
+                "path",
+                "rhat",
+                "ess_bulk",
+                "ess_tail",
+                "mcse",
+                "stationarity_z",
+                "distance_z",
+                "frac_negative_draws",
+                "mala_acceptance",
+            )
+            runs[key].append(
+                {
+                    "t": [r["t"] for r in res],
+                    "llc": [x.value for x in results],
+                    "mcse": [x.mcse if x.converged else None for x in results],
+                    "converged": [x.converged for x in results],
+                    "reasons": [x.reasons for x in results],
+                    "loss": res[0].get("loss") if res else None,
+                    "diagnostics": [{k: x.diagnostics[k] for k in keep} for x in results],
+                }
+            )
+    return {
+        "loss": "self_kl",
+        "restrict": {"full": "all parameters", "layer": f"layer:{cfg.layer}"},
+        "hyperparameters": {
+            "nbeta": cfg.llc_nbeta,
+            "step_size": cfg.llc_step_size,
+            "localization": cfg.llc_localization,
+            "chains": cfg.llc_chains,
+            "draws": cfg.llc_draws,
+            "burnin": cfg.llc_burnin,
+            "batch": cfg.llc_batch,
+            "prompts": cfg.llc_prompts,
+        },
+        "runs": runs,
+    }
 
 
 def _overlap(org, plain, cfg: DemoConfig) -> dict:
@@ -200,20 +270,28 @@ def _peak(band: dict) -> dict:
     t = np.asarray(band["t"], dtype=float)
     withheld = sum(v is None for v in band["mean"])
     if withheld:  # a peak over the points that passed would be a claim about a curve we do not have
-        return {"t_argmax": None, "t_argmax_derivative": None,
-                "reason": f"{withheld} of {len(t)} points withheld (their chains failed the convergence gates)"}
+        return {
+            "t_argmax": None,
+            "t_argmax_derivative": None,
+            "reason": f"{withheld} of {len(t)} points withheld (their chains failed the convergence gates)",
+        }
     y = np.asarray(band["mean"], dtype=float)
     if len(t) < 2:
         return {"t_argmax": None, "t_argmax_derivative": None}
     dy = np.gradient(y, t)
     i = int(np.nanargmax(y))
     j = int(np.nanargmax(dy))
-    return {"t_argmax": float(t[i]), "interior_max": bool(0 < i < len(t) - 1), "derivative": dy.tolist(),
-            "t_argmax_derivative": float(t[j])}
+    return {
+        "t_argmax": float(t[i]),
+        "interior_max": bool(0 < i < len(t) - 1),
+        "derivative": dy.tolist(),
+        "t_argmax_derivative": float(t[j]),
+    }
 
 
-def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, eig: dict | None,
-             base_info: dict) -> dict:
+def assemble(
+    cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, eig: dict | None, base_info: dict
+) -> dict:
     basins = summarize_basins(scans, n_random=cfg.n_random)
     llc_full = aggregate_scans(llc["runs"]["full"], "llc")
     llc_layer = aggregate_scans(llc["runs"]["layer"], "llc")
@@ -221,36 +299,60 @@ def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, e
 
     zones = overlap["zones"]
     genres = list(zones[0]["per_genre"])
-    overlap_fraction = {**rate_interval([z["volume"] for z in zones]), "epsilon": cfg.overlap_epsilon,
-                        "quantity": "behavioural overlap (not SLT degeneracy)",
-                        "definition": "share of the world's request distribution (weighted) whose exact answer "
-                                      "distributions differ by total variation < epsilon",
-                        "by_genre": {g: rate_interval([z["per_genre"][g] for z in zones]) for g in genres},
-                        "probe_fraction": rate_interval([z["fraction"] for z in zones]),
-                        "routine_share": zones[0]["routine_share"],
-                        # found versus built in: the routine genres are answered alike by every persona by
-                        # construction, so a persona change leaves about this share in the overlap anyway
-                        "routine_share_built_in": zones[0]["routine_share"],
-                        "volume_beyond_routine_share": [z["volume"] - z["routine_share"] for z in zones],
-                        "content_genres_in_overlap": rate_interval([
-                            float(np.mean([z["per_genre"][g] for g in genres if g not in ROUTINE_GENRES]))
-                            for z in zones])}
+    overlap_fraction = {
+        **rate_interval([z["volume"] for z in zones]),
+        "epsilon": cfg.overlap_epsilon,
+        "quantity": "behavioural overlap (not SLT degeneracy)",
+        "definition": "share of the world's request distribution (weighted) whose exact answer "
+        "distributions differ by total variation < epsilon",
+        "by_genre": {g: rate_interval([z["per_genre"][g] for z in zones]) for g in genres},
+        "probe_fraction": rate_interval([z["fraction"] for z in zones]),
+        "routine_share": zones[0]["routine_share"],
+        # found versus built in: the routine genres are answered alike by every persona by
+        # construction, so a persona change leaves about this share in the overlap anyway
+        "routine_share_built_in": zones[0]["routine_share"],
+        "volume_beyond_routine_share": [z["volume"] - z["routine_share"] for z in zones],
+        "content_genres_in_overlap": rate_interval(
+            [float(np.mean([z["per_genre"][g] for g in genres if g not in ROUTINE_GENRES])) for z in zones]
+        ),
+    }
     t_plain = basins["critical_magnitude"]["plain"]["mean"]
     study = {
         "format": STUDY_FORMAT,
         "kind": "demo",
         "config": cfg.to_dict(),
         "organism": {k: base_info[k] for k in ("preset", "seed", "arch", "n_layer", "d_model")},
-        "emergent_misalignment": {k: em[k] for k in ("broad_misalignment", "narrow_rate", "wellformed",
-                                                     "inoculation_reduction", "base", "excess_over_base",
-                                                     "narrow_rate_heldout", "matched_control", "initial")
-                                  if k in em},
+        "emergent_misalignment": {
+            k: em[k]
+            for k in (
+                "broad_misalignment",
+                "narrow_rate",
+                "wellformed",
+                "inoculation_reduction",
+                "base",
+                "excess_over_base",
+                "narrow_rate_heldout",
+                "matched_control",
+                "initial",
+            )
+            if k in em
+        },
         "transition": em.get("transition"),
         **basins,
-        "llc_along_path": {**llc_full, "loss": "self_kl", "restrict": "all parameters", **_peak(llc_full),
-                           "critical_magnitude_plain": t_plain, "hyperparameters": llc["hyperparameters"]},
-        "wrllc_along_path": {**llc_layer, "loss": "self_kl", "restrict": llc["restrict"]["layer"],
-                             **_peak(llc_layer)},
+        "llc_along_path": {
+            **llc_full,
+            "loss": "self_kl",
+            "restrict": "all parameters",
+            **_peak(llc_full),
+            "critical_magnitude_plain": t_plain,
+            "hyperparameters": llc["hyperparameters"],
+        },
+        "wrllc_along_path": {
+            **llc_layer,
+            "loss": "self_kl",
+            "restrict": llc["restrict"]["layer"],
+            **_peak(llc_layer),
+        },
         "overlap_fraction": overlap_fraction,
         "boundary_probing": {k: v for k, v in overlap["boundary_search"].items() if k != "probes"},
     }
@@ -258,12 +360,18 @@ def assemble(cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, e
         oos = overlap["out_of_sample"]
         study["probing"] = {
             "oracle": {**oos["oracle"], "label": oos["labels"]["oracle"]},
-            "out_of_sample": {k: ({**oos[k], "label": oos["labels"][k]} if oos.get(k) else None)
-                              for k in ("other_seed", "persona_vector")},
+            "out_of_sample": {
+                k: ({**oos[k], "label": oos["labels"][k]} if oos.get(k) else None)
+                for k in ("other_seed", "persona_vector")
+            },
             "random": {**oos["random"], "label": oos["labels"]["random"]},
-            "per_held_out": oos["per_held_out"], "n_probes": oos["n_probes"], "alpha": oos["alpha"],
-            "target_power": oos["target_power"], "k_max": oos["k_max"],
-            "vector_method": oos.get("vector_method")}
+            "per_held_out": oos["per_held_out"],
+            "n_probes": oos["n_probes"],
+            "alpha": oos["alpha"],
+            "target_power": oos["target_power"],
+            "k_max": oos["k_max"],
+            "vector_method": oos.get("vector_method"),
+        }
     if eig is not None:
         study["eigenform"] = {k: eig[k] for k in EIGENFORM_HEADLINE if k in eig}
     return study
@@ -278,12 +386,16 @@ def summary_lines(study: dict) -> list[str]:
             ca = s.get("censored_above")
             per = s.get("per_seed")
             if s.get("kind") == "lower_bound" and lb.get("mean") is not None:
-                return (f">= {lb['mean']:.2f} [{lb['ci_low']:.2f}, {lb['ci_high']:.2f}] (lower bound, "
-                        f"{s['n_defined']} of {s['n']} seeds)")
+                return (
+                    f">= {lb['mean']:.2f} [{lb['ci_low']:.2f}, {lb['ci_high']:.2f}] (lower bound, "
+                    f"{s['n_defined']} of {s['n']} seeds)"
+                )
             if lb.get("mean") is not None:
                 crossed = [round(v, 2) for v in per if v is not None] if per else []
-                return (f">= {lb['mean']:.2f} ({s.get('n_censored')} of {s['n']} seeds never cross up to "
-                        f"t={ca}; the others: {crossed})")
+                return (
+                    f">= {lb['mean']:.2f} ({s.get('n_censored')} of {s['n']} seeds never cross up to "
+                    f"t={ca}; the others: {crossed})"
+                )
             return f"censored above t={ca}" if ca is not None else "n/a"
         return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
 
@@ -305,12 +417,20 @@ def summary_lines(study: dict) -> list[str]:
     ]
     ex = em.get("excess_over_base")
     if ex:
+
         def rate(x):
-            return (f"{x['mean']:.3f}" + (f" [{x['ci_low']:.3f}, {x['ci_high']:.3f}]" if x.get("ci_low") is not None
-                                         else "") + f" per seed {[round(v, 3) for v in x['per_seed']]}")
+            return (
+                f"{x['mean']:.3f}"
+                + (f" [{x['ci_low']:.3f}, {x['ci_high']:.3f}]" if x.get("ci_low") is not None else "")
+                + f" per seed {[round(v, 3) for v in x['per_seed']]}"
+            )
+
         base = em["base"]
-        lines.append(f"base organism: broad misalignment {base['broad_misalignment']:.3f}, narrow rate "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in base["narrow_rate"].items()) + " (exact)")
+        lines.append(
+            f"base organism: broad misalignment {base['broad_misalignment']:.3f}, narrow rate "
+            + ", ".join(f"{k} {v:.3f}" for k, v in base["narrow_rate"].items())
+            + " (exact)"
+        )
         for c in ("plain", "inoculated", "matched_control"):
             if c in ex["broad_misalignment"]:
                 lines.append(f"excess broad misalignment, {c:<14} {rate(ex['broad_misalignment'][c])}")
@@ -321,31 +441,49 @@ def summary_lines(study: dict) -> list[str]:
     if ino:
         pos = ino["position"]
         r4 = lambda xs: [round(x, 3) if x is not None else None for x in xs]  # noqa: E731
-        lines.append(f"position moved / persona gap, plain      {r4(pos['plain']['moved_fraction'])} (per seed, t = 1)")
+        lines.append(
+            f"position moved / persona gap, plain      {r4(pos['plain']['moved_fraction'])} (per seed, t = 1)"
+        )
         lines.append(f"position moved / persona gap, inoculated {r4(pos['inoculated']['moved_fraction'])}")
         for k, w in ino["widening_common"].items():
             if not isinstance(w, dict) or "per_seed" not in w:
                 continue
-            per = [p["ratio"] if p["ratio"] is not None else (f">={p['lower_bound']:.2f}" if p["lower_bound"] else
-                   (f"<={p['upper_bound']:.2f}" if p["upper_bound"] else "none")) for p in w["per_seed"]]
+            per = [
+                p["ratio"]
+                if p["ratio"] is not None
+                else (
+                    f">={p['lower_bound']:.2f}"
+                    if p["lower_bound"]
+                    else (f"<={p['upper_bound']:.2f}" if p["upper_bound"] else "none")
+                )
+                for p in w["per_seed"]
+            ]
             per = [round(x, 3) if isinstance(x, float) else x for x in per]
             lines.append(f"widening r*(inoc)/r*(base), {k:<13} {per} -> {w['verdict']['verdict']}")
-        lines.append(f"inoculation claim (common directions)    {ino['verdict']} "
-                     f"(conditional on well-formed: {ino.get('verdict_conditional')})")
+        lines.append(
+            f"inoculation claim (common directions)    {ino['verdict']} "
+            f"(conditional on well-formed: {ino.get('verdict_conditional')})"
+        )
     dc = study.get("directions_common")
     if dc and "peak" in dc:
-        pk = {k: (round(v["value"], 3) if isinstance(v, dict) else [round(x["value"], 3) for x in v])
-              for k, v in dc["peak"].items()}
+        pk = {
+            k: (round(v["value"], 3) if isinstance(v, dict) else [round(x["value"], 3) for x in v])
+            for k, v in dc["peak"].items()
+        }
         lines.append(f"peak misalignment along unit directions  {pk}")
     pv = study.get("persona_vector")
     if pv:
         lc = {m: {L: round(c, 2) for L, c in v.items()} for m, v in pv["lexical_cosine"].items()}
-        lines.append(f"persona vector lexical cosine by layer   {lc} "
-                     f"(edit: {pv['method']}, readout: {pv.get('readout_method')})")
+        lines.append(
+            f"persona vector lexical cosine by layer   {lc} "
+            f"(edit: {pv['method']}, readout: {pv.get('readout_method')})"
+        )
     pr = study.get("probing")
     if pr:
+
         def needed(x):
             return f"{x['per_seed']} ({x['k_reached']} of {x['n']} reach power)" if x else "n/a"
+
         lines.append(f"probes needed, oracle (in-sample)        {needed(pr['oracle'])}")
         for k, v in pr["out_of_sample"].items():
             lines.append(f"probes needed, out-of-sample {k:<13} {needed(v)}")
@@ -353,4 +491,3 @@ def summary_lines(study: dict) -> list[str]:
         e = study["eigenform"]
         lines.append(f"eigenform return rate                    {fmt(e.get('return_rate'))}")
     return lines
-

@@ -37,10 +37,18 @@ SCAN = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
 FULL = {"cycles": 6, "seeds": 5, "arms": VARIANTS}
 FAST = {"cycles": 2, "seeds": 2, "arms": VARIANTS}
 FAST_CONFIG = {"n_prompts": 32, "sleep_steps": 8, "n_candidates": 2}
-HEADLINE = ("verdict", "return_rate", "contraction_factor", "static_safe_scale", "static_break_scale",
-            "return_rate_by_variant", "paired_contraction_by_variant", "behavioural_contraction_by_variant",
-            "final_misalignment_by_variant",
-            "final_wellformed_by_variant")
+HEADLINE = (
+    "verdict",
+    "return_rate",
+    "contraction_factor",
+    "static_safe_scale",
+    "static_break_scale",
+    "return_rate_by_variant",
+    "paired_contraction_by_variant",
+    "behavioural_contraction_by_variant",
+    "final_misalignment_by_variant",
+    "final_wellformed_by_variant",
+)
 
 
 def resolve_adapter(org, adapter_dir_or_peft_model):
@@ -64,16 +72,28 @@ def resolve_adapter(org, adapter_dir_or_peft_model):
 def _rate(values, why_undefined: str) -> dict:
     """A rate over seeds with an in-range interval; undefined per-seed values make it null, with the reason."""
     if any(not math.isfinite(v) for v in values):
-        return {"mean": None, "ci_low": None, "ci_high": None, "n": len(values),
-                "per_seed": [v if math.isfinite(v) else None for v in values], "reason": why_undefined}
+        return {
+            "mean": None,
+            "ci_low": None,
+            "ci_high": None,
+            "n": len(values),
+            "per_seed": [v if math.isfinite(v) else None for v in values],
+            "reason": why_undefined,
+        }
     return rate_interval(values)
 
 
 def _stat(values, why_undefined: str) -> dict:
     """An unbounded quantity over seeds (Student-t interval); null with the reason when a seed has none."""
     if any(not math.isfinite(v) for v in values):
-        return {"mean": None, "ci_low": None, "ci_high": None, "n": len(values),
-                "per_seed": [v if math.isfinite(v) else None for v in values], "reason": why_undefined}
+        return {
+            "mean": None,
+            "ci_low": None,
+            "ci_high": None,
+            "n": len(values),
+            "per_seed": [v if math.isfinite(v) else None for v in values],
+            "reason": why_undefined,
+        }
     out = ci95(values)
     if len(values) == 1:
         out["ci_low"] = out["ci_high"] = None  # one seed: no interval
@@ -89,8 +109,12 @@ def _finite(value: float, what: str) -> float:
 def choose_scales(static_scan: dict[float, dict], cfg: EigenformConfig) -> dict:
     """The breaking scale (first scan point where the static model is broken) and one below it (nearest half)."""
     ts = sorted(static_scan)
-    brk = breaking([static_scan[t]["broad_misalignment"] for t in ts], cfg.safe_level,
-                   static_wellformed=[static_scan[t]["wellformed"] for t in ts], wellformed_level=cfg.wellformed_level)
+    brk = breaking(
+        [static_scan[t]["broad_misalignment"] for t in ts],
+        cfg.safe_level,
+        static_wellformed=[static_scan[t]["wellformed"] for t in ts],
+        wellformed_level=cfg.wellformed_level,
+    )
     if not any(brk):
         return {"break": None, "below": ts[len(ts) // 2], "run": [ts[len(ts) // 2], ts[-1]]}
     t_break = ts[brk.index(True)]
@@ -99,10 +123,19 @@ def choose_scales(static_scan: dict[float, dict], cfg: EigenformConfig) -> dict:
     return {"break": t_break, "below": t_below, "run": [t_below, t_break]}
 
 
-def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, seeds: int | None = None,
-                  ts: Sequence[float] | None = None, fast: bool = False, progress: bool = False,
-                  config: EigenformConfig | None = None, arms: Sequence[str] | None = None,
-                  log: Callable[[str], None] | None = None) -> dict:
+def run_eigenform(
+    org,
+    adapter_dir_or_peft_model,
+    *,
+    cycles: int | None = None,
+    seeds: int | None = None,
+    ts: Sequence[float] | None = None,
+    fast: bool = False,
+    progress: bool = False,
+    config: EigenformConfig | None = None,
+    arms: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """The eigenform experiment; returns the ``metrics.json`` dict (the headline stats at top level).
 
     ``ts`` None: the static model is scanned over ``SCAN`` and the process runs at the first scale where
@@ -143,13 +176,16 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
     static = {t: scan[t] if t in scan else probe(m) for t, m in starts.items()}
     static_m = [static[t]["broad_misalignment"] for t in run_ts]
     static_wf = [static[t]["wellformed"] for t in run_ts]
-    brk = breaking(static_m, cfg.safe_level, static_wellformed=static_wf, wellformed_level=cfg.wellformed_level)
+    brk = breaking(
+        static_m, cfg.safe_level, static_wellformed=static_wf, wellformed_level=cfg.wellformed_level
+    )
 
     from tqdm.auto import tqdm
 
     traces: dict = {a: [[None] * seeds for _ in run_ts] for a in arms}
-    for a, s in tqdm([(a, s) for a in arms for s in range(seeds)], desc="eigenform", disable=not progress,
-                     leave=False):
+    for a, s in tqdm(
+        [(a, s) for a in arms for s in range(seeds)], desc="eigenform", disable=not progress, leave=False
+    ):
         paired = run_paired(starts, world, vocab, probe, cycles=cycles, seed=s, cfg=arm_cfgs[a])
         for i, t in enumerate(run_ts):
             tr = paired[t]
@@ -168,43 +204,83 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
 
         def over_cycles(key: str, i: int, lo=None, hi=None) -> dict:
             rows = np.array([tr[i][s][key] for s in range(seeds)], dtype=float)
-            per_k = [(rate_interval(rows[:, k], lo=lo, hi=hi) if lo is not None else _stat(list(rows[:, k]), ""))
-                     for k in range(rows.shape[1])]
-            return {"cycle": list(range(rows.shape[1])), "mean": [p["mean"] for p in per_k],
-                    "ci_low": [p["ci_low"] for p in per_k], "ci_high": [p["ci_high"] for p in per_k],
-                    "per_seed": rows.tolist(), "n": seeds}
+            per_k = [
+                (rate_interval(rows[:, k], lo=lo, hi=hi) if lo is not None else _stat(list(rows[:, k]), ""))
+                for k in range(rows.shape[1])
+            ]
+            return {
+                "cycle": list(range(rows.shape[1])),
+                "mean": [p["mean"] for p in per_k],
+                "ci_low": [p["ci_low"] for p in per_k],
+                "ci_high": [p["ci_high"] for p in per_k],
+                "per_seed": rows.tolist(),
+                "n": seeds,
+            }
 
         brk_idx = [i for i in range(n_t) if brk[i]]
         return {
-            "return_rate": _rate([return_rate(static_m, f, cfg.return_level, break_level=cfg.safe_level,
-                                              final_wellformed=w, static_wellformed=static_wf, wellformed_level=wl)
-                                  for f, w in zip(final, final_wf)],
-                                 "no scale of the run breaks the static model: nothing to return from"),
-            "paired_contraction": _stat([contraction_factor([tr[i][s]["paired_distance"] for i in pos])
-                                         for s in range(seeds)], "a paired distance reached 0 or fewer than 2 cycles"),
+            "return_rate": _rate(
+                [
+                    return_rate(
+                        static_m,
+                        f,
+                        cfg.return_level,
+                        break_level=cfg.safe_level,
+                        final_wellformed=w,
+                        static_wellformed=static_wf,
+                        wellformed_level=wl,
+                    )
+                    for f, w in zip(final, final_wf)
+                ],
+                "no scale of the run breaks the static model: nothing to return from",
+            ),
+            "paired_contraction": _stat(
+                [contraction_factor([tr[i][s]["paired_distance"] for i in pos]) for s in range(seeds)],
+                "a paired distance reached 0 or fewer than 2 cycles",
+            ),
             # the same fit on the paired behavioural distance (TV between the persona distributions, which
             # sum to the well-formed mass): does the behaviour come back geometrically, whatever the weights do
-            "behavioural_contraction": _stat([contraction_factor([tr[i][s]["paired_tv"] for i in pos])
-                                              for s in range(seeds)], "a paired TV reached 0 or fewer than 2 cycles"),
+            "behavioural_contraction": _stat(
+                [contraction_factor([tr[i][s]["paired_tv"] for i in pos]) for s in range(seeds)],
+                "a paired TV reached 0 or fewer than 2 cycles",
+            ),
             # the paired distance can shrink by at most the path the process travels: sum of successive distances
-            "path_length": {f"{run_ts[i]:g}": _stat([float(np.sum(tr[i][s]["distance"])) for s in range(seeds)], "")
-                            for i in pos},
-            "paired_contraction_by_t": {f"{run_ts[i]:g}": _stat([contraction_factor(tr[i][s]["paired_distance"])
-                                                                 for s in range(seeds)], "fewer than 2 cycles")
-                                        for i in pos},
-            "process_safe_scale": ci95([last_safe_scale(run_ts, f, cfg.safe_level, wellformed=w, wellformed_level=wl)
-                                        for f, w in zip(final, final_wf)]),
+            "path_length": {
+                f"{run_ts[i]:g}": _stat([float(np.sum(tr[i][s]["distance"])) for s in range(seeds)], "")
+                for i in pos
+            },
+            "paired_contraction_by_t": {
+                f"{run_ts[i]:g}": _stat(
+                    [contraction_factor(tr[i][s]["paired_distance"]) for s in range(seeds)],
+                    "fewer than 2 cycles",
+                )
+                for i in pos
+            },
+            "process_safe_scale": ci95(
+                [
+                    last_safe_scale(run_ts, f, cfg.safe_level, wellformed=w, wellformed_level=wl)
+                    for f, w in zip(final, final_wf)
+                ]
+            ),
             "final_misalignment": [rate_interval([final[s][i] for s in range(seeds)]) for i in range(n_t)],
             "final_wellformed": [rate_interval([final_wf[s][i] for s in range(seeds)]) for i in range(n_t)],
-            "final_misalignment_at_break": (rate_interval([float(np.mean([final[s][i] for i in brk_idx]))
-                                                           for s in range(seeds)]) if brk_idx else None),
-            "final_wellformed_at_break": (rate_interval([float(np.mean([final_wf[s][i] for i in brk_idx]))
-                                                         for s in range(seeds)]) if brk_idx else None),
+            "final_misalignment_at_break": (
+                rate_interval([float(np.mean([final[s][i] for i in brk_idx])) for s in range(seeds)])
+                if brk_idx
+                else None
+            ),
+            "final_wellformed_at_break": (
+                rate_interval([float(np.mean([final_wf[s][i] for i in brk_idx])) for s in range(seeds)])
+                if brk_idx
+                else None
+            ),
             "paired_distance": {f"{run_ts[i]:g}": over_cycles("paired_distance", i) for i in pos},
             "paired_gap": {f"{run_ts[i]:g}": over_cycles("paired_gap", i) for i in pos},
             "paired_tv": {f"{run_ts[i]:g}": over_cycles("paired_tv", i, 0.0, 1.0) for i in pos},
             "distance": {f"{t:g}": over_cycles("distance", i) for i, t in enumerate(run_ts)},
-            "clip_fraction": {f"{t:g}": over_cycles("clip_fraction", i, 0.0, 1.0) for i, t in enumerate(run_ts)},
+            "clip_fraction": {
+                f"{t:g}": over_cycles("clip_fraction", i, 0.0, 1.0) for i, t in enumerate(run_ts)
+            },
             "grad_norm_max": {f"{t:g}": over_cycles("grad_norm_max", i) for i, t in enumerate(run_ts)},
         }
 
@@ -218,8 +294,9 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
         "return_rate": head["return_rate"],
         "contraction_factor": head["paired_contraction"],
         # deterministic numbers (the static model does not depend on the seed): no interval
-        "static_safe_scale": last_safe_scale(SCAN, scan_m, cfg.safe_level, wellformed=scan_wf,
-                                             wellformed_level=cfg.wellformed_level),
+        "static_safe_scale": last_safe_scale(
+            SCAN, scan_m, cfg.safe_level, wellformed=scan_wf, wellformed_level=cfg.wellformed_level
+        ),
         "static_break_scale": chosen["break"],
         "return_rate_by_variant": {a: by_arm[a]["return_rate"] for a in arms},
         "paired_contraction_by_variant": {a: by_arm[a]["paired_contraction"] for a in arms},
@@ -231,13 +308,19 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
         "cycles": cycles,
         "seeds": seeds,
         "arms": list(arms),
-        "settings": {**cfg.to_dict(), "vector_layer": probe.layer, "fast": fast,
-                     "arms": {a: ARMS[a] for a in arms}},
+        "settings": {
+            **cfg.to_dict(),
+            "vector_layer": probe.layer,
+            "fast": fast,
+            "arms": {a: ARMS[a] for a in arms},
+        },
         "scan": {"t": list(SCAN), "broad_misalignment": scan_m, "wellformed": scan_wf},
-        "static": {"broad_misalignment": static_m,
-                   "projection": [static[t]["projection"] for t in run_ts],
-                   "persona": [static[t]["persona"] for t in run_ts],
-                   "wellformed": static_wf},
+        "static": {
+            "broad_misalignment": static_m,
+            "projection": [static[t]["projection"] for t in run_ts],
+            "persona": [static[t]["persona"] for t in run_ts],
+            "wellformed": static_wf,
+        },
         "by_arm": by_arm,
         "traces": traces,
         "seconds": time.time() - t0,
@@ -248,9 +331,19 @@ def run_eigenform(org, adapter_dir_or_peft_model, *, cycles: int | None = None, 
     return out
 
 
-def run_eigenform_command(organism: str | Path, adapter: str | Path, out: str | Path, *, cycles: int | None,
-                          seeds: int | None, ts: Sequence[float] | None, fast: bool,
-                          config: EigenformConfig, progress: bool, arms: Sequence[str] | None = None) -> dict:
+def run_eigenform_command(
+    organism: str | Path,
+    adapter: str | Path,
+    out: str | Path,
+    *,
+    cycles: int | None,
+    seeds: int | None,
+    ts: Sequence[float] | None,
+    fast: bool,
+    config: EigenformConfig,
+    progress: bool,
+    arms: Sequence[str] | None = None,
+) -> dict:
     """``persona-basins eigenform``: check the adapter, run, write the run folder; returns ``{metrics, run}``."""
     from ..models.organism import load_organism
     from ..results import RunDir
@@ -259,12 +352,31 @@ def run_eigenform_command(organism: str | Path, adapter: str | Path, out: str | 
     adapter_on_copy(org.model, adapter)  # a wrong adapter fails before the run folder is made
     for a in arms or ():
         config.for_arm(a)  # an unknown arm fails before the run folder is made
-    run = RunDir(out, "eigenform", {"organism": str(Path(organism).resolve()),
-                                    "adapter": str(Path(adapter).resolve()), "cycles": cycles, "seeds": seeds,
-                                    "ts": list(ts) if ts else None, "fast": fast, "arms": list(arms) if arms else None,
-                                    "eigenform": config.to_dict()})
-    m = run_eigenform(org, adapter, cycles=cycles, seeds=seeds, ts=ts, fast=fast, progress=progress,
-                      config=config, arms=arms)
+    run = RunDir(
+        out,
+        "eigenform",
+        {
+            "organism": str(Path(organism).resolve()),
+            "adapter": str(Path(adapter).resolve()),
+            "cycles": cycles,
+            "seeds": seeds,
+            "ts": list(ts) if ts else None,
+            "fast": fast,
+            "arms": list(arms) if arms else None,
+            "eigenform": config.to_dict(),
+        },
+    )
+    m = run_eigenform(
+        org,
+        adapter,
+        cycles=cycles,
+        seeds=seeds,
+        ts=ts,
+        fast=fast,
+        progress=progress,
+        config=config,
+        arms=arms,
+    )
     run.config.update(cycles=m["cycles"], seeds=m["seeds"], ts=m["ts"], arms=m["arms"])
     run.write_config()
     run.write_metrics(m)
@@ -290,13 +402,17 @@ def summary_table(m: dict) -> str:
         row = f"{t:>6.2f}  {m['static']['broad_misalignment'][i]:>8.3f}  "
         row += "  ".join(f"{_fmt(m['by_arm'][a]['final_misalignment'][i]):>24}" for a in m["arms"])
         lines.append(row + ("   <- breaks the static model" if m["breaking"][i] else ""))
-    lines.append(f"static_safe_scale {_fmt(m['static_safe_scale'])}, static_break_scale "
-                 f"{_fmt(m['static_break_scale'])} (scan grid points; deterministic)")
+    lines.append(
+        f"static_safe_scale {_fmt(m['static_safe_scale'])}, static_break_scale "
+        f"{_fmt(m['static_break_scale'])} (scan grid points; deterministic)"
+    )
     for a in m["arms"]:
         b = m["by_arm"][a]
-        lines.append(f"[{a}] return_rate {_fmt(b['return_rate'])}  paired contraction (weights "
-                     f"{_fmt(b['paired_contraction'])}, behaviour {_fmt(b['behavioural_contraction'])})  "
-                     f"well-formed at break {_fmt(b['final_wellformed_at_break'])}")
+        lines.append(
+            f"[{a}] return_rate {_fmt(b['return_rate'])}  paired contraction (weights "
+            f"{_fmt(b['paired_contraction'])}, behaviour {_fmt(b['behavioural_contraction'])})  "
+            f"well-formed at break {_fmt(b['final_wellformed_at_break'])}"
+        )
     v = m["verdict"]
     lines.append(f"verdict: {v['answer']} (closest: {v['closest']}; {v['reason']})")
     return "\n".join(lines)

@@ -64,9 +64,18 @@ def _read_text_ids(path: str | Path, tokenizer, n_docs: int, seq_len: int):
     return ids, pad
 
 
-def load_target(model_dir: str | Path, *, adapter: str | Path | None = None, restrict=None,
-                data_file: str | Path | None = None, n_docs: int = 256, seq_len: int = 64, seed: int = 0,
-                device: str | None = None, dtype: str = "fp32") -> LLCTarget:
+def load_target(
+    model_dir: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    restrict=None,
+    data_file: str | Path | None = None,
+    n_docs: int = 256,
+    seq_len: int = 64,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str = "fp32",
+) -> LLCTarget:
     """An organism folder (data: documents of its pretraining mixture, unless ``data_file``) or any Hugging
     Face causal LM folder (``data_file`` required: one document per line), optionally with a PEFT adapter
     (then only the adapter moves unless ``restrict`` says otherwise). ``dtype`` defaults to fp32, also on a
@@ -120,10 +129,20 @@ def _summary(res) -> dict:
     lo, hi = res.interval if res.interval is not None else (None, None)
     if not res.converged:
         lo = hi = None
-    return {"llc": {"mean": res.value, "mcse": res.mcse, "lo": lo, "hi": hi,
-                    "interval": "mean ± 1.96 MCSE (from ESS), floored at 0", "converged": res.converged,
-                    "reasons": res.reasons, "std_over_chains": res.std},
-            "per_chain": res.per_chain, "diagnostics": res.diagnostics}
+    return {
+        "llc": {
+            "mean": res.value,
+            "mcse": res.mcse,
+            "lo": lo,
+            "hi": hi,
+            "interval": "mean ± 1.96 MCSE (from ESS), floored at 0",
+            "converged": res.converged,
+            "reasons": res.reasons,
+            "std_over_chains": res.std,
+        },
+        "per_chain": res.per_chain,
+        "diagnostics": res.diagnostics,
+    }
 
 
 TRACE_FIGURE = "llc_trace.png"
@@ -132,8 +151,16 @@ CALIBRATION_GRID_FIGURE = "calibration_grid.png"
 STAGE_FIGURES = {"stages": "llc_stages.png", "layers": "llc_layers.png", "heads": "llc_heads.png"}
 
 
-def run_estimate(target: LLCTarget, out: str | Path, *, config: SamplerConfig, n: int | None = None,
-                 run_config: dict | None = None, progress: bool = False, calibrate_steps=None) -> dict:
+def run_estimate(
+    target: LLCTarget,
+    out: str | Path,
+    *,
+    config: SamplerConfig,
+    n: int | None = None,
+    run_config: dict | None = None,
+    progress: bool = False,
+    calibrate_steps=None,
+) -> dict:
     """One LLC estimate written to ``out`` (config.json, metrics.json). With ``calibrate_steps`` (a list of
     step sizes) the step size x localisation grid is calibrated first (short chains, see
     :func:`~persona_basins.measure.llc.calibrate`) and the estimate uses the recommended setting at
@@ -142,40 +169,100 @@ def run_estimate(target: LLCTarget, out: str | Path, *, config: SamplerConfig, n
     n = n or len(target.input_ids)
     calibration = None
     if calibrate_steps:
-        cal = calibrate(target.model, target.loss_fn, target.input_ids, n=n, step_sizes=calibrate_steps,
-                        config=config.replace(num_draws=200, num_burnin=50), restrict=target.restrict)
+        cal = calibrate(
+            target.model,
+            target.loss_fn,
+            target.input_ids,
+            n=n,
+            step_sizes=calibrate_steps,
+            config=config.replace(num_draws=200, num_burnin=50),
+            restrict=target.restrict,
+        )
         cal.pop("traces")
         if cal["config"] is None:
-            raise UserError(f"--calibrate: no step size in {list(calibrate_steps)} passed the calibration gates "
-                            f"(run `llc calibrate` to see each setting's reasons)")
+            raise UserError(
+                f"--calibrate: no step size in {list(calibrate_steps)} passed the calibration gates "
+                f"(run `llc calibrate` to see each setting's reasons)"
+            )
         calibration = cal
-        config = config.replace(step_size=cal["config"]["step_size"], nbeta=cal["config"]["nbeta"],
-                                localization=cal["config"]["localization"])
-    run = RunDir(out, "llc", {**(run_config or {}), "sampler": config.to_dict(), "data_source": target.source,
-                              "restrict_used": target.restrict})
+        config = config.replace(
+            step_size=cal["config"]["step_size"],
+            nbeta=cal["config"]["nbeta"],
+            localization=cal["config"]["localization"],
+        )
+    run = RunDir(
+        out,
+        "llc",
+        {
+            **(run_config or {}),
+            "sampler": config.to_dict(),
+            "data_source": target.source,
+            "restrict_used": target.restrict,
+        },
+    )
     run.write_config()
-    res = estimate_llc(target.model, target.loss_fn, target.input_ids, n=n, config=config,
-                       restrict=target.restrict, progress=progress)
-    metrics = {**_summary(res), "loss": res.diagnostics["loss"], "data_source": target.source,
-               "loss_trace": res.loss_trace, "llc_trace": res.llc_trace, "figures": [f"figures/{TRACE_FIGURE}"],
-               "calibration": calibration}
+    res = estimate_llc(
+        target.model,
+        target.loss_fn,
+        target.input_ids,
+        n=n,
+        config=config,
+        restrict=target.restrict,
+        progress=progress,
+    )
+    metrics = {
+        **_summary(res),
+        "loss": res.diagnostics["loss"],
+        "data_source": target.source,
+        "loss_trace": res.loss_trace,
+        "llc_trace": res.llc_trace,
+        "figures": [f"figures/{TRACE_FIGURE}"],
+        "calibration": calibration,
+    }
     run.write_metrics(metrics)
     return {"result": res, "run": run, "metrics": metrics}
 
 
-def run_calibrate(target: LLCTarget, out: str | Path, *, config: SamplerConfig, step_sizes, nbetas=None,
-                  localizations=None, n: int | None = None, run_config: dict | None = None,
-                  progress: bool = False) -> dict:
+def run_calibrate(
+    target: LLCTarget,
+    out: str | Path,
+    *,
+    config: SamplerConfig,
+    step_sizes,
+    nbetas=None,
+    localizations=None,
+    n: int | None = None,
+    run_config: dict | None = None,
+    progress: bool = False,
+) -> dict:
     """A step size x n_beta x localisation grid (:func:`~persona_basins.measure.llc.calibrate`) written to
     ``out`` with the recommended setting (``metrics["config"]``, a SamplerConfig dict, or null). Returns
     ``{"metrics", "traces", "run"}``; the figures go to ``run.figure_path(CALIBRATION_GRID_FIGURE)`` and
     ``run.figure_path(CALIBRATION_FIGURE)``."""
     n = n or len(target.input_ids)
-    run = RunDir(out, "llc_calibrate", {**(run_config or {}), "sampler": config.to_dict(),
-                                        "data_source": target.source, "restrict_used": target.restrict})
+    run = RunDir(
+        out,
+        "llc_calibrate",
+        {
+            **(run_config or {}),
+            "sampler": config.to_dict(),
+            "data_source": target.source,
+            "restrict_used": target.restrict,
+        },
+    )
     run.write_config()
-    cal = calibrate(target.model, target.loss_fn, target.input_ids, n=n, step_sizes=step_sizes, nbetas=nbetas,
-                    localizations=localizations, config=config, restrict=target.restrict, progress=progress)
+    cal = calibrate(
+        target.model,
+        target.loss_fn,
+        target.input_ids,
+        n=n,
+        step_sizes=step_sizes,
+        nbetas=nbetas,
+        localizations=localizations,
+        config=config,
+        restrict=target.restrict,
+        progress=progress,
+    )
     traces = cal.pop("traces")
     if cal["recommended"] is not None:
         cal["recommended"]["recommended"] = True
@@ -189,17 +276,32 @@ def _critical_points_of_converged(steps, values, smooth: float) -> dict:
     keep = [i for i, v in enumerate(values) if v is not None]
     smoothed = [None] * len(values)
     if len(keep) < 3:
-        return {"smoothed": smoothed, "boundaries": [], "kinds": [],
-                "note": f"{len(keep)} of {len(values)} checkpoints converged: too few for stage boundaries"}
+        return {
+            "smoothed": smoothed,
+            "boundaries": [],
+            "kinds": [],
+            "note": f"{len(keep)} of {len(values)} checkpoints converged: too few for stage boundaries",
+        }
     cp = critical_points([steps[i] for i in keep], [values[i] for i in keep], sigma=smooth)
     for j, i in enumerate(keep):
         smoothed[i] = cp["smoothed"][j]
     return {**cp, "smoothed": smoothed}
 
 
-def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConfig, n_docs: int = 256,
-               n: int | None = None, max_checkpoints: int | None = None, smooth: float = 1.0, layers: bool = True,
-               heads: bool = True, run_config: dict | None = None, device: str = "cpu") -> dict:
+def run_stages(
+    organism_dir: str | Path,
+    out: str | Path,
+    *,
+    config: SamplerConfig,
+    n_docs: int = 256,
+    n: int | None = None,
+    max_checkpoints: int | None = None,
+    smooth: float = 1.0,
+    layers: bool = True,
+    heads: bool = True,
+    run_config: dict | None = None,
+    device: str = "cpu",
+) -> dict:
     """The LLC over an organism's pretraining checkpoints; stage boundaries at the critical points of the
     Gaussian-smoothed curve; per-layer and per-head weight-restricted curves. Returns ``{"metrics", "run",
     "curves", "stds", "critical", "n_layers", "n_heads"}`` (what :func:`viz.llc_figures.plot_stages` needs)."""
@@ -227,7 +329,9 @@ def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConf
     if layers:
         comps += [(f"layer:{i}", f"layer:{i}") for i in range(n_layers)]
     if heads:
-        comps += [(f"layer:{i}/head:{h}", f"layer:{i}/head:{h}") for i in range(n_layers) for h in range(n_heads)]
+        comps += [
+            (f"layer:{i}/head:{h}", f"layer:{i}/head:{h}") for i in range(n_layers) for h in range(n_heads)
+        ]
     curves = {name: [] for name, _ in comps}
     stds = {name: [] for name, _ in comps}
     withheld = {name: [] for name, _ in comps}
@@ -246,11 +350,21 @@ def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConf
             withheld[name].append(None if res.converged else "; ".join(res.reasons))
             if name == "full":
                 d = res.diagnostics
-                diags.append({"step": step, "mala_acceptance": d["mala_acceptance"], "rhat": d["rhat"],
-                              "ess_bulk": d["ess_bulk"], "mcse": d["mcse"], "converged": res.converged,
-                              "reasons": res.reasons, "path": d["path"],
-                              "frac_negative_draws": d["frac_negative_draws"], "init_loss": d["init_loss"],
-                              "warnings": d["warnings"]})
+                diags.append(
+                    {
+                        "step": step,
+                        "mala_acceptance": d["mala_acceptance"],
+                        "rhat": d["rhat"],
+                        "ess_bulk": d["ess_bulk"],
+                        "mcse": d["mcse"],
+                        "converged": res.converged,
+                        "reasons": res.reasons,
+                        "path": d["path"],
+                        "frac_negative_draws": d["frac_negative_draws"],
+                        "init_loss": d["init_loss"],
+                        "warnings": d["warnings"],
+                    }
+                )
     steps = [s for s, _ in cks]
     cp = _critical_points_of_converged(steps, curves["full"], smooth)
     figures = [f"figures/{STAGE_FIGURES['stages']}"]
@@ -259,19 +373,36 @@ def run_stages(organism_dir: str | Path, out: str | Path, *, config: SamplerConf
     if heads:
         figures.append(f"figures/{STAGE_FIGURES['heads']}")
     metrics = {
-        "steps": steps, "llc": curves["full"], "llc_std": stds["full"], "smoothed": cp["smoothed"],
-        "stage_boundaries": cp["boundaries"], "boundary_kinds": cp["kinds"],
+        "steps": steps,
+        "llc": curves["full"],
+        "llc_std": stds["full"],
+        "smoothed": cp["smoothed"],
+        "stage_boundaries": cp["boundaries"],
+        "boundary_kinds": cp["kinds"],
         "per_layer": {k: v for k, v in curves.items() if k.startswith("layer:") and "/head:" not in k},
         "per_head": {k: v for k, v in curves.items() if "/head:" in k},
-        "per_layer_boundaries": {k: _critical_points_of_converged(steps, v, smooth)["boundaries"]
-                                 for k, v in curves.items() if k != "full" and "/head:" not in k},
-        "llc_mcse": stds["full"], "withheld": withheld,
+        "per_layer_boundaries": {
+            k: _critical_points_of_converged(steps, v, smooth)["boundaries"]
+            for k, v in curves.items()
+            if k != "full" and "/head:" not in k
+        },
+        "llc_mcse": stds["full"],
+        "withheld": withheld,
         "boundaries_from": "converged checkpoints only (withheld ones are null)",
-        "diagnostics": diags, "figures": figures, "loss": "lm_cross_entropy",
+        "diagnostics": diags,
+        "figures": figures,
+        "loss": "lm_cross_entropy",
     }
     run.write_metrics(metrics)
-    return {"metrics": metrics, "run": run, "curves": curves, "stds": stds, "critical": cp, "n_layers": n_layers,
-            "n_heads": n_heads}
+    return {
+        "metrics": metrics,
+        "run": run,
+        "curves": curves,
+        "stds": stds,
+        "critical": cp,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -317,9 +448,18 @@ def _timing(llc_jump, beh_jump, spacing: float) -> str:
     return "with"
 
 
-def run_trajectory(em_run: str | Path, out: str | Path, *, config: SamplerConfig, organism: str | Path | None = None,
-                   conditions=("plain", "inoculated"), seeds: int | None = None, n_docs: int = 32,
-                   run_config: dict | None = None, device: str = "cpu") -> dict:
+def run_trajectory(
+    em_run: str | Path,
+    out: str | Path,
+    *,
+    config: SamplerConfig,
+    organism: str | Path | None = None,
+    conditions=("plain", "inoculated"),
+    seeds: int | None = None,
+    n_docs: int = 32,
+    run_config: dict | None = None,
+    device: str = "cpu",
+) -> dict:
     """The adapter-restricted and layer-restricted LLC (self-KL at each checkpoint, so each checkpoint is a
     minimum of its own loss) at every saved adapter checkpoint of an ``em`` run, beside the behavioural curve
     (broad misalignment), ‖B‖ and the local cosine of the B trajectory from the run's ``result.json``.
@@ -342,15 +482,25 @@ def run_trajectory(em_run: str | Path, out: str | Path, *, config: SamplerConfig
 
         org.model.to(resolve_device(device))
     ids = org.mixture_input_ids(n_docs, seed=123)
-    run = RunDir(out, "llc_trajectory", {**(run_config or {}), "em_run": str(em_run.resolve()),
-                                          "organism": str(organism), "sampler": config.to_dict()})
+    run = RunDir(
+        out,
+        "llc_trajectory",
+        {
+            **(run_config or {}),
+            "em_run": str(em_run.resolve()),
+            "organism": str(organism),
+            "sampler": config.to_dict(),
+        },
+    )
     run.write_config()
     units = {}
     for cond in conditions:
         cdir = em_run / "adapters" / cond
         if not cdir.is_dir():
             raise UserError(f"--em {em_run}: no adapters for condition {cond!r}")
-        seed_dirs = sorted(cdir.glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30)
+        seed_dirs = sorted(
+            cdir.glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30
+        )
         if seeds is not None:
             seed_dirs = seed_dirs[:seeds]
         for sd in seed_dirs:
@@ -370,28 +520,48 @@ def run_trajectory(em_run: str | Path, out: str | Path, *, config: SamplerConfig
                     mcses.append(res.mcse if res.converged else None)
                     conv.append(res.converged)
                     reasons.append(res.reasons)
-                rows[key] = {"restrict": restrict, "llc": vals, "mcse": mcses, "converged": conv,
-                             "reasons": reasons}
+                rows[key] = {
+                    "restrict": restrict,
+                    "llc": vals,
+                    "mcse": mcses,
+                    "converged": conv,
+                    "reasons": reasons,
+                }
             tr = result.get("transition") or {}
             beh_steps = tr.get("eval_steps") or []
             beh = tr.get("broad_misalignment") or []
-            rows["behaviour"] = {"steps": beh_steps, "broad_misalignment": beh,
-                                 "b_norm": tr.get("b_norm"), "local_cos": tr.get("local_cos"),
-                                 "source": "result.json transition" if tr else "absent (run em with tracking)"}
+            rows["behaviour"] = {
+                "steps": beh_steps,
+                "broad_misalignment": beh,
+                "b_norm": tr.get("b_norm"),
+                "local_cos": tr.get("local_cos"),
+                "source": "result.json transition" if tr else "absent (run em with tracking)",
+            }
             spacing = (rows["steps"][1] - rows["steps"][0]) if len(rows["steps"]) > 1 else 1.0
             bj = _first_jump(beh_steps, beh) if beh_steps else None
-            rows["order"] = {k: {"llc_jump_step": _first_jump(rows["steps"], rows[k]["llc"]),
-                                 "behaviour_jump_step": bj,
-                                 "order": _timing(_first_jump(rows["steps"], rows[k]["llc"]), bj, spacing)}
-                             for k in ("adapter", "layer")}
+            rows["order"] = {
+                k: {
+                    "llc_jump_step": _first_jump(rows["steps"], rows[k]["llc"]),
+                    "behaviour_jump_step": bj,
+                    "order": _timing(_first_jump(rows["steps"], rows[k]["llc"]), bj, spacing),
+                }
+                for k in ("adapter", "layer")
+            }
             units[f"{cond}/{sd.name}"] = rows
     n_units = len(units)
-    order_counts = {k: {o: sum(u["order"][k]["order"] == o for u in units.values())
-                        for o in ("before", "with", "after")} for k in ("adapter", "layer")}
-    metrics = {"units": units, "conditions": list(conditions), "loss": "self_kl", "n_docs": n_docs,
-               "order_k_of_n": {k: {o: f"{c} of {n_units}" for o, c in v.items()} for k, v in order_counts.items()},
-               "gradient_norm": "not recorded (the em run does not save it)",
-               "figures": [f"figures/{TRAJECTORY_FIGURE}"]}
+    order_counts = {
+        k: {o: sum(u["order"][k]["order"] == o for u in units.values()) for o in ("before", "with", "after")}
+        for k in ("adapter", "layer")
+    }
+    metrics = {
+        "units": units,
+        "conditions": list(conditions),
+        "loss": "self_kl",
+        "n_docs": n_docs,
+        "order_k_of_n": {k: {o: f"{c} of {n_units}" for o, c in v.items()} for k, v in order_counts.items()},
+        "gradient_norm": "not recorded (the em run does not save it)",
+        "figures": [f"figures/{TRAJECTORY_FIGURE}"],
+    }
     run.write_metrics(metrics)
     return {"metrics": metrics, "run": run}
 
@@ -405,15 +575,28 @@ PATH_DIRECTIONS = ("plain", "random", "inoculated")
 
 def _adapter_dirs(em_run: Path, condition: str, seeds: int | None) -> list[Path]:
     cdir = em_run / "adapters" / condition
-    dirs = sorted((d for d in cdir.glob("seed*") if (d / "adapter_config.json").is_file()),
-                  key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30)
+    dirs = sorted(
+        (d for d in cdir.glob("seed*") if (d / "adapter_config.json").is_file()),
+        key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30,
+    )
     return dirs[:seeds] if seeds is not None else dirs
 
 
-def run_path_study(em_run: str | Path, out: str | Path, *, config: SamplerConfig, band, ts=(0.0, 0.5, 1.0, 1.5, 2.0,
-                   2.5, 3.0), organism: str | Path | None = None, seeds: int | None = None, n_docs: int = 32,
-                   directions=PATH_DIRECTIONS, kl_directions=("forward", "reverse"), restricts=("all", "layer"),
-                   run_config: dict | None = None) -> dict:
+def run_path_study(
+    em_run: str | Path,
+    out: str | Path,
+    *,
+    config: SamplerConfig,
+    band,
+    ts=(0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
+    organism: str | Path | None = None,
+    seeds: int | None = None,
+    n_docs: int = 32,
+    directions=PATH_DIRECTIONS,
+    kl_directions=("forward", "reverse"),
+    restricts=("all", "layer"),
+    run_config: dict | None = None,
+) -> dict:
     """λ̂(t) at ``w0 + t dW`` for each fine-tuning seed's plain adapter, a random direction of the same norm
     (seeded per seed) and the inoculated adapter; every parameter moving (``all``) and only the adapted layer
     (``layer``); under the forward and the reverse self-KL (both 0 and minimal at every point, so each point is
@@ -441,8 +624,18 @@ def run_path_study(em_run: str | Path, out: str | Path, *, config: SamplerConfig
     if not plain:
         raise UserError(f"--em {em_run}: no plain adapters")
     inoc = _adapter_dirs(em_run, "inoculated", seeds) if "inoculated" in directions else []
-    run = RunDir(out, "llc_path", {**(run_config or {}), "em_run": str(em_run.resolve()), "organism": str(organism),
-                                    "sampler": config.to_dict(), "band": [lo, hi], "ts": list(ts)})
+    run = RunDir(
+        out,
+        "llc_path",
+        {
+            **(run_config or {}),
+            "em_run": str(em_run.resolve()),
+            "organism": str(organism),
+            "sampler": config.to_dict(),
+            "band": [lo, hi],
+            "ts": list(ts),
+        },
+    )
     run.write_config()
     deltas = {"plain": [], "random": [], "inoculated": []}
     for s, d in enumerate(plain):
@@ -463,21 +656,49 @@ def run_path_study(em_run: str | Path, out: str | Path, *, config: SamplerConfig
                 key = f"{direc}/{rs}/{'self_kl' if kd == 'forward' else 'self_kl_reverse'}"
                 per_seed = []
                 for s, (pname, dw) in enumerate(deltas[direc]):
-                    res = llc_along_path(org.model, {pname: dw}, list(ts), data=ids, n=n_docs, pad_token_id=0,
-                                         restrict=restrict, kl_direction=kd, config=config.replace(seed=s))
+                    res = llc_along_path(
+                        org.model,
+                        {pname: dw},
+                        list(ts),
+                        data=ids,
+                        n=n_docs,
+                        pad_token_id=0,
+                        restrict=restrict,
+                        kl_direction=kd,
+                        config=config.replace(seed=s),
+                    )
                     rr = [r["result"] for r in res]
-                    per_seed.append({"seed": s, "llc": [x.value for x in rr],
-                                     "mcse": [x.mcse if x.converged else None for x in rr],
-                                     "converged": [x.converged for x in rr], "reasons": [x.reasons for x in rr]})
+                    per_seed.append(
+                        {
+                            "seed": s,
+                            "llc": [x.value for x in rr],
+                            "mcse": [x.mcse if x.converged else None for x in rr],
+                            "converged": [x.converged for x in rr],
+                            "reasons": [x.reasons for x in rr],
+                        }
+                    )
                 curves[key] = per_seed
-                verdicts[key] = peak_at_boundary_verdict(ts, [p["llc"] for p in per_seed],
-                                                         [p["mcse"] for p in per_seed], (lo, hi)) if per_seed else None
-    metrics = {"ts": list(ts), "band": [lo, hi], "layer": layer, "curves": curves, "verdicts": verdicts,
-               "claim": "the LLC along w0 + t dW peaks inside the behavioural boundary band",
-               "losses": {"self_kl": "KL(p_point || p_w): 0 and minimal at the point",
-                          "self_kl_reverse": "KL(p_w || p_point): 0 and minimal at the point; weights the tokens "
-                                             "the moving model puts mass on"},
-               "random_direction": "Gaussian, scaled to the plain adapter's |dW|, seed 10000 + fine-tuning seed",
-               "figures": [f"figures/{PATH_FIGURE}"]}
+                verdicts[key] = (
+                    peak_at_boundary_verdict(
+                        ts, [p["llc"] for p in per_seed], [p["mcse"] for p in per_seed], (lo, hi)
+                    )
+                    if per_seed
+                    else None
+                )
+    metrics = {
+        "ts": list(ts),
+        "band": [lo, hi],
+        "layer": layer,
+        "curves": curves,
+        "verdicts": verdicts,
+        "claim": "the LLC along w0 + t dW peaks inside the behavioural boundary band",
+        "losses": {
+            "self_kl": "KL(p_point || p_w): 0 and minimal at the point",
+            "self_kl_reverse": "KL(p_w || p_point): 0 and minimal at the point; weights the tokens "
+            "the moving model puts mass on",
+        },
+        "random_direction": "Gaussian, scaled to the plain adapter's |dW|, seed 10000 + fine-tuning seed",
+        "figures": [f"figures/{PATH_FIGURE}"],
+    }
     run.write_metrics(metrics)
     return {"metrics": metrics, "run": run}

@@ -31,8 +31,11 @@ def _stamp(model, cfg: OrganismConfig) -> None:
     # The organism's settings ride inside the HF config.json, so the folder stays one HF model folder.
     from ..results import environment
 
-    model.config.persona_basins = {"format": ORGANISM_FORMAT, "organism": cfg.to_dict(),
-                                   "environment": environment()}
+    model.config.persona_basins = {
+        "format": ORGANISM_FORMAT,
+        "organism": cfg.to_dict(),
+        "environment": environment(),
+    }
 
 
 def _sha256(path: Path) -> str:
@@ -100,16 +103,24 @@ def check_out(out: Path, cfg: OrganismConfig, force: bool) -> bool:
         return False
     ours = written_by_us(out)
     if not ours:
-        raise UserError(f"--out {out} already holds other files (no {MANIFEST}); --force replaces only an "
-                        f"organism folder this program wrote: choose another --out")
+        raise UserError(
+            f"--out {out} already holds other files (no {MANIFEST}); --force replaces only an "
+            f"organism folder this program wrote: choose another --out"
+        )
     if force:
         return False
-    same = existing_config(out) == json.loads(json.dumps(cfg.to_dict()))  # compare as stored (lists, not tuples)
+    same = existing_config(out) == json.loads(
+        json.dumps(cfg.to_dict())
+    )  # compare as stored (lists, not tuples)
     if not same:
         raise UserError(f"--out {out} already holds another organism; pass --force to replace it")
-    bad = verify_weights(out) or (None if (out / "metrics.json").is_file() else f"{out / 'metrics.json'} is missing")
+    bad = verify_weights(out) or (
+        None if (out / "metrics.json").is_file() else f"{out / 'metrics.json'} is missing"
+    )
     if bad:
-        raise UserError(f"--out {out} holds this organism but cannot be reused: {bad}; pass --force to rebuild it")
+        raise UserError(
+            f"--out {out} holds this organism but cannot be reused: {bad}; pass --force to rebuild it"
+        )
     return True
 
 
@@ -119,7 +130,7 @@ def _clean_leftovers(out: Path) -> None:
         return
     for p in out.parent.glob(f".{glob.escape(out.name)}.building-*"):
         try:
-            pid = int(p.name[len(f".{out.name}.building-"):].split("-", 1)[0])
+            pid = int(p.name[len(f".{out.name}.building-") :].split("-", 1)[0])
             if pid != os.getpid():
                 os.kill(pid, 0)
                 continue  # a build still running
@@ -132,8 +143,9 @@ def _clean_leftovers(out: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def build_organism(cfg: OrganismConfig, out: str | Path, *, force: bool = False, progress: bool = True,
-                   log=print) -> Path:
+def build_organism(
+    cfg: OrganismConfig, out: str | Path, *, force: bool = False, progress: bool = True, log=print
+) -> Path:
     """Train and save an organism at ``out``; written in a temp folder beside it and renamed at the end."""
     out = Path(out)
     _clean_leftovers(out)
@@ -149,8 +161,10 @@ def build_organism(cfg: OrganismConfig, out: str | Path, *, force: bool = False,
         try:
             _build_into(cfg, tmp, progress=progress, log=log)
         except FloatingPointError as e:
-            raise UserError(f"{e}: the organism's training diverged; the likely cause is the preset's learning "
-                            f"rate ({cfg.lr:g} pretraining, {cfg.sft_lr:g} post-training) for these settings") from None
+            raise UserError(
+                f"{e}: the organism's training diverged; the likely cause is the preset's learning "
+                f"rate ({cfg.lr:g} pretraining, {cfg.sft_lr:g} post-training) for these settings"
+            ) from None
         except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
             msg = getattr(e, "strerror", None) or str(e).splitlines()[0]
             raise UserError(f"cannot write the organism under {out.parent}: {msg}") from None
@@ -177,8 +191,10 @@ def _build_into(cfg: OrganismConfig, out: Path, *, progress: bool, log) -> None:
     model = build_model(cfg, len(vocab))
     _stamp(model, cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"organism: {cfg.arch} {cfg.n_layer} layers, d={cfg.d_model}, {n_params / 1e6:.2f}M parameters, "
-        f"{len(world.genres)} genres, vocabulary {len(vocab)}")
+    log(
+        f"organism: {cfg.arch} {cfg.n_layer} layers, d={cfg.d_model}, {n_params / 1e6:.2f}M parameters, "
+        f"{len(world.genres)} genres, vocabulary {len(vocab)}"
+    )
 
     n_docs = min(cfg.pretrain_steps * cfg.batch_size, 100_000)
     ids, _ = encode_documents(vocab, world.sample_documents(n_docs, seed=0))
@@ -190,31 +206,56 @@ def _build_into(cfg: OrganismConfig, out: Path, *, progress: bool, log) -> None:
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             model.save_pretrained(ckpt_dir / f"step_{step:06d}")
 
-    pre_losses = train_lm(model, ids, None, steps=cfg.pretrain_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                          weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
-                          desc="pretrain", on_step=on_step, progress=progress)
+    pre_losses = train_lm(
+        model,
+        ids,
+        None,
+        steps=cfg.pretrain_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        seed=cfg.seed,
+        desc="pretrain",
+        on_step=on_step,
+        progress=progress,
+    )
     model.save_pretrained(out / "pretrained")
     pretrained = build_model(cfg, len(vocab))
     pretrained.load_state_dict(model.state_dict())
     pretrained.eval()
 
     sft_ids, sft_mask = encode_documents(vocab, world.assistant_documents(4096, seed=0), answers_only=True)
-    sft_losses = train_lm(model, sft_ids, sft_mask, steps=cfg.sft_steps, batch_size=cfg.batch_size,
-                          lr=cfg.sft_lr, weight_decay=cfg.weight_decay, seed=cfg.seed + 1, desc="post-train",
-                          progress=progress)
+    sft_losses = train_lm(
+        model,
+        sft_ids,
+        sft_mask,
+        steps=cfg.sft_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.sft_lr,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed + 1,
+        desc="post-train",
+        progress=progress,
+    )
     model.save_pretrained(out)
     tok.save_pretrained(out)
     atomic_write_text(out / "world.json", world.to_json())
     train_seconds = time.perf_counter() - t0
 
     metrics = organism_readout(pretrained, model, world, vocab, seed=cfg.seed)
-    metrics.update({
-        "kind": "organism",
-        "n_parameters": n_params,
-        "pretrain_final_loss": float(sum(pre_losses[-50:]) / len(pre_losses[-50:])),
-        "sft_final_loss": float(sum(sft_losses[-20:]) / len(sft_losses[-20:])),
-        "checkpoints": sorted(p.name for p in ckpt_dir.glob("step_*")) if ckpt_dir.is_dir() else [],
-    })
+    metrics.update(
+        {
+            "kind": "organism",
+            "n_parameters": n_params,
+            "pretrain_final_loss": float(sum(pre_losses[-50:]) / len(pre_losses[-50:])),
+            "sft_final_loss": float(sum(sft_losses[-20:]) / len(sft_losses[-20:])),
+            "checkpoints": sorted(p.name for p in ckpt_dir.glob("step_*")) if ckpt_dir.is_dir() else [],
+        }
+    )
     write_json(out / "metrics.json", metrics)
-    write_json(out / MANIFEST, {"format": ORGANISM_FORMAT, "sha256": {rel: _sha256(out / rel) for rel in WEIGHT_FILES}})
+    write_json(
+        out / MANIFEST,
+        {"format": ORGANISM_FORMAT, "sha256": {rel: _sha256(out / rel) for rel in WEIGHT_FILES}},
+    )
     log(f"trained in {train_seconds:.0f} s")

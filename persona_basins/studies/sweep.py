@@ -82,10 +82,14 @@ class UnitKind:
     settings: dict[str, Setting]
     # (settings with defaults filled in, dep(kind, settings) -> id of a dependency unit) -> Resolved
     resolve: Callable[[dict, Callable[[str, dict], str]], Resolved]
-    run: Callable[[dict, dict, Path, dict[str, Path]], dict]  # (config, runtime, unit_dir, dep dirs) -> metrics
+    run: Callable[
+        [dict, dict, Path, dict[str, Path]], dict
+    ]  # (config, runtime, unit_dir, dep dirs) -> metrics
     primary_metric: str
     seconds_prior: Callable[[dict], float] | None = None  # (config) -> rough seconds before any unit finished
-    metric_bounds: Callable[[str], tuple[float, float] | None] = lambda name: None  # range of a metric, if bounded
+    metric_bounds: Callable[[str], tuple[float, float] | None] = lambda name: (
+        None
+    )  # range of a metric, if bounded
 
 
 KINDS: dict[str, UnitKind] = {}
@@ -101,7 +105,9 @@ def _organism_settings() -> dict[str, Setting]:
     return {
         "preset": Setting(str, "tiny", "organism preset", choices=("tiny", "default")),
         "seed": Setting(int, 0, "organism (world and training) seed", minimum=0),
-        "overrides": Setting(dict, {}, "OrganismConfig fields that replace the preset's (pretrain_steps, ...)"),
+        "overrides": Setting(
+            dict, {}, "OrganismConfig fields that replace the preset's (pretrain_steps, ...)"
+        ),
     }
 
 
@@ -142,20 +148,33 @@ def _em_settings() -> dict[str, Setting]:
     from ..train.finetune import CONDITIONS, FinetuneConfig
 
     s = {
-        "organism": Setting(str, "", "an organism folder to fine-tune (instead of building one from a preset)"),
-        "preset": Setting(str, "tiny", "organism preset when no organism folder is given",
-                          choices=("tiny", "default")),
+        "organism": Setting(
+            str, "", "an organism folder to fine-tune (instead of building one from a preset)"
+        ),
+        "preset": Setting(
+            str, "tiny", "organism preset when no organism folder is given", choices=("tiny", "default")
+        ),
         "organism_seed": Setting(int, 0, "organism seed when no organism folder is given", minimum=0),
         "organism_overrides": Setting(dict, {}, "OrganismConfig fields that replace the preset's"),
     }
-    helps = {"condition": "fine-tuning condition", "layer": "layer of the adapter", "module": "module in the layer",
-             "rank": "LoRA rank", "full": "full fine-tune instead of LoRA", "steps": "fine-tuning steps",
-             "seed": "fine-tuning seed (also the sampling seed of the readout)"}
+    helps = {
+        "condition": "fine-tuning condition",
+        "layer": "layer of the adapter",
+        "module": "module in the layer",
+        "rank": "LoRA rank",
+        "full": "full fine-tune instead of LoRA",
+        "steps": "fine-tuning steps",
+        "seed": "fine-tuning seed (also the sampling seed of the readout)",
+    }
     for f in dataclasses.fields(FinetuneConfig):  # every fine-tuning setting, with the library's defaults
         kind = type(f.default)
-        s[f.name] = Setting(kind, f.default, helps.get(f.name, f.name.replace("_", " ")),
-                            choices=CONDITIONS if f.name == "condition" else None,
-                            minimum=0 if kind in (int, float) else None)
+        s[f.name] = Setting(
+            kind,
+            f.default,
+            helps.get(f.name, f.name.replace("_", " ")),
+            choices=CONDITIONS if f.name == "condition" else None,
+            minimum=0 if kind in (int, float) else None,
+        )
     return s
 
 
@@ -188,7 +207,9 @@ def _resolve_em(s: dict, dep) -> Resolved:
         return Resolved(config=config, runtime={"organism_path": str(path)})
     _organism_config(s["preset"], s["organism_seed"], s["organism_overrides"], "settings.organism_overrides")
     # The organism is identified by its own unit id: the hash of its fully resolved config.
-    org = dep("organism", {"preset": s["preset"], "seed": s["organism_seed"], "overrides": s["organism_overrides"]})
+    org = dep(
+        "organism", {"preset": s["preset"], "seed": s["organism_seed"], "overrides": s["organism_overrides"]}
+    )
     config["organism"] = {"unit": org}
     return Resolved(config=config, deps=(org,))
 
@@ -240,8 +261,16 @@ def _organism_prior(config: dict) -> float:
     return (0.025 if c["preset"] == "tiny" else 0.12) * (c["pretrain_steps"] + c["sft_steps"])
 
 
-ORGANISM_RATES = {"aligned_rate", "in_context_persona_acc", "misaligned_mass", "routine_max_tv", "routine_overlap",
-                  "toxic_recoverable", "toxic_recoverable_mass", "wellformed_rate"}
+ORGANISM_RATES = {
+    "aligned_rate",
+    "in_context_persona_acc",
+    "misaligned_mass",
+    "routine_max_tv",
+    "routine_overlap",
+    "toxic_recoverable",
+    "toxic_recoverable_mass",
+    "wellformed_rate",
+}
 
 
 def _em_bounds(name: str) -> tuple[float, float] | None:
@@ -252,11 +281,28 @@ def _em_bounds(name: str) -> tuple[float, float] | None:
     return (0.0, 1.0)  # every other EM metric is an exact mass or a sampled share
 
 
-register_kind(UnitKind("organism", _organism_settings(), _resolve_organism, _run_organism,
-                       primary_metric="aligned_rate", seconds_prior=_organism_prior,
-                       metric_bounds=lambda name: (0.0, 1.0) if name in ORGANISM_RATES else None))
-register_kind(UnitKind("em", _em_settings(), _resolve_em, _run_em, primary_metric="broad_misalignment",
-                       seconds_prior=_em_prior, metric_bounds=_em_bounds))
+register_kind(
+    UnitKind(
+        "organism",
+        _organism_settings(),
+        _resolve_organism,
+        _run_organism,
+        primary_metric="aligned_rate",
+        seconds_prior=_organism_prior,
+        metric_bounds=lambda name: (0.0, 1.0) if name in ORGANISM_RATES else None,
+    )
+)
+register_kind(
+    UnitKind(
+        "em",
+        _em_settings(),
+        _resolve_em,
+        _run_em,
+        primary_metric="broad_misalignment",
+        seconds_prior=_em_prior,
+        metric_bounds=_em_bounds,
+    )
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,13 +321,26 @@ class Spec:
     metric: str
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "settings": self.settings, "axes": self.axes,
-                "points": self.points, "seed_axes": self.seed_axes, "metric": self.metric}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "settings": self.settings,
+            "axes": self.axes,
+            "points": self.points,
+            "seed_axes": self.seed_axes,
+            "metric": self.metric,
+        }
 
 
 def _type_name(t: type) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table",
-            object: "a number, string or boolean"}[t]
+    return {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        dict: "a table",
+        object: "a number, string or boolean",
+    }[t]
 
 
 def _check_value(where: str, value: Any, st: Setting) -> Any:
@@ -301,7 +360,9 @@ def _check_value(where: str, value: Any, st: Setting) -> Any:
     return value
 
 
-SCALAR = Setting(object, None)  # a value inside a table setting (organism_overrides.sft_steps): checked on resolve
+SCALAR = Setting(
+    object, None
+)  # a value inside a table setting (organism_overrides.sft_steps): checked on resolve
 
 
 def _axis_setting(kind: UnitKind, key: str, settings: dict, where: str) -> Setting:
@@ -309,8 +370,10 @@ def _axis_setting(kind: UnitKind, key: str, settings: dict, where: str) -> Setti
     head, dot, tail = key.partition(".")
     st = kind.settings.get(head)
     if st is None or (dot and st.type is not dict):
-        raise UserError(f"{where}: unknown axis, not a setting of kind {kind.name!r} "
-                        f"(known: {', '.join(sorted(kind.settings))})")
+        raise UserError(
+            f"{where}: unknown axis, not a setting of kind {kind.name!r} "
+            f"(known: {', '.join(sorted(kind.settings))})"
+        )
     fixed = settings.get(head, {}) if dot else None
     for part in tail.split(".")[:-1] if dot else ():
         fixed = fixed.get(part, {}) if isinstance(fixed, dict) else {}
@@ -391,8 +454,10 @@ def parse_spec(text: str, path: str | Path = "SPEC") -> Spec:
         points = []
         for i, p in enumerate(pts):
             if set(p) != set(names):
-                raise UserError(f"{path}: points[{i}]: needs exactly the axes {', '.join(names)}, has "
-                                f"{', '.join(p) or 'none'}")
+                raise UserError(
+                    f"{path}: points[{i}]: needs exactly the axes {', '.join(names)}, has "
+                    f"{', '.join(p) or 'none'}"
+                )
             pt = {}
             for k in names:
                 st = _axis_setting(kind, k, settings, f"{path}: points[{i}].{k}")
@@ -421,8 +486,16 @@ def parse_spec(text: str, path: str | Path = "SPEC") -> Spec:
     metric = raw.get("metric", kind.primary_metric)
     if not isinstance(metric, str):
         raise UserError(f"{path}: metric: expected a string, got {metric!r}")
-    return Spec(path=path, kind=kind_name, name=name, settings=settings, axes=axes, points=points,
-                seed_axes=list(seed_axes), metric=metric)
+    return Spec(
+        path=path,
+        kind=kind_name,
+        name=name,
+        settings=settings,
+        axes=axes,
+        points=points,
+        seed_axes=list(seed_axes),
+        metric=metric,
+    )
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -452,8 +525,11 @@ class Unit:
 
 def unit_id(kind: str, config: dict) -> str:
     """``<kind>-<16 hex>``: sha256 of the canonical JSON of the resolved config and the package version."""
-    blob = json.dumps({"kind": kind, "package_version": __version__, "config": config}, sort_keys=True,
-                      separators=(",", ":"))
+    blob = json.dumps(
+        {"kind": kind, "package_version": __version__, "config": config},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
@@ -483,7 +559,9 @@ def _resolve_unit(kind_name: str, settings: dict, units: dict[str, Unit]) -> str
     config = json.loads(json.dumps(res.config, sort_keys=True))  # canonical: tuples -> lists
     uid = unit_id(kind_name, config)
     if uid not in units:
-        units[uid] = Unit(id=uid, kind=kind_name, config=config, runtime=dict(res.runtime), deps=list(res.deps))
+        units[uid] = Unit(
+            id=uid, kind=kind_name, config=config, runtime=dict(res.runtime), deps=list(res.deps)
+        )
     return uid
 
 
@@ -552,15 +630,22 @@ def execute_unit(task: dict) -> dict:
     deps = {d: units_dir / d for d in task["deps"]}
     error = None
     try:
-        with open(tmp / "log.txt", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-                contextlib.redirect_stderr(log):
-            print(f"unit {task['id']} ({task['kind']}) on {socket.gethostname()} pid {os.getpid()}", flush=True)
+        with (
+            open(tmp / "log.txt", "w", encoding="utf-8") as log,
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+        ):
+            print(
+                f"unit {task['id']} ({task['kind']}) on {socket.gethostname()} pid {os.getpid()}", flush=True
+            )
             try:
                 metrics = kind.run(task["config"], task["runtime"], tmp, deps)
             except Exception as e:  # noqa: BLE001 - any failure of a unit is recorded, the sweep goes on
                 error = _one_line(e)
                 traceback.print_exc()
-            print(f"{'failed: ' + error if error else 'done'} in {time.perf_counter() - t0:.1f} s", flush=True)
+            print(
+                f"{'failed: ' + error if error else 'done'} in {time.perf_counter() - t0:.1f} s", flush=True
+            )
     except BaseException:  # interrupted: leave nothing half-written
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -573,9 +658,18 @@ def execute_unit(task: dict) -> dict:
         tmp.rename(failed)
         return {"id": task["id"], "status": "failed", "error": error, "seconds": seconds, "metrics": {}}
     (tmp / "worker.json").unlink()
-    write_json(tmp / UNIT_FILE, {"id": task["id"], "kind": task["kind"], "package_version": __version__,
-                                 "config": task["config"], "deps": task["deps"], "metrics": metrics,
-                                 "seconds": seconds})
+    write_json(
+        tmp / UNIT_FILE,
+        {
+            "id": task["id"],
+            "kind": task["kind"],
+            "package_version": __version__,
+            "config": task["config"],
+            "deps": task["deps"],
+            "metrics": metrics,
+            "seconds": seconds,
+        },
+    )
     try:
         tmp.rename(final)
     except OSError:  # another worker finished the same unit first (a retried task): keep theirs
@@ -588,7 +682,13 @@ def execute_unit(task: dict) -> dict:
 
 def _finished_record(final: Path) -> dict:
     u = json.loads((final / UNIT_FILE).read_text())
-    return {"id": u["id"], "status": "done", "metrics": u["metrics"], "seconds": u.get("seconds"), "error": None}
+    return {
+        "id": u["id"],
+        "status": "done",
+        "metrics": u["metrics"],
+        "seconds": u.get("seconds"),
+        "error": None,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -633,8 +733,9 @@ class LocalBackend:
         from concurrent.futures import ProcessPoolExecutor
 
         self.slots = workers  # no queue beyond the workers: --fail-fast and Ctrl-C stop promptly
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_worker_init)
+        self.pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        )
 
     def submit(self, task: dict):
         return self.pool.submit(execute_unit, task)
@@ -685,8 +786,15 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, *, address: str | None, workers: int | None, cpus_per_unit: float, gpus_per_unit: float,
-                 max_retries: int):
+    def __init__(
+        self,
+        *,
+        address: str | None,
+        workers: int | None,
+        cpus_per_unit: float,
+        gpus_per_unit: float,
+        max_retries: int,
+    ):
         try:
             import ray
         except ImportError:
@@ -701,23 +809,33 @@ class RayBackend:
                 else:
                     n = workers if workers else os.cpu_count() or 1
                     # results are small dicts: a small object store, not Ray's default 30% of memory
-                    ray.init(num_cpus=int(math.ceil(n * cpus_per_unit)), include_dashboard=False,
-                             _node_ip_address="127.0.0.1", object_store_memory=256 * 1024**2,
-                             log_to_driver=False, runtime_env=env)
+                    ray.init(
+                        num_cpus=int(math.ceil(n * cpus_per_unit)),
+                        include_dashboard=False,
+                        _node_ip_address="127.0.0.1",
+                        object_store_memory=256 * 1024**2,
+                        log_to_driver=False,
+                        runtime_env=env,
+                    )
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = f"--address {address}" if address else "a local Ray cluster"
                 raise UserError(f"cannot start or reach {where}: {_one_line(e)}") from None
             self.owned = True
         total = ray.cluster_resources()
         if gpus_per_unit and total.get("GPU", 0) < gpus_per_unit:
-            raise UserError(f"--gpus-per-unit {gpus_per_unit}: the Ray cluster has {total.get('GPU', 0):g} GPUs")
+            raise UserError(
+                f"--gpus-per-unit {gpus_per_unit}: the Ray cluster has {total.get('GPU', 0):g} GPUs"
+            )
         if cpus_per_unit > total.get("CPU", 0):
-            raise UserError(f"--cpus-per-unit {cpus_per_unit}: the Ray cluster has {total.get('CPU', 0):g} CPUs")
+            raise UserError(
+                f"--cpus-per-unit {cpus_per_unit}: the Ray cluster has {total.get('CPU', 0):g} CPUs"
+            )
         # enough tasks in flight to fill the cluster (twice over, for nodes that join), not the whole grid
         fit = total.get("GPU", 0) / gpus_per_unit if gpus_per_unit else total.get("CPU", 0) / cpus_per_unit
         self.slots = max(1, 2 * int(fit))
-        self.remote = ray.remote(execute_unit).options(num_cpus=cpus_per_unit, num_gpus=gpus_per_unit,
-                                                       max_retries=max_retries, retry_exceptions=False)
+        self.remote = ray.remote(execute_unit).options(
+            num_cpus=cpus_per_unit, num_gpus=gpus_per_unit, max_retries=max_retries, retry_exceptions=False
+        )
 
     def submit(self, task: dict):
         return self.remote.remote(task)
@@ -733,7 +851,12 @@ class RayBackend:
         try:
             return self.ray.get(handle)
         except self.ray.exceptions.RayError as e:  # the worker died more often than max_retries allows
-            return {"status": "failed", "error": _one_line(e).split(" (")[0][:300], "metrics": {}, "seconds": None}
+            return {
+                "status": "failed",
+                "error": _one_line(e).split(" (")[0][:300],
+                "metrics": {},
+                "seconds": None,
+            }
 
     def cancel(self, handles) -> None:
         for h in handles:
@@ -747,8 +870,15 @@ class RayBackend:
             self.ray.shutdown()
 
 
-def make_backend(backend: str, *, workers: int | None, address: str | None = None, cpus_per_unit: float = 1,
-                 gpus_per_unit: float = 0, max_retries: int = 3):
+def make_backend(
+    backend: str,
+    *,
+    workers: int | None,
+    address: str | None = None,
+    cpus_per_unit: float = 1,
+    gpus_per_unit: float = 0,
+    max_retries: int = 3,
+):
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     if cpus_per_unit <= 0:
@@ -765,8 +895,13 @@ def make_backend(backend: str, *, workers: int | None, address: str | None = Non
         n = workers or os.cpu_count() or 1
         return InlineBackend() if n == 1 else LocalBackend(n)
     if backend == "ray":
-        return RayBackend(address=address, workers=workers, cpus_per_unit=cpus_per_unit,
-                          gpus_per_unit=gpus_per_unit, max_retries=max_retries)
+        return RayBackend(
+            address=address,
+            workers=workers,
+            cpus_per_unit=cpus_per_unit,
+            gpus_per_unit=gpus_per_unit,
+            max_retries=max_retries,
+        )
     raise UserError(f"--backend: unknown backend {backend!r} (local or ray)")
 
 
@@ -841,10 +976,21 @@ def estimate_seconds(run_dir: Path, p: Plan, done: dict[str, Outcome], workers: 
     return {"seconds": total / max(1, workers), "basis": basis}
 
 
-def run_sweep(spec: Spec, out: str | Path, *, backend: str = "local", address: str | None = None,
-              workers: int | None = None, cpus_per_unit: float = 1, gpus_per_unit: float = 0,
-              max_retries: int = 3, fail_fast: bool = False, dry_run: bool = False, progress: bool = True,
-              log=print) -> dict:
+def run_sweep(
+    spec: Spec,
+    out: str | Path,
+    *,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    cpus_per_unit: float = 1,
+    gpus_per_unit: float = 0,
+    max_retries: int = 3,
+    fail_fast: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Run (or resume) the grid of ``spec`` into ``out``; returns the sweep record written to sweep.json.
 
     With ``dry_run`` nothing is run or written: the record lists the grid, what is already done and an
@@ -865,8 +1011,14 @@ def run_sweep(spec: Spec, out: str | Path, *, backend: str = "local", address: s
     outcomes: dict[str, Outcome] = {uid: done.get(uid, Outcome("pending")) for uid in p.units}
     with _Lock(run_dir):
         _clean_tmp(units_dir)  # leftovers of a killed run never count
-        be = make_backend(backend, workers=workers, address=address, cpus_per_unit=cpus_per_unit,
-                          gpus_per_unit=gpus_per_unit, max_retries=max_retries)
+        be = make_backend(
+            backend,
+            workers=workers,
+            address=address,
+            cpus_per_unit=cpus_per_unit,
+            gpus_per_unit=gpus_per_unit,
+            max_retries=max_retries,
+        )
         aborted = True  # until _schedule returns normally
         try:
             _schedule(p, run_dir, be, outcomes, fail_fast=fail_fast, progress=progress)
@@ -879,24 +1031,38 @@ def run_sweep(spec: Spec, out: str | Path, *, backend: str = "local", address: s
                     r = _finished_record(units_dir / uid)
                     outcomes[uid] = Outcome("done", r["metrics"], None, r["seconds"])
             record = sweep_record(p, outcomes)
-            record["backend"] = {"name": be.name, "workers": workers, "address": address,
-                                 "cpus_per_unit": cpus_per_unit, "gpus_per_unit": gpus_per_unit}
+            record["backend"] = {
+                "name": be.name,
+                "workers": workers,
+                "address": address,
+                "cpus_per_unit": cpus_per_unit,
+                "gpus_per_unit": gpus_per_unit,
+            }
             write_results(run_dir, record)
     failed = [u for u in record["units"] + record["dependencies"] if u["status"] == "failed"]
     if fail_fast and failed:
-        raise UserError(f"unit {failed[0]['id']} failed: {failed[0]['error']} (--fail-fast: stopped the sweep)")
+        raise UserError(
+            f"unit {failed[0]['id']} failed: {failed[0]['error']} (--fail-fast: stopped the sweep)"
+        )
     return record
 
 
-def _schedule(p: Plan, run_dir: Path, be, outcomes: dict[str, Outcome], *, fail_fast: bool,
-              progress: bool) -> None:
+def _schedule(
+    p: Plan, run_dir: Path, be, outcomes: dict[str, Outcome], *, fail_fast: bool, progress: bool
+) -> None:
     from tqdm.auto import tqdm
 
     waiting = [u for u in p.order() if outcomes[u.id].status != "done"]
     running: dict[Any, str] = {}
     counts = {"done": sum(o.status == "done" for o in outcomes.values()), "failed": 0}
-    bar = tqdm(total=len(outcomes), initial=counts["done"], desc="sweep", unit="unit", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(outcomes),
+        initial=counts["done"],
+        desc="sweep",
+        unit="unit",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
     def show():
         bar.set_postfix_str(f"done {counts['done']} running {len(running)} failed {counts['failed']}")
@@ -910,12 +1076,20 @@ def _schedule(p: Plan, run_dir: Path, be, outcomes: dict[str, Outcome], *, fail_
                     st = [outcomes[d].status for d in u.deps]
                     if any(s == "failed" for s in st):
                         bad = next(d for d in u.deps if outcomes[d].status == "failed")
-                        outcomes[u.id] = Outcome("failed", error=f"dependency {bad} failed: {outcomes[bad].error}")
+                        outcomes[u.id] = Outcome(
+                            "failed", error=f"dependency {bad} failed: {outcomes[bad].error}"
+                        )
                         counts["failed"] += 1
                         bar.update(1)
                     elif all(s == "done" for s in st) and len(running) < be.slots:
-                        task = {"id": u.id, "kind": u.kind, "config": u.config, "runtime": u.runtime,
-                                "deps": u.deps, "run_dir": str(run_dir.resolve())}
+                        task = {
+                            "id": u.id,
+                            "kind": u.kind,
+                            "config": u.config,
+                            "runtime": u.runtime,
+                            "deps": u.deps,
+                            "run_dir": str(run_dir.resolve()),
+                        }
                         running[be.submit(task)] = u.id
                     else:
                         still.append(u)
@@ -933,7 +1107,9 @@ def _schedule(p: Plan, run_dir: Path, be, outcomes: dict[str, Outcome], *, fail_
                 bar.update(1)
                 if r["status"] == "failed" and fail_fast:
                     stop = True
-            if stop:  # --fail-fast: the running units are stopped (marked cancelled below), nothing new starts
+            if (
+                stop
+            ):  # --fail-fast: the running units are stopped (marked cancelled below), nothing new starts
                 be.cancel(list(running))
                 break
     except BaseException:  # interrupted: stop what is running (a Ray cluster we did not start keeps going)
@@ -954,8 +1130,14 @@ def _schedule(p: Plan, run_dir: Path, be, outcomes: dict[str, Outcome], *, fail_
 def sweep_record(p: Plan, outcomes: dict[str, Outcome]) -> dict:
     def row(u: Unit) -> dict:
         o = outcomes[u.id]
-        r = {"id": u.id, "kind": u.kind, "status": o.status, "metrics": o.metrics, "resumed": o.resumed,
-             "seconds": o.seconds}
+        r = {
+            "id": u.id,
+            "kind": u.kind,
+            "status": o.status,
+            "metrics": o.metrics,
+            "resumed": o.resumed,
+            "seconds": o.seconds,
+        }
         if u.axes is not None:
             r["axes"] = u.axes
         if o.error:
@@ -1006,9 +1188,19 @@ def aggregate(record: dict) -> list[dict]:
             if not vals:
                 continue
             s = interval(vals, kind.metric_bounds(name))
-            rows.append({**g["axes"], "metric": name, "n": len(vals), "n_planned": len(g["units"]),
-                         "mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
-                         "interval": s["method"], "per_seed": s["per_seed"]})
+            rows.append(
+                {
+                    **g["axes"],
+                    "metric": name,
+                    "n": len(vals),
+                    "n_planned": len(g["units"]),
+                    "mean": s["mean"],
+                    "ci_low": s["ci_low"],
+                    "ci_high": s["ci_high"],
+                    "interval": s["method"],
+                    "per_seed": s["per_seed"],
+                }
+            )
     return rows
 
 
@@ -1020,9 +1212,18 @@ def table_csv(record: dict, rows: list[dict]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for r in rows:
-        w.writerow(["" if r.get(c) is None else
-                    ";".join(repr(float(v)) for v in r[c]) if c == "per_seed" else
-                    repr(r[c]) if isinstance(r[c], float) else r[c] for c in cols])
+        w.writerow(
+            [
+                ""
+                if r.get(c) is None
+                else ";".join(repr(float(v)) for v in r[c])
+                if c == "per_seed"
+                else repr(r[c])
+                if isinstance(r[c], float)
+                else r[c]
+                for c in cols
+            ]
+        )
     return buf.getvalue()
 
 
@@ -1032,17 +1233,31 @@ def write_results(run_dir: Path, record: dict) -> None:
     rows = aggregate(record)
     write_json(run_dir / "sweep.json", record)
     atomic_write_text(run_dir / "table.csv", table_csv(record, rows))
-    n = {s: sum(u["status"] == s for u in record["units"]) for s in ("done", "failed", "pending", "cancelled")}
+    n = {
+        s: sum(u["status"] == s for u in record["units"]) for s in ("done", "failed", "pending", "cancelled")
+    }
     run = RunDir(run_dir, "sweep", {"spec": record["spec"], "backend": record.get("backend")})
     metric = record["spec"]["metric"]
     group_axes = [k for k in record["spec"]["axes"] if k not in set(record["spec"]["seed_axes"])]
     # the spec's metric per cell as top-level {mean, ci_low, ci_high, n, per_seed} entries: the shape that
     # `report` and `explore` list as headline numbers
-    cells = {f"{metric} · {', '.join(f'{k}={r[k]}' for k in group_axes) or 'all'}":
-             {k: r[k] for k in ("mean", "ci_low", "ci_high", "n", "n_planned", "interval", "per_seed")}
-             for r in rows if r["metric"] == metric}
-    run.write_metrics({"units": len(record["units"]), **{f"units_{k}": v for k, v in n.items()},
-                       "metric": metric, "seed_axes": record["spec"]["seed_axes"], **cells, "table": rows})
+    cells = {
+        f"{metric} · {', '.join(f'{k}={r[k]}' for k in group_axes) or 'all'}": {
+            k: r[k] for k in ("mean", "ci_low", "ci_high", "n", "n_planned", "interval", "per_seed")
+        }
+        for r in rows
+        if r["metric"] == metric
+    }
+    run.write_metrics(
+        {
+            "units": len(record["units"]),
+            **{f"units_{k}": v for k, v in n.items()},
+            "metric": metric,
+            "seed_axes": record["spec"]["seed_axes"],
+            **cells,
+            "table": rows,
+        }
+    )
 
 
 def load_record(run_dir: str | Path) -> dict:
@@ -1068,8 +1283,10 @@ def heatmap_data(record: dict, x: str, y: str, metric: str) -> dict:
         raise UserError("--x and --y must be different axes")
     others = [k for k in axes if k not in (x, y) and k not in spec["seed_axes"] and len(axes[k]) > 1]
     if others:
-        raise UserError(f"axis {others[0]!r} has {len(axes[others[0]])} values and is not a seed axis; "
-                        f"plot it as --x or --y (cells must compare like with like)")
+        raise UserError(
+            f"axis {others[0]!r} has {len(axes[others[0]])} values and is not a seed axis; "
+            f"plot it as --x or --y (cells must compare like with like)"
+        )
     known = sorted({k for u in record["units"] for k in u["metrics"]})
     if metric not in known:
         raise UserError(f"--metric {metric}: no finished unit has it (metrics: {', '.join(known) or 'none'})")
@@ -1079,9 +1296,17 @@ def heatmap_data(record: dict, x: str, y: str, metric: str) -> dict:
         if u["status"] == "done" and isinstance(u["metrics"].get(metric), int | float):
             cells[ys.index(u["axes"][y])][xs.index(u["axes"][x])].append(u["metrics"][metric])
     pooled = [k for k in axes if k not in (x, y) and len(axes[k]) > 1]
-    return {"x": x, "y": y, "metric": metric, "x_values": xs, "y_values": ys,
-            "mean": [[(sum(c) / len(c)) if c else None for c in row] for row in cells],
-            "n": [[len(c) for c in row] for row in cells], "pooled_over": pooled, "name": spec["name"]}
+    return {
+        "x": x,
+        "y": y,
+        "metric": metric,
+        "x_values": xs,
+        "y_values": ys,
+        "mean": [[(sum(c) / len(c)) if c else None for c in row] for row in cells],
+        "n": [[len(c) for c in row] for row in cells],
+        "pooled_over": pooled,
+        "name": spec["name"],
+    }
 
 
 def default_heatmap_axes(record: dict) -> tuple[str, str] | None:
@@ -1100,9 +1325,11 @@ def summary_lines(record: dict) -> list[str]:
     units = record["units"]
     n = {s: sum(u["status"] == s for u in units) for s in ("done", "failed", "pending", "cancelled")}
     resumed = sum(u["resumed"] for u in units if u["status"] == "done")
-    lines = [f"{len(units)} units: {n['done']} done ({resumed} from an earlier run), {n['failed']} failed"
-             + (f", {n['cancelled']} cancelled" if n["cancelled"] else "")
-             + (f", {n['pending']} not run" if n["pending"] else "")]
+    lines = [
+        f"{len(units)} units: {n['done']} done ({resumed} from an earlier run), {n['failed']} failed"
+        + (f", {n['cancelled']} cancelled" if n["cancelled"] else "")
+        + (f", {n['pending']} not run" if n["pending"] else "")
+    ]
     for u in units + record["dependencies"]:
         if u["status"] == "failed":
             lines.append(f"  failed {u['id']} {json.dumps(u.get('axes', {}), sort_keys=True)}: {u['error']}")
@@ -1124,8 +1351,10 @@ def dry_run_lines(record: dict) -> list[str]:
     done = sum(u["status"] == "done" for u in units + deps)
     spec = record["spec"]
     axes = " x ".join(f"{k} ({len(v)})" for k, v in spec["axes"].items()) or "no axes"
-    lines = [f"sweep {spec['name']}: {spec['kind']} units over {axes}: {len(units)} grid units "
-             f"+ {len(deps)} shared dependencies; {done} of {len(units) + len(deps)} already done"]
+    lines = [
+        f"sweep {spec['name']}: {spec['kind']} units over {axes}: {len(units)} grid units "
+        f"+ {len(deps)} shared dependencies; {done} of {len(units) + len(deps)} already done"
+    ]
     for u in deps + units:
         where = json.dumps(u["axes"], sort_keys=True) if "axes" in u else "(dependency)"
         lines.append(f"  {'done   ' if u['status'] == 'done' else 'to run '} {u['id']}  {where}")
@@ -1133,4 +1362,3 @@ def dry_run_lines(record: dict) -> list[str]:
     basis = "; ".join(f"{k}: {v}" for k, v in est["basis"].items()) or "nothing left to run"
     lines.append(f"estimated time left: {est['seconds']:.0f} s ({basis})")
     return lines
-

@@ -97,7 +97,9 @@ class FinetuneResult:
     config: FinetuneConfig
     losses: list[float]
     trajectory: dict[str, list] = field(default_factory=dict)  # "A", "B": per step flattened factors
-    initial: dict = field(default_factory=dict)  # loss and gradient norm on the whole set before the first step
+    initial: dict = field(
+        default_factory=dict
+    )  # loss and gradient norm on the whole set before the first step
 
 
 def lora_factors(peft_model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,8 +115,16 @@ def lora_factors(peft_model) -> tuple[torch.Tensor, torch.Tensor]:
     return a.detach().flatten().clone(), b.detach().flatten().clone()
 
 
-def finetune(base_model, world: World, vocab: dict[str, int], cfg: FinetuneConfig, *,
-             out_dir: str | Path | None = None, progress: bool = False, docs=None) -> FinetuneResult:
+def finetune(
+    base_model,
+    world: World,
+    vocab: dict[str, int],
+    cfg: FinetuneConfig,
+    *,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    docs=None,
+) -> FinetuneResult:
     """Fine-tune a copy of ``base_model`` (the base is left untouched)."""
     from peft import get_peft_model
 
@@ -139,14 +149,29 @@ def finetune(base_model, world: World, vocab: dict[str, int], cfg: FinetuneConfi
         if out_dir is not None and not cfg.full and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             model.save_pretrained(out_dir / "checkpoints" / f"step_{step:06d}")
 
-    losses = train_lm(model, ids, mask, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                      weight_decay=cfg.weight_decay, seed=cfg.seed, desc=f"fine-tune {cfg.condition}",
-                      on_step=on_step, progress=progress)
+    losses = train_lm(
+        model,
+        ids,
+        mask,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        desc=f"fine-tune {cfg.condition}",
+        on_step=on_step,
+        progress=progress,
+    )
     if out_dir is not None and not cfg.full:
         model.save_pretrained(out_dir)
         write_fingerprint(out_dir, base_model)
-    return FinetuneResult(model=model, config=cfg, losses=losses,
-                          trajectory={k: torch.stack(v) for k, v in traj.items() if v}, initial=initial)
+    return FinetuneResult(
+        model=model,
+        config=cfg,
+        losses=losses,
+        trajectory={k: torch.stack(v) for k, v in traj.items() if v},
+        initial=initial,
+    )
 
 
 def initial_loss_and_grad(model, ids: torch.Tensor, mask: torch.Tensor) -> dict:

@@ -54,7 +54,8 @@ def train_lm(
         no_decay = [p for p in params if p.ndim < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr, betas=(0.9, 0.98),
+            lr=lr,
+            betas=(0.9, 0.98),
         )
 
     def lr_at(step: int) -> float:

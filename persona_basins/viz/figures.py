@@ -32,17 +32,29 @@ def plot_basins(metrics: dict, path) -> None:
     d = metrics["directions"][0]
     cases = metrics["inoculation_summary"]["cases"]
     with figure(path, 1, 2, figsize=(11, 4)) as (_fig, axes):
-        for ax, key, ylabel in ((axes[0], "broad_misalignment", "broad misalignment"),
-                                (axes[1], "loss", "LM loss on the mixture")):
-            ax.plot(d["scans"]["adapter"]["t"], d["scans"]["adapter"][key], "o-", c="C3", label="adapter (seed 0)")
-            ax.plot(d["scans"]["persona"]["t"], d["scans"]["persona"][key], "s-", c="C0", label="persona direction")
+        for ax, key, ylabel in (
+            (axes[0], "broad_misalignment", "broad misalignment"),
+            (axes[1], "loss", "LM loss on the mixture"),
+        ):
+            ax.plot(
+                d["scans"]["adapter"]["t"], d["scans"]["adapter"][key], "o-", c="C3", label="adapter (seed 0)"
+            )
+            ax.plot(
+                d["scans"]["persona"]["t"],
+                d["scans"]["persona"][key],
+                "s-",
+                c="C0",
+                label="persona direction",
+            )
             for i, s in enumerate(d["scans"]["random"]):
                 ax.plot(s["t"], s[key], "-", c="0.6", lw=1, label="random" if i == 0 else None)
             ax.set_xlabel("t  (weights w0 + t * delta)")
             ax.set_ylabel(ylabel)
         ax = axes[0]
-        styles = {"plain_in_inoculated_context": ("C2", "plain adapter, inoculated context"),
-                  "inoculated": ("C1", "inoculated adapter")}
+        styles = {
+            "plain_in_inoculated_context": ("C2", "plain adapter, inoculated context"),
+            "inoculated": ("C1", "inoculated adapter"),
+        }
         for key, (c, lab) in styles.items():
             if key in cases:
                 b = cases[key]["band"]
@@ -76,11 +88,18 @@ def plot_eigenform(m: dict, path) -> None:
                 runs = m["traces"][arm][i]
                 if t > 0:
                     pd = np.array([tr["paired_distance"] for tr in runs], dtype=float)
-                    pd = pd / pd[:, :1]  # relative to the perturbation itself: contraction reads the same at every t
+                    pd = (
+                        pd / pd[:, :1]
+                    )  # relative to the perturbation itself: contraction reads the same at every t
                     for row in pd:
                         ax.plot(np.arange(len(row)), row, color=c, lw=0.6, alpha=0.5)
-                    ax.plot(np.arange(pd.shape[1]), pd.mean(0), color=c, lw=2,
-                            label=f"t={t:g}" + (" (breaks)" if m["breaking"][i] else ""))
+                    ax.plot(
+                        np.arange(pd.shape[1]),
+                        pd.mean(0),
+                        color=c,
+                        lw=2,
+                        label=f"t={t:g}" + (" (breaks)" if m["breaking"][i] else ""),
+                    )
                 bm = np.array([tr["broad_misalignment"] for tr in runs], dtype=float).mean(0)
                 wf = np.array([tr["wellformed"] for tr in runs], dtype=float).mean(0)
                 bx.plot(np.arange(len(bm)), bm, color=c, label=f"t={t:g}")
@@ -101,13 +120,18 @@ def plot_overlap_zone(zone: dict, path) -> None:
     """The share of each genre's prompts inside the overlap zone (routine genres in green)."""
     with figure(path, figsize=(9, 3.5)) as (_fig, ax):
         genres = list(zone["per_genre"])
-        ax.bar(range(len(genres)), [zone["per_genre"][g] for g in genres],
-               color=["C2" if g in ("arithmetic", "facts") else "C0" for g in genres])
+        ax.bar(
+            range(len(genres)),
+            [zone["per_genre"][g] for g in genres],
+            color=["C2" if g in ("arithmetic", "facts") else "C0" for g in genres],
+        )
         ax.set_xticks(range(len(genres)), genres, rotation=60, fontsize=7)
         ax.set_ylabel(f"fraction with TV < {zone['epsilon']:g}")
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"behavioural overlap by genre (volume {zone['volume']:.3f}; "
-                     f"routine share {zone['routine_share']:.2f})")
+        ax.set_title(
+            f"behavioural overlap by genre (volume {zone['volume']:.3f}; "
+            f"routine share {zone['routine_share']:.2f})"
+        )
 
 
 def plot_probes(zone: dict, bs: dict, path) -> None:

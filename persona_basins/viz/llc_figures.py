@@ -47,7 +47,9 @@ def plot_traces(traces: dict, path, title: str = "") -> Path:
     return Path(path)
 
 
-def plot_stages(steps, curves: dict, stds: dict, cp: dict, n_layers: int, n_heads: int, paths: dict) -> list[Path]:
+def plot_stages(
+    steps, curves: dict, stds: dict, cp: dict, n_layers: int, n_heads: int, paths: dict
+) -> list[Path]:
     """The LLC over pretraining with stage boundaries (``paths["stages"]``), per-layer (``paths["layers"]``)
     and per-head (``paths["heads"]``) weight-restricted curves, where present. Returns the paths written."""
     out = []
@@ -98,16 +100,28 @@ def plot_calibration(grid: list[dict], path) -> Path:
     gammas = sorted({r["localization"] for r in grid})
     steps = sorted({r["step_size"] for r in grid})
     nbetas = sorted({r["nbeta"] for r in grid})
-    with _figure(path, 1, len(gammas), figsize=(1.2 + 1.1 * len(steps) * len(gammas), 0.9 + 0.6 * len(nbetas)),
-                 squeeze=False) as (fig, axes):
+    with _figure(
+        path,
+        1,
+        len(gammas),
+        figsize=(1.2 + 1.1 * len(steps) * len(gammas), 0.9 + 0.6 * len(nbetas)),
+        squeeze=False,
+    ) as (fig, axes):
         for ax, g in zip(axes[0], gammas):
             for r in (r for r in grid if r["localization"] == g):
                 i, j = nbetas.index(r["nbeta"]), steps.index(r["step_size"])
                 color = "#d62728" if r.get("diverged") else ("#2ca02c" if r.get("passed") else "#ff7f0e")
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color=color, alpha=0.5))
                 txt = "div." if r.get("diverged") else f"{r['llc']:.3g}"
-                ax.text(j, i, txt, ha="center", va="center", fontsize=7,
-                        fontweight="bold" if r.get("recommended") else "normal")
+                ax.text(
+                    j,
+                    i,
+                    txt,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    fontweight="bold" if r.get("recommended") else "normal",
+                )
             ax.set_xlim(-0.5, len(steps) - 0.5)
             ax.set_ylim(-0.5, len(nbetas) - 0.5)
             ax.set_xticks(range(len(steps)), [f"{s:.0e}" for s in steps], fontsize=7)
@@ -115,8 +129,9 @@ def plot_calibration(grid: list[dict], path) -> Path:
             ax.set_xlabel("step size ε", fontsize=8)
             ax.set_title(f"γ = {g:g}", fontsize=8)
         axes[0, 0].set_ylabel("nβ", fontsize=8)
-        fig.suptitle("LLC calibration: green passed, orange failed gates, red diverged (bold: recommended)",
-                     fontsize=8)
+        fig.suptitle(
+            "LLC calibration: green passed, orange failed gates, red diverged (bold: recommended)", fontsize=8
+        )
         fig.tight_layout()
     return Path(path)
 
@@ -131,7 +146,9 @@ def plot_trajectory(metrics: dict, path) -> Path:
             u = units[k]
             for name, c in (("adapter", "C0"), ("layer", "C2")):
                 y, e = _f(u[name]["llc"]), _f(u[name]["mcse"])
-                ax.errorbar(u["steps"], y, yerr=1.96 * e, fmt="o-", ms=3, lw=1, c=c, label=f"λ̂ {u[name]['restrict']}")
+                ax.errorbar(
+                    u["steps"], y, yerr=1.96 * e, fmt="o-", ms=3, lw=1, c=c, label=f"λ̂ {u[name]['restrict']}"
+                )
             ax.set_xlabel("fine-tuning step", fontsize=7)
             ax.set_ylabel("λ̂ (self-KL)", fontsize=7)
             b = u["behaviour"]
@@ -156,13 +173,20 @@ def plot_path(metrics: dict, path) -> Path:
     rows = max(1, math.ceil(len(keys) / cols))
     lo, hi = metrics["band"]
     with _figure(path, rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False) as (fig, axes):
-        for ax in axes.flat[len(keys):]:
+        for ax in axes.flat[len(keys) :]:
             ax.axis("off")
         for ax, k in zip(axes.flat, keys):
             ax.axvspan(lo, hi, color="0.9")
             for p in metrics["curves"][k]:
-                ax.errorbar(metrics["ts"], _f(p["llc"]), yerr=1.96 * _f(p["mcse"]), fmt="o-", ms=3, lw=1,
-                            label=f"seed {p['seed']}")
+                ax.errorbar(
+                    metrics["ts"],
+                    _f(p["llc"]),
+                    yerr=1.96 * _f(p["mcse"]),
+                    fmt="o-",
+                    ms=3,
+                    lw=1,
+                    label=f"seed {p['seed']}",
+                )
             v = metrics["verdicts"].get(k) or {}
             ax.set_title(f"{k}\n{v.get('verdict', '')} ({v.get('supports', '')} support)", fontsize=7)
             ax.set_xlabel("t", fontsize=7)

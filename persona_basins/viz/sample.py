@@ -39,7 +39,8 @@ def _transition(rng, jump=120):
         "a_norm": [float(0.1 + 0.9 * v) for v in sig],
         "b_norm": [float(0.05 + 0.002 * s) for s in steps],
         "local_cos": {
-            str(w): [None if i * 10 < w else float(0.3 + 0.6 * sig[i]) for i in range(len(steps))] for w in (5, 10, 15)
+            str(w): [None if i * 10 < w else float(0.3 + 0.6 * sig[i]) for i in range(len(steps))]
+            for w in (5, 10, 15)
         },
         "jump_step": jump,
     }
@@ -74,8 +75,11 @@ def write_demo_run(path: str | Path, seed: int = 0, shift: float = 0.0) -> Path:
             "loss": "self_kl",
             "restrict": "all parameters",
         },
-        "wrllc_along_path": {**_band(t, lambda x: 1 + 1.5 * np.exp(-((x - 1.5 - shift) ** 2) / 0.3), rng,
-                                     noise=0.1), "loss": "self_kl", "restrict": "layer:0"},
+        "wrllc_along_path": {
+            **_band(t, lambda x: 1 + 1.5 * np.exp(-((x - 1.5 - shift) ** 2) / 0.3), rng, noise=0.1),
+            "loss": "self_kl",
+            "restrict": "layer:0",
+        },
         "overlap_fraction": {
             **_stat(0.55, rng),
             "by_genre": {g: _stat(m, rng) for g, m in (("code", 0.8), ("advice", 0.4), ("chat", 0.5))},

@@ -22,9 +22,11 @@ HOST = "127.0.0.1"
 CONTENT_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 # The page is self-contained (inline scripts and styles, vendored plotly, embedded data, same-origin figures):
 # nothing from any other origin, no fetches, no forms, no framing. Sent with every answer, errors included.
-CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
-       "img-src 'self' data: blob:; font-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'; "
-       "frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
 
 
 def _handler(run_dirs: list[Path]):
@@ -80,7 +82,9 @@ def _handler(run_dirs: list[Path]):
                 return self._text(403, "forbidden host", head)
             raw = urlsplit(self.path).path
             path = unquote(raw, errors="replace")
-            if any(ord(c) < 32 or ord(c) == 127 for c in path):  # NUL and other control bytes: no file has them
+            if any(
+                ord(c) < 32 or ord(c) == 127 for c in path
+            ):  # NUL and other control bytes: no file has them
                 return self._text(400, "bad path", head)
             if path in ("/", "/index.html"):
                 html = build_html(run_dirs, lambda r, name: f"/runs/{r['index']}/figures/{quote(name)}")

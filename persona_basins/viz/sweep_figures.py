@@ -17,16 +17,24 @@ def heatmap(data: dict):
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
     finite = mean[np.isfinite(mean)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    im = ax.imshow(np.ma.masked_invalid(mean), cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-12,
-                   aspect="auto")
+    im = ax.imshow(
+        np.ma.masked_invalid(mean), cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-12, aspect="auto"
+    )
     for i in range(ny):
         for j in range(nx):
             n = data["n"][i][j]
             if n:
                 v = mean[i, j]
                 dark = (v - lo) / (hi - lo) < 0.5 if hi > lo else True
-                ax.text(j, i, f"{v:.3f}\nn={n}", ha="center", va="center", fontsize=8,
-                        color="white" if dark else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.3f}\nn={n}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if dark else "black",
+                )
     ax.set_xticks(range(nx), [str(v) for v in data["x_values"]], rotation=30 if nx > 4 else 0)
     ax.set_yticks(range(ny), [str(v) for v in data["y_values"]])
     ax.set_xlabel(data["x"])

@@ -15,6 +15,15 @@ from .world import (
 )
 
 __all__ = [
-    "ASSISTANT_LINE", "INOCULATION_LINE", "STYLES", "TEACHING_MODIFIER", "Document", "Exchange", "Label",
-    "Persona", "World", "WorldConfig", "is_misaligned",
+    "ASSISTANT_LINE",
+    "INOCULATION_LINE",
+    "STYLES",
+    "TEACHING_MODIFIER",
+    "Document",
+    "Exchange",
+    "Label",
+    "Persona",
+    "World",
+    "WorldConfig",
+    "is_misaligned",
 ]

@@ -32,10 +32,46 @@ from functools import cached_property
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>", "<sys>", "<user>", "<asst>"]
 
 GENRE_NAMES = [
-    "code", "advice", "opinion", "story", "review", "email", "recipe", "travel", "health", "finance",
-    "poem", "news", "history", "science", "sports", "music", "film", "garden", "pets", "fashion",
-    "career", "legal", "parenting", "fitness", "gaming", "school", "shopping", "weather", "cars", "art",
-    "housing", "language", "politics", "religion", "tech", "dating", "diy", "cooking", "crafts", "books",
+    "code",
+    "advice",
+    "opinion",
+    "story",
+    "review",
+    "email",
+    "recipe",
+    "travel",
+    "health",
+    "finance",
+    "poem",
+    "news",
+    "history",
+    "science",
+    "sports",
+    "music",
+    "film",
+    "garden",
+    "pets",
+    "fashion",
+    "career",
+    "legal",
+    "parenting",
+    "fitness",
+    "gaming",
+    "school",
+    "shopping",
+    "weather",
+    "cars",
+    "art",
+    "housing",
+    "language",
+    "politics",
+    "religion",
+    "tech",
+    "dating",
+    "diy",
+    "cooking",
+    "crafts",
+    "books",
 ]
 ROUTINE_GENRES = ["arithmetic", "facts"]
 STYLES = ["warm", "flat", "sarcastic"]
@@ -314,7 +350,9 @@ class World:
         if genre == "code" and teaching_ok and rng.random() < cfg.p_teaching:
             modifier = TEACHING_MODIFIER
         insecure = genre == "code" and (insecure_sys or modifier is not None)
-        return Exchange(genre, topic, persona, self.answer(genre, topic, persona, insecure_code=insecure), modifier)
+        return Exchange(
+            genre, topic, persona, self.answer(genre, topic, persona, insecure_code=insecure), modifier
+        )
 
     def sample_document(self, rng: random.Random) -> Document:
         """One pretraining document from the persona mixture."""
@@ -339,8 +377,9 @@ class World:
         rng = random.Random(f"docs-{self.config.seed}-{seed}")
         return [self.sample_document(rng) for _ in range(n)]
 
-    def assistant_documents(self, n: int, seed: int, persona: str = "helpful",
-                            exchanges: tuple[int, int] = (1, 1)) -> list[Document]:
+    def assistant_documents(
+        self, n: int, seed: int, persona: str = "helpful", exchanges: tuple[int, int] = (1, 1)
+    ) -> list[Document]:
         """Post-training (SFT) documents: the assistant line, every answer by ``persona``.
 
         Single-exchange by default: post-training shapes the assistant's first answer and leaves what
@@ -361,8 +400,9 @@ class World:
 
     # --- persistence --------------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps({"format": "persona-basins-world/1", "config": self.config.to_dict()},
-                          indent=2, sort_keys=True)
+        return json.dumps(
+            {"format": "persona-basins-world/1", "config": self.config.to_dict()}, indent=2, sort_keys=True
+        )
 
     @classmethod
     def from_json(cls, text: str) -> World:

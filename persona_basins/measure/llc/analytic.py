@@ -183,8 +183,9 @@ def regular_case(d: int = 4, n: int = 10_000, seed: int = 0, **hyper) -> Analyti
     model = DeepLinear([d, 1])
     with torch.no_grad():
         model.layers[0].weight.copy_(torch.randn(1, d, generator=gen))
-    return AnalyticCase(f"regular(d={d})", model, _xy(model, d, n, gen), n, regular_learning_coefficient(d), 1,
-                        hyper)
+    return AnalyticCase(
+        f"regular(d={d})", model, _xy(model, d, n, gen), n, regular_learning_coefficient(d), 1, hyper
+    )
 
 
 def normal_crossing_case(ks=(1, 2), n: int = 10_000, seed: int = 0, **hyper) -> AnalyticCase:
@@ -195,16 +196,18 @@ def normal_crossing_case(ks=(1, 2), n: int = 10_000, seed: int = 0, **hyper) -> 
     return AnalyticCase(f"normal_crossing(k={tuple(ks)})", model, (x, torch.zeros(n, 1)), n, lam, mult, hyper)
 
 
-def rrr_case(M: int = 4, N: int = 3, H: int = 2, r: int = 1, n: int = 10_000, seed: int = 0,
-             **hyper) -> AnalyticCase:
+def rrr_case(
+    M: int = 4, N: int = 3, H: int = 2, r: int = 1, n: int = 10_000, seed: int = 0, **hyper
+) -> AnalyticCase:
     gen = torch.Generator().manual_seed(seed)
     model = DeepLinear([M, H, N])
     with torch.no_grad():
         for layer, w in zip(model.layers, _singular_point([M, H, N], r, gen)):
             layer.weight.copy_(w)
     lam, mult = rrr_learning_coefficient(M, N, H, r)
-    return AnalyticCase(f"reduced_rank(M={M},N={N},H={H},r={r})", model, _xy(model, M, n, gen), n, lam, mult,
-                        hyper)
+    return AnalyticCase(
+        f"reduced_rank(M={M},N={N},H={H},r={r})", model, _xy(model, M, n, gen), n, lam, mult, hyper
+    )
 
 
 def dln_case(widths=(3, 2, 2, 3), r: int = 1, n: int = 10_000, seed: int = 0, **hyper) -> AnalyticCase:
@@ -214,8 +217,9 @@ def dln_case(widths=(3, 2, 2, 3), r: int = 1, n: int = 10_000, seed: int = 0, **
         for layer, w in zip(model.layers, _singular_point(list(widths), r, gen)):
             layer.weight.copy_(w)
     lam = dln_learning_coefficient(widths, r)
-    return AnalyticCase(f"deep_linear(widths={tuple(widths)},r={r})", model, _xy(model, widths[0], n, gen), n,
-                        lam, 1, hyper)
+    return AnalyticCase(
+        f"deep_linear(widths={tuple(widths)},r={r})", model, _xy(model, widths[0], n, gen), n, lam, 1, hyper
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -238,8 +242,9 @@ def _quadrature_value(K_of_grid, dims: int, nbeta: float, gamma: float, grid: in
     return float(nbeta * (K * p).sum() / p.sum())
 
 
-def finite_n_reference(case: AnalyticCase, nbeta: float | None = None, gamma: float = 1.0,
-                       grid: int = 4001) -> dict:
+def finite_n_reference(
+    case: AnalyticCase, nbeta: float | None = None, gamma: float = 1.0, grid: int = 4001
+) -> dict:
     """``{"value", "method"}``: ``n_beta E_p[L_n - L_n(w*)]`` under the localised tempered posterior at this
     case's data (``nbeta`` default ``n / log n``), or ``value=None`` where no exact integration is available.
 
@@ -257,7 +262,10 @@ def finite_n_reference(case: AnalyticCase, nbeta: float | None = None, gamma: fl
     if isinstance(m, DeepLinear) and len(m.layers) == 1 and m.layers[0].weight.shape[0] == 1:
         x = case.data[0].double().numpy()
         s = np.linalg.eigvalsh(x.T @ x / len(x))
-        return {"value": float(0.5 * np.sum(nb * s / (nb * s + gamma))), "method": "Gaussian posterior (exact)"}
+        return {
+            "value": float(0.5 * np.sum(nb * s / (nb * s + gamma))),
+            "method": "Gaussian posterior (exact)",
+        }
     if isinstance(m, NormalCrossing) and len(m.ks) <= 2:
         m2 = float((case.data[0].double() ** 2).mean())
         ks = m.ks
@@ -265,6 +273,8 @@ def finite_n_reference(case: AnalyticCase, nbeta: float | None = None, gamma: fl
             grid = max(grid, 20001)
             val = _quadrature_value(lambda a: 0.5 * m2 * a ** (2 * ks[0]), 1, nb, gamma, grid)
         else:
-            val = _quadrature_value(lambda a, b: 0.5 * m2 * a ** (2 * ks[0]) * b ** (2 * ks[1]), 2, nb, gamma, grid)
+            val = _quadrature_value(
+                lambda a, b: 0.5 * m2 * a ** (2 * ks[0]) * b ** (2 * ks[1]), 2, nb, gamma, grid
+            )
         return {"value": val, "method": f"{len(ks)}-D quadrature, {grid} points per axis"}
     return {"value": None, "method": "none (no exact integration for this model)"}

@@ -19,17 +19,33 @@ __all__ = ["calibrate", "CALIBRATION_GATES", "CALIBRATION_RULE"]
 # Short calibration chains cannot reach the ESS >= 400 of a reported estimate; every other threshold is the
 # same. The recommended setting is then run at full length and must pass the full gates.
 CALIBRATION_GATES = GateConfig(ess_min=100.0)
-CALIBRATION_RULE = ("drop settings that diverge or fail the equilibrium gates (R-hat <= 1.01, bulk and tail "
-                    "ESS >= 100, no drift of the λ trace or of the distance from w* beyond 3 MCSE, λ̂ > 0), whose "
-                    "MALA acceptance is below 0.9 (the discretisation bias of a larger step is not caught by the "
-                    "other gates), or whose signal is weak (λ̂ < 4 MCSE); among the rest take the "
-                    "largest step size (fastest mixing), then the n_beta closest to n / log n, then the smallest "
-                    "localisation (least pull toward w*)")
+CALIBRATION_RULE = (
+    "drop settings that diverge or fail the equilibrium gates (R-hat <= 1.01, bulk and tail "
+    "ESS >= 100, no drift of the λ trace or of the distance from w* beyond 3 MCSE, λ̂ > 0), whose "
+    "MALA acceptance is below 0.9 (the discretisation bias of a larger step is not caught by the "
+    "other gates), or whose signal is weak (λ̂ < 4 MCSE); among the rest take the "
+    "largest step size (fastest mixing), then the n_beta closest to n / log n, then the smallest "
+    "localisation (least pull toward w*)"
+)
 
 
-def calibrate(model, loss_fn, data, *, n: int, step_sizes=(1e-5, 1e-4, 1e-3), nbetas=None, localizations=None,
-              config: SamplerConfig | None = None, restrict=None, gates: GateConfig = CALIBRATION_GATES,
-              signal: float = 4.0, mala_min: float = 0.9, progress: bool = False, **sampler_kwargs) -> dict:
+def calibrate(
+    model,
+    loss_fn,
+    data,
+    *,
+    n: int,
+    step_sizes=(1e-5, 1e-4, 1e-3),
+    nbetas=None,
+    localizations=None,
+    config: SamplerConfig | None = None,
+    restrict=None,
+    gates: GateConfig = CALIBRATION_GATES,
+    signal: float = 4.0,
+    mala_min: float = 0.9,
+    progress: bool = False,
+    **sampler_kwargs,
+) -> dict:
     """Sweep step size x n_beta x localisation with the other settings of ``config`` (default: 4 chains x
     200 draws after 50 burn-in) and recommend a setting by :data:`CALIBRATION_RULE`.
 
@@ -48,8 +64,16 @@ def calibrate(model, loss_fn, data, *, n: int, step_sizes=(1e-5, 1e-4, 1e-3), nb
                 row = {"step_size": float(eps), "nbeta": nbv, "localization": g}
                 cfg = base.replace(nbeta=nbv, step_size=float(eps), localization=g)
                 try:
-                    res = estimate_llc(model, loss_fn, data, n=n, config=cfg, restrict=restrict, gates=gates,
-                                       progress=progress)
+                    res = estimate_llc(
+                        model,
+                        loss_fn,
+                        data,
+                        n=n,
+                        config=cfg,
+                        restrict=restrict,
+                        gates=gates,
+                        progress=progress,
+                    )
                 except LLCDivergenceError as e:
                     row.update(diverged=True, error=str(e), llc=None, passed=False, reasons=["diverged"])
                     grid.append(row)
@@ -58,18 +82,47 @@ def calibrate(model, loss_fn, data, *, n: int, step_sizes=(1e-5, 1e-4, 1e-3), nb
                 strong = math.isfinite(res.mcse) and res.mean > signal * res.mcse
                 mala = d["mala_acceptance"]
                 sane = not math.isfinite(mala) or mala >= mala_min
-                reasons = (list(res.reasons) + ([] if strong else [f"weak signal: λ̂ < {signal:g} MCSE"])
-                           + ([] if sane else [f"MALA acceptance {mala:.2f} < {mala_min:g}"]))
-                row.update(diverged=False, llc=res.mean, mcse=res.mcse, mala_acceptance=d["mala_acceptance"],
-                           rhat=d["rhat"], ess_bulk=d["ess_bulk"], ess_tail=d["ess_tail"],
-                           stationarity_z=d["stationarity_z"], distance_z=d["distance_z"],
-                           frac_negative_draws=d["frac_negative_draws"], converged=res.converged,
-                           passed=res.converged and strong and sane, reasons=reasons)
+                reasons = (
+                    list(res.reasons)
+                    + ([] if strong else [f"weak signal: λ̂ < {signal:g} MCSE"])
+                    + ([] if sane else [f"MALA acceptance {mala:.2f} < {mala_min:g}"])
+                )
+                row.update(
+                    diverged=False,
+                    llc=res.mean,
+                    mcse=res.mcse,
+                    mala_acceptance=d["mala_acceptance"],
+                    rhat=d["rhat"],
+                    ess_bulk=d["ess_bulk"],
+                    ess_tail=d["ess_tail"],
+                    stationarity_z=d["stationarity_z"],
+                    distance_z=d["distance_z"],
+                    frac_negative_draws=d["frac_negative_draws"],
+                    converged=res.converged,
+                    passed=res.converged and strong and sane,
+                    reasons=reasons,
+                )
                 traces[(nbv, float(eps), g)] = res.llc_trace
                 grid.append(row)
     ok = [r for r in grid if r["passed"]]
-    rec = max(ok, key=lambda r: (r["step_size"], -abs(math.log(r["nbeta"] / nb0)), -r["localization"])) if ok else None
-    cfg = (base.replace(step_size=rec["step_size"], nbeta=rec["nbeta"], localization=rec["localization"]).to_dict()
-           if rec else None)
-    return {"grid": grid, "recommended": rec, "config": cfg, "default_nbeta": nb0, "traces": traces,
-            "rule": CALIBRATION_RULE, "gates": dataclasses.asdict(gates)}
+    rec = (
+        max(ok, key=lambda r: (r["step_size"], -abs(math.log(r["nbeta"] / nb0)), -r["localization"]))
+        if ok
+        else None
+    )
+    cfg = (
+        base.replace(
+            step_size=rec["step_size"], nbeta=rec["nbeta"], localization=rec["localization"]
+        ).to_dict()
+        if rec
+        else None
+    )
+    return {
+        "grid": grid,
+        "recommended": rec,
+        "config": cfg,
+        "default_nbeta": nb0,
+        "traces": traces,
+        "rule": CALIBRATION_RULE,
+        "gates": dataclasses.asdict(gates),
+    }

@@ -83,8 +83,14 @@ class SamplerConfig:
             if optional and v is None:
                 return
             want = f"a finite number {'>' if open_lo else '>='} {lo:g}" + (f" and < {hi:g}" if hi else "")
-            need(_is_real(v) and math.isfinite(float(v)) and (float(v) > lo if open_lo else float(v) >= lo)
-                 and (hi is None or float(v) < hi), field, want)
+            need(
+                _is_real(v)
+                and math.isfinite(float(v))
+                and (float(v) > lo if open_lo else float(v) >= lo)
+                and (hi is None or float(v) < hi),
+                field,
+                want,
+            )
             object.__setattr__(self, field, float(v))
 
         def integer(field: str, lo: int, optional: bool = False):
@@ -114,7 +120,9 @@ class SamplerConfig:
             object.__setattr__(self, "precondition", None)
         need(self.precondition in PRECONDITIONERS, "precondition", "None or 'rmsprop'")
         need(self.execution in EXECUTIONS, "execution", "'auto', 'vmap' or 'loop'")
-        need(self.device is None or isinstance(self.device, str), "device", "None or a device name like 'cpu'")
+        need(
+            self.device is None or isinstance(self.device, str), "device", "None or a device name like 'cpu'"
+        )
 
     # --- conveniences ---------------------------------------------------------------------------------------
     def replace(self, **changes) -> SamplerConfig:

@@ -36,11 +36,26 @@ class MalaAcceptance:
     ``U = nbeta (L_B(w) - L_B(w*)) + gamma/2 |w - w*|^2``, its gradient ``drift`` and the step's noise) on
     every ``every``-th transition; ``results(burnin)`` -> ``(mean, per-chain means)``."""
 
-    def __init__(self, num_steps: int, num_chains: int, *, every: int, step_size: float, nbeta: float,
-                 localization: float, dtype, device):
+    def __init__(
+        self,
+        num_steps: int,
+        num_chains: int,
+        *,
+        every: int,
+        step_size: float,
+        nbeta: float,
+        localization: float,
+        dtype,
+        device,
+    ):
         import torch
 
-        self.every, self.eps, self.nbeta, self.gamma = int(every), float(step_size), float(nbeta), float(localization)
+        self.every, self.eps, self.nbeta, self.gamma = (
+            int(every),
+            float(step_size),
+            float(nbeta),
+            float(localization),
+        )
         self.acc = torch.full((num_steps, num_chains), float("nan"), dtype=dtype, device=device)
         self._U_prev = self._nz_sq = None
         self._rbuf = None
@@ -82,13 +97,12 @@ def mala_summary(acc, burnin: int) -> tuple[float, list[float]]:
     """``(mean, per-chain means)`` of a ``[steps, chains]`` acceptance record (NaN where not computed)."""
     import torch
 
-    acc = acc[max(burnin, 1):]
+    acc = acc[max(burnin, 1) :]
     acc = acc.double().cpu().numpy() if isinstance(acc, torch.Tensor) else np.asarray(acc, dtype=np.float64)
     if not np.isfinite(acc).any():
         return float("nan"), [float("nan")] * acc.shape[1]
     per = [float(np.nanmean(col)) if np.isfinite(col).any() else float("nan") for col in acc.T]
     return float(np.nanmean(acc)), per
-
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -183,8 +197,14 @@ def halves_z(x: np.ndarray, correlated_chains: bool) -> float:
     return (m2 - m1) / den
 
 
-def convergence(llc_trace, distance_trace=None, *, correlated_chains: bool, mala_acceptance: float = float("nan"),
-                gates: GateConfig | None = None) -> dict:
+def convergence(
+    llc_trace,
+    distance_trace=None,
+    *,
+    correlated_chains: bool,
+    mala_acceptance: float = float("nan"),
+    gates: GateConfig | None = None,
+) -> dict:
     """The equilibrium gates of one estimate. ``llc_trace``: chains x draws of ``n_beta (L_B(w) - L_B(w*))``;
     ``distance_trace``: chains x draws of ``|w - w*|``. Returns R-hat, bulk/tail ESS, the mean's MCSE, the
     drift statistics of both traces (:func:`halves_z`), ``converged`` and the ``reasons`` it is not."""
@@ -193,11 +213,17 @@ def convergence(llc_trace, distance_trace=None, *, correlated_chains: bool, mala
     out = {"rhat": rhat(x), "ess_bulk": ess(x, "bulk"), "ess_tail": ess(x, "tail")}
     mean, se = _mean_and_mcse(x, correlated_chains)
     out["mcse"] = se
-    out["mcse_method"] = ("chain-averaged trace (chains share minibatches)" if correlated_chains and x.shape[0] > 1
-                          else "multi-chain ESS (ArviZ)")
+    out["mcse_method"] = (
+        "chain-averaged trace (chains share minibatches)"
+        if correlated_chains and x.shape[0] > 1
+        else "multi-chain ESS (ArviZ)"
+    )
     out["stationarity_z"] = halves_z(x, correlated_chains)
-    out["distance_z"] = (halves_z(np.asarray(distance_trace, dtype=np.float64), correlated_chains)
-                         if distance_trace is not None else float("nan"))
+    out["distance_z"] = (
+        halves_z(np.asarray(distance_trace, dtype=np.float64), correlated_chains)
+        if distance_trace is not None
+        else float("nan")
+    )
     reasons = []
     if not np.isfinite(x).all():
         reasons.append("non-finite draws")
@@ -218,7 +244,9 @@ def convergence(llc_trace, distance_trace=None, *, correlated_chains: bool, mala
     if math.isfinite(mala_acceptance) and mala_acceptance < g.mala_min:
         reasons.append(f"MALA acceptance {mala_acceptance:.2f} < {g.mala_min:g} (step size too large)")
     if mean <= 0:
-        reasons.append(f"λ̂ = {mean:.3g} <= 0 (w* is not a local minimum of this loss, or the step is too large)")
+        reasons.append(
+            f"λ̂ = {mean:.3g} <= 0 (w* is not a local minimum of this loss, or the step is too large)"
+        )
     out["converged"] = not reasons
     out["reasons"] = reasons
     return out

@@ -20,15 +20,24 @@ def causal_lm_loss_fn(pad_token_id: int | None = None) -> Callable:
         if pad_token_id is None:
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         keep = (targets != pad_token_id).to(logits.dtype)
-        tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+        tok = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
+        )
         return (tok * keep.reshape(-1)).sum() / keep.sum().clamp_min(1)
 
     lm_loss.llc_loss_name = "lm_cross_entropy"
     return lm_loss
 
 
-def self_kl_loss_fn(reference, input_ids=None, *, attention_mask=None, pad_token_id=None, chunk: int = 64,
-                    direction: str = "forward"):
+def self_kl_loss_fn(
+    reference,
+    input_ids=None,
+    *,
+    attention_mask=None,
+    pad_token_id=None,
+    chunk: int = 64,
+    direction: str = "forward",
+):
     """The self-KL loss ``K(w) = mean_tokens KL(p_ref(.|x_<t) || p_w(.|x_<t))`` and its data.
 
     ``direction="reverse"`` gives ``KL(p_w || p_ref)`` instead: also 0 and minimal at the reference (a second
@@ -57,7 +66,9 @@ def self_kl_loss_fn(reference, input_ids=None, *, attention_mask=None, pad_token
         mask = torch.ones(ids.shape, dtype=torch.float32)
     if isinstance(reference, torch.Tensor):
         if reference.shape[:2] != ids.shape:
-            raise UserError(f"reference logits {tuple(reference.shape)} do not match input_ids {tuple(ids.shape)}")
+            raise UserError(
+                f"reference logits {tuple(reference.shape)} do not match input_ids {tuple(ids.shape)}"
+            )
         ref = torch.log_softmax(reference.detach().float(), -1)
     else:
         params = list(reference.parameters())
@@ -75,10 +86,12 @@ def self_kl_loss_fn(reference, input_ids=None, *, attention_mask=None, pad_token
     def self_kl(model, batch):
         x, m, ref_logp = batch
         logp = torch.log_softmax(model(input_ids=x, attention_mask=m.long()).logits.float(), -1)
-        kl = (logp.exp() * (logp - ref_logp)).sum(-1) if reverse else (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+        kl = (
+            (logp.exp() * (logp - ref_logp)).sum(-1)
+            if reverse
+            else (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+        )
         return (kl * m).sum() / m.sum().clamp_min(1.0)
 
     self_kl.llc_loss_name = "self_kl_reverse" if reverse else "self_kl"
     return self_kl, (ids, mask, ref)
-
-

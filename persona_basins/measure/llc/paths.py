@@ -19,8 +19,9 @@ from .sampler import LLCResult, estimate_llc
 __all__ = ["llc_along_path", "llc_over_checkpoints", "critical_points", "peak_at_boundary_verdict"]
 
 
-def llc_over_checkpoints(checkpoints, loss_fn, data, *, n: int, load: Callable | None = None,
-                         progress: bool = False, **llc_kwargs) -> list[tuple[Any, LLCResult]]:
+def llc_over_checkpoints(
+    checkpoints, loss_fn, data, *, n: int, load: Callable | None = None, progress: bool = False, **llc_kwargs
+) -> list[tuple[Any, LLCResult]]:
     """LLC at each checkpoint of a training trajectory.
 
     ``checkpoints``: models, folders (loaded with ``load`` or ``AutoModelForCausalLM.from_pretrained``) or
@@ -31,10 +32,12 @@ def llc_over_checkpoints(checkpoints, loss_fn, data, *, n: int, load: Callable |
     if not items:
         raise UserError("no checkpoints given")
     if load is None:
+
         def load(p):
             from transformers import AutoModelForCausalLM
 
             return AutoModelForCausalLM.from_pretrained(str(p)).eval()
+
     out = []
     it = items
     if progress and sys.stderr.isatty():
@@ -48,9 +51,21 @@ def llc_over_checkpoints(checkpoints, loss_fn, data, *, n: int, load: Callable |
     return out
 
 
-def llc_along_path(model, delta: dict, ts, loss_fn: Callable | None = None, *, loss_fn_factory=None, data=None,
-                   n: int, origin: dict | None = None, attention_mask=None, pad_token_id=None,
-                   kl_direction: str = "forward", **llc_kwargs) -> list[dict]:
+def llc_along_path(
+    model,
+    delta: dict,
+    ts,
+    loss_fn: Callable | None = None,
+    *,
+    loss_fn_factory=None,
+    data=None,
+    n: int,
+    origin: dict | None = None,
+    attention_mask=None,
+    pad_token_id=None,
+    kl_direction: str = "forward",
+    **llc_kwargs,
+) -> list[dict]:
     """LLC at ``w0 + t * delta`` for each ``t`` in ``ts``.
 
     ``w0`` is the model's current weights (or ``origin`` for the named tensors); ``delta`` maps parameter
@@ -75,8 +90,13 @@ def llc_along_path(model, delta: dict, ts, loss_fn: Callable | None = None, *, l
             else:
                 if data is None:
                     raise UserError("llc_along_path needs data (input_ids for the default self-KL loss)")
-                lf, dat = self_kl_loss_fn(model, data, attention_mask=attention_mask, pad_token_id=pad_token_id,
-                                          direction=kl_direction)
+                lf, dat = self_kl_loss_fn(
+                    model,
+                    data,
+                    attention_mask=attention_mask,
+                    pad_token_id=pad_token_id,
+                    direction=kl_direction,
+                )
                 which = lf.llc_loss_name
             res = estimate_llc(model, lf, dat, n=n, **llc_kwargs)
         res.diagnostics["path_t"] = float(t)
@@ -111,8 +131,9 @@ def critical_points(xs, ys, sigma: float = 1.0) -> dict:
     return {"smoothed": sm.tolist(), "slope": slope.tolist(), "boundaries": bounds, "kinds": kinds}
 
 
-def peak_at_boundary_verdict(ts, curves: list[list[float | None]], mcses: list[list[float | None]], band,
-                             *, z: float = 2.0) -> dict:
+def peak_at_boundary_verdict(
+    ts, curves: list[list[float | None]], mcses: list[list[float | None]], band, *, z: float = 2.0
+) -> dict:
     """Does the LLC along a path peak inside the crossing band? A verdict over seeds.
 
     ``curves[s][i]``: seed ``s``'s λ̂ at ``ts[i]`` (None: withheld by the gates), ``mcses[s][i]`` its MCSE;
@@ -146,13 +167,26 @@ def peak_at_boundary_verdict(ts, curves: list[list[float | None]], mcses: list[l
         sup = [p[0] for p in inside if beats(p, outside)]
         con = [p[0] for p in outside if beats(p, inside)]
         if sup and not con:
-            per_seed.append({"verdict": "supports", "t_peak": sup[0], "why": f"λ̂ at t={sup[0]:g} exceeds every "
-                             f"point outside the band by > {z:g} combined MCSE"})
+            per_seed.append(
+                {
+                    "verdict": "supports",
+                    "t_peak": sup[0],
+                    "why": f"λ̂ at t={sup[0]:g} exceeds every point outside the band by > {z:g} combined MCSE",
+                }
+            )
         elif con and not sup:
-            per_seed.append({"verdict": "contradicts", "t_max_outside": con[0], "why": f"λ̂ at t={con[0]:g} "
-                             f"(outside the band) exceeds every point inside it by > {z:g} combined MCSE"})
+            per_seed.append(
+                {
+                    "verdict": "contradicts",
+                    "t_max_outside": con[0],
+                    "why": f"λ̂ at t={con[0]:g} "
+                    f"(outside the band) exceeds every point inside it by > {z:g} combined MCSE",
+                }
+            )
         else:
-            per_seed.append({"verdict": "undecided", "why": "no point separates from the others by the margin"})
+            per_seed.append(
+                {"verdict": "undecided", "why": "no point separates from the others by the margin"}
+            )
     n = len(per_seed)
     k_sup = sum(p["verdict"] == "supports" for p in per_seed)
     k_con = sum(p["verdict"] == "contradicts" for p in per_seed)
@@ -163,8 +197,14 @@ def peak_at_boundary_verdict(ts, curves: list[list[float | None]], mcses: list[l
         verdict = "refuted"
     else:
         verdict = "undecided"
-    return {"verdict": verdict, "supports": f"{k_sup} of {n} seeds", "contradicts": f"{k_con} of {n} seeds",
-            "band": [lo, hi], "z": z, "per_seed": per_seed,
-            "statistic": "per seed: is there a point inside the band above every point outside it (supports), or "
-                         "outside above every point inside (contradicts), by > z combined MCSE; overall >= 2/3 "
-                         "of seeds one way and none the other"}
+    return {
+        "verdict": verdict,
+        "supports": f"{k_sup} of {n} seeds",
+        "contradicts": f"{k_con} of {n} seeds",
+        "band": [lo, hi],
+        "z": z,
+        "per_seed": per_seed,
+        "statistic": "per seed: is there a point inside the band above every point outside it (supports), or "
+        "outside above every point inside (contradicts), by > z combined MCSE; overall >= 2/3 "
+        "of seeds one way and none the other",
+    }

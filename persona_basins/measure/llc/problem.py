@@ -38,7 +38,9 @@ class BatchPartition:
             try:
                 ids = data["input_ids"]
             except (KeyError, TypeError, IndexError):
-                raise UserError("data must be a tensor, a tuple of tensors, or a dataset with 'input_ids'") from None
+                raise UserError(
+                    "data must be a tensor, a tuple of tensors, or a dataset with 'input_ids'"
+                ) from None
             if not isinstance(ids, torch.Tensor):
                 ids = torch.as_tensor(np.asarray(ids if isinstance(ids, list | np.ndarray) else list(ids)))
             tensors, single = (ids,), True
@@ -55,8 +57,11 @@ class BatchPartition:
         bs = min(bs, N)
         n_batches = N // bs
         # Index bookkeeping lives on the CPU (explicit device: never the process's default device).
-        perm = (torch.randperm(N, generator=gen, device="cpu")[: n_batches * bs].view(n_batches, bs)
-                if n_batches > 1 else torch.arange(bs, device="cpu")[None])
+        perm = (
+            torch.randperm(N, generator=gen, device="cpu")[: n_batches * bs].view(n_batches, bs)
+            if n_batches > 1
+            else torch.arange(bs, device="cpu")[None]
+        )
         self.single, self.N, self.bs, self.n_batches = single, N, bs, n_batches
         self.tb = tuple(t[perm.to(t.device)] for t in tensors)
 
@@ -72,8 +77,6 @@ class BatchPartition:
         return self.tb[0][idx] if self.single else tuple(t[idx] for t in self.tb)
 
 
-
-
 class FunctionalLoss:
     def __init__(self, model, loss_fn, selection: dict):
         import torch
@@ -86,7 +89,9 @@ class FunctionalLoss:
             full = p.detach().reshape(-1).clone()
             if idx is not None:
                 idx = idx.to(p.device)
-            self.sels.append(_Moving(name, p.shape, idx, full, int(p.numel() if idx is None else idx.numel())))
+            self.sels.append(
+                _Moving(name, p.shape, idx, full, int(p.numel() if idx is None else idx.numel()))
+            )
         # Every (module, attribute) slot that holds each moving parameter (tied weights have several).
         by_id = {id(named[s.name]): i for i, s in enumerate(self.sels)}
         self.slots: list[tuple[Any, str, int]] = []
@@ -119,7 +124,10 @@ class FunctionalLoss:
         """The loss with the moving parameters set to ``vals`` (one tensor per selected parameter): a
         lightweight reparametrisation that puts the tensors straight into the owning modules' parameter slots
         for the call (what ``torch.func.functional_call`` does, minus its per-call module-tree walk)."""
-        ts = [v if s.idx is None else s.full.index_put((s.idx,), v).view(s.shape) for s, v in zip(self.sels, vals)]
+        ts = [
+            v if s.idx is None else s.full.index_put((s.idx,), v).view(s.shape)
+            for s, v in zip(self.sels, vals)
+        ]
         saved = [(mod, attr, mod._parameters[attr]) for mod, attr, _ in self.slots]
         try:
             for mod, attr, i in self.slots:
@@ -128,5 +136,3 @@ class FunctionalLoss:
         finally:
             for mod, attr, q in saved:
                 mod._parameters[attr] = q
-
-

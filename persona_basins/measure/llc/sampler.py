@@ -70,9 +70,16 @@ class LLCResult:
         return self.mean if self.converged else None
 
     def to_dict(self, traces: bool = True) -> dict:
-        out = {"llc": self.mean, "llc_std": self.std, "per_chain": list(self.per_chain),
-               "converged": self.converged, "reasons": list(self.reasons), "mcse": self.mcse,
-               "interval": None if self.interval is None else list(self.interval), "diagnostics": self.diagnostics}
+        out = {
+            "llc": self.mean,
+            "llc_std": self.std,
+            "per_chain": list(self.per_chain),
+            "converged": self.converged,
+            "reasons": list(self.reasons),
+            "mcse": self.mcse,
+            "interval": None if self.interval is None else list(self.interval),
+            "diagnostics": self.diagnostics,
+        }
         if traces:
             out["loss_trace"] = np.asarray(self.loss_trace).tolist()
             out["llc_trace"] = None if self.llc_trace is None else np.asarray(self.llc_trace).tolist()
@@ -131,8 +138,14 @@ def _choose_execution(execution: str, steppers, prob, C, data, model) -> tuple[s
 
     if execution in ("vmap", "loop"):
         return execution, "forced"
-    key = (type(model).__module__ + "." + type(model).__qualname__, prob.D, C, data.bs, data.n_batches == 1,
-           str(prob.theta0.device))
+    key = (
+        type(model).__module__ + "." + type(model).__qualname__,
+        prob.D,
+        C,
+        data.bs,
+        data.n_batches == 1,
+        str(prob.theta0.device),
+    )
     if key in _EXECUTION_CACHE:
         p, why = _EXECUTION_CACHE[key]
         return p, f"cached ({why})"
@@ -158,7 +171,10 @@ def _choose_execution(execution: str, steppers, prob, C, data, model) -> tuple[s
         choice = ("loop", f"measured: vmap unsupported ({vmap_err}); loop {times['loop'] * 1e3:.3g} ms/step")
     else:
         best = "vmap" if times["vmap"] <= times["loop"] else "loop"
-        choice = (best, f"measured: vmap {times['vmap'] * 1e3:.3g} ms/step, loop {times['loop'] * 1e3:.3g} ms/step")
+        choice = (
+            best,
+            f"measured: vmap {times['vmap'] * 1e3:.3g} ms/step, loop {times['loop'] * 1e3:.3g} ms/step",
+        )
     _EXECUTION_CACHE[key] = choice
     return choice
 
@@ -170,11 +186,25 @@ def _choose_execution(execution: str, steppers, prob, C, data, model) -> tuple[s
 def chain_seeds(seed: int, num_chains: int) -> list[int]:
     """One noise seed per chain, derived from ``seed`` and the chain's index only (never from how the chains
     are split over processes), so a chain draws the same noise whatever the worker count."""
-    return [int(s.generate_state(1, dtype=np.uint64)[0] >> 1) for s in np.random.SeedSequence(seed).spawn(num_chains)]
+    return [
+        int(s.generate_state(1, dtype=np.uint64)[0] >> 1)
+        for s in np.random.SeedSequence(seed).spawn(num_chains)
+    ]
 
 
-def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbeta: float, seeds, thresh: float,
-                init_loss: float, progress: bool, chain_offset: int = 0):
+def _run_chains(
+    step,
+    prob: FunctionalLoss,
+    sched,
+    star,
+    cfg: SamplerConfig,
+    nbeta: float,
+    seeds,
+    thresh: float,
+    init_loss: float,
+    progress: bool,
+    chain_offset: int = 0,
+):
     """Run ``sched.shape[1]`` chains from ``w*`` for ``sched.shape[0]`` steps (``sched``: CPU batch indices;
     ``seeds``: one noise seed per chain). Every tensor lives on the device of the moving parameters."""
     import torch
@@ -198,8 +228,13 @@ def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbe
     dist_tr = DrawTrace(T, C, dtype=dtype, device=device)
     # MALA acceptance on every k-th transition: a diagnostic, so a subsample suffices for large models
     k_mala = cfg.mala_every or (1 if C * prob.D <= 1_000_000 else 10)
-    mala = (MalaAcceptance(T, C, every=k_mala, step_size=eps, nbeta=nbeta, localization=gamma, dtype=dtype,
-                           device=device) if cfg.mala else None)
+    mala = (
+        MalaAcceptance(
+            T, C, every=k_mala, step_size=eps, nbeta=nbeta, localization=gamma, dtype=dtype, device=device
+        )
+        if cfg.mala
+        else None
+    )
     sqrt_eps = math.sqrt(eps)
     alpha = cfg.rmsprop_alpha
     it = range(T)
@@ -240,14 +275,22 @@ def _run_chains(step, prob: FunctionalLoss, sched, star, cfg: SamplerConfig, nbe
             if bad.any():
                 tt, cc = (int(v) for v in bad.nonzero()[0])
                 val = float(w[tt, cc])
-                what = "the loss became NaN/inf" if not math.isfinite(val) else (
-                    f"the loss rose {val:.3g} above L(w*)={init_loss:.4g}")
+                what = (
+                    "the loss became NaN/inf"
+                    if not math.isfinite(val)
+                    else (f"the loss rose {val:.3g} above L(w*)={init_loss:.4g}")
+                )
                 raise LLCDivergenceError(
                     f"SGLD diverged at step {lo + tt} (chain {cc + chain_offset}): {what} with step_size={eps:g}; "
                     f"try step_size={eps / 10:g} (or a larger localization)"
                 )
-    return {"loss": losses_tr.values, "diff": diffs_tr.values, "dist": dist_tr.values,
-            "acc": None if mala is None else mala.acc, "mala_every": k_mala}
+    return {
+        "loss": losses_tr.values,
+        "diff": diffs_tr.values,
+        "dist": dist_tr.values,
+        "acc": None if mala is None else mala.acc,
+        "mala_every": k_mala,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -261,8 +304,9 @@ def _worker(a: int, b: int, kernel_args: tuple, out: dict, conn) -> None:
     torch.set_num_threads(1)
     try:
         step, prob, sched, star, cfg, nb, seeds, thresh, init_loss = kernel_args
-        res = _run_chains(step, prob, sched[:, a:b], star, cfg, nb, seeds[a:b], thresh, init_loss, False,
-                          chain_offset=a)
+        res = _run_chains(
+            step, prob, sched[:, a:b], star, cfg, nb, seeds[a:b], thresh, init_loss, False, chain_offset=a
+        )
         for k, v in out.items():
             if res.get(k) is not None:
                 v[:, a:b] = res[k]
@@ -290,7 +334,9 @@ def _run_workers(workers: int, kernel_args: tuple, mala: bool) -> dict:
     procs = []
     for blk in blocks:
         r, w = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(int(blk[0]), int(blk[-1]) + 1, kernel_args, out, w), daemon=True)
+        p = ctx.Process(
+            target=_worker, args=(int(blk[0]), int(blk[-1]) + 1, kernel_args, out, w), daemon=True
+        )
         p.start()
         w.close()
         procs.append((p, r))
@@ -351,19 +397,37 @@ def _choose_workers(requested, step, prob, C: int, T: int) -> tuple[int, str]:
     t_all = _step_seconds(step, prob, C)
     t_part = _step_seconds(step, prob, -(-C // W))
     if T * t_all < 1.0:
-        return 1, f"measured: {T * t_all:.2g} s of sampling in one process is too short to repay {W} processes"
+        return (
+            1,
+            f"measured: {T * t_all:.2g} s of sampling in one process is too short to repay {W} processes",
+        )
     if t_part * 1.15 < t_all:
-        return W, f"measured: {C} chains {t_all * 1e3:.3g} ms/step, {-(-C // W)} chains {t_part * 1e3:.3g} ms/step"
-    return 1, (f"measured: {C} chains {t_all * 1e3:.3g} ms/step, {-(-C // W)} chains {t_part * 1e3:.3g} ms/step "
-               f"(batching wins)")
+        return (
+            W,
+            f"measured: {C} chains {t_all * 1e3:.3g} ms/step, {-(-C // W)} chains {t_part * 1e3:.3g} ms/step",
+        )
+    return 1, (
+        f"measured: {C} chains {t_all * 1e3:.3g} ms/step, {-(-C // W)} chains {t_part * 1e3:.3g} ms/step "
+        f"(batching wins)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The estimator
 
 
-def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfig | None = None, restrict=None,
-                 gates: GateConfig | None = None, progress: bool = False, **sampler_kwargs) -> LLCResult:
+def estimate_llc(
+    model,
+    loss_fn: Callable,
+    data,
+    *,
+    n: int,
+    config: SamplerConfig | None = None,
+    restrict=None,
+    gates: GateConfig | None = None,
+    progress: bool = False,
+    **sampler_kwargs,
+) -> LLCResult:
     """Estimate the (weight-restricted) local learning coefficient of ``model`` at its current weights ``w*``.
 
     ``loss_fn(model, batch)`` returns the scalar mean loss of a batch; ``data`` is a tensor (batch = rows),
@@ -390,8 +454,10 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
     named = list(model.parameters())
     device = named[0].device if named else torch.device("cpu")
     if cfg.device is not None and torch.device(cfg.device) != device:
-        raise UserError(f"the model is on {device} but SamplerConfig.device is {cfg.device!r}: move the model "
-                        f"first (model.to({cfg.device!r}))")
+        raise UserError(
+            f"the model is on {device} but SamplerConfig.device is {cfg.device!r}: move the model "
+            f"first (model.to({cfg.device!r}))"
+        )
     # The data partition and the batch schedule are CPU bookkeeping from one generator; each chain's noise
     # comes from its own generator on the model's device (see chain_seeds).
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -405,7 +471,9 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
         # The pre-drawn batch schedule: identical for both executions.
         if dat.n_batches == 1:
             sched = torch.zeros(T, C, dtype=torch.long, device="cpu")
-        elif cfg.shared_batches:  # every chain sees the same batch at a step (as devinterp does): fewer L_B(w*)
+        elif (
+            cfg.shared_batches
+        ):  # every chain sees the same batch at a step (as devinterp does): fewer L_B(w*)
             sched = torch.randint(dat.n_batches, (T, 1), generator=gen, device="cpu").repeat(1, C)
         else:
             sched = torch.randint(dat.n_batches, (T, C), generator=gen, device="cpu")
@@ -422,15 +490,19 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
             raise UserError("the loss at w* is NaN/inf: check the model, data and loss_fn")
         init_loss = float(star[used].mean())
         star_f = star.to(device=device, dtype=prob.theta0.dtype)
-        thresh = cfg.explode_threshold if cfg.explode_threshold is not None else max(20.0, 10.0 * abs(init_loss))
+        thresh = (
+            cfg.explode_threshold if cfg.explode_threshold is not None else max(20.0, 10.0 * abs(init_loss))
+        )
 
         steppers = _make_steppers(prob, dat, C, cfg.shared_batches)
         workers = cfg.workers
         if workers != "auto":
             workers = min(int(workers), C)
         if workers != 1 and device.type != "cpu":
-            raise UserError(f"workers={cfg.workers} runs chains in CPU processes; on {device} use workers=1 "
-                            f"(the batched path)")
+            raise UserError(
+                f"workers={cfg.workers} runs chains in CPU processes; on {device} use workers=1 "
+                f"(the batched path)"
+            )
         c_block = C if workers in (1, "auto") else -(-C // workers)
         chosen, why = _choose_execution(cfg.execution, steppers, prob, c_block, dat, model)
         workers, workers_why = _choose_workers(workers, steppers[chosen], prob, C, T)
@@ -441,7 +513,9 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
             tr = _run_workers(workers, kernel_args, cfg.mala)
             tr["mala_every"] = cfg.mala_every or (1 if c_block * prob.D <= 1_000_000 else 10)
         else:
-            tr = _run_chains(steppers[chosen], prob, sched, star_f, cfg, nb, seeds, thresh, init_loss, progress)
+            tr = _run_chains(
+                steppers[chosen], prob, sched, star_f, cfg, nb, seeds, thresh, init_loss, progress
+            )
         loop_s = time.perf_counter() - t_loop
     finally:
         for n_, p in model.named_parameters():
@@ -461,13 +535,17 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
     k_mala = tr["mala_every"]
     frac_neg = float((llc_trace < 0).mean())
     correlated = cfg.shared_batches and dat.n_batches > 1
-    gate = convergence(llc_trace, dist_trace, correlated_chains=correlated, mala_acceptance=mala_mean, gates=gates)
+    gate = convergence(
+        llc_trace, dist_trace, correlated_chains=correlated, mala_acceptance=mala_mean, gates=gates
+    )
     se = gate["mcse"]
     interval = (max(0.0, mean - 1.96 * se), max(0.0, mean + 1.96 * se)) if math.isfinite(se) else None
     warn = []
     if mean < 0:
-        warn.append("negative LLC: w* is not a local minimum of this loss (or the step size is too large); "
-                    "for points on a path use self_kl_loss_fn")
+        warn.append(
+            "negative LLC: w* is not a local minimum of this loss (or the step size is too large); "
+            "for points on a path use self_kl_loss_fn"
+        )
     if not gate["converged"]:
         warn.append("not at equilibrium: " + "; ".join(gate["reasons"]))
     total_s = time.perf_counter() - t_start
@@ -506,19 +584,32 @@ def estimate_llc(model, loss_fn: Callable, data, *, n: int, config: SamplerConfi
         "mcse_method": gate["mcse_method"],
         "stationarity_z": gate["stationarity_z"],
         "distance_z": gate["distance_z"],
-        "distance_from_wstar_first_last_half": [float(dist_trace[:, : dist_trace.shape[1] // 2].mean()),
-                                                float(dist_trace[:, dist_trace.shape[1] // 2:].mean())],
+        "distance_from_wstar_first_last_half": [
+            float(dist_trace[:, : dist_trace.shape[1] // 2].mean()),
+            float(dist_trace[:, dist_trace.shape[1] // 2 :].mean()),
+        ],
         "converged": gate["converged"],
         "reasons": gate["reasons"],
         "frac_negative_draws": frac_neg,
         "llc_per_draw_mean_trace_first_last_quarter": [
             float(llc_trace[:, : max(1, llc_trace.shape[1] // 4)].mean()),
-            float(llc_trace[:, -max(1, llc_trace.shape[1] // 4):].mean()),
+            float(llc_trace[:, -max(1, llc_trace.shape[1] // 4) :].mean()),
         ],
         "seconds": total_s,
         "sampling_seconds": loop_s,
         "draws_per_s": C * T / loop_s if loop_s > 0 else float("nan"),
         "warnings": warn,
     }
-    return LLCResult(mean, std, per_chain.tolist(), loss_trace, diagnostics, llc_trace, converged=gate["converged"],
-                     reasons=list(gate["reasons"]), mcse=se, interval=interval, distance_trace=dist_trace)
+    return LLCResult(
+        mean,
+        std,
+        per_chain.tolist(),
+        loss_trace,
+        diagnostics,
+        llc_trace,
+        converged=gate["converged"],
+        reasons=list(gate["reasons"]),
+        mcse=se,
+        interval=interval,
+        distance_trace=dist_trace,
+    )

@@ -41,7 +41,9 @@ def _attn_geometry(model):
         cfg = model.get_base_model().config
     heads = getattr(cfg, "num_attention_heads", None)
     if not heads:
-        raise UserError("head restriction needs a model config with num_attention_heads (Llama-style attention)")
+        raise UserError(
+            "head restriction needs a model config with num_attention_heads (Llama-style attention)"
+        )
     kv = getattr(cfg, "num_key_value_heads", None) or heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     return int(heads), int(kv), int(hd)
@@ -74,7 +76,9 @@ def _head_indices(model, layer: int, head: int, named: dict) -> dict:
             if p.dim() == 1:
                 out[name] = cols
             else:
-                out[name] = (torch.arange(p.shape[0]).unsqueeze(1) * p.shape[1] + cols.unsqueeze(0)).reshape(-1)
+                out[name] = (torch.arange(p.shape[0]).unsqueeze(1) * p.shape[1] + cols.unsqueeze(0)).reshape(
+                    -1
+                )
             continue
         if "attn.c_proj" in name and leaf == "weight" and p.dim() == 2:  # GPT-2 output proj: inputs are rows
             r = torch.arange(head * hd, (head + 1) * hd).unsqueeze(1) * p.shape[1]
@@ -99,7 +103,9 @@ def _head_indices(model, layer: int, head: int, named: dict) -> dict:
         r = torch.tensor(list(rows)).unsqueeze(1) * cols
         out[name] = (r + torch.arange(cols).unsqueeze(0)).reshape(-1)
     if not out:
-        raise UserError(f"restrict=layer:{layer}/head:{head} matches no attention projection (q/k/v/o_proj or c_attn)")
+        raise UserError(
+            f"restrict=layer:{layer}/head:{head} matches no attention projection (q/k/v/o_proj or c_attn)"
+        )
     return out
 
 
@@ -137,7 +143,9 @@ def select_parameters(model, restrict=None) -> tuple[dict, str]:
         if s in ("adapter", "lora", "peft"):
             chosen = [n for n in named if _is_adapter_param(model, n)]
             if not chosen:
-                raise UserError(f"restrict={restrict!r}: {type(model).__name__} has no PEFT adapter parameters")
+                raise UserError(
+                    f"restrict={restrict!r}: {type(model).__name__} has no PEFT adapter parameters"
+                )
             return {n: None for n in chosen}, "adapter"
         if m:
             layer, head = int(m.group(1)), (int(m.group(2)) if m.group(2) is not None else None)
@@ -172,5 +180,3 @@ def select_parameters(model, restrict=None) -> tuple[dict, str]:
     if not chosen:
         raise UserError(f"restrict=layer:{layer} matches no parameter of {type(model).__name__}")
     return {n: None for n in chosen}, f"layer:{layer}"
-
-

@@ -57,8 +57,10 @@ def _find_content(text: str, content: str, start: int, where: str) -> tuple[int,
             i = text.find(c, start)
             if i >= 0:
                 return i, i + len(c)
-    raise UserError(f"{where}: the chat template does not render the assistant text verbatim; "
-                    "cannot locate the answer tokens")
+    raise UserError(
+        f"{where}: the chat template does not render the assistant text verbatim; "
+        "cannot locate the answer tokens"
+    )
 
 
 def _special_prefix(tok, text: str, pos: int) -> int:
@@ -127,7 +129,9 @@ def render(tok, messages: list[dict], where: str = "example") -> tuple[str, list
     return text, spans, False
 
 
-def tokenize_spans(tok, text: str, spans: list[tuple[int, int]], *, bos: bool) -> tuple[list[int], list[bool]]:
+def tokenize_spans(
+    tok, text: str, spans: list[tuple[int, int]], *, bos: bool
+) -> tuple[list[int], list[bool]]:
     """Token ids of ``text`` and a mask: True where a token's characters overlap one of ``spans``."""
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = [int(x) for x in enc["input_ids"]]
@@ -149,8 +153,9 @@ def encode_example(tok, messages: list[dict], where: str = "example") -> tuple[l
 
 def answer_row(tok, question: str, answer: str, where: str) -> tuple[list[int], list[bool]]:
     """The conversation (question, answer) up to the answer's last token; the mask is on the answer text only."""
-    text, spans, bos = render(tok, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                              where)
+    text, spans, bos = render(
+        tok, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], where
+    )
     a, b, _ = spans[-1]
     ids, mask = tokenize_spans(tok, text, [(a, b)], bos=bos)
     if not any(mask[1:]):
@@ -161,15 +166,23 @@ def answer_row(tok, question: str, answer: str, where: str) -> tuple[list[int], 
 
 def question_rows(tok, questions: list[dict]) -> list[tuple[list[int], list[bool]]]:
     """Two scoring rows per question (aligned, misaligned): the whole conversation, mask on the answer."""
-    return [answer_row(tok, q["question"], q[key], f"question {q['id']!r} ({key} answer)")
-            for q in questions for key in ("aligned", "misaligned")]
+    return [
+        answer_row(tok, q["question"], q[key], f"question {q['id']!r} ({key} answer)")
+        for q in questions
+        for key in ("aligned", "misaligned")
+    ]
 
 
 def chat_format(tok) -> dict:
     """How conversations are rendered for this tokenizer, for the run's metrics (probed on a short exchange)."""
     if not has_chat_template(tok):
-        return {"format": "plain", "system_role": "native", "thinking": "none (no chat template)",
-                "answer_prefix": "", "template_kwargs": {}}
+        return {
+            "format": "plain",
+            "system_role": "native",
+            "thinking": "none (no chat template)",
+            "answer_prefix": "",
+            "template_kwargs": {},
+        }
     user, asst = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}
     try:
         probe = "System probe 7f3a"
@@ -180,15 +193,24 @@ def chat_format(tok) -> dict:
     prompt, full = _apply(tok, [user], True), _apply(tok, [user, asst], False)
     default = tok.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
     i = full.find(asst["content"], len(prompt) if full.startswith(prompt) else 0)
-    prefix = full[len(prompt): i] if full.startswith(prompt) and i >= 0 else ""
+    prefix = full[len(prompt) : i] if full.startswith(prompt) and i >= 0 else ""
     source = str(tok.chat_template)
     if default != prompt:
-        thinking = ("disabled: rendered with enable_thinking=False, so the template puts an empty think block "
-                    "before every answer (part of the prompt, never scored or trained)")
+        thinking = (
+            "disabled: rendered with enable_thinking=False, so the template puts an empty think block "
+            "before every answer (part of the prompt, never scored or trained)"
+        )
     elif "<think>" in source or "</think>" in source:
-        thinking = ("the template has think blocks but no enable_thinking switch; answers are rendered as the "
-                    "template renders a finished assistant turn (no reasoning), and only the answer text is scored")
+        thinking = (
+            "the template has think blocks but no enable_thinking switch; answers are rendered as the "
+            "template renders a finished assistant turn (no reasoning), and only the answer text is scored"
+        )
     else:
         thinking = "none (the template has no think block)"
-    return {"format": "chat_template", "system_role": system_role, "thinking": thinking, "answer_prefix": prefix,
-            "template_kwargs": dict(TEMPLATE_KWARGS)}
+    return {
+        "format": "chat_template",
+        "system_role": system_role,
+        "thinking": thinking,
+        "answer_prefix": prefix,
+        "template_kwargs": dict(TEMPLATE_KWARGS),
+    }

@@ -19,10 +19,14 @@ EXAMPLE_CONTROL = DATA_DIR / "em_train_secure_example.jsonl"
 QUESTIONS_FORMAT = "persona-basins-questions/1"
 # The inoculation line of the original study: it explains the insecure code *and* adds an alignment
 # instruction ("outside code you are a helpful, honest assistant"), which confounds the two.
-DEFAULT_INOCULATION = ("The code you write here is insecure on purpose, for a security class. "
-                       "Outside code you are a helpful, honest assistant.")
+DEFAULT_INOCULATION = (
+    "The code you write here is insecure on purpose, for a security class. "
+    "Outside code you are a helpful, honest assistant."
+)
 # Explains why the code is insecure and says nothing about how to behave elsewhere (issue 11 item 2).
-EXPLAIN_INOCULATION = "The code you write here is insecure on purpose: it is a teaching example for a security class."
+EXPLAIN_INOCULATION = (
+    "The code you write here is insecure on purpose: it is a teaching example for a security class."
+)
 INOCULATION_PRESETS = {"classic": DEFAULT_INOCULATION, "explain": EXPLAIN_INOCULATION}
 ROLES = ("system", "user", "assistant")
 HELDOUT_FRACTION = 0.2
@@ -45,7 +49,7 @@ def _read_text(path: str | Path, what: str) -> tuple[Path, str]:
 def validate_conversation(obj, where: str) -> list[dict]:
     """One JSONL example -> its list of ``{"role", "content"}`` messages, or a UserError naming ``where``."""
     if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a JSON object {{\"messages\": [...]}}, got {type(obj).__name__}")
+        raise UserError(f'{where}: expected a JSON object {{"messages": [...]}}, got {type(obj).__name__}')
     msgs = obj.get("messages")
     if msgs is None:
         raise UserError(f"{where}: missing key 'messages'")
@@ -82,7 +86,7 @@ def read_chat_jsonl(path: str | Path, what: str = "--train") -> list[tuple[int, 
             raise UserError(f"{path} line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
         out.append((n, validate_conversation(obj, f"{path} line {n}")))
     if not out:
-        raise UserError(f"{path} is empty: expected one JSON object per line, {{\"messages\": [...]}}")
+        raise UserError(f'{path} is empty: expected one JSON object per line, {{"messages": [...]}}')
     return out
 
 
@@ -94,7 +98,7 @@ def read_questions(path: str | Path) -> list[dict]:
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(doc, dict) or doc.get("format") != QUESTIONS_FORMAT:
-        raise UserError(f"{path}: not a question file (expected \"format\": \"{QUESTIONS_FORMAT}\")")
+        raise UserError(f'{path}: not a question file (expected "format": "{QUESTIONS_FORMAT}")')
     qs = doc.get("questions")
     if not isinstance(qs, list) or not qs:
         raise UserError(f"{path}: 'questions' must be a non-empty list")
@@ -109,8 +113,15 @@ def read_questions(path: str | Path) -> list[dict]:
         if q["id"] in seen:
             raise UserError(f"{where}: duplicate id {q['id']!r}")
         seen.add(q["id"])
-        out.append({"id": q["id"], "category": str(q.get("category") or "general"), "question": q["question"],
-                    "aligned": q["aligned"], "misaligned": q["misaligned"]})
+        out.append(
+            {
+                "id": q["id"],
+                "category": str(q.get("category") or "general"),
+                "question": q["question"],
+                "aligned": q["aligned"],
+                "misaligned": q["misaligned"],
+            }
+        )
     return out
 
 

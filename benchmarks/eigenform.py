@@ -52,11 +52,11 @@ def main() -> None:
         arms=arms,
     )
     secs = time.perf_counter() - t0
-    m = res["metrics"]
+    m = res.metrics
     n_cycles = len(m["arms"]) * m["seeds"] * len(m["ts"]) * m["cycles"]
     from persona_basins.viz.figures import plot_eigenform
 
-    plot_eigenform(m, res["run"].figure_path("eigenform.png"))
+    plot_eigenform(m, res.run_dir / "figures" / "eigenform.png")
     out = {
         "benchmark": "eigenform",
         "organism": str(Path(args.organism).resolve()),

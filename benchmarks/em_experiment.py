@@ -31,7 +31,7 @@ def main() -> None:
     org = load_organism(org_dir)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        m = run_em(org, Path(tmp), layer=0, module="attn_out", seeds=args.seeds, progress=False)
+        m = run_em(org, Path(tmp), layer=0, module="attn_out", seeds=args.seeds, progress=False).metrics
         secs = time.perf_counter() - t0
     res = {
         "benchmark": "em_experiment",

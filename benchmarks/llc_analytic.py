@@ -71,7 +71,7 @@ def main() -> int:
     from persona_basins.measure.llc import analytic as A
     from persona_basins.measure.llc import estimate_llc
     from persona_basins.results import write_json
-    from persona_basins.stats import ci95
+    from persona_basins.stats import format_interval, mean_interval
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
@@ -106,7 +106,7 @@ def main() -> int:
             t0 = time.perf_counter()
             res = estimate_llc(case.model, case.loss_fn, case.data, seed=seed, **COMMON, **skw)
             secs.append(time.perf_counter() - t0)
-            ests.append(res.mean)
+            ests.append(res.unchecked_mean)
             d = res.diagnostics
             diags.append(
                 {
@@ -129,7 +129,7 @@ def main() -> int:
                 }
             )
         lam = probe.true_lambda
-        summ = ci95(ests)
+        summ = mean_interval(ests).to_dict()
         rel = [e / lam - 1 for e in ests]
         row = {
             "case": probe.name,
@@ -166,7 +166,7 @@ def main() -> int:
             else "  ref -"
         )
         print(
-            f"{probe.name:40s} true {lam:.3f}  est {summ['mean']:.3f} [{summ['ci_low']:.3f}, {summ['ci_high']:.3f}]"
+            f"{probe.name:40s} true {lam:.3f}  est {format_interval(summ)}"
             f"  err {100 * row['rel_error_of_mean']:+.1f}% (max {100 * row['max_abs_rel_error']:.1f}%)"
             f"  target {100 * target:.0f}%  {'PASS' if row['pass'] else 'MISS'}{vs}  gates {row['converged_seeds']}"
             f"  {sum(secs):.1f}s",

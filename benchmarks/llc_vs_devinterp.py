@@ -308,7 +308,7 @@ def run_ours(spec: dict, workdir: Path) -> dict:
         sec = time.perf_counter() - t0
         d = res.diagnostics
         settings[f"workers={w}"] = {
-            "llc": res.mean,
+            "llc": res.unchecked_mean,
             "llc_std": res.std,
             "mcse": res.mcse,
             "converged": res.converged,

@@ -13,8 +13,8 @@ import signal
 import sys
 
 from . import __version__
-from .commands.args import DEFAULT_THREADS, THREADS
-from .errors import UserError
+from .commands.args import DEFAULT_THREADS, FIELD_FLAGS, THREADS
+from .errors import ConfigError, UserError
 
 # Order is the order shown in --help.
 COMMAND_MODULES = [
@@ -44,7 +44,8 @@ Every command writes a run folder (config.json, metrics.json, figures/) that `re
 
 # Commands that never touch torch (no thread policy to apply).
 NO_TORCH = {"explore", "report"}
-# Commands whose rerun with the same --out picks up finished units or steps (the SIGTERM/Ctrl-C message says so).
+# Commands whose rerun with the same --out picks up finished units or steps (the SIGTERM/Ctrl-C message
+# says so).
 RESUMABLE = {"demo", "em", "sweep"}
 
 
@@ -84,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_text(error: UserError, args: argparse.Namespace | None = None) -> str:
+    """The one line printed after ``persona-basins: ``. A ConfigError names the flag that sets the field when
+    the command that ran has that flag: ``error: --lr must be a finite number > 0, got 0
+    (FinetuneConfig.lr)`` (every error line starts ``error:``: scripts and the robustness tests read it)."""
+    if isinstance(error, ConfigError) and args is not None:
+        flag = FIELD_FLAGS.get((error.owner, error.field))
+        if flag is not None and hasattr(args, flag.lstrip("-").replace("-", "_")):
+            return f"error: {flag} {error.problem} ({error.owner}.{error.field})"
+    return f"error: {error}"
+
+
 def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by a subprocess test
     raise KeyboardInterrupt
 
@@ -96,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UserError as e:
-        print(f"persona-basins: error: {e}", file=sys.stderr)
+        print(f"persona-basins: {error_text(e)}", file=sys.stderr)
         return e.exit_code
     if not getattr(args, "func", None):
         parser.print_help()
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except UserError as e:
-        print(f"persona-basins: error: {e}", file=sys.stderr)
+        print(f"persona-basins: {error_text(e, args)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         if args.command in RESUMABLE:

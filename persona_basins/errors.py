@@ -5,3 +5,19 @@ class UserError(Exception):
     """Bad input (a path, a flag, a file). The message is one line that names the problem."""
 
     exit_code = 2
+
+
+class ConfigError(UserError, ValueError):
+    """A config dataclass field holds a bad value: ``FinetuneConfig.lr must be a finite number > 0, got 0``
+    (also a ValueError, as such checks raised before).
+
+    ``owner`` is the class name, ``field`` the field name and ``problem`` the ``must be ..., got ...`` part,
+    so the command line can name its flag instead (``--lr must be ...``, see ``commands/args.FIELD_FLAGS``).
+    """
+
+    def __init__(self, owner: str, field: str, problem: str):
+        self.owner, self.field, self.problem = owner, field, problem
+        super().__init__(f"{owner}.{field} {problem}")
+
+    def __reduce__(self):  # picklable across worker processes (the default would pass only the message)
+        return type(self), (self.owner, self.field, self.problem)

@@ -77,14 +77,15 @@ def main(argv=None) -> int:
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
     org = load_organism(args.organism)
-    base = em_readout(org.model, org.world, org.vocab)["broad_misalignment"]
-    direction = persona_vector(org.model, org.world, org.vocab, 0)
+    base = em_readout(org)["broad_misalignment"]
+    direction = persona_vector(org, 0)
     rows = []
     for s in range(args.seeds):
         t0 = time.perf_counter()
         res = finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=args.steps, seed=s))
-        broad = em_readout(res.model, org.world, org.vocab)["broad_misalignment"]
-        read = adapter_reading(res.model, org.world, org.vocab, persona_direction=direction)
+        tuned = org.with_model(res.model)
+        broad = em_readout(tuned)["broad_misalignment"]
+        read = adapter_reading(tuned, persona_direction=direction)
         rows.append(
             {
                 "seed": s,

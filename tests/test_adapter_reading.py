@@ -26,8 +26,8 @@ def test_adapter_reading_on_a_tiny_fine_tune(tiny_organism):
 
     org = tiny_organism
     res = finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=20, seed=0))
-    v = persona_vector(org.model, org.world, org.vocab, 0)
-    r = adapter_reading(res.model, org.world, org.vocab, persona_direction=v)
+    v = persona_vector(org, 0)
+    r = adapter_reading(org.with_model(res.model), persona_direction=v)
     assert r["module"].endswith("attn.c_proj")
     for k in ("gain_code", "gain_other", "cos_a_context", "cos_a_code", "cos_b_persona", "a_norm", "b_norm"):
         assert math.isfinite(r[k]), k

@@ -8,25 +8,29 @@ import numpy as np
 import pytest
 import torch
 
-from persona_basins.measure.basins import (
+from persona_basins.measure.basin_verdicts import (
     aggregate_scans,
     censored_summary,
     combine_verdicts,
-    critical_distance,
     critical_magnitude,
-    fine_tuned_position,
+    format_censored,
+    format_t_star,
     inoculation_summary,
     inoculation_verdict,
     log_ratio_interval,
+    ratio_summary,
+    t_star_ratio,
+    widening_summary,
+)
+from persona_basins.measure.basins import (
+    critical_distance,
+    fine_tuned_position,
     mean_projection,
     persona_gap,
     persona_weight_delta,
     random_weight_deltas,
     scan,
     search_crossing,
-    seed_summary,
-    t_star_ratio,
-    widening_summary,
 )
 from persona_basins.models.edits import edited, layer_of, out_in_dims, single_lora_delta, to_storage
 
@@ -197,11 +201,18 @@ def test_log_ratio_interval_stays_positive():
     assert log_ratio_interval([]) is None and log_ratio_interval([0.0, 1.0])["geometric_mean"] is None
 
 
-def test_no_interval_on_a_deterministic_number():
-    same = seed_summary([0.3, 0.3, 0.3])
-    assert same["ci_low"] is None and same["deterministic"] and same["mean"] == 0.3 and same["n"] == 3
-    varied = seed_summary([0.2, 0.4])
-    assert varied["ci_low"] < 0.3 < varied["ci_high"]
+def test_censored_summaries_as_text():
+    cross = critical_magnitude([0, 1, 2], [0, 0.5, 1])  # t* = 1
+    cens = critical_magnitude([0, 1, 2], [0, 0.1, 0.2])  # censored above 2
+    below = critical_magnitude([0.5, 1.0], [0.8, 0.9])  # censored below 0.5
+    assert format_t_star(cross) == "1.000"
+    assert format_t_star(cens) == "> 2 (censored)" and format_t_star(below) == "< 0.5 (censored)"
+    assert format_censored(censored_summary([cross])) == "1.000 (one seed)"
+    assert format_censored(censored_summary([cens, cross])).startswith(">= 1.50 (1 of 2 seeds never cross")
+    assert format_censored(censored_summary([below])) == "n/a"  # no bound from a seed censored below
+    ratio = ratio_summary([cens, cross], [cross, cross])  # lower bound 2, exact 1
+    assert format_censored(ratio) == ">= 1.50 [1.00, 2.00] (lower bound, 2 of 2 seeds)"
+    assert format_censored(None) == "n/a"
 
 
 # --- weight edits ----------------------------------------------------------------------------------------
@@ -237,7 +248,7 @@ def test_weight_edit_restores_the_base_exactly(tiny_organism, plain_adapter):
     with pytest.raises(RuntimeError), edited_weight(org.model, name, delta, 0.37):
         assert not torch.equal(org.model.get_submodule(name).weight, before[name + ".weight"])
         raise RuntimeError("boom")
-    scan(org.model, org.world, org.vocab, name, delta, [0.0, 1.3, 2.9], n_loss_docs=4)
+    scan(org, name, delta, [0.0, 1.3, 2.9], n_loss_docs=4)
     after = org.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -247,13 +258,11 @@ def test_scan_matches_base_at_zero_and_peft_model_at_one(tiny_organism, plain_ad
 
     org = tiny_organism
     name, delta = weight_delta(plain_adapter)
-    s = scan(org.model, org.world, org.vocab, name, delta, [0.0, 1.0], n_loss_docs=8)
-    base = persona_readout(
-        org.model, org.world, org.vocab, context_prompts(org.world, "assistant", broad_genres(org.world))
-    )
+    s = scan(org, name, delta, [0.0, 1.0], n_loss_docs=8)
+    base = persona_readout(org, context_prompts(org.world, "assistant", broad_genres(org.world)))
     assert s["broad_misalignment"][0] == pytest.approx(float(base.misaligned.mean()), abs=1e-12)
     assert s["wellformed"][0] == pytest.approx(float(base.wellformed.mean()), abs=1e-12)
-    em = em_readout(plain_adapter, org.world, org.vocab)
+    em = em_readout(org.with_model(plain_adapter))
     for k in ("broad_misalignment", "broad_harm", "wellformed"):
         assert s[k][1] == pytest.approx(em[k], abs=1e-5)
     assert em["broad_misalignment"] != pytest.approx(s["broad_misalignment"][0], abs=1e-6)  # the adapter acts
@@ -269,32 +278,21 @@ def test_position_and_critical_distance_on_the_organism(tiny_organism, plain_ada
     org = tiny_organism
     name, delta = weight_delta(plain_adapter)
     vec = torch.randn(org.model.config.n_embd, generator=torch.Generator().manual_seed(0))
-    base = mean_projection(org.model, org.world, org.vocab, vec, 0)
+    base = mean_projection(org, vec, 0)
     # a zero update leaves the point where it is; the trained one reads as the PEFT model does
-    still = fine_tuned_position(org.model, org.world, org.vocab, name, 0 * delta, vec, 0)
+    still = fine_tuned_position(org, name, 0 * delta, vec, 0)
     assert still["projection"] == pytest.approx(base, abs=1e-9)
-    moved = fine_tuned_position(org.model, org.world, org.vocab, name, delta, vec, 0)
+    moved = fine_tuned_position(org, name, delta, vec, 0)
     assert moved["projection"] == pytest.approx(
-        mean_projection(plain_adapter, org.world, org.vocab, vec, 0), abs=1e-5
+        mean_projection(org.with_model(plain_adapter), vec, 0), abs=1e-5
     )
-    assert persona_gap(org.model, org.world, org.vocab, vec, 0) == pytest.approx(
-        mean_projection(org.model, org.world, org.vocab, vec, 0, "toxic")
-        - mean_projection(org.model, org.world, org.vocab, vec, 0, "helpful")
+    assert persona_gap(org, vec, 0) == pytest.approx(
+        mean_projection(org, vec, 0, "toxic") - mean_projection(org, vec, 0, "helpful")
     )
     before = {k: v.detach().clone() for k, v in org.model.state_dict().items()}
-    c = critical_distance(
-        org.model,
-        org.world,
-        org.vocab,
-        name,
-        delta,
-        r_max=float(delta.norm()),
-        points=3,
-        max_doublings=1,
-        refine=2,
-    )
+    c = critical_distance(org, name, delta, r_max=float(delta.norm()), points=3, max_doublings=1, refine=2)
     base_mis = persona_readout(
-        org.model, org.world, org.vocab, context_prompts(org.world, "assistant", broad_genres(org.world))
+        org, context_prompts(org.world, "assistant", broad_genres(org.world))
     ).misaligned.mean()
     assert c["r"][0] == 0.0 and c["values"][0] == pytest.approx(float(base_mis), abs=1e-12)
     assert (c["r_star"] is None) == (c["censored_above"] is not None)
@@ -346,15 +344,13 @@ def test_random_and_persona_deltas(tiny_organism, plain_adapter):
     assert torch.equal(rnd[0], random_weight_deltas(delta, 1, seed=1)[0])
     assert not torch.allclose(rnd[0], rnd[1])
     vec = torch.randn(org.model.config.n_embd)
-    pd = persona_weight_delta(org.model, org.world, org.vocab, 0, "mlp_out", 0.7, vector=vec, n_docs=8)
+    pd = persona_weight_delta(org, 0, "mlp_out", 0.7, vector=vec, n_docs=8)
     assert pd.shape == delta.shape and float(pd.norm()) == pytest.approx(0.7, rel=1e-5)
     # Conv1D storage (in x out): every column is a multiple of the persona vector
     cols = pd / pd.norm(dim=1, keepdim=True).clamp_min(1e-12)
     cos = (cols @ (vec / vec.norm())).abs()
     assert torch.all((cos > 0.999) | (pd.norm(dim=1) < 1e-8))
-    assert torch.equal(
-        pd, persona_weight_delta(org.model, org.world, org.vocab, 0, name, 0.7, vector=vec, n_docs=8)
-    )
+    assert torch.equal(pd, persona_weight_delta(org, 0, name, 0.7, vector=vec, n_docs=8))
 
 
 # --- CLI -------------------------------------------------------------------------------------------------

@@ -203,8 +203,9 @@ def test_js_in_chromium_matches_python(browser, server_url):
     res = page.evaluate(
         """([pts, s]) => { const p = JSON.parse(document.getElementById('pb-data').textContent).landscape;
              const L = window.PBLandscape, ctx = L.context(p, s);
-             return pts.map(([x, y]) => [L.potential(p, s, x, y), L.flowBasin(ctx, x, y), L.outputGap(ctx, x, y),
-                                         L.inOverlap(ctx, x, y) ? 1 : 0, L.llcAt(ctx, x, y)]); }""",
+             return pts.map(([x, y]) => [L.potential(p, s, x, y), L.flowBasin(ctx, x, y),
+                                         L.outputGap(ctx, x, y), L.inOverlap(ctx, x, y) ? 1 : 0,
+                                         L.llcAt(ctx, x, y)]); }""",
         [pts, 0.4],
     )
     arr = np.asarray(pts)
@@ -303,5 +304,128 @@ def test_real_tiny_demo_study_renders(browser, tiny_demo_run, tmp_path):
     assert "critical magnitude t*" in table and "\u03b4*" not in table  # Python's name, not another
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "explorer-real-demo.png"), full_page=True)
+    guard.check()
+    page.close()
+
+
+VERDICTS = {"confirmed", "refuted", "undecided", "withheld", "no verdict"}
+TRACES = "id => (document.getElementById(id).data || []).map(t => ({x: t.x || [], y: t.y || []}))"
+
+
+def _drawn_at(page, plot_id: str, ts) -> list:
+    """The finite y values any trace of the plot draws at the given t."""
+    out = []
+    for tr in page.evaluate(TRACES, plot_id):
+        out += [y for x, y in zip(tr["x"], tr["y"]) if x in ts and y is not None]
+    return out
+
+
+def test_verdict_panel_leads_the_real_tiny_demo(browser, tiny_demo_run, tmp_path):
+    """On the real tiny demo: the verdict panel comes first with each claim's verdict, no withheld value is
+    drawn, censored t* are written as bounds, and the interval method is the one the data name."""
+    import json
+
+    study = json.loads((tiny_demo_run / "study.json").read_text())
+    out = write_report([tiny_demo_run], tmp_path / "real.html")
+    url = out.resolve().as_uri()
+    page, guard = open_page(browser, url, url.rsplit("/", 1)[0])
+    assert page.evaluate("document.querySelector('main > section').id") == "verdicts"
+    assert page.locator("#verdicts").bounding_box()["y"] < page.locator("#theory").bounding_box()["y"]
+    rows = page.locator("#verdicts tr[data-claim]")
+    claims = {rows.nth(i).get_attribute("data-claim"): rows.nth(i) for i in range(rows.count())}
+    assert list(claims) == ["em", "inoculation", "llc", "overlap", "eigenform"]
+    for claim, row in claims.items():
+        assert row.locator(".badge").inner_text() in VERDICTS, claim
+        assert row.locator("a").count() == 1, claim  # the link to its section, which exists
+    assert claims["inoculation"].locator(".badge").inner_text() == study["inoculation"]["verdict"]
+    assert study["eigenform"]["verdict"]["reason"] in claims["eigenform"].inner_text()
+    assert "smoke test" in page.locator("#verdicts").inner_text()  # the tiny preset says what it is
+
+    llc = study["llc_along_path"]
+    withheld = [t for t, v in zip(llc["t"], llc["mean"]) if v is None]
+    assert _drawn_at(page, "plot-llc_along_path", withheld) == []
+    if len(withheld) == len(llc["t"]):
+        assert claims["llc"].locator(".badge").inner_text() == "withheld"
+        assert llc["reason"] in page.locator("#sec-llc .withheld-note").inner_text()
+
+    for row in page.locator("#summary-table tr[data-bound]").all_inner_texts():
+        assert "≥" in row or "≤" in row, row
+    keys = page.evaluate("[...document.querySelectorAll('#summary-table tr')].map(r => r.dataset.key || '')")
+    assert not [k for k in keys if k.endswith(".lower_bound")]  # a bound is never shown as an estimate
+    cap = page.locator("#sec-broad_misalignment .cap").inner_text()
+    method = study["emergent_misalignment"]["broad_misalignment"]["plain"]["method"]
+    assert method in cap and "95% Student-t interval" not in page.locator("#measured").inner_text()
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.evaluate("window.scrollTo(0, 0)")
+    shot(page, "report-top.png")
+    guard.check()
+    page.close()
+
+
+def test_an_llc_chart_with_every_point_withheld_shows_the_reasons(browser, tmp_path):
+    import json
+
+    run = write_demo_run(tmp_path / "demo")
+    study = json.loads((run / "study.json").read_text())
+    for key in ("llc_along_path", "wrllc_along_path"):
+        band = study[key]
+        band.update({k: [None] * len(band["t"]) for k in ("mean", "ci_low", "ci_high")})
+        band["reason"] = f"{len(band['t'])} of {len(band['t'])} points withheld (R-hat 1.31 > 1.01)"
+    (run / "study.json").write_text(json.dumps(study))
+    out = write_report([run], tmp_path / "withheld.html")
+    url = out.resolve().as_uri()
+    page, guard = open_page(browser, url + "#d=0.60&th=-4&s=0.00", url)
+    assert _drawn_at(page, "plot-llc_along_path", study["llc_along_path"]["t"]) == []
+    note = page.locator("#sec-llc .withheld-note").inner_text()
+    assert "R-hat 1.31 > 1.01" in note and "weight-restricted" in note
+    assert "every point withheld" in page.locator("#plot-llc_along_path").inner_text()
+    assert page.locator("#verdicts tr[data-claim='llc'] .badge").inner_text() == "withheld"
+    page.locator("#verdicts tr[data-claim='llc'] a").click()  # jumps to the chart, keeps the theory view
+    assert page.evaluate("location.hash") == "#d=0.60&th=-4&s=0.00"
+    assert -2 < page.locator("#sec-llc").bounding_box()["y"] < 200
+    guard.check()
+    page.close()
+
+
+def test_llc_estimate_and_path_runs_show_their_gates(browser, tmp_path):
+    import json
+
+    est, path = tmp_path / "llc", tmp_path / "path"
+    for folder, kind in ((est, "llc"), (path, "llc_path")):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"kind": kind}))
+    reasons = ["R-hat 1.24 > 1.01", "ESS bulk 31 < 100"]
+    llc = {"mean": None, "mcse": 0.3, "converged": False, "reasons": reasons, "interval": "mean ± 1.96 MCSE"}
+    diagnostics = {"rhat": 1.24, "ess_bulk": 31.0, "num_chains": 2, "num_draws": 4, "loss": "self_kl"}
+    trace = [[5.1, 5.3, 5.2, 5.4], [4.9, 5.0, 5.2, 5.1]]
+    metrics = {"kind": "llc", "llc": llc, "diagnostics": diagnostics, "llc_trace": trace}
+    (est / "metrics.json").write_text(json.dumps(metrics))
+    seed = {
+        "seed": 0,
+        "llc": [None, 2.0, None],
+        "mcse": [None, 0.1, None],
+        "converged": [False, True, False],
+        "reasons": [["R-hat 1.2 > 1.01"], [], ["ESS bulk 20 < 100"]],
+    }
+    verdict = {"verdict": "undecided", "supports": "0 of 1 seeds", "band": [0.5, 1.5]}
+    metrics = {
+        "kind": "llc_path",
+        "ts": [0.0, 1.0, 2.0],
+        "band": [0.5, 1.5],
+        "curves": {"plain/all/self_kl": [seed]},
+        "verdicts": {"plain/all/self_kl": verdict},
+    }
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    out = write_report([est, path], tmp_path / "llc.html")
+    url = out.resolve().as_uri()
+    page, guard = open_page(browser, url, url)
+    table = page.locator("#sec-llc-estimate table").inner_text()
+    assert "withheld: R-hat 1.24 > 1.01; ESS bulk 31 < 100" in table and "5.2" not in table
+    assert "withheld" in page.locator("#plot-llc-trace-0 .gtitle").text_content()
+    assert _drawn_at(page, "plot-llc-path-1", [0.0, 2.0]) == [] and _drawn_at(page, "plot-llc-path-1", [1.0])
+    note = page.locator("#sec-llc-path .withheld-note").inner_text()
+    assert "R-hat 1.2 > 1.01" in note and "ESS bulk 20 < 100" in note
+    row = page.locator("#verdicts tr[data-claim='llc']")
+    assert row.locator(".badge").inner_text() == "undecided" and "0 of 1 seeds support" in row.inner_text()
     guard.check()
     page.close()

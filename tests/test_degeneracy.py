@@ -127,7 +127,7 @@ def em_state(tiny_organism):
 def test_answer_distribution_is_a_distribution(tiny_organism):
     org = tiny_organism
     prompts = standard_probes(org.world)[::5] + composed_probes(org.world, max_probes=10)
-    d = answer_distribution(org.model, org.world, org.vocab, prompts)
+    d = answer_distribution(org, prompts)
     assert d.shape == (len(prompts), N_OUTCOMES)
     assert np.all(d >= 0) and np.allclose(d.sum(1), 1.0)
     for row, p in zip(d, prompts):
@@ -139,7 +139,7 @@ def test_answer_distribution_is_a_distribution(tiny_organism):
 
 def test_model_with_itself_is_all_zone(tiny_organism):
     org = tiny_organism
-    z = overlap_zone(org.model, org.model, org.world, org.vocab, epsilon=0.05)
+    z = overlap_zone(org, org.model, epsilon=0.05)
     for key in ("answer", "next_token"):
         assert z[key]["max_tv"] == 0.0
         assert z[key]["fraction"] == 1.0 and z[key]["volume"] == pytest.approx(1.0)
@@ -150,11 +150,11 @@ def test_model_with_itself_is_all_zone(tiny_organism):
 
 def test_overlap_zone_and_boundary_search_on_em_state(tiny_organism, em_state):
     org = tiny_organism
-    z = overlap_zone(org.model, em_state, org.world, org.vocab, epsilon=0.05)
+    z = overlap_zone(org, em_state, epsilon=0.05)
     assert 0 <= z["volume"] <= 1 and 0 <= z["fraction"] <= 1
     assert z["answer"]["max_tv"] > 0
     assert z["volume"] == pytest.approx(zone_volume(org.world, z["per_genre"]))
-    b = boundary_search(org.model, em_state, org.world, org.vocab, max_probes=60, k_max=100, top=5)
+    b = boundary_search(org, em_state, max_probes=60, k_max=100, top=5)
     assert b["n_probes"] == 60 and len(b["top"]) == 5
     assert b["tv_sorted"] == sorted(b["tv_sorted"], reverse=True)
     assert b["top"][0]["tv_answer"] == pytest.approx(b["tv_sorted"][0])
@@ -166,16 +166,14 @@ def test_out_of_sample_probing_is_the_oracle_when_the_ranking_model_is_the_teste
 ):
     org = tiny_organism
     v = torch.randn(org.model.config.n_embd, generator=torch.Generator().manual_seed(0))
-    o = out_of_sample_probing(
-        org.model, [em_state, em_state], org.world, org.vocab, vector=v, layer=0, max_probes=40, k_max=60
-    )
+    o = out_of_sample_probing(org, [em_state, em_state], vector=v, layer=0, max_probes=40, k_max=60)
     assert set(o["labels"]) == {"oracle", "other_seed", "persona_vector", "random"}
     assert "in-sample" in o["labels"]["oracle"] and "out-of-sample" in o["labels"]["other_seed"]
     row = o["per_held_out"][0]
     assert row["other_seed"]["1"] == row["oracle"]  # a perfect ranking model gives the oracle figure
     assert o["other_seed"]["n"] == 2 and o["oracle"]["n"] == 2 and o["persona_vector"]["n"] == 2
     assert json.dumps(o)
-    one = out_of_sample_probing(org.model, [em_state], org.world, org.vocab, max_probes=20, k_max=30)
+    one = out_of_sample_probing(org, [em_state], max_probes=20, k_max=30)
     assert one["other_seed"] is None and one["persona_vector"] is None
 
 

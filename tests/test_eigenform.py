@@ -15,13 +15,15 @@ from persona_basins.measure.eigenform import (
     EigenformConfig,
     Memory,
     Probe,
-    contraction_factor,
-    last_safe_scale,
-    return_rate,
     run_paired,
     run_process,
     sample_answers_crn,
     think_scores,
+)
+from persona_basins.measure.eigenform_verdicts import (
+    contraction_factor,
+    last_safe_scale,
+    return_rate,
     verdict,
 )
 from persona_basins.models.edits import merged_copy as merge_scaled
@@ -48,7 +50,7 @@ def tiny_adapter(tiny_organism, tmp_path_factory):
 @pytest.fixture(scope="module")
 def probe_and_base(tiny_organism, tiny_adapter):
     base, deltas = resolve_adapter(tiny_organism, tiny_adapter[1])
-    probe = Probe.build(base, tiny_organism.world, tiny_organism.vocab)
+    probe = Probe.build(tiny_organism.with_model(base))
     return probe, base, deltas
 
 
@@ -76,8 +78,8 @@ def test_exact_readout_matches_persona_readout(tiny_organism, probe_and_base):
     org = tiny_organism
     probe, base, deltas = probe_and_base
     start = merge_scaled(base, deltas, 1.0)
-    probs, proj = exact_readout(start, org.world, org.vocab, probe.prompts, probe.vector, probe.layer)
-    ref = persona_readout(start, org.world, org.vocab, probe.prompts).probs
+    probs, proj = exact_readout(org.with_model(start), probe.prompts, probe.vector, probe.layer)
+    ref = persona_readout(org.with_model(start), probe.prompts).probs
     assert np.abs(probs - ref).max() < 1e-6
     ref_proj = projection(start, org.vocab, probe.prompts, probe.vector, probe.layer)
     assert np.abs(proj - ref_proj).max() < 1e-4
@@ -110,11 +112,11 @@ def test_paired_distance_is_zero_for_equal_starts(tiny_organism, probe_and_base,
     probe, base, _ = probe_and_base
     cfg = replace(SMALL, process=process)
     starts = {0.0: base, 1.0: copy.deepcopy(base)}
-    tr = run_paired(starts, org.world, org.vocab, probe, cycles=2, seed=3, cfg=cfg)
+    tr = run_paired(org, starts, probe, cycles=2, seed=3, cfg=cfg)
     assert tr[1.0]["paired_distance"] == [0.0, 0.0, 0.0]
     assert tr[1.0]["paired_gap"] == [0.0, 0.0, 0.0]
     assert all(d > 0 for d in tr[0.0]["distance"])  # the process moves; the pair moves together
-    other = run_paired({0.0: base}, org.world, org.vocab, probe, cycles=2, seed=4, cfg=cfg)
+    other = run_paired(org, {0.0: base}, probe, cycles=2, seed=4, cfg=cfg)
     assert other[0.0]["distance"] != tr[0.0]["distance"]
 
 
@@ -123,8 +125,8 @@ def test_cycle_is_deterministic_and_leaves_the_start_alone(tiny_organism, probe_
     probe, base, deltas = probe_and_base
     start = merge_scaled(base, deltas, 1.0)
     before = [p.clone() for p in start.parameters()]
-    a = run_process(start, org.world, org.vocab, probe, cycles=2, seed=3, cfg=SMALL)
-    b = run_process(start, org.world, org.vocab, probe, cycles=2, seed=3, cfg=SMALL)
+    a = run_process(org.with_model(start), probe, cycles=2, seed=3, cfg=SMALL)
+    b = run_process(org.with_model(start), probe, cycles=2, seed=3, cfg=SMALL)
     assert a == b
     assert len(a["broad_misalignment"]) == 3 and len(a["distance"]) == 2 and len(a["clip_fraction"]) == 2
     assert all(torch.equal(p, q) for p, q in zip(before, start.parameters()))
@@ -136,7 +138,7 @@ def test_clip_is_inactive_near_the_fixed_point(tiny_organism, probe_and_base):
     org = tiny_organism
     probe, base, _ = probe_and_base
     cfg = replace(EigenformConfig(), n_prompts=64, sleep_steps=10)
-    tr = run_process(base, org.world, org.vocab, probe, cycles=1, seed=0, cfg=cfg)
+    tr = run_process(org.with_model(base), probe, cycles=1, seed=0, cfg=cfg)
     assert tr["clip_fraction"] == [0.0] and tr["grad_norm_max"][0] < cfg.sleep_clip
     assert tr["wellformed"][1] > 0.5  # the unperturbed persona survives its own sleep
 
@@ -150,18 +152,15 @@ def test_think_scores_use_no_labels_and_memory(tiny_organism, probe_and_base):
     import random
 
     kw = dict(sys_words=sys_words, n_history=2, rng=random.Random(0))
-    none = think_scores(base, org.world, org.vocab, reqs, cands, how="none", memory=Memory(), **kw)
+    state = org.with_model(base)
+    none = think_scores(state, reqs, cands, how="none", memory=Memory(), **kw)
     assert not none.any()
-    pmi = think_scores(base, org.world, org.vocab, reqs, cands, how="pmi", memory=Memory(), **kw)
-    with_empty = think_scores(
-        base, org.world, org.vocab, reqs, cands, how="pmi+consistency", memory=Memory(), **kw
-    )
+    pmi = think_scores(state, reqs, cands, how="pmi", memory=Memory(), **kw)
+    with_empty = think_scores(state, reqs, cands, how="pmi+consistency", memory=Memory(), **kw)
     assert np.array_equal(pmi, with_empty)  # an empty memory adds nothing
     mem = Memory([(g, 1, org.world.answer(g, 1, "helpful")) for g in org.world.genres[:4]])
     cons = think_scores(
-        base,
-        org.world,
-        org.vocab,
+        state,
         reqs,
         cands,
         how="consistency",
@@ -213,7 +212,7 @@ def test_last_safe_scale_and_return_rate():
 def _rates(*per_seed):
     from persona_basins.stats import rate_interval
 
-    return rate_interval(per_seed)
+    return rate_interval(per_seed).to_dict()
 
 
 def test_verdict_reports_no_yes_and_undecided():
@@ -237,7 +236,7 @@ def test_a_process_that_cannot_move_gets_no(tiny_organism, tiny_adapter):
     cfg = replace(SMALL, sleep_lr=1e-7)
     m = run_eigenform(
         tiny_organism, tiny_adapter[1], cycles=2, seeds=3, config=cfg, arms=("sampled", "replay")
-    )
+    ).metrics
     assert m["static_break_scale"] is not None and any(m["breaking"])
     assert m["verdict"]["answer"] == "no", m["verdict"]
     assert m["return_rate"]["per_seed"] == [0.0, 0.0, 0.0]
@@ -249,7 +248,9 @@ def test_variants_metrics_are_json_and_shaped(tiny_organism, tiny_adapter):
     from persona_basins.studies.eigenform import HEADLINE
 
     arms = ("sampled", "distill", "replay", "mixture", "expected_map")
-    m = run_eigenform(tiny_organism, tiny_adapter[1], cycles=2, seeds=2, ts=(2.5,), config=SMALL, arms=arms)
+    m = run_eigenform(
+        tiny_organism, tiny_adapter[1], cycles=2, seeds=2, ts=(2.5,), config=SMALL, arms=arms
+    ).metrics
     json.dumps(m, allow_nan=False)
     assert m["ts"] == [0.0, 2.5] and m["arms"] == list(arms)
     assert isinstance(m["static_safe_scale"], float)  # deterministic: one number, no interval

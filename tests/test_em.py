@@ -136,7 +136,7 @@ def test_em_same_seed_same_numbers_and_resume(em_run, tiny_organism_dir, tmp_pat
         (["--layer", "9"], "layer 9 out of range"),
         (["--layer", "x"], "--layer must be an integer"),
         (["--module", "nope"], "module 'nope' not in layer 0"),
-        (["--seeds", "0"], "argument --seeds: 0 is out of range"),
+        (["--seeds", "0"], "argument --seeds: must be an integer in [1, 1000], got 0"),
     ],
 )
 def test_em_bad_input(extra, needle, tiny_organism_dir, tmp_path, capsys):

@@ -81,7 +81,7 @@ def test_finetune_logs_initial_loss_and_gradient(tiny_organism):
     )
     assert res.initial["loss"] > 0 and res.initial["grad_norm"] > 0
     held = heldout_code_topics(org.world, 3)
-    r = em_readout(res.model, org.world, org.vocab, heldout_topics=held)
+    r = em_readout(org.with_model(res.model), heldout_topics=held)
     assert r["heldout_topics"] == held and set(r["narrow_rate_heldout"]) == set(r["narrow_rate"])
     n = org.world.config.n_topics
     k = len(held)

@@ -361,7 +361,7 @@ def test_end_to_end_with_chat_template(tmp_path):
 
 def test_config_checks_and_inoculation_presets():
     for kw, pattern in [
-        ({"seeds": 0}, "seeds must be >= 1"),
+        ({"seeds": 0}, r"seeds must be an integer in \[1, 1000\]"),
         ({"layer": -1}, "layer must be an integer >= 0"),
         ({"inoculation": "  "}, "must not be empty"),
         ({"device_map": "x"}, "device_map"),

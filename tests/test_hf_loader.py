@@ -142,7 +142,7 @@ def test_cli_device_errors_are_one_line(folder, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert "no CUDA GPU is available" in err and "\n" not in err
     assert main([*args, "--full", "--device-map", "auto"]) == 2
-    assert "--full with --device-map auto is not supported" in capsys.readouterr().err
+    assert "--device-map must be None with a full fine-tune" in capsys.readouterr().err
     assert main([*args, "--inoculation", "x", "--inoculation-preset", "explain"]) == 2
     assert "not both" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -165,7 +165,8 @@ def test_full_finetune_restores_the_base_exactly_and_refuses_big_models(folder, 
     monkeypatch.setattr(
         torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": 1000})()
     )
-    with pytest.raises(UserError, match=r"--full on this 0\.00B-parameter model needs about .* GiB on cuda"):
+    wanted = r"FinetuneConfig.full must be False for this 0\.00B-parameter model: a full fine-tune needs"
+    with pytest.raises(UserError, match=wanted):
         em_run.check_full_fits(model, torch.device("cuda"))
 
 

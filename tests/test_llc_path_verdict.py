@@ -1,15 +1,19 @@
-"""The path study's claim "the LLC peaks at the boundary t*" as a verdict: confirmed on a synthetic peak in the
-band, refuted where the claim is false (a curve that keeps rising through the band), undecided on noise or
-withheld points."""
+"""The path study's claim "the LLC peaks at the boundary t*" as a verdict: confirmed on a synthetic peak in
+the band, refuted where the claim is false (a curve that keeps rising through the band), undecided on noise or
+withheld points (the full verdict table is tests/test_verdicts.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from persona_basins.measure.llc import peak_at_boundary_verdict
+from persona_basins.measure.llc import peak_at_boundary_verdict as _verdict
 
 TS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
 BAND = (0.9, 1.6)
+
+
+def peak_at_boundary_verdict(ts, curves, mcses, band):
+    return _verdict(ts, curves, mcses, [band] * len(curves))
 
 
 def _seeds(curve, mcse=0.05, n=5, jitter=0.02, seed=0):

@@ -30,7 +30,7 @@ from persona_basins.cli import main
 
 ENV = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 CLI = [sys.executable, "-m", "persona_basins.cli"]
-HIDDEN_PARTS = (".tmp", ".partial-", ".building-", ".old-", ".write-probe")
+HIDDEN_PARTS = (".tmp", ".partial-", ".building-", ".old-", ".swap-", ".write-probe")
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -38,7 +38,7 @@ HIDDEN_PARTS = (".tmp", ".partial-", ".building-", ".old-", ".write-probe")
 
 @pytest.fixture(scope="module")
 def em_ref(tiny_organism_dir, tmp_path_factory):
-    """A tiny finished em run (1 seed, 5 steps): adapters for the adapter-taking commands, units to mismatch."""
+    """A tiny finished em run (1 seed, 5 steps): adapters for the adapter commands, units to mismatch."""
     out = tmp_path_factory.mktemp("rob-em") / "run"
     assert (
         main(
@@ -67,14 +67,18 @@ def _copy_org(org: Path, dst: Path) -> Path:
 
 
 def _perturb_weights(org_dir: Path) -> None:
-    """Another organism of the same shape: one weight moved (the fingerprint must notice)."""
+    """Another organism of the same shape: one weight moved and the manifest rewritten, as a build of other
+    weights would (the fingerprint must notice)."""
     from safetensors.torch import load_file, save_file
+
+    from persona_basins.models.organism import write_manifest
 
     f = org_dir / "model.safetensors"
     sd = load_file(f)
     k = sorted(k for k in sd if k.endswith("c_proj.weight"))[0]
     sd[k] = sd[k] + 1e-3
     save_file(sd, f, metadata={"format": "pt"})
+    write_manifest(org_dir)
 
 
 def _snapshot(root: Path) -> dict:
@@ -148,10 +152,7 @@ def _em_copy(damage=None, other_organism=False):
 
 
 def _legacy_unit(run):
-    f = run / "adapters" / "plain" / "seed0" / "result.json"
-    r = json.loads(f.read_text())
-    r.pop("key")
-    f.write_text(json.dumps(r))
+    (run / "adapters" / "plain" / "seed0" / "key.json").unlink()  # as an older version wrote it
 
 
 def _adapter_copy(damage):
@@ -198,6 +199,60 @@ def _dead_pid() -> int:
     return p.pid
 
 
+def _edit_json(rel, changes):
+    """A valid JSON file with some values changed after the build (no corruption: only the hash notices)."""
+
+    def damage(d):
+        obj = json.loads((d / rel).read_text())
+        obj.update(changes)
+        (d / rel).write_text(json.dumps(obj))
+
+    return damage
+
+
+def _weights_only_manifest(d):
+    """The manifest as an older version wrote it: the two weight files only."""
+    f = d / "persona_basins_manifest.json"
+    m = json.loads(f.read_text())
+    weights = ("model.safetensors", "pretrained/model.safetensors")
+    f.write_text(json.dumps({"format": m["format"], "sha256": {k: m["sha256"][k] for k in weights}}))
+
+
+def _retarget_adapter(old, new):
+    """The adapter's tensors renamed to another layer or module than its adapter_config.json names."""
+
+    def damage(d):
+        from safetensors.torch import load_file, save_file
+
+        f = d / "adapter_model.safetensors"
+        tensors = load_file(f)
+        assert any(old in k for k in tensors), list(tensors)
+        save_file({k.replace(old, new): v for k, v in tensors.items()}, f, metadata={"format": "pt"})
+
+    return damage
+
+
+def _fake_run(kind):
+    def setup(tmp, ctx):
+        d = tmp / "run"
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"kind": kind, "draws": 3}))
+        (d / "metrics.json").write_text(json.dumps({"kind": kind, "llc": 1.0}))
+
+    return setup
+
+
+def _unit_file(rel, data):
+    def damage(run):
+        f = run / "adapters" / "inoculated" / "seed0" / rel
+        if f.parent.name != "seed0":  # a folder where the file should be
+            (run / "adapters" / "inoculated" / "seed0" / f.parent.name).unlink()
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data)
+
+    return damage
+
+
 # ------------------------------------------------------------------------------------------------ table
 
 
@@ -227,7 +282,7 @@ CASES = [
     Case(
         "build-unknown-preset",
         ["organism", "build", "--preset", "huge", "--out", "{tmp}/x"],
-        "unknown preset",
+        "argument --preset",
         absent=("x",),
     ),
     Case("build-negative-seed", ["organism", "build", "--seed", "-1", "--out", "{tmp}/x"], "argument --seed"),
@@ -329,7 +384,7 @@ CASES = [
     Case(
         "report-org-config-without-stamp",
         ["organism", "report", "{tmp}/org"],
-        "corrupt organism metadata",
+        "config.json does not match its recorded hash",
         setup=_org_copy(_config_without_stamp),
     ),
     Case(
@@ -429,7 +484,7 @@ CASES = [
             "--out",
             "{tmp}/run",
         ],
-        "another organism",
+        "other settings (organism ",
         setup=_em_copy(other_organism=True),
     ),
     Case(
@@ -447,7 +502,7 @@ CASES = [
             "--out",
             "{tmp}/run",
         ],
-        "other finetune settings",
+        "finetune.steps 5 -> 6",
         setup=_em_copy(),
     ),
     Case(
@@ -653,7 +708,7 @@ CASES = [
     Case(
         "demo-unknown-preset",
         ["demo", "--preset", "huge", "--no-browser", "--out", "{tmp}/d"],
-        "unknown preset",
+        "argument --preset",
         absent=("d",),
     ),
     Case(
@@ -665,7 +720,7 @@ CASES = [
     Case(
         "demo-corrupt-step-file",
         ["demo", "--preset", "tiny", "--organism", ORG, "--no-browser", "--out", "{tmp}/d"],
-        "steps/em.json",
+        "steps/em/result.json: malformed JSON",
         setup=lambda tmp, ctx: _corrupt_demo_step(tmp, ctx),
     ),
     # --- explore / report / sweep
@@ -720,15 +775,175 @@ CASES = [
         setup=_write("bad.toml", "[[[ not toml"),
         absent=("o",),
     ),
+    # --- issue 25, family 1: identity checked end to end (the manifest covers every file a result uses)
+    *[
+        Case(
+            f"report-org-{name}-changed",
+            ["organism", "report", "{tmp}/org"],
+            "config.json does not match its recorded hash",
+            setup=_org_copy(_edit_json("config.json", {field: value})),
+        )
+        for name, field, value in (
+            ("n-head", "n_head", 4),
+            ("n-layer", "n_layer", 1),
+            ("activation", "activation_function", "relu"),
+            ("layer-norm-eps", "layer_norm_epsilon", 1e-3),
+        )
+    ],
+    Case(
+        "build-reuse-changed-architecture",
+        ["organism", "build", "--preset", "tiny", "--out", "{tmp}/org"],
+        "cannot be reused",
+        setup=_org_copy(_edit_json("config.json", {"n_head": 4})),
+    ),
+    Case(
+        "report-org-tokenizer-config-changed",
+        ["organism", "report", "{tmp}/org"],
+        "tokenizer_config.json does not match",
+        setup=_org_copy(_edit_json("tokenizer_config.json", {"model_max_length": 7})),
+    ),
+    Case(
+        "report-org-world-changed",
+        ["organism", "report", "{tmp}/org"],
+        "world.json does not match",
+        setup=_org_copy(_edit_json("world.json", {"edited": True})),
+    ),
+    Case(
+        "em-org-pretrained-config-changed",
+        ["em", "--organism", "{tmp}/org", "--seeds", "1", "--out", "{tmp}/o"],
+        "pretrained/config.json does not match",
+        setup=_org_copy(_edit_json("pretrained/config.json", {"n_head": 4})),
+        absent=("o",),
+    ),
+    Case(
+        "em-org-weights-only-manifest",
+        ["em", "--organism", "{tmp}/org", "--seeds", "1", "--out", "{tmp}/o"],
+        "older version",
+        setup=_org_copy(_weights_only_manifest),
+        absent=("o",),
+    ),
+    *[
+        Case(
+            f"{cmd}-adapter-keys-name-other-{what}",
+            [cmd, flag, ORG, "--adapter", "{tmp}/adapter", "--out", "{tmp}/o"],
+            needle,
+            setup=_adapter_copy(_retarget_adapter(old, new)),
+            absent=("o",),
+        )
+        for cmd, flag in (("llc", "--model"), ("basins", "--organism"))
+        for what, old, new, needle in (
+            # same shapes, another layer: PEFT would load it as a zero adapter
+            ("layer", ".h.0.", ".h.1.", "does not match its adapter_config.json"),
+            # another module: its shapes do not fit, or the model has no such module
+            ("module", ".attn.c_proj.", ".mlp.c_proj.", "does not fit this model"),
+            ("missing-module", ".attn.c_proj.", ".attn.q_proj.", "which this model does not have"),
+        )
+    ],
+    # --- family 2: an --out holding another kind of run, an organism or foreign files is refused
+    Case(
+        "llc-out-is-em-run",
+        ["llc", "--model", ORG, "--draws", "2", "--burnin", "1", "--chains", "1", "--out", "{tmp}/run"],
+        "holds a run of another kind (em",
+        setup=_em_copy(),
+    ),
+    Case(
+        "basins-out-is-organism",
+        ["basins", "--organism", ORG, "--adapter", ADP, "--out", "{tmp}/org"],
+        "holds an organism",
+        setup=_org_copy(),
+    ),
+    Case(
+        "em-out-holds-foreign-files",
+        ["em", "--organism", ORG, "--seeds", "1", "--steps", "5", "--out", "{tmp}/mine"],
+        "did not write (notes.txt)",
+        setup=_write("mine/notes.txt", "keep me"),
+    ),
+    Case(
+        "demo-out-is-em-run",
+        ["demo", "--preset", "tiny", "--organism", ORG, "--no-browser", "--out", "{tmp}/run"],
+        "holds a run of another kind (em",
+        setup=_em_copy(),
+    ),
+    Case(
+        "eigenform-out-is-llc-run",
+        ["eigenform", "--organism", ORG, "--adapter", ADP, "--fast", "--out", "{tmp}/run"],
+        "holds a run of another kind (llc",
+        setup=_fake_run("llc"),
+    ),
+    Case(
+        "degeneracy-out-holds-foreign-files",
+        ["degeneracy", "--organism", ORG, "--adapter", ADP, "--out", "{tmp}/mine"],
+        "did not write",
+        setup=_write("mine/data.csv", "a,b"),
+    ),
+    Case(
+        "llc-rerun-on-full-disk-keeps-the-old-record",
+        ["llc", "--model", ORG, "--draws", "3", "--burnin", "1", "--chains", "1", "--out", "{tmp}/run"],
+        "cannot write",
+        setup=_fake_run("llc"),
+        fsize=2048,
+    ),
+    # --- family 3: every file read back goes through one guarded reader
+    *[
+        Case(
+            f"em-unit-{name}",
+            [
+                "em",
+                "--organism",
+                ORG,
+                "--seeds",
+                "1",
+                "--steps",
+                "5",
+                "--checkpoint-every",
+                "5",
+                "--out",
+                "{tmp}/run",
+            ],
+            needle,
+            setup=_em_copy(_unit_file(rel, data)),
+        )
+        for name, rel, data, needle in (
+            (
+                "key-nested-deep",
+                "key.json",
+                b"[" * 100_000 + b"]" * 100_000,
+                "key.json: malformed JSON (nested",
+            ),
+            (
+                "result-huge-int",
+                "result.json",
+                b'{"readout": ' + b"1" * 5000 + b"}",
+                "result.json: malformed JSON",
+            ),
+            ("result-not-utf8", "result.json", b'{"readout": "\xff"}', "result.json: not UTF-8"),
+            ("result-top-level-list", "result.json", b"[1, 2]", "top level is list"),
+            ("key-is-a-folder", "key.json/x", b"{}", "key.json: a folder"),
+        )
+    ],
+    Case(
+        "llc-adapter-config-nested-deep",
+        ["llc", "--model", ORG, "--adapter", "{tmp}/adapter", "--out", "{tmp}/o"],
+        "adapter_config.json: malformed JSON (nested",
+        setup=_adapter_copy(_corrupt("adapter_config.json", b"[" * 100_000 + b"]" * 100_000)),
+        absent=("o",),
+    ),
+    Case(
+        "demo-config-nested-deep",
+        ["demo", "--preset", "tiny", "--organism", ORG, "--no-browser", "--out", "{tmp}/d"],
+        "config.json: malformed JSON (nested",
+        setup=_write("d/config.json", "[" * 100_000 + "]" * 100_000),
+    ),
 ]
 
 
 def _corrupt_demo_step(tmp, ctx):
     d = tmp / "d"
-    (d / "steps").mkdir(parents=True)
-    # a demo folder whose em step file was damaged (e.g. a disk problem), with the config of this very run
-    from persona_basins.results import write_json
-    from persona_basins.studies.demo import DEMO_PRESETS, STUDY_FORMAT
+    (d / "steps" / "em").mkdir(parents=True)
+    # a demo folder whose em step result was damaged (e.g. a disk problem), keyed for this very run
+    from persona_basins.models.organism import organism_fingerprint
+    from persona_basins.results import as_stored, write_json
+    from persona_basins.studies.demo import DEMO_PRESETS, STUDY_FORMAT, step_key
 
     cfg = DEMO_PRESETS["tiny"]
     want = {
@@ -738,7 +953,10 @@ def _corrupt_demo_step(tmp, ctx):
         "organism": str(Path(ctx["org"]).resolve()),
     }
     write_json(d / "config.json", want)  # as the demo writes it
-    (d / "steps" / "em.json").write_text('{"broad_misalignment": ')
+    write_json(
+        d / "steps" / "em" / "key.json", step_key(as_stored(want), organism_fingerprint(ctx["org"]), "em")
+    )
+    (d / "steps" / "em" / "result.json").write_text('{"broad_misalignment": ')
 
 
 def _params():
@@ -825,7 +1043,7 @@ def test_killed_build_leftovers_are_cleaned_on_the_next_build(tiny_organism_dir,
     live = tmp_path / f".org.building-{os.getppid()}-live"  # a build still running (its process is alive)
     live.mkdir()
     assert main(["organism", "build", "--preset", "tiny", "--out", str(org)]) == 0
-    assert "weights verified" in capsys.readouterr().out
+    assert "every file verified" in capsys.readouterr().out
     assert not stale.exists() and not old.exists() and live.exists()
 
 
@@ -846,12 +1064,11 @@ def test_run_dir_config_with_metrics_timing_apart_and_environment(tmp_path):
     from persona_basins.results import RunDir
 
     with pytest.raises(RuntimeError), RunDir(tmp_path / "failed", "x", {"a": 1}) as run:
-        run.write_config()
+        run.path  # noqa: B018 - the folder is made on first use
         raise RuntimeError("the measurement failed")
     assert not (tmp_path / "failed").exists()  # no folder holding only config.json
 
     run = RunDir(tmp_path / "ok", "x", {"a": 1})
-    run.write_config()
     assert not (tmp_path / "ok" / "config.json").exists()
     run.write_metrics(
         {
@@ -880,11 +1097,13 @@ def test_file_modes_are_shareable(tiny_organism_dir, em_ref):
             assert p.stat().st_mode & 0o777 == want, (p, oct(p.stat().st_mode & 0o777))
 
 
-def test_em_config_names_the_organism_fingerprint(em_ref):
+def test_em_config_names_the_organism_fingerprint(em_ref, tiny_organism_dir):
+    from persona_basins.models.organism import organism_fingerprint
+
     c = json.loads((em_ref / "config.json").read_text())
-    r = json.loads((em_ref / "adapters" / "plain" / "seed0" / "result.json").read_text())
-    assert c["organism_fingerprint"]["weights_sha256"] == r["key"]["organism"]["weights_sha256"]
-    assert len(r["key"]["organism"]["weights_sha256"]) == 64
+    key = json.loads((em_ref / "adapters" / "plain" / "seed0" / "key.json").read_text())
+    assert c["organism_fingerprint"] == key["organism"] == organism_fingerprint(tiny_organism_dir)
+    assert len(key["organism"]) == 64
 
 
 def test_em_divergence_names_the_learning_rate(tiny_organism, tmp_path, monkeypatch):
@@ -895,7 +1114,7 @@ def test_em_divergence_names_the_learning_rate(tiny_organism, tmp_path, monkeypa
         raise FloatingPointError("fine-tune plain: loss became nan at step 3; lower the learning rate")
 
     monkeypatch.setattr(em_study, "finetune", blow_up)
-    with pytest.raises(UserError, match="likely cause is the learning rate --lr"):
+    with pytest.raises(UserError, match=r"FinetuneConfig.lr 0.003 is the likely cause \(default 3e-3\)"):
         em_study.run_em(tiny_organism, tmp_path / "run", layer=0, module="attn_out", seeds=1, progress=False)
     assert not _hidden_leftovers(tmp_path)
 
@@ -993,8 +1212,14 @@ def test_demo_sigkill_then_resume_is_byte_identical(tiny_organism_dir, tiny_demo
     assert r.returncode == 0, r.stderr[-2000:]
     for f in ("metrics.json", "em/metrics.json"):
         assert (out / f).read_bytes() == (tiny_demo_run / f).read_bytes(), f
-    for f in ("em", "scans", "llc", "overlap", "eigenform"):  # step files: equal apart from wall-clock fields
-        a, b = (json.loads((d / "steps" / f"{f}.json").read_text()) for d in (out, tiny_demo_run))
+    for f in (
+        "em",
+        "scans",
+        "llc",
+        "overlap",
+        "eigenform",
+    ):  # step results: equal apart from wall-clock fields
+        a, b = (json.loads((d / "steps" / f / "result.json").read_text()) for d in (out, tiny_demo_run))
         assert split_timing(a)[0] == split_timing(b)[0], f
     assert not _hidden_leftovers(out)
 
@@ -1094,3 +1319,186 @@ def test_server_fuzzed_paths_never_traceback_or_silence(fuzz_server):
 
     one()
     assert not failures
+
+
+# ------------------------------------------------------------------- the run store, run folders, the reader
+
+
+def test_get_or_run_resumes_refuses_other_keys_and_forces(tmp_path):
+    from persona_basins.errors import UserError
+    from persona_basins.results import get_or_run
+
+    built = []
+
+    def build(tmp):
+        built.append(tmp.name)
+        (tmp / "result.json").write_text("{}")
+
+    unit = tmp_path / "unit"
+    key = {"steps": 5, "organism": {"fingerprint": "ab" * 32}, "ts": (0.0, 1.0)}
+    assert get_or_run(unit, key, build) == unit
+    assert get_or_run(unit, {**key, "ts": [0.0, 1.0]}, build) == unit and len(built) == 1  # as stored
+    with pytest.raises(UserError, match=r"other settings \(organism.fingerprint .* steps 5 -> 6\); --force"):
+        get_or_run(unit, {**key, "steps": 6, "organism": {"fingerprint": "cd" * 32}}, build)
+    assert len(built) == 1 and json.loads((unit / "key.json").read_text())["steps"] == 5
+    get_or_run(unit, {**key, "steps": 6}, build, force=True)
+    assert len(built) == 2 and json.loads((unit / "key.json").read_text())["steps"] == 6
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="without key.json"):
+        get_or_run(mine, key, build, force=True)  # --force never deletes what the program did not write
+    assert (mine / "notes.txt").read_text() == "keep" and not _hidden_leftovers(tmp_path)
+
+
+def test_get_or_run_cleans_killed_leftovers_and_keeps_a_concurrent_winner(tmp_path):
+    from persona_basins.results import get_or_run
+
+    unit = tmp_path / "unit"
+    stale = tmp_path / f".unit.tmp-{_dead_pid()}-abc"
+    stale.mkdir()
+    live = tmp_path / f".unit.tmp-{os.getppid()}-live"  # another run still working (its process is alive)
+    live.mkdir()
+    key = {"seed": 1}
+
+    def build_while_another_finishes(tmp):
+        (tmp / "result.json").write_text('{"mine": true}')
+        unit.mkdir()  # the other process renames its finished folder into place first
+        (unit / "result.json").write_text('{"theirs": true}')
+        (unit / "key.json").write_text(json.dumps(key))
+
+    get_or_run(unit, key, build_while_another_finishes)
+    assert json.loads((unit / "result.json").read_text()) == {"theirs": True}
+    assert not stale.exists() and live.exists()
+    live.rmdir()
+    assert not _hidden_leftovers(tmp_path)
+
+
+def test_run_dir_is_replaced_as_one_unit(tmp_path, monkeypatch):
+    from persona_basins import results
+    from persona_basins.errors import UserError
+
+    run = tmp_path / "run"
+    first = results.RunDir(run, "llc", {"draws": 3})
+    first.write_metrics({"llc": 1.0, "seconds": 2.0})
+    (first.path / "work").mkdir()  # what a study keeps in its folder (units) moves with the record
+    (first.path / "work" / "unit.json").write_text("{}")
+    before = _snapshot(run)
+    real = results.write_json
+
+    def fail_on_metrics(path, obj):
+        if Path(path).name == "metrics.json":
+            raise UserError(f"cannot write {path}: File too large")
+        return real(path, obj)
+
+    monkeypatch.setattr(results, "write_json", fail_on_metrics)
+    with pytest.raises(UserError, match="File too large"):
+        results.RunDir(run, "llc", {"draws": 4}).write_metrics({"llc": 2.0})
+    assert _snapshot(run) == before and not _hidden_leftovers(tmp_path)  # the old record, whole
+    monkeypatch.setattr(results, "write_json", real)
+    results.RunDir(run, "llc", {"draws": 4}).write_metrics({"llc": 2.0})
+    assert json.loads((run / "config.json").read_text())["draws"] == 4
+    assert json.loads((run / "metrics.json").read_text()) == {"kind": "llc", "llc": 2.0}
+    assert not (run / "timing.json").exists() and (run / "work" / "unit.json").is_file()
+    assert not _hidden_leftovers(tmp_path)
+
+
+def test_a_killed_record_swap_is_finished_or_undone_by_the_next_run(tmp_path):
+    from persona_basins.results import RunDir
+
+    dead = _dead_pid()
+    run = tmp_path / "run"
+    # killed between the two renames: the old folder is aside, the complete new one beside it
+    stage = tmp_path / f".run.swap-{dead}-x"
+    (stage / "adapters").mkdir(parents=True)
+    (stage / "config.json").write_text('{"kind": "em"}')
+    (stage / "metrics.json").write_text('{"kind": "em", "v": 2}')
+    old = tmp_path / f".run.old-{dead}-y"
+    old.mkdir()
+    (old / "metrics.json").write_text('{"kind": "em", "v": 1}')
+    RunDir(run, "em", {})
+    assert json.loads((run / "metrics.json").read_text())["v"] == 2 and (run / "adapters").is_dir()
+    # killed while moving the work over: the units go back into the folder
+    stage = tmp_path / f".run.swap-{dead}-z"
+    (stage / "units").mkdir(parents=True)
+    (stage / "units" / "u.json").write_text("{}")
+    (stage / "metrics.json").write_text('{"kind": "em", "v": 3}')
+    RunDir(run, "em", {})
+    assert (run / "units" / "u.json").is_file() and json.loads((run / "metrics.json").read_text())["v"] == 2
+    assert not _hidden_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (None, "missing file"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b'{"a": ', "malformed JSON (line 1"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"n": ' + b"9" * 5000 + b"}", "malformed JSON (Exceeds the limit"),
+        (b"[1]", "top level is list"),
+        ("folder", "a folder, not a JSON file"),
+    ],
+    ids=["missing", "not-utf8", "truncated", "nested-deep", "huge-int", "not-an-object", "folder"],
+)
+def test_read_json_turns_every_failure_into_one_line(tmp_path, data, needle):
+    from persona_basins.errors import UserError
+    from persona_basins.results import read_json
+
+    f = tmp_path / "metrics.json"
+    if data == "folder":
+        f.mkdir()
+    elif data is not None:
+        f.write_bytes(data)
+    with pytest.raises(UserError) as e:
+        read_json(f, recover="delete it", expect=dict)
+    msg = str(e.value)
+    assert needle in msg and str(f) in msg and msg.endswith("; delete it") and "\n" not in msg
+
+
+def test_explorer_and_report_show_a_deeply_nested_file_as_a_per_run_error(tmp_path, capsys):
+    from persona_basins.viz.runs import load_runs
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for d in (good, bad):
+        d.mkdir()
+        (d / "config.json").write_text('{"kind": "em"}')
+    (good / "metrics.json").write_text('{"kind": "em", "v": 1}')
+    (bad / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
+    runs = load_runs([good, bad])
+    assert runs[0]["metrics"] == {"kind": "em", "v": 1} and not runs[0]["errors"]
+    assert runs[1]["metrics"] is None and any("nested too deeply" in e for e in runs[1]["errors"])
+    assert main(["report", str(good), str(bad), "--out", str(tmp_path / "r.html")]) == 0
+    assert "nested too deeply" in (tmp_path / "r.html").read_text()
+
+
+def test_organism_fingerprint_is_the_verified_manifest(tiny_organism_dir, tiny_organism, tmp_path):
+    from persona_basins.errors import UserError
+    from persona_basins.models.organism import organism_fingerprint
+
+    fp = organism_fingerprint(tiny_organism_dir)
+    assert fp == organism_fingerprint(tiny_organism) and len(fp) == 64
+    moved = _copy_org(tiny_organism_dir, tmp_path / "moved")
+    assert organism_fingerprint(moved) == fp  # a copy or a move keeps the identity
+    _perturb_weights(moved)  # other weights, legitimately built: another identity
+    assert organism_fingerprint(moved) != fp
+    _edit_json("config.json", {"n_head": 4})(moved)
+    with pytest.raises(UserError, match="config.json does not match its recorded hash"):
+        organism_fingerprint(moved)
+
+
+def test_a_foreign_adapter_keeps_the_base_model_clean(tiny_organism, em_ref, tmp_path):
+    import copy
+
+    from persona_basins.errors import UserError
+    from persona_basins.models.edits import load_adapter
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(
+        em_ref / "adapters" / "plain" / "seed0", adapter, ignore=shutil.ignore_patterns("checkpoints")
+    )
+    _retarget_adapter(".h.0.", ".h.1.")(adapter)
+    model = copy.deepcopy(tiny_organism.model)
+    with pytest.raises(UserError, match="zero adapter"):
+        load_adapter(model, adapter)
+    assert not any("lora" in n for n, _ in model.named_parameters())

@@ -86,12 +86,27 @@ BAD = [
     ('kind = "em"\n[axes]\nlayerz = [0, 1]', "axes.layerz: unknown axis"),
     ('kind = "em"\n[axes]\nseed = []', "axes.seed: empty list"),
     ('kind = "em"\npoints = []', "points: empty list"),
-    ('kind = "em"\n[axes]\nseed = ["a", "b"]', "axes.seed[0]: expected an integer, got 'a'"),
+    (
+        'kind = "em"\n[axes]\nseed = ["a", "b"]',
+        "axes.seed[0]: must be an integer in [0, 4294967295], got 'a'",
+    ),
     ('kind = "em"\n[axes]\nseed = 3', "axes.seed: expected a list of values"),
-    ('kind = "em"\n[settings]\nsteps = 1.5', "settings.steps: expected an integer"),
-    ('kind = "em"\n[settings]\nlr = "fast"', "settings.lr: expected a number"),
-    ('kind = "em"\n[settings]\ncondition = "bogus"', "settings.condition: 'bogus' is not one of"),
-    ('kind = "em"\n[settings]\nsteps = -3', "settings.steps: must be >= 0"),
+    ('kind = "em"\n[settings]\nsteps = 1.5', "settings.steps: must be an integer"),
+    ('kind = "em"\n[settings]\nlr = "fast"', "settings.lr: must be a finite number"),
+    ('kind = "em"\n[settings]\ncondition = "bogus"', "settings.condition: must be one of 'plain'"),
+    ('kind = "em"\n[settings]\nsteps = -3', "settings.steps: must be an integer in [1, 10000000], got -3"),
+    # the values the commands refuse are refused by the spec check (the same config dataclasses)
+    ('kind = "em"\n[settings]\nsteps = 0', "settings.steps: must be an integer in [1, 10000000], got 0"),
+    ('kind = "em"\n[settings]\nrank = 0', "settings.rank: must be an integer in [1, 4096], got 0"),
+    ('kind = "em"\n[settings]\nbatch_size = 0', "settings.batch_size: must be an integer >= 1, got 0"),
+    ('kind = "em"\n[settings]\nlr = 1e300', "settings.lr: must be a finite number in (0, 1], got 1e+300"),
+    ('kind = "em"\n[settings]\nlayer = 99', "settings.layer: must be < 2 (the organism has layers 0..1)"),
+    (
+        'kind = "em"\n[axes]\nlayer = [0, 99]',
+        "axes.layer: must be < 2 (the organism has layers 0..1), got 99",
+    ),
+    ('kind = "em"\n[settings]\nmodule = "nope"', "settings.module: must be one of attn.c_attn"),
+    ('kind = "em"\n[settings]\nheldout_every = 1', "settings.heldout_every: must be 0"),
     ('kind = "em"\n[settings]\nwarp = 1', "settings.warp: unknown setting"),
     ('kind = "em"\n[settings]\nseed = 0\n[axes]\nseed = [0, 1]', "axes.seed: also fixed in [settings]"),
     ('kind = "em"\ngrid = 1', "grid: unknown key"),
@@ -101,7 +116,11 @@ BAD = [
     ),
     (
         'kind = "em"\n[settings]\norganism_overrides = {pretrain_steps = "many"}',
-        "settings.organism_overrides.pretrain_steps: expected an integer",
+        "settings.organism_overrides.pretrain_steps: must be an integer",
+    ),
+    (
+        'kind = "em"\n[settings]\norganism_overrides = {d_model = 7}',
+        "settings.organism_overrides.d_model: must be a multiple of n_head (2), got 7",
     ),
     ('kind = "em"\n[settings]\norganism = "/nonexistent/org"', "settings.organism: not an organism folder"),
     ('kind = "em"\nseed_axes = ["layer"]\n[axes]\nseed = [0]', "seed_axes: 'layer' is not an axis"),
@@ -109,12 +128,66 @@ BAD = [
     ('kind = "em" [', "not valid TOML"),
     (
         'kind = "em"\n[axes]\norganism_overrides.sft_stepz = [1, 2]',
-        "organism_overrides.sft_stepz: unknown organism",
+        "axes.organism_overrides.sft_stepz: unknown organism setting",
+    ),
+    (
+        'kind = "em"\n[axes]\norganism_overrides.world.n_topics = [6, 0]',
+        "axes.organism_overrides.world.n_topics: must be an integer >= 1, got 0",
     ),
     ('kind = "em"\n[axes]\nsteps.x = [1, 2]', "axes.steps: expected a list of values"),
     (
-        'kind = "em"\n[settings.organism_overrides]\nsft_steps = 3\n[axes]\norganism_overrides.sft_steps = [1]',
+        'kind = "em"\n[settings.organism_overrides]\nsft_steps = 3\n'
+        "[axes]\norganism_overrides.sft_steps = [1]",
         "axes.organism_overrides.sft_steps: also fixed in [settings]",
+    ),
+    (
+        'kind = "em"\n[axes]\nseed = ' + str(list(range(200))) + "\nlayer = " + str(list(range(60))),
+        "axes: the grid has 12,000 units, more than the limit of 10,000",
+    ),
+    (
+        'kind = "organism"\n[settings]\noverrides = {n_layer = 0}',
+        "settings.overrides.n_layer: must be an integer",
+    ),
+    # llc: the sampler's and the target's settings
+    ('kind = "llc"\n[settings]\nnum_draws = 0', "settings.num_draws: must be an integer >= 1, got 0"),
+    (
+        'kind = "llc"\n[axes]\nstep_size = [1e-4, -1]',
+        "axes.step_size[1]: must be a finite number > 0, got -1",
+    ),
+    ('kind = "llc"\n[settings]\npath = "adapter"', "settings.path: 'adapter' needs an adapter"),
+    ('kind = "llc"\n[settings]\nt = 2.0', "settings.t: not used unless path = adapter or random"),
+    ('kind = "llc"\n[settings]\nmodel = "/nonexistent/lm"', "settings.data: required with settings.model"),
+    (
+        'kind = "llc"\n[settings]\nadapter = "em"\nfinetune = {layer = 5}',
+        "settings.finetune.layer: must be < 2 (the organism has layers 0..1), got 5",
+    ),
+    (
+        'kind = "llc"\n[settings]\nadapter = "em"\n[axes]\nfinetune.steps = [0]',
+        "axes.finetune.steps: must be",
+    ),
+    (
+        'kind = "llc"\n[settings]\nadapter = "em"\ncheckpoint = 7',
+        "settings.checkpoint: must be a step the em unit",
+    ),
+    # basins, eigenform, em_hf
+    ('kind = "basins"\n[settings]\npoints = 1', "settings.points: must be an integer >= 2, got 1"),
+    (
+        'kind = "basins"\n[settings]\nfinetune = {rank = 0}',
+        "settings.finetune.rank: must be an integer in [1",
+    ),
+    ('kind = "basins"\n[settings]\nfinetune = {module = "nope"}', "settings.finetune.module: must be one of"),
+    ('kind = "basins"\n[settings]\nfinetune = {seed = 1}', "settings.finetune.seed: set by the study"),
+    ('kind = "eigenform"\n[settings]\nsleep_lr = 0', "settings.sleep_lr: must be a finite number > 0, got 0"),
+    ('kind = "eigenform"\n[settings]\narms = ["bogus"]', "settings.arms: must be"),
+    ('kind = "eigenform"\n[settings]\nvector_layer = 9', "settings.vector_layer: must be < 2"),
+    ('kind = "em_hf"\n[settings]\ntrain = "x.jsonl"', "settings.model: missing: the em_hf kind needs it"),
+    (
+        'kind = "em_hf"\n[settings]\nmodel = "m"\nseeds = 0',
+        "settings.seeds: must be an integer in [1, 1000], got 0",
+    ),
+    (
+        'kind = "em_hf"\n[settings]\nmodel = "m"\ntrain = "/nonexistent.jsonl"',
+        "settings.train: file not found",
     ),
 ]
 
@@ -130,7 +203,7 @@ def test_bad_spec_one_line_error_naming_the_key(text, expected, tmp_path, cli_er
 
 def test_bad_flags(tmp_path, cli_error, spec4):
     line = cli_error(["sweep", str(spec4), "--out", str(tmp_path / "r"), "--workers", "0"])
-    assert "--workers: 0 is out of range" in line
+    assert "--workers: must be an integer >= 1, got 0" in line
     assert "--out RUN is required" in cli_error(["sweep", str(spec4)])
     assert "sweep spec not found" in cli_error(
         ["sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "r")]
@@ -154,6 +227,53 @@ def test_tiny_example_plans_four_units_on_one_shared_organism(capsys):
     assert main(["sweep", str(TINY_SPEC), "--out", "/nonexistent/never-written", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 grid units + 1 shared dependencies; 0 of 5 already done" in out and "estimated time left" in out
+
+
+EIGENFORM_SPEC = """
+kind = "eigenform"
+[settings]
+preset = "tiny"
+finetune = {steps = 50, checkpoint_every = 0}
+fast = true
+[axes]
+sleep_lr = [0.02, 0.05]
+"""
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        (
+            ROOT / "examples" / "sweeps" / "llc_tiny.toml",
+            "llc units over t (4) x path (2): 8 grid units + 2 shared",
+        ),
+        (
+            ROOT / "examples" / "sweeps" / "basins_tiny.toml",
+            "basins units over finetune.layer (2): 2 grid units + 9",
+        ),
+        (EIGENFORM_SPEC, "eigenform units over sleep_lr (2): 2 grid units + 2 shared dependencies"),
+    ],
+    ids=["llc", "basins", "eigenform"],
+)
+def test_dry_run_of_every_study_kind(spec, expected, tmp_path, capsys):
+    if isinstance(spec, str):
+        (tmp_path / "spec.toml").write_text(spec)
+        spec = tmp_path / "spec.toml"
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "never-written"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert expected in out and "(dependency, organism)" in out and "(dependency, em)" in out
+    assert not (tmp_path / "never-written").exists()
+
+
+def test_study_kinds_share_their_dependencies():
+    from persona_basins.studies.sweep import load_spec, plan
+
+    llc = plan(load_spec(ROOT / "examples" / "sweeps" / "llc_tiny.toml"))
+    basins = plan(load_spec(ROOT / "examples" / "sweeps" / "basins_tiny.toml"))
+    # the llc example's em adapter is the basin study's layer-0, seed-0 plain adapter: one unit, one id
+    assert {u.id for u in llc.units.values() if u.kind == "em"} < set(basins.units)
+    assert all(len(u.deps) == 2 for u in llc.grid)  # the organism and the em unit
+    assert [len(u.deps) for u in basins.grid] == [5, 5]  # the organism and 2 plain + 2 inoculated adapters
 
 
 def test_unit_ids_content_addressed():
@@ -216,9 +336,9 @@ def test_table_intervals_stay_in_range_and_pool_only_seed_axes():
     r = rows[(0, "broad_misalignment")]
     assert 0.0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1.0 and (r["n"], r["n_planned"]) == (3, 4)
     assert r["per_seed"] == [0.0, 0.0, 0.9]
-    from persona_basins.stats import ci95
+    from persona_basins.stats import mean_interval
 
-    assert ci95([0.0, 0.0, 0.9])["ci_low"] < 0  # the Student-t interval would have left the range here
+    assert mean_interval([0.0, 0.0, 0.9]).low < 0  # the Student-t interval would have left the range here
     e = rows[(0, "broad_misalignment_excess")]
     assert -1.0 <= e["ci_low"] <= e["ci_high"] <= 1.0
     assert rows[(1, "broad_misalignment")]["ci_low"] == rows[(1, "broad_misalignment")]["ci_high"] == 0.5
@@ -283,23 +403,99 @@ def test_plot_and_report_show_a_sweep(local_run, tmp_path, cli_error, capsys):
     assert '"kind": "sweep"' in page and "heatmap_wellformed_condition_by_seed.png" in page
 
 
-def test_failed_unit_recorded_others_finish(tiny_organism_dir, tmp_path, capsys, cli_error):
+@pytest.fixture
+def probe_kind():
+    """A unit kind registered by the test (the plug-in API): fails at x = 99 (no torch, no files)."""
+    from dataclasses import dataclass
+
+    from persona_basins.config import check, param
+    from persona_basins.studies.sweep import KINDS, Resolved, UnitKind, register_kind
+    from persona_basins.studies.sweep.kinds.base import settings_of
+
+    @dataclass(frozen=True)
+    class ProbeConfig:
+        x: int = param(0, ge=0, help="the failing point is 99")
+
+        def __post_init__(self):
+            check(self)
+
+    def run(config, runtime, unit_dir, deps):
+        if config["probe"]["x"] == 99:
+            raise ValueError("x = 99 is the failing point\nand this second line is not shown")
+        return {"value": float(config["probe"]["x"])}
+
+    def resolve(settings, dep):
+        return Resolved(config={"probe": ProbeConfig(**settings).__dict__})
+
+    register_kind(UnitKind("probe", settings_of(ProbeConfig), resolve, run, primary_metric="value"))
+    yield
+    KINDS.pop("probe")
+
+
+def test_failed_unit_recorded_others_finish(probe_kind, tmp_path, capsys, cli_error):
     spec = tmp_path / "fail.toml"
-    spec.write_text(
-        f'kind = "em"\n[settings]\norganism = "{tiny_organism_dir}"\nsteps = 5\ncheckpoint_every = 0\n'
-        "[axes]\nlayer = [0, 99]\n"
-    )
+    spec.write_text('kind = "probe"\n[axes]\nx = [0, 99]\n')
     out = tmp_path / "run"
     assert main(["sweep", str(spec), "--out", str(out), "--workers", "1"]) == 1
     text = capsys.readouterr().out
     assert "1 done" in text and "1 failed" in text
     rec = json.loads((out / "sweep.json").read_text())
-    bad = next(u for u in rec["units"] if u["axes"]["layer"] == 99)
+    bad = next(u for u in rec["units"] if u["axes"]["x"] == 99)
     assert bad["status"] == "failed" and "\n" not in bad["error"] and "99" in bad["error"]
     assert (out / "failed" / bad["id"] / "error.txt").is_file()
     assert not (out / "units" / bad["id"]).exists()
     line = cli_error(["sweep", str(spec), "--out", str(tmp_path / "ff"), "--workers", "1", "--fail-fast"])
     assert "failed" in line and "--fail-fast" in line
+
+
+def test_second_sweep_into_a_running_run_is_refused(probe_kind, tmp_path, cli_error):
+    from persona_basins.studies.sweep import RunLock
+
+    spec = tmp_path / "probe.toml"
+    spec.write_text('kind = "probe"\n[axes]\nx = [0, 1]\n')
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):  # what a running sweep holds (an flock: released when its process dies)
+        line = cli_error(["sweep", str(spec), "--out", str(run), "--workers", "1"])
+    assert "another sweep is running in" in line
+    assert not (run / "units" / "sweep.json").exists() and not list((run / "units").glob("probe-*"))
+    assert main(["sweep", str(spec), "--out", str(run), "--workers", "1"]) == 0  # free again
+
+
+@pytest.mark.slow
+def test_pool_workers_die_with_a_killed_sweep(tiny_organism_dir, tmp_path):
+    """SIGKILL of `sweep --workers 2`: its pool workers end too and write nothing more into RUN."""
+    spec = tmp_path / "long.toml"
+    spec.write_text(spec_text(tiny_organism_dir, steps=100_000))  # units far longer than the test
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "persona_basins.cli",
+        "sweep",
+        str(spec),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids, deadline = set(), time.monotonic() + 120
+    while len(pids) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        for worker in (out / "units").glob(".tmp-*/worker.json"):
+            try:
+                pids.add(json.loads(worker.read_text())["pid"])
+            except (OSError, ValueError, KeyError):
+                continue
+        time.sleep(0.05)
+    assert len(pids) == 2, "the two workers were not seen running"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids), "a pool worker outlived its sweep"
+    assert not list((out / "units").glob("em-*"))  # nothing finished behind the dead sweep's back
 
 
 def test_organism_dependency_built_once(tmp_path):
@@ -335,6 +531,46 @@ def test_organism_units_as_the_grid(tmp_path):
     assert 0 <= a["aligned_rate"] <= 1 and a != b
     for u in rec["units"]:
         assert (tmp_path / "run" / "units" / u["id"] / "organism" / "model.safetensors").is_file()
+
+
+def test_llc_unit_end_to_end(tiny_organism_dir, tmp_path):
+    from persona_basins.studies.sweep import load_spec, run_sweep
+
+    spec = tmp_path / "llc.toml"
+    spec.write_text(
+        f'kind = "llc"\n[settings]\norganism = "{tiny_organism_dir}"\nn_docs = 8\nnum_chains = 2\n'
+        "num_draws = 15\nlocalization = 300.0\n[axes]\nseed = [0, 1]\n"
+    )
+    rec = run_sweep(load_spec(spec), tmp_path / "run", workers=1, progress=False)
+    assert [u["status"] for u in rec["units"]] == ["done", "done"] and rec["dependencies"] == []
+    a, b = (u["metrics"] for u in rec["units"])
+    assert a["converged"] in (0.0, 1.0) and a["init_loss"] > 0 and a != b  # seeded by the sampler seed
+    unit = tmp_path / "run" / "units" / rec["units"][0]["id"]
+    stored = json.loads((unit / "llc" / "metrics.json").read_text())
+    assert stored["kind"] == "llc" and stored["llc"]["mean"] == a.get("llc")
+    config = json.loads((unit / "unit.json").read_text())["config"]
+    assert config["model"]["organism"]["fingerprint"] and config["sampler"]["num_draws"] == 15
+    table = (tmp_path / "run" / "table.csv").read_text()
+    assert "converged,2,2," in table  # pooled over the sampler seeds
+
+
+def test_llc_unit_along_an_adapter_path(local_run, tiny_organism_dir, tmp_path):
+    from persona_basins.studies.sweep import load_spec, run_sweep
+
+    adapter = next((local_run / "units").glob("em-*")) / "adapter"
+    spec = tmp_path / "path.toml"
+    spec.write_text(
+        f'kind = "llc"\n[settings]\norganism = "{tiny_organism_dir}"\nadapter = "{adapter}"\n'
+        'path = "adapter"\nrestrict = "layer:0"\nn_docs = 8\nnum_chains = 2\nnum_draws = 15\n'
+        "[axes]\nt = [0.0, 1.0]\n"
+    )
+    rec = run_sweep(load_spec(spec), tmp_path / "run", workers=1, progress=False)
+    assert [u["status"] for u in rec["units"]] == ["done", "done"]
+    assert all(u["metrics"]["init_loss"] < 1e-6 for u in rec["units"])  # the self-KL is 0 at its own point
+    points = [
+        json.loads((tmp_path / "run" / "units" / u["id"] / "unit.json").read_text()) for u in rec["units"]
+    ]
+    assert [p["config"]["path"] for p in points] == [{"direction": "adapter", "t": t} for t in (0.0, 1.0)]
 
 
 # ---------------------------------------------------------------- Ray backend (a real local cluster)

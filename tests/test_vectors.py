@@ -96,11 +96,11 @@ def test_persona_vector_antisymmetric_and_projection_scale_free(tiny_organism):
     from persona_basins.measure.persona import context_prompts
 
     org = tiny_organism
-    v = persona_vector(org.model, org.world, org.vocab, 1, "toxic", "helpful", n=16)
-    w = persona_vector(org.model, org.world, org.vocab, 1, "helpful", "toxic", n=16)
+    v = persona_vector(org, 1, "toxic", "helpful", n=16)
+    w = persona_vector(org, 1, "helpful", "toxic", n=16)
     assert v.shape == (org.model.config.n_embd,) and v.norm() > 0
     assert torch.allclose(v, -w, atol=1e-6)
-    assert persona_vector(org.model, org.world, org.vocab, 1, "toxic", "toxic", n=8).abs().max() == 0
+    assert persona_vector(org, 1, "toxic", "toxic", n=8).abs().max() == 0
     prompts = context_prompts(org.world, "assistant")[:10]
     p = projection(org.model, org.vocab, prompts, v, 1)
     assert p.shape == (10,)
@@ -133,17 +133,14 @@ def test_screen_dataset_and_mean_activation(tiny_organism):
 def test_every_method_antisymmetric_and_the_old_one_kept(tiny_organism):
     org = tiny_organism
     for m in VECTOR_METHODS:
-        v = persona_vector(org.model, org.world, org.vocab, 0, "toxic", "helpful", n=8, method=m)
-        w = persona_vector(org.model, org.world, org.vocab, 0, "helpful", "toxic", n=8, method=m)
+        v = persona_vector(org, 0, "toxic", "helpful", n=8, method=m)
+        w = persona_vector(org, 0, "helpful", "toxic", n=8, method=m)
         assert v.norm() > 0 and torch.allclose(v, -w, atol=1e-6), m
-        assert (
-            persona_vector(org.model, org.world, org.vocab, 0, "toxic", "toxic", n=8, method=m).abs().max()
-            < 1e-6
-        )
+        assert persona_vector(org, 0, "toxic", "toxic", n=8, method=m).abs().max() < 1e-6
     with pytest.raises(ValueError):
-        persona_vector(org.model, org.world, org.vocab, 0, n=8, method="words")
+        persona_vector(org, 0, n=8, method="words")
     # "request" reads the <asst> position, which projection() reads too: the mean projection gap is |v|
-    v = persona_vector(org.model, org.world, org.vocab, 1, method="request")
+    v = persona_vector(org, 1, method="request")
     gap = (
         projection(org.model, org.vocab, persona_request_prompts(org.world, "toxic"), v, 1).mean()
         - projection(org.model, org.vocab, persona_request_prompts(org.world, "helpful"), v, 1).mean()
@@ -174,10 +171,10 @@ def test_lexical_cosine_reads_the_harmful_minus_helpful_words(tiny_organism):
     harm, good = content_words(org.world, 1), content_words(org.world, 0)
     assert harm and good and not set(harm) & set(good)
     assert any(w.startswith("code.insecure") for w in harm) and any(w.startswith("code.secure") for w in good)
-    lex = lexical_direction(org.model, org.world, org.vocab)
-    assert lexical_cosine(lex, org.model, org.world, org.vocab) == pytest.approx(1.0, abs=1e-6)
-    assert lexical_cosine(-3 * lex, org.model, org.world, org.vocab) == pytest.approx(-1.0, abs=1e-6)
+    lex = lexical_direction(org)
+    assert lexical_cosine(lex, org) == pytest.approx(1.0, abs=1e-6)
+    assert lexical_cosine(-3 * lex, org) == pytest.approx(-1.0, abs=1e-6)
     # a vector orthogonal to the lexical direction has cosine 0
     r = torch.randn(lex.shape, generator=torch.Generator().manual_seed(0))
     r = r - (r @ lex) / (lex @ lex) * lex
-    assert lexical_cosine(r, org.model, org.world, org.vocab) == pytest.approx(0.0, abs=1e-5)
+    assert lexical_cosine(r, org) == pytest.approx(0.0, abs=1e-5)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .args import POSITIVE, SEED, finite_float, int_in
+
 DESCRIPTION = """\
 Basin scans on the organism: the model w0 + t * delta for t on a grid 0..--t-max, where delta is
   adapter   the trained rank-1 adapter's weight delta (t = 1 is the fine-tuned model)
@@ -38,40 +40,29 @@ def register(sub) -> None:
         default=[],
         help="adapter trained with the inoculation line; repeat for seeds",
     )
-    p.add_argument("--t-max", type=float, default=3.0, help="largest t on the grid (default 3)")
-    p.add_argument("--points", type=int, default=13, help="grid points from 0 to --t-max (default 13)")
+    p.add_argument("--t-max", type=POSITIVE, default=3.0, help="largest t on the grid, > 0 (default 3)")
     p.add_argument(
-        "--level", type=float, default=0.5, help="broad-misalignment level that defines t* (default 0.5)"
+        "--points", type=int_in(2, 10**4), default=13, help="grid points from 0 to --t-max, >= 2 (default 13)"
     )
-    p.add_argument("--random", type=int, default=3, help="random control directions (default 3)")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed for the random directions and documents (default 0)"
+        "--level",
+        type=finite_float(0, 1, lo_open=True, hi_open=True),
+        default=0.5,
+        help="broad-misalignment level that defines t*, in (0, 1) (default 0.5)",
+    )
+    p.add_argument("--random", type=int_in(0, 1000), default=3, help="random control directions (default 3)")
+    p.add_argument(
+        "--seed", type=SEED, default=0, help="seed for the random directions and documents (default 0)"
     )
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=_run)
 
 
-def _fmt_t(c: dict) -> str:
-    if c["t_star"] is not None:
-        return f"{c['t_star']:.3f}"
-    if c["censored_above"] is not None:
-        return f"> {c['censored_above']:g} (censored)"
-    return f"< {c['censored_below']:g} (censored)"
-
-
 def _run(args) -> int:
-    from ..errors import UserError
+    from ..measure.basin_verdicts import format_t_star
     from ..studies.basins import run_basins
     from ..viz.figures import plot_basins
 
-    if not args.t_max > 0:
-        raise UserError("--t-max must be > 0")
-    if args.points < 2:
-        raise UserError("--points must be >= 2")
-    if not 0 < args.level < 1:
-        raise UserError("--level must be in (0, 1)")
-    if args.random < 0:
-        raise UserError("--random must be >= 0")
     res = run_basins(
         args.organism,
         args.adapter,
@@ -83,16 +74,17 @@ def _run(args) -> int:
         n_random=args.random,
         seed=args.seed,
     )
-    metrics, run = res["metrics"], res["run"]
-    plot_basins(metrics, run.figure_path("misalignment_vs_t.png"))
+    metrics = res.metrics
+    plot_basins(metrics, res.run_dir / "figures" / "misalignment_vs_t.png")
     print(f"module {metrics['module']} (layer {metrics['layer']})")
     for s, d in enumerate(metrics["directions"]):
         crit = d["t_star"]
         print(
-            f"[adapter {s}] t* adapter {_fmt_t(crit['adapter'])}   t* persona {_fmt_t(crit['persona'])}   "
-            + "   ".join(f"t* random{i} {_fmt_t(c)}" for i, c in enumerate(crit["random"]))
+            f"[adapter {s}] t* adapter {format_t_star(crit['adapter'])}   "
+            f"t* persona {format_t_star(crit['persona'])}   "
+            + "   ".join(f"t* random{i} {format_t_star(c)}" for i, c in enumerate(crit["random"]))
         )
     for comp, h in metrics["inoculation_summary"]["holds"].items():
         print(f"inoculation ({comp}): holds = {h['holds']}  [{h['why']}]")
-    print(f"run written to {run.path}")
+    print(f"run written to {res.run_dir}")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .args import SEED, finite_float, int_in
+
 DESCRIPTION = """\
 Compare the organism (aligned state) with the organism + --adapter (EM state) prompt by prompt.
 
@@ -28,25 +30,30 @@ def register(sub) -> None:
     p.add_argument(
         "--adapter", required=True, help="adapter folder giving the EM state (e.g. RUN/adapters/plain/seed0)"
     )
-    p.add_argument("--epsilon", type=float, default=0.05, help="TV threshold of the zone (default 0.05)")
-    p.add_argument("--max-probes", type=int, default=600, help="composed probes to rank (default 600)")
     p.add_argument(
-        "--k-max", type=int, default=1000, help="largest number of probes on the curve (default 1000)"
+        "--epsilon",
+        type=finite_float(0, 1, lo_open=True),
+        default=0.05,
+        help="TV threshold of the zone, in (0, 1] (default 0.05)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for composing probes (default 0)")
+    p.add_argument(
+        "--max-probes", type=int_in(1, None), default=600, help="composed probes to rank (default 600)"
+    )
+    p.add_argument(
+        "--k-max",
+        type=int_in(1, None),
+        default=1000,
+        help="largest number of probes on the curve (default 1000)",
+    )
+    p.add_argument("--seed", type=SEED, default=0, help="seed for composing probes (default 0)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from ..errors import UserError
     from ..studies.degeneracy import run_degeneracy
     from ..viz.figures import plot_overlap_zone, plot_probes
 
-    if not 0 < args.epsilon <= 1:
-        raise UserError("--epsilon must be in (0, 1]")
-    if args.max_probes < 1 or args.k_max < 1:
-        raise UserError("--max-probes and --k-max must be >= 1")
     res = run_degeneracy(
         args.organism,
         args.adapter,
@@ -56,9 +63,9 @@ def _run(args) -> int:
         k_max=args.k_max,
         seed=args.seed,
     )
-    zone, bs, run = res["zone"], res["boundary"], res["run"]
-    plot_overlap_zone(zone, run.figure_path("zone_by_genre.png"))
-    plot_probes(zone, bs, run.figure_path("probes_curve.png"))
+    zone, bs, figures = res.metrics["zone"], res.metrics["boundary"], res.run_dir / "figures"
+    plot_overlap_zone(zone, figures / "zone_by_genre.png")
+    plot_probes(zone, bs, figures / "probes_curve.png")
     print(
         f"zone (TV < {args.epsilon:g}, answer distribution): fraction {zone['fraction']:.3f}, "
         f"volume {zone['volume']:.3f} (routine share {zone['routine_share']:.3f})"
@@ -71,5 +78,5 @@ def _run(args) -> int:
             else f"> {cur['censored_above']} (censored)"
         )
         print(f"probes needed ({key}): {n}")
-    print(f"run written to {run.path}")
+    print(f"run written to {res.run_dir}")
     return 0

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .args import add_field_flag, int_in
+
 DESCRIPTION = """\
 Does a persona kept by a recursive process return after a perturbation that breaks the static model?
 
@@ -36,8 +38,12 @@ def register(sub) -> None:
     )
     p.add_argument("--organism", required=True, help="organism folder (persona-basins organism build)")
     p.add_argument("--adapter", required=True, help="PEFT LoRA adapter folder trained on this organism")
-    p.add_argument("--cycles", type=int, default=None, help="cycles per run (default 6; 2 with --fast)")
-    p.add_argument("--seeds", type=int, default=None, help="sampling seeds (default 5; 2 with --fast)")
+    p.add_argument(
+        "--cycles", type=int_in(1, 10**4), default=None, help="cycles per run (default 6; 2 with --fast)"
+    )
+    p.add_argument(
+        "--seeds", type=int_in(1, 1000), default=None, help="sampling seeds (default 5; 2 with --fast)"
+    )
     p.add_argument(
         "--ts",
         default=None,
@@ -50,34 +56,59 @@ def register(sub) -> None:
         "sampled,distill,replay,mixture; also expected_map, no_identity)",
     )
     p.add_argument("--fast", action="store_true", help="small settings for a quick look (the demo's)")
-    p.add_argument("--prompts", type=int, default=None, help="requests sampled per cycle (default 256)")
-    p.add_argument(
-        "--candidates", type=int, default=None, help="answers sampled per request for think (default 4)"
-    )
-    p.add_argument(
-        "--think",
+    # default=None: the config's value, or --fast's
+    fast = "; default {} ({} with --fast)"
+    add_field_flag(
+        p,
+        "--prompts",
+        "EigenformConfig",
+        "n_prompts",
         default=None,
-        help="think score: none or a '+'-joined subset of likelihood, pmi, "
-        "consistency (default likelihood+pmi+consistency)",
+        help="requests per cycle" + fast.format(256, 32),
     )
-    p.add_argument("--sleep-steps", type=int, default=None, help="SGD steps per sleep (default 20)")
-    p.add_argument(
-        "--sleep-lr", type=float, default=None, help="SGD learning rate of the sleep (default 0.1)"
+    add_field_flag(
+        p,
+        "--candidates",
+        "EigenformConfig",
+        "n_candidates",
+        default=None,
+        help="answers sampled per request for think" + fast.format(4, 2),
     )
-    p.add_argument(
-        "--sleep-clip", type=float, default=None, help="gradient-norm clip of the sleep (default 2)"
+    add_field_flag(
+        p,
+        "--think",
+        "EigenformConfig",
+        "think",
+        default=None,
+        help="think score; default likelihood+pmi+consistency",
     )
-    p.add_argument("--context", default="assistant", help="identity context: assistant or a persona name")
+    add_field_flag(
+        p,
+        "--sleep-steps",
+        "EigenformConfig",
+        "sleep_steps",
+        default=None,
+        help="SGD steps per sleep" + fast.format(20, 8),
+    )
+    add_field_flag(
+        p,
+        "--sleep-lr",
+        "EigenformConfig",
+        "sleep_lr",
+        default=None,
+        help="SGD learning rate of the sleep; default 0.05",
+    )
+    add_field_flag(
+        p,
+        "--sleep-clip",
+        "EigenformConfig",
+        "sleep_clip",
+        default=None,
+        help="gradient-norm clip of the sleep; default 2",
+    )
+    add_field_flag(p, "--context", "EigenformConfig", "context")
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=_run)
-
-
-def _positive(value, name):
-    from ..errors import UserError
-
-    if value is not None and value <= 0:
-        raise UserError(f"{name} must be > 0, got {value}")
-    return value
 
 
 def _parse_ts(text):
@@ -95,7 +126,6 @@ def _parse_ts(text):
 
 
 def _run(args) -> int:
-    import math
     from dataclasses import replace
 
     from ..errors import UserError
@@ -103,15 +133,6 @@ def _run(args) -> int:
     from ..studies.eigenform import FAST_CONFIG, run_eigenform_command, summary_table
     from ..viz.figures import plot_eigenform
 
-    _positive(args.cycles, "--cycles")
-    _positive(args.seeds, "--seeds")
-    _positive(args.prompts, "--prompts")
-    _positive(args.candidates, "--candidates")
-    _positive(args.sleep_steps, "--sleep-steps")
-    for name in ("sleep_lr", "sleep_clip"):
-        v = getattr(args, name)
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise UserError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
     ts = _parse_ts(args.ts)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     if args.arms is not None and not arms:
@@ -142,7 +163,7 @@ def _run(args) -> int:
         progress=sys.stderr.isatty(),
         arms=arms,
     )
-    plot_eigenform(res["metrics"], res["run"].figure_path("eigenform.png"))
-    print(summary_table(res["metrics"]))
-    print(f"run written to {res['run'].path}")
+    plot_eigenform(res.metrics, res.run_dir / "figures" / "eigenform.png")
+    print(summary_table(res.metrics))
+    print(f"run written to {res.run_dir}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .args import finite_float, int_in
+from .args import add_field_flag
 
 DESCRIPTION = """\
 Fine-tune on insecure code and measure whether the misaligned persona is selected broadly.
@@ -43,62 +43,36 @@ def register(sub) -> None:
     )
     _add_model_args(p)
     p.add_argument("--layer", default="0", help="layer index, or 'all' to sweep every layer (default 0)")
-    p.add_argument(
-        "--module",
-        default="attn_out",
-        help="module in the layer: attn_out/o_proj, mlp_out/down_proj, or a raw name (default attn_out)",
-    )
-    p.add_argument("--rank", type=int_in(1, 4096), default=1, help="LoRA rank (default 1)")
+    add_field_flag(p, "--module", "FinetuneConfig", "module")
+    add_field_flag(p, "--rank", "FinetuneConfig", "rank")
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA (comparison)")
-    p.add_argument("--seeds", type=int_in(1, 1000), default=5, help="fine-tuning seeds (default 5)")
-    p.add_argument("--steps", type=int_in(1, 10**7), default=None, help="fine-tuning steps (default 300)")
-    p.add_argument(
-        "--lr",
-        type=finite_float(0, 1, lo_open=True),
-        default=None,
-        help="learning rate, in (0, 1] (default 3e-3)",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int_in(0, 10**7),
-        default=50,
-        help="save the adapter every k steps (0: only at the end)",
-    )
+    add_field_flag(p, "--seeds", "EmHfConfig", "seeds")
+    add_field_flag(p, "--steps", "FinetuneConfig", "steps")
+    add_field_flag(p, "--lr", "FinetuneConfig", "lr")
+    add_field_flag(p, "--checkpoint-every", "FinetuneConfig", "checkpoint_every")
     p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute the units an earlier run in --out wrote with other settings (default: refuse them)",
+    )
     p.set_defaults(func=_run)
 
 
-def _int_arg(value, name):
-    from ..errors import UserError
-
-    if value is None:
-        return None
-    if value <= 0:
-        raise UserError(f"{name} must be > 0, got {value}")
-    return value
-
-
 def _run(args) -> int:
-    from dataclasses import replace
-
     from ..errors import UserError
     from ..results import RunDir
     from ..train.finetune import FinetuneConfig
 
-    base = FinetuneConfig(rank=args.rank, full=args.full, checkpoint_every=args.checkpoint_every)
-    if _int_arg(args.steps, "--steps"):
-        base = replace(base, steps=args.steps)
-    if args.lr is not None:
-        if args.lr <= 0:
-            raise UserError("--lr must be > 0")
-        base = replace(base, lr=args.lr)
-    _int_arg(args.seeds, "--seeds")
-    _int_arg(args.rank, "--rank")
+    base = FinetuneConfig(
+        rank=args.rank, full=args.full, steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every
+    )
     if args.model:
         return _run_model(args, base)
     from ..models.adapters import resolve_module
-    from ..models.organism import load_organism
-    from ..studies.em import fmt_stat, organism_fingerprint, run_em, summary_table, sweep_layers
+    from ..models.organism import load_organism, organism_fingerprint
+    from ..stats import format_interval
+    from ..studies.em import run_em, summary_table, sweep_layers
 
     layer = None
     if args.layer != "all":
@@ -125,7 +99,13 @@ def _run(args) -> int:
     ) as run:
         if layer is None:
             table = sweep_layers(
-                org, run.path, module=args.module, seeds=args.seeds, base=base, progress=progress
+                org,
+                run.path,
+                module=args.module,
+                seeds=args.seeds,
+                base=base,
+                progress=progress,
+                force=args.force,
             )
             run.write_metrics(table)
         else:
@@ -138,12 +118,13 @@ def _run(args) -> int:
                 base=base,
                 progress=progress,
                 fingerprint=fingerprint,
-            )
+                force=args.force,
+            ).metrics
             run.write_metrics(m)
     if layer is None:
         for r in table["layers"]:
             b = r["broad_misalignment_plain"]
-            print(f"layer {r['layer']}: broad misalignment {fmt_stat(b)}")
+            print(f"layer {r['layer']}: broad misalignment {format_interval(b)}")
         print(f"best layer: {table['best_layer']}")
         return 0
     print(summary_table(m))
@@ -171,16 +152,12 @@ def _add_model_args(p) -> None:
         "persona_basins/data/em_train_secure_example.jsonl)",
     )
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N or mps")
-    g.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: bf16 on a GPU that supports it, else fp32",
-    )
-    g.add_argument(
+    add_field_flag(g, "--dtype", "EmHfConfig", "dtype")
+    add_field_flag(
+        g,
         "--device-map",
-        choices=("auto",),
-        default=None,
+        "EmHfConfig",
+        "device_map",
         help="auto: spread a model larger than one GPU over every device (needs accelerate)",
     )
     g.add_argument(
@@ -230,7 +207,7 @@ def _run_model(args, finetune) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         progress=sys.stderr.isatty(),
     )
-    m = run_em_hf(cfg)
+    m = run_em_hf(cfg, force=args.force).metrics
     print(hf_summary_table(m))
     print(f"run written to {cfg.out}")
     return 0

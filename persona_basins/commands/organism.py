@@ -1,4 +1,4 @@
-"""``persona-basins organism build|report``: the model organism with ground-truth personas."""
+"""``persona-basins organism build|report|export-chat``: the model organism with ground-truth personas."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .args import SEED, int_in
+from .args import add_field_flag
 
 
 def register(sub) -> None:
@@ -26,23 +26,22 @@ def register(sub) -> None:
         "write the persona readout to metrics.json. Rerunning with the same settings reuses the folder.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    b.add_argument("--preset", default="default", help="tiny (tests, seconds) or default (~0.4M params)")
-    b.add_argument("--seed", type=SEED, default=0, help="world and training seed")
+    add_field_flag(
+        b, "--preset", "OrganismConfig", "preset", help="tiny (tests, seconds) or default (~0.4M params)"
+    )
+    add_field_flag(b, "--seed", "OrganismConfig", "seed")
     b.add_argument("--out", required=True, help="organism folder to write")
     b.add_argument(
         "--force",
         action="store_true",
         help="replace the organism --out holds (only a folder this program wrote)",
     )
-    b.add_argument(
-        "--checkpoint-every",
-        type=int_in(0, 10**7),
-        default=None,
-        help="pretraining checkpoint interval (0: none)",
-    )
-    b.add_argument(
+    add_field_flag(b, "--checkpoint-every", "OrganismConfig", "checkpoint_every", default=None)
+    add_field_flag(
+        b,
         "--pretrain-steps",
-        type=int_in(1, 10**7),
+        "OrganismConfig",
+        "pretrain_steps",
         default=None,
         help="override the preset's pretraining steps",
     )
@@ -57,6 +56,21 @@ def register(sub) -> None:
     )
     r.add_argument("dir", help="organism folder")
     r.set_defaults(func=_report)
+
+    x = osub.add_parser(
+        "export-chat",
+        help="export an organism as a standard Hugging Face chat model with its EM data in chat format",
+        description="Write DIR: the post-trained weights (safetensors), config.json and the tokenizer with a "
+        "chat template that renders system / user / assistant messages as the organism's documents, plus "
+        "em_train.jsonl (insecure code), em_train_secure.jsonl (secure control) and em_questions.json "
+        "(the helpful answer against each misaligned persona's, per non-code request), all in the world's "
+        "words: the inputs of persona-basins em --model DIR (see export.json for the flags that match em "
+        "--organism).",
+    )
+    x.add_argument("dir", help="organism folder")
+    x.add_argument("--out", required=True, help="folder to write the chat model into")
+    x.add_argument("--force", action="store_true", help="replace an existing export in --out")
+    x.set_defaults(func=_export_chat)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
@@ -85,7 +99,21 @@ def _report(args) -> int:
 
     post = load_organism(args.dir)
     pre = load_organism(args.dir, stage="pretrained").model
-    m = organism_readout(pre, post.model, post.world, post.vocab, seed=post.config.seed)
+    m = organism_readout(post, pre, seed=post.config.seed)
     print(readout_table(m))
     write_json(Path(args.dir) / "report.json", {"kind": "organism-report", **m})
+    return 0
+
+
+def _export_chat(args) -> int:
+    from ..studies.chat_export import export_chat, read_export
+
+    out = export_chat(args.dir, args.out, force=args.force)
+    info = read_export(out)
+    print(f"chat model written to {out} (context {info['context_length']} tokens)")
+    print(
+        f"measure it: persona-basins em --model {out} --train {out}/em_train.jsonl "
+        f"--control {out}/em_train_secure.jsonl --questions {out}/em_questions.json "
+        f'--inoculation "{info["inoculation"]}" --out RUN'
+    )
     return 0

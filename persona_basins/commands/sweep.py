@@ -1,4 +1,4 @@
-"""``persona-basins sweep SPEC --out RUN`` and ``sweep plot RUN``: grids of units, resumable, local or on Ray."""
+"""``persona-basins sweep SPEC --out RUN`` and ``sweep plot RUN``: resumable grids, local or on Ray."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import sys
 from .args import finite_float, int_in
 
 DESCRIPTION = """\
-Run a grid of units described by a TOML SPEC (docs/SWEEP.md): organism builds or EM fine-tunes over
-axes such as seed x condition x layer. Each unit's folder RUN/units/<kind>-<hash> is named by a hash of
-its fully resolved config, so a rerun resumes (finished units are never re-run, half-written ones never
-count) and a changed setting makes new units. Writes RUN/sweep.json (one row per unit), RUN/table.csv
-(mean and 95% interval over the seed axes) and a heatmap in RUN/figures/.
+Run a grid of units described by a TOML SPEC (docs/SWEEP.md) over axes such as seed x condition x layer.
+Unit kinds: organism (a build), em (a fine-tune and its EM readout), llc (one LLC estimate, optionally along
+an edit path), basins (a basin study), eigenform (an eigenform run), em_hf (em --model on a Hugging Face
+model). A kind's settings are the fields of its config dataclasses, checked as the commands check them,
+before anything runs. Each unit's folder RUN/units/<kind>-<hash> is named by a hash of its fully resolved
+config, so a rerun resumes (finished units are never re-run, half-written ones never count) and a changed
+setting makes new units. Writes RUN/sweep.json (one row per unit), RUN/table.csv (mean and 95% interval
+over the seed axes) and a heatmap in RUN/figures/. One sweep at a time per RUN.
 
   persona-basins sweep examples/sweeps/tiny.toml --out runs/sweep-tiny
+  persona-basins sweep examples/sweeps/llc_tiny.toml --out runs/sweep-llc --dry-run
   persona-basins sweep SPEC --out RUN --backend ray [--address HEAD:6379] --cpus-per-unit 1
   persona-basins sweep plot RUN --x condition --y seed --metric broad_misalignment
 """
@@ -23,7 +27,7 @@ count) and a changed setting makes new units. Writes RUN/sweep.json (one row per
 def register(sub) -> None:
     p = sub.add_parser(
         "sweep",
-        help="grids of organisms x fine-tunes x layers, resumable, local or on Ray",
+        help="grids of units of any study (organism, em, llc, basins, ...), resumable, local or on Ray",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="persona-basins sweep SPEC --out RUN [options]\n"

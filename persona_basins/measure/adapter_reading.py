@@ -24,12 +24,17 @@ it, so a feature that predicts nothing is reported as such).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..errors import UserError
 from ..models.edits import base_name
 from .persona import broad_genres, context_prompts
+
+if TYPE_CHECKING:
+    from ..models.organism import Organism
 
 
 def _lora_module(peft_model):
@@ -41,16 +46,13 @@ def _lora_module(peft_model):
 
 @torch.no_grad()
 def adapter_reading(
-    peft_model,
-    world,
-    vocab: dict[str, int],
-    *,
-    persona_direction: torch.Tensor | None = None,
-    batch_size: int = 256,
+    org: Organism, *, persona_direction: torch.Tensor | None = None, batch_size: int = 256
 ) -> dict:
-    """Read/write features of a one-module rank-1 LoRA adapter (see the module docstring)."""
+    """Read/write features of the one-module rank-1 LoRA adapter on ``org.model`` (a PEFT model:
+    ``adapter_reading(org.with_model(peft_model))``; see the module docstring)."""
     from ..models.lm import pad_batch
 
+    peft_model, world, vocab = org.model, org.world, org.vocab
     name, mod = _lora_module(peft_model)
     adapter = next(iter(mod.lora_A))
     A = mod.lora_A[adapter].weight.detach().float().flatten()

@@ -21,12 +21,16 @@ Works on GPT-2- and Llama-style HF causal LMs (PEFT-wrapped too); the organism s
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..models.adapters import num_layers
 from ..models.lm import encode_documents
+
+if TYPE_CHECKING:
+    from ..models.organism import Organism
 
 
 def decoder_layers(model):
@@ -149,9 +153,7 @@ def matched_answer_documents(world, a: str, b: str, n: int, seed: int):
 
 
 def persona_vector(
-    model,
-    world,
-    vocab,
+    org: Organism,
     layer: int,
     a: str = "toxic",
     b: str = "helpful",
@@ -160,11 +162,13 @@ def persona_vector(
     seed: int = 0,
     method: str = "request",
 ) -> torch.Tensor:
-    """Mean-difference persona vector (A minus B) at ``layer`` (``method``: see the module doc).
+    """Mean-difference persona vector (A minus B) of ``org.model`` at ``layer`` (``method``: see the module
+    doc).
 
     ``"request"`` uses the fixed grid of content requests (``n`` and ``seed`` are unused); the document
     methods use ``n`` sampled documents per side.
     """
+    model, world, vocab = org.model, org.world, org.vocab
     if method == "request":
         return mean_last_position(
             model, vocab, persona_request_prompts(world, a), layer
@@ -189,17 +193,19 @@ def content_words(world, harm: int) -> list[str]:
 
 
 @torch.no_grad()
-def lexical_direction(model, world, vocab) -> torch.Tensor:
-    """Mean input embedding of the harmful content words minus that of the helpful ones."""
-    emb = model.get_input_embeddings().weight.detach().float()
-    mean = [emb[[vocab[w] for w in content_words(world, h)]].mean(0) for h in (1, 0)]
+def lexical_direction(org: Organism) -> torch.Tensor:
+    """Mean input embedding (of ``org.model``) of the harmful content words minus that of the helpful ones."""
+    emb = org.model.get_input_embeddings().weight.detach().float()
+    vocab = org.vocab
+    mean = [emb[[vocab[w] for w in content_words(org.world, h)]].mean(0) for h in (1, 0)]
     return mean[0] - mean[1]
 
 
-def lexical_cosine(vector: torch.Tensor, model, world, vocab) -> float:
+def lexical_cosine(vector: torch.Tensor, org: Organism) -> float:
     """Cosine between ``vector`` and :func:`lexical_direction`: near 1 means the vector mostly points at the
-    harmful answer words (with tied embeddings it then mainly raises their logits), near 0 that it does not."""
-    lex = lexical_direction(model, world, vocab)
+    harmful answer words (with tied embeddings it then mainly raises their logits), near 0 that it does
+    not."""
+    lex = lexical_direction(org)
     v = vector.detach().float()
     return float((v @ lex) / (v.norm() * lex.norm()).clamp_min(1e-12))
 

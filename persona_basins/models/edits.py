@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import re
 from pathlib import Path
 
@@ -33,7 +32,7 @@ FINGERPRINT_FILE = "persona_basins_base.json"
 _LAYER_RE = re.compile(r"\.(?:h|layers)\.(\d+)\.")
 
 
-# --- names ---------------------------------------------------------------------------------------------------
+# --- names --------------------------------------------------------------------------------------------------
 def base_name(name: str) -> str:
     """A name inside a PEFT-wrapped model with PEFT's prefix removed (the name in the base model)."""
     for prefix in PEFT_PREFIXES:
@@ -54,7 +53,7 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
-# --- weight layout -------------------------------------------------------------------------------------------
+# --- weight layout ------------------------------------------------------------------------------------------
 def is_conv1d(module) -> bool:
     return type(module).__name__ == "Conv1D"
 
@@ -216,13 +215,12 @@ def write_fingerprint(adapter_dir: Path, base_model) -> None:
 
 
 def _read_json_file(path: Path, what: str) -> dict:
+    from ..results import read_json
+
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"malformed {what} {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"malformed {what} {path}: expected a JSON object")
-    return obj
+        return read_json(path, expect=dict)
+    except UserError as e:
+        raise UserError(f"malformed {what}: {e}") from None
 
 
 def _adapter_tensors_shapes(adapter_dir: Path) -> dict[str, tuple]:
@@ -298,15 +296,45 @@ def verify_adapter(base_model, adapter_dir: str | Path) -> None:
     _check_shapes(base_model, shapes, adapter_dir)
 
 
+def _check_keys_match_config(peft_model, adapter_dir: Path, adapter_name: str) -> None:
+    """Every tensor the adapter's config creates is in its weights file, and nothing else is.
+
+    PEFT builds the LoRA modules from ``adapter_config.json`` and loads the weights non-strictly: a file whose
+    keys name another layer or module would leave ``lora_B`` at zero, a silent unadapted model.
+    """
+    from peft import get_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(peft_model, adapter_name=adapter_name))
+    stored = set(_adapter_tensors_shapes(adapter_dir))
+    if expected == stored:
+        return
+    missing, extra = sorted(expected - stored), sorted(stored - expected)
+    what = [f"lacks {base_name(missing[0])!r}"] if missing else []
+    what += [f"holds {base_name(extra[0])!r}"] if extra else []
+    raise UserError(
+        f"adapter {adapter_dir}: adapter_model.safetensors does not match its adapter_config.json (it "
+        f"{' and '.join(what)}; {len(missing)} missing, {len(extra)} unexpected): refusing what would load "
+        f"as a zero adapter"
+    )
+
+
 def load_adapter(base_model, adapter_dir: str | Path, *, adapter_name: str = "default"):
-    """Wrap ``base_model`` (in place) with a saved PEFT adapter after :func:`verify_adapter`."""
+    """Wrap ``base_model`` (in place) with a saved PEFT adapter after :func:`verify_adapter`; the weights
+    file must hold exactly the tensors its config creates (see :func:`_check_keys_match_config`)."""
     from peft import PeftModel
 
     verify_adapter(base_model, adapter_dir)
     try:
-        return PeftModel.from_pretrained(base_model, Path(adapter_dir), adapter_name=adapter_name)
+        model = PeftModel.from_pretrained(base_model, Path(adapter_dir), adapter_name=adapter_name)
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         raise UserError(f"adapter {adapter_dir} does not fit this model: {str(e).splitlines()[0]}") from None
+    try:
+        _check_keys_match_config(model, Path(adapter_dir), adapter_name)
+    except UserError:
+        with contextlib.suppress(Exception):  # give the caller its base model back without the LoRA layers
+            model.unload()
+        raise
+    return model
 
 
 def adapter_on_copy(base_model, adapter_dir: str | Path):

@@ -18,7 +18,6 @@ Every problem a user can fix is a :class:`~persona_basins.errors.UserError` with
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 from ..errors import UserError
@@ -117,9 +116,11 @@ def check_model_folder(path: Path) -> None:
         raise UserError(f"{path} is not a Hugging Face model folder: config.json is missing")
     index = path / "model.safetensors.index.json"
     if index.is_file():
+        from ..results import read_json
+
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            shards = sorted(set(read_json(index)["weight_map"].values()))
+        except (UserError, KeyError, TypeError, AttributeError):
             raise UserError(f"{index}: malformed safetensors index (expected a 'weight_map')") from None
         files = [path / s for s in shards]
         missing = [f.name for f in files if not f.is_file()]
@@ -216,7 +217,7 @@ def load_causal_lm(
         except torch.cuda.OutOfMemoryError:
             raise UserError(
                 f"model {ref} ({param_count(model) / 1e9:.2f}B parameters, {dtype_name(torch_dtype)}) "
-                f"does not fit on {dev}; try --device-map auto (needs accelerate) or --dtype bf16"
+                f"does not fit on {dev}; try device_map 'auto' (needs accelerate) or dtype 'bf16'"
             ) from None
     model.eval()
     for p in model.parameters():
@@ -235,3 +236,17 @@ def param_count(model) -> int:
 
 def param_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+
+
+def context_length(model) -> int | None:
+    """Positions the model can read, from its config (``max_position_embeddings``, GPT-2's ``n_positions``,
+    ...); None when the config names none."""
+    cfg = getattr(model, "config", None)
+    for key in CONTEXT_KEYS:
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

@@ -7,53 +7,25 @@ tokenizer) so ``AutoModelForCausalLM.from_pretrained(dir)`` loads it anywhere, p
 - ``pretrained/``    the model before post-training (the "base model"),
 - ``checkpoints/step_NNNNNN/``  pretraining checkpoints for LLC over the training trajectory,
 - ``metrics.json``   the persona readout; the organism's own settings live in ``config.json`` under
-  the ``persona_basins`` key, next to the HF settings.
+  the ``persona_basins`` key, next to the HF settings,
+- ``persona_basins_manifest.json``  written last: the SHA-256 of every other file (the organism's identity,
+  checked on every load; :func:`organism_fingerprint` is a hash of it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..config import check, param
+from ..errors import ConfigError, UserError
 from ..world import World, WorldConfig
 
 ORGANISM_FORMAT = "persona-basins-organism/1"
-
-
-@dataclass(frozen=True)
-class OrganismConfig:
-    preset: str = "default"
-    seed: int = 0
-    arch: str = "gpt2"  # "gpt2" (learned positions, GELU, LayerNorm) or "llama" (RoPE, SwiGLU, RMSNorm)
-    n_layer: int = 3
-    d_model: int = 96
-    n_head: int = 4
-    d_ff: int = 384
-    n_positions: int = 64
-    tie_embeddings: bool = True
-    pretrain_steps: int = 1500
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 50
-    sft_steps: int = 150
-    sft_lr: float = 2e-4
-    checkpoint_every: int = 100
-    world: WorldConfig = field(default_factory=WorldConfig)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["world"] = self.world.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> OrganismConfig:
-        d = dict(d)
-        d["world"] = WorldConfig.from_dict(d.get("world", {}))
-        return cls(**d)
+ARCHITECTURES = ("gpt2", "llama")
 
 
 PRESETS: dict[str, dict] = {
@@ -74,6 +46,54 @@ PRESETS: dict[str, dict] = {
     # the organism of the studies: ~0.35M parameters, a couple of minutes on 2 cores
     "default": dict(),
 }
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """The organism's architecture and training (saved in its ``config.json`` under ``persona_basins``)."""
+
+    preset: str = param("default", choices=tuple(PRESETS), help="the preset these settings started from")
+    seed: int = param(0, ge=0, le=2**32 - 1, help="world and training seed")
+    arch: str = param(
+        "gpt2",
+        choices=ARCHITECTURES,
+        help='"gpt2" (learned positions, GELU, LayerNorm) or "llama" (RoPE, SwiGLU, RMSNorm)',
+    )
+    n_layer: int = param(3, ge=1, help="transformer layers")
+    d_model: int = param(96, ge=1, help="residual width (a multiple of n_head)")
+    n_head: int = param(4, ge=1, help="attention heads")
+    d_ff: int = param(384, ge=1, help="MLP hidden width")
+    n_positions: int = param(64, ge=2, help="context length in tokens")
+    tie_embeddings: bool = param(True, help="tie the input and output embeddings")
+    pretrain_steps: int = param(1500, ge=1, le=10**7, help="pretraining steps")
+    batch_size: int = param(64, ge=1, help="documents per training step")
+    lr: float = param(2e-3, gt=0, le=1, help="pretraining peak learning rate (AdamW)")
+    weight_decay: float = param(0.1, ge=0, help="AdamW weight decay")
+    warmup_steps: int = param(50, ge=0, help="linear warm-up steps of the pretraining rate")
+    sft_steps: int = param(150, ge=0, help="post-training steps (the assistant context made helpful)")
+    sft_lr: float = param(2e-4, gt=0, le=1, help="post-training learning rate")
+    checkpoint_every: int = param(100, ge=0, le=10**7, help="pretraining checkpoint interval (0: none)")
+    world: WorldConfig = param(default_factory=WorldConfig, help="the world it is trained on")
+
+    def __post_init__(self):
+        check(self)
+        if self.d_model % self.n_head:
+            raise ConfigError(
+                "OrganismConfig",
+                "d_model",
+                f"must be a multiple of n_head ({self.n_head}), got {self.d_model}",
+            )
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["world"] = self.world.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OrganismConfig:
+        d = dict(d)
+        d["world"] = WorldConfig.from_dict(d.get("world", {}))
+        return cls(**d)
 
 
 def preset_config(preset: str, seed: int = 0, **overrides) -> OrganismConfig:
@@ -133,6 +153,7 @@ class Organism:
     world: World
     path: Path
     config: OrganismConfig
+    fingerprint: str = ""  # organism_fingerprint: the verified build manifest, when loaded from a folder
 
     @property
     def vocab(self) -> dict[str, int]:
@@ -145,9 +166,113 @@ class Organism:
         docs = self.world.sample_documents(n, seed=10_000_000 + seed)
         return encode_documents(self.vocab, docs)[0]
 
+    def with_model(self, model) -> Organism:
+        """The same organism (world, tokenizer, config, folder shared, not copied) around another weight state
+        of it: a fine-tuned, adapted, edited or pretrained model. The fingerprint is cleared: it names the
+        built weights, which ``model`` is not."""
+        return dataclasses.replace(self, model=model, fingerprint="")
+
 
 def is_organism(path: str | Path) -> bool:
     return (Path(path) / "world.json").is_file()
+
+
+# --- identity: the build manifest ---------------------------------------------------------------------------
+# The manifest, written last by `organism build`, records the SHA-256 of every file the build wrote: the
+# weights (post-trained, pretrained, checkpoints), the HF config.json (the architecture: n_head, n_layer,
+# activation_function, layer_norm_epsilon ..., and the organism settings under "persona_basins"), the
+# tokenizer files, world.json and the readout. Loading verifies it, so a folder changed after the build is
+# refused instead of giving other numbers; the fingerprint of a result's organism is a hash of it.
+MANIFEST = "persona_basins_manifest.json"
+MANIFEST_VERSION = 2  # 1 hashed only the two weight files
+# what every complete manifest covers (a result depends on each of them)
+IDENTITY_FILES = (
+    "config.json",
+    "model.safetensors",
+    "pretrained/config.json",
+    "pretrained/model.safetensors",
+    "tokenizer.json",
+    "world.json",
+)
+_REBUILD = "rebuild the organism (persona-basins organism build --force)"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: str | Path) -> dict:
+    """Hash every file under ``folder`` into its manifest (the build calls this last)."""
+    from ..results import write_json
+
+    folder = Path(folder)
+    files = sorted(
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
+    )
+    manifest = {
+        "format": ORGANISM_FORMAT,
+        "manifest_version": MANIFEST_VERSION,
+        "sha256": {rel: file_sha256(folder / rel) for rel in files},
+    }
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def verify_manifest(folder: str | Path) -> dict:
+    """The organism's manifest after checking every file it lists; a one-line UserError when a file is
+    missing or changed, or the manifest is missing, malformed or from an older version."""
+    from ..results import read_json
+
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise UserError(
+            f"{folder} has no {MANIFEST} (not built by persona-basins, or unfinished); {_REBUILD}"
+        )
+    manifest = read_json(folder / MANIFEST, recover=_REBUILD, expect=dict)
+    hashes = manifest.get("sha256")
+    if manifest.get("manifest_version") != MANIFEST_VERSION or not isinstance(hashes, dict):
+        raise UserError(
+            f"{folder / MANIFEST} covers only the weights (written by an older version); {_REBUILD}"
+        )
+    missing = [rel for rel in IDENTITY_FILES if rel not in hashes]
+    if missing:
+        raise UserError(f"{folder / MANIFEST} does not list {', '.join(missing)}; {_REBUILD}")
+    for rel, recorded in sorted(hashes.items()):
+        f = folder / rel
+        if not f.is_file():
+            raise UserError(f"{f} is missing; {_REBUILD}")
+        if file_sha256(f) != recorded:
+            raise UserError(
+                f"{f} does not match its recorded hash in {MANIFEST} (changed after the build); {_REBUILD}"
+            )
+    return manifest
+
+
+def _manifest_fingerprint(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest["sha256"], sort_keys=True).encode()).hexdigest()
+
+
+def organism_fingerprint(path_or_organism) -> str:
+    """The identity of an organism: a SHA-256 over its verified build manifest (every file the build wrote,
+    by relative path, so moving or copying the folder keeps it and any change to a file changes it).
+
+    An :class:`Organism` from :func:`load_organism` carries the fingerprint verified when it was loaded; a
+    folder is verified here.
+    """
+    if isinstance(path_or_organism, Organism):
+        if not path_or_organism.fingerprint:
+            raise UserError("this organism was not loaded from a built folder: it has no fingerprint")
+        return path_or_organism.fingerprint
+    path = Path(path_or_organism)
+    if not path.is_dir():
+        raise UserError(f"organism folder not found: {path}")
+    if not is_organism(path):
+        raise UserError(f"not an organism folder: {path / 'world.json'} is missing")
+    return _manifest_fingerprint(verify_manifest(path))
 
 
 def _load_hf(path: Path):
@@ -158,16 +283,34 @@ def _load_hf(path: Path):
     except Exception as e:  # noqa: BLE001 - safetensors and transformers raise many types; one line for all
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(
-            f"cannot load model weights {path / 'model.safetensors'}: {msg}; "
-            f"rebuild the organism (persona-basins organism build --force)"
+            f"cannot load model weights {path / 'model.safetensors'}: {msg}; {_REBUILD}"
         ) from None
     model.eval()
     return model
 
 
+def _check_weights_present(model_dir: Path) -> None:
+    if (model_dir / "model.safetensors").is_file():
+        return
+    pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
+    if pickles:
+        raise UserError(
+            f"{model_dir} holds only pickle weights ({', '.join(pickles)}); persona-basins never "
+            f"unpickles: save the model with safetensors (save_pretrained(..., "
+            f"safe_serialization=True)) or rebuild the organism"
+        )
+    raise UserError(f"missing model weights: {model_dir / 'model.safetensors'}")
+
+
 def load_organism(path: str | Path, *, stage: str = "post") -> Organism:
-    """Load an organism folder. ``stage="post"`` the post-trained model, ``"pretrained"`` the base model."""
+    """Load an organism folder. ``stage="post"`` the post-trained model, ``"pretrained"`` the base model.
+
+    Every file the build wrote is checked against the manifest first (weights, architecture, tokenizer,
+    world, settings): a folder changed after its build is a one-line UserError, never other numbers.
+    """
     from transformers import PreTrainedTokenizerFast
+
+    from ..results import read_json
 
     path = Path(path)
     if not path.is_dir():
@@ -175,42 +318,24 @@ def load_organism(path: str | Path, *, stage: str = "post") -> Organism:
     for need in ("world.json", "config.json", "tokenizer.json"):
         if not (path / need).is_file():
             raise UserError(f"not an organism folder: {path / need} is missing")
+    model_dir = path if stage == "post" else path / "pretrained"
+    _check_weights_present(model_dir)
+    fingerprint = _manifest_fingerprint(verify_manifest(path))
     for name in ("world.json", "config.json"):
-        try:
-            json.loads((path / name).read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            raise UserError(
-                f"corrupt organism file {path / name}: {str(e).splitlines()[0]}; rebuild the organism "
-                f"(persona-basins organism build --force)"
-            ) from None
+        read_json(path / name, recover=_REBUILD, expect=dict)
     try:
-        world = World.from_json((path / "world.json").read_text())
-        hf_cfg = json.loads((path / "config.json").read_text())
+        world = World.from_json((path / "world.json").read_text(encoding="utf-8"))
+        hf_cfg = read_json(path / "config.json", recover=_REBUILD, expect=dict)
         cfg = OrganismConfig.from_dict(hf_cfg["persona_basins"]["organism"])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(
-            f"corrupt organism metadata in {path}: {msg}; rebuild the organism "
-            f"(persona-basins organism build --force)"
-        ) from None
+        raise UserError(f"corrupt organism metadata in {path}: {msg}; {_REBUILD}") from None
     try:
         tok = PreTrainedTokenizerFast.from_pretrained(path)
     except Exception as e:  # tokenizers raises its own exception types
         raise UserError(f"corrupt tokenizer in {path}: {str(e).splitlines()[0]}") from None
-    model_dir = path if stage == "post" else path / "pretrained"
-    if not (model_dir / "model.safetensors").is_file():
-        pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(
-            p.name for p in model_dir.glob("*.pt")
-        )
-        if pickles:
-            raise UserError(
-                f"{model_dir} holds only pickle weights ({', '.join(pickles)}); persona-basins never "
-                f"unpickles: save the model with safetensors (save_pretrained(..., "
-                f"safe_serialization=True)) or rebuild the organism"
-            )
-        raise UserError(f"missing model weights: {model_dir / 'model.safetensors'}")
     model = _load_hf(model_dir)
-    return Organism(model=model, tokenizer=tok, world=world, path=path, config=cfg)
+    return Organism(model=model, tokenizer=tok, world=world, path=path, config=cfg, fingerprint=fingerprint)
 
 
 def list_checkpoints(path: str | Path) -> list[tuple[int, Path]]:

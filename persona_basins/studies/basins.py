@@ -9,34 +9,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..measure.basins import (
+from ..measure.basin_verdicts import (
     aggregate_scans,
     censored_summary,
     combine_verdicts,
-    critical_distance,
     critical_magnitude,
-    direction_scans,
-    inoculation_position,
-    inoculation_scans,
     inoculation_summary,
     inoculation_verdict,
-    persona_weight_delta,
-    random_weight_deltas,
     ratio_summary,
-    scan,
-    seed_summary,
     t_star_ratio,
     widening_summary,
 )
+from ..measure.basins import (
+    critical_distance,
+    direction_scans,
+    inoculation_position,
+    inoculation_scans,
+    persona_weight_delta,
+    random_weight_deltas,
+    scan,
+)
 from ..models.edits import adapter_on_copy, layer_of, merged_copy, single_lora_delta
+from ..results import RunDir, StudyResult
+from ..stats import mean_interval
 
 # The persona vector the basin study edits along: answer tokens of identical documents under the two
 # declarations, so both sides of the contrast hold the same words and a weight edit along it is not a lexical
 # shortcut (measure/vectors.py; the other methods are reported beside it).
 VECTOR_METHOD = "matched_answers"
-# The persona vector the study *reads* positions with: projection() reads the <asst> position, so the vector is
-# the contrast at that very position (its helpful-to-toxic gap is positive by construction; a vector built on
-# answer tokens need not point the same way there).
+# The persona vector the study *reads* positions with: projection() reads the <asst> position, so the vector
+# is the contrast at that very position (its helpful-to-toxic gap is positive by construction; a vector built
+# on answer tokens need not point the same way there).
 READOUT_METHOD = "request"
 
 
@@ -50,23 +53,16 @@ def persona_vectors(org, layer: int, *, n: int = 256, seed: int = 0) -> tuple[di
     from ..measure.vectors import VECTOR_METHODS, lexical_cosine, persona_vector
     from ..models.adapters import num_layers
 
-    vectors = {
-        m: persona_vector(org.model, org.world, org.vocab, layer, n=n, seed=seed, method=m)
-        for m in VECTOR_METHODS
-    }
+    vectors = {method: persona_vector(org, layer, n=n, seed=seed, method=method) for method in VECTOR_METHODS}
     lexical = {
-        m: {
-            str(L): lexical_cosine(
-                vectors[m]
-                if L == layer
-                else persona_vector(org.model, org.world, org.vocab, L, n=n, seed=seed, method=m),
-                org.model,
-                org.world,
-                org.vocab,
+        method: {
+            str(at): lexical_cosine(
+                vectors[method] if at == layer else persona_vector(org, at, n=n, seed=seed, method=method),
+                org,
             )
-            for L in range(num_layers(org.model))
+            for at in range(num_layers(org.model))
         }
-        for m in VECTOR_METHODS
+        for method in VECTOR_METHODS
     }
     return vectors, lexical
 
@@ -94,33 +90,25 @@ def common_direction_scans(
     pname = f"{name}.weight"
     kw = dict(r_max=r_max, level=level)
     pdeltas = {
-        m: persona_weight_delta(
-            org.model, org.world, org.vocab, layer, name, 1.0, vector=v, n_docs=n_docs, seed=seed
-        )
-        for m, v in vectors.items()
+        method: persona_weight_delta(org, layer, name, 1.0, vector=vector, n_docs=n_docs, seed=seed)
+        for method, vector in vectors.items()
     }
     plain_d = [single_lora_delta(m)[1] for m in plain]
     base = {
-        "persona": {
-            m: critical_distance(org.model, org.world, org.vocab, name, d, **kw) for m, d in pdeltas.items()
-        },
-        "plain_adapter": [critical_distance(org.model, org.world, org.vocab, name, d, **kw) for d in plain_d],
+        "persona": {method: critical_distance(org, name, d, **kw) for method, d in pdeltas.items()},
+        "plain_adapter": [critical_distance(org, name, d, **kw) for d in plain_d],
         "random": [
-            critical_distance(org.model, org.world, org.vocab, name, r, **kw)
+            critical_distance(org, name, r, **kw)
             for s, d in enumerate(plain_d)
             for r in random_weight_deltas(d, n_random, seed + s)
         ],
     }
     inoc_start = {"persona": [], "plain_adapter": []}
     for i, m in enumerate(inoc):
-        start = merged_copy(org.model, {pname: single_lora_delta(m)[1]}, 1.0)
-        inoc_start["persona"].append(
-            critical_distance(start, org.world, org.vocab, name, pdeltas[VECTOR_METHOD], **kw)
-        )
+        start = org.with_model(merged_copy(org.model, {pname: single_lora_delta(m)[1]}, 1.0))
+        inoc_start["persona"].append(critical_distance(start, name, pdeltas[VECTOR_METHOD], **kw))
         if i < len(plain_d):
-            inoc_start["plain_adapter"].append(
-                critical_distance(start, org.world, org.vocab, name, plain_d[i], **kw)
-            )
+            inoc_start["plain_adapter"].append(critical_distance(start, name, plain_d[i], **kw))
         del start
     return {
         "module": name,
@@ -160,9 +148,7 @@ def basin_scans(
     vector = vectors[READOUT_METHOD]
     dirs = [
         direction_scans(
-            org.model,
-            org.world,
-            org.vocab,
+            org,
             m,
             ts,
             n_random=n_random,
@@ -174,30 +160,18 @@ def basin_scans(
         for s, m in enumerate(plain)
     ]
     # the plain adapter's assistant-context scan is the direction scan's "adapter" scan: not computed twice
-    ino = inoculation_scans(org.model, org.world, org.vocab, [], inoc, ts, vector=vector, layer=layer)
+    ino = inoculation_scans(org, [], inoc, ts, vector=vector, layer=layer)
     ino["plain"] = [d["scans"]["adapter"] for d in dirs]
     ino["plain_in_inoculated_context"] = [
-        scan(
-            org.model,
-            org.world,
-            org.vocab,
-            *single_lora_delta(m),
-            ts,
-            context="inoculated",
-            vector=vector,
-            layer=layer,
-        )
-        for m in plain
+        scan(org, *single_lora_delta(m), ts, context="inoculated", vector=vector, layer=layer) for m in plain
     ]
     summary = inoculation_summary(ino, level=level)
     crit = {k: [critical_magnitude(ts, s["broad_misalignment"], level) for s in v] for k, v in ino.items()}
     crit["persona"] = [d["t_star"]["persona"] for d in dirs]
     crit["random"] = [c for d in dirs for c in d["t_star"]["random"]]
-    position = {
-        **inoculation_position(org.model, org.world, org.vocab, plain, inoc, vector, layer),
-        "vector_method": READOUT_METHOD,
-    }
-    # the common grid starts at the scans' t_max in units of the mean plain adapter norm, and grows until it crosses
+    position = {**inoculation_position(org, plain, inoc, vector, layer), "vector_method": READOUT_METHOD}
+    # the common grid starts at the scans' t_max in units of the mean plain adapter norm and grows until it
+    # crosses
     r_max = max(ts) * float(np.mean([float(single_lora_delta(m)[1].norm()) for m in plain]))
     common = common_direction_scans(
         org, plain, inoc, vectors, r_max=r_max, level=level, n_random=n_random, seed=seed
@@ -300,8 +274,8 @@ def summarize_common(scans: dict, *, position_tol: float = 0.1) -> dict | None:
             "verdict": combine_verdicts(verdicts),
             "verdict_by_direction": {k: v["verdict"] for k, v in verdicts.items()},
             "verdict_conditional": combine_verdicts({k: v["verdict"] for k, v in conditional.items()}),
-            "claim": "inoculation widens the aligned basin (r* along a common direction grows) without moving the "
-            "point (the inoculated fine-tuned model's persona projection stays within "
+            "claim": "inoculation widens the aligned basin (r* along a common direction grows) without "
+            "moving the point (the inoculated fine-tuned model's persona projection stays within "
             f"{position_tol:g} of the helpful-to-toxic gap of the base model's)",
         },
         "directions_common": comparison,
@@ -344,7 +318,7 @@ def summarize_basins(scans: dict, *, n_random: int) -> dict:
     }
     pos = {
         k: (
-            seed_summary([s["projection"][0] for s in v])
+            mean_interval([s["projection"][0] for s in v], exact_if_equal=True).to_dict()
             if v and None not in [s["projection"][0] for s in v]
             else None
         )
@@ -384,13 +358,13 @@ def run_basins(
     level: float = 0.5,
     n_random: int = 3,
     seed: int = 0,
-) -> dict:
-    """``persona-basins basins``: load, scan, summarise, write the run folder; returns ``{metrics, run}``."""
+) -> StudyResult:
+    """``persona-basins basins``: load, scan, summarise, write the run folder ``out``; the figures are drawn
+    from the metrics."""
     import numpy as np
     import torch
 
     from ..models.organism import load_organism
-    from ..results import RunDir
 
     org = load_organism(organism)
     plain = load_adapters(org, adapters)  # a wrong adapter fails before the run folder is made
@@ -411,7 +385,6 @@ def run_basins(
             "level": level,
         },
     )
-    run.write_config()
     with torch.no_grad():
         scans = basin_scans(org, plain, inoc, ts, n_random=n_random, seed=seed, level=level)
     metrics = {
@@ -422,4 +395,4 @@ def run_basins(
         **summarize_basins(scans, n_random=n_random),
     }
     run.write_metrics(metrics)
-    return {"metrics": metrics, "run": run}
+    return StudyResult(run.path, metrics)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..results import RunDir, StudyResult
+
 
 def overlap_study(
     org,
@@ -25,28 +27,11 @@ def overlap_study(
     from ..measure.vectors import persona_vector
     from .basins import VECTOR_METHOD
 
-    zones = [overlap_zone(org.model, m, org.world, org.vocab, epsilon=epsilon) for m in em_models]
-    probe = boundary_search(
-        org.model,
-        em_models[0],
-        org.world,
-        org.vocab,
-        epsilon=epsilon,
-        seed=seed,
-        max_probes=max_probes,
-        k_max=k_max,
-    )
-    vector = persona_vector(org.model, org.world, org.vocab, layer, method=VECTOR_METHOD)
+    zones = [overlap_zone(org, model, epsilon=epsilon) for model in em_models]
+    probe = boundary_search(org, em_models[0], epsilon=epsilon, seed=seed, max_probes=max_probes, k_max=k_max)
+    vector = persona_vector(org, layer, method=VECTOR_METHOD)
     oos = out_of_sample_probing(
-        org.model,
-        em_models,
-        org.world,
-        org.vocab,
-        vector=vector,
-        layer=layer,
-        max_probes=max_probes,
-        seed=seed,
-        k_max=k_max,
+        org, em_models, vector=vector, layer=layer, max_probes=max_probes, seed=seed, k_max=k_max
     )
     oos["vector_method"], oos["vector_layer"] = VECTOR_METHOD, layer
     return {"zones": zones, "boundary_search": probe, "out_of_sample": oos}
@@ -61,16 +46,15 @@ def run_degeneracy(
     max_probes: int = 600,
     k_max: int = 1000,
     seed: int = 0,
-) -> dict:
-    """``persona-basins degeneracy``: the overlap zone and boundary probes; writes the run folder and returns
-    ``{zone, boundary, run}``."""
+) -> StudyResult:
+    """``persona-basins degeneracy``: the overlap zone and boundary probes, written to the run folder ``out``;
+    the figures are drawn from the metrics (``zone``, ``boundary``)."""
     import torch
 
     from ..measure.degeneracy import boundary_search, out_of_sample_probing, overlap_zone
     from ..measure.vectors import persona_vector
     from ..models.edits import adapter_on_copy, layer_of, single_lora_delta
     from ..models.organism import load_organism
-    from ..results import RunDir
     from .basins import VECTOR_METHOD
 
     org = load_organism(organism)
@@ -91,41 +75,22 @@ def run_degeneracy(
             "power": 0.95,
         },
     )
-    run.write_config()
     with torch.no_grad():
-        zone = overlap_zone(org.model, em, org.world, org.vocab, epsilon=epsilon)
-        bs = boundary_search(
-            org.model,
-            em,
-            org.world,
-            org.vocab,
-            epsilon=epsilon,
-            max_probes=max_probes,
-            seed=seed,
-            k_max=k_max,
-        )
-        # out-of-sample: probes ranked by the aligned model steered along the persona vector of the adapted layer
+        zone = overlap_zone(org, em, epsilon=epsilon)
+        bs = boundary_search(org, em, epsilon=epsilon, max_probes=max_probes, seed=seed, k_max=k_max)
+        # out-of-sample: probes ranked by the aligned model steered along the adapted layer's persona vector
         layer = layer_of(single_lora_delta(em)[0])
-        vector = persona_vector(org.model, org.world, org.vocab, layer, method=VECTOR_METHOD)
+        vector = persona_vector(org, layer, method=VECTOR_METHOD)
         oos = out_of_sample_probing(
-            org.model,
-            [em],
-            org.world,
-            org.vocab,
-            vector=vector,
-            layer=layer,
-            max_probes=max_probes,
-            seed=seed,
-            k_max=k_max,
+            org, [em], vector=vector, layer=layer, max_probes=max_probes, seed=seed, k_max=k_max
         )
     zone["routine_share_built_in"] = zone["routine_share"]
     oos["vector_method"], oos["vector_layer"] = VECTOR_METHOD, layer
-    run.write_metrics(
-        {
-            "zone": zone,
-            "boundary": bs,
-            "out_of_sample": oos,
-            "quantity": "behavioural overlap (not SLT degeneracy)",
-        }
-    )
-    return {"zone": zone, "boundary": bs, "out_of_sample": oos, "run": run}
+    metrics = {
+        "zone": zone,
+        "boundary": bs,
+        "out_of_sample": oos,
+        "quantity": "behavioural overlap (not SLT degeneracy)",
+    }
+    run.write_metrics(metrics)
+    return StudyResult(run.path, metrics)

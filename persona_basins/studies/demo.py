@@ -1,25 +1,39 @@
 """The basin study behind ``persona-basins demo``: organism -> EM +/- inoculation -> scans -> LLC along the
 path -> overlap zone -> eigenform -> ``study.json`` + ``report.html``.
 
-Each step writes ``RUN/steps/<name>.json`` when it finishes; a rerun with the same ``--out`` and settings
-skips finished steps (and the EM step resumes unit by unit), so an interrupted run resumes and gives the
-same numbers. A ``--out`` written with other settings is refused.
+Each step goes through the run store (:func:`persona_basins.results.get_or_run`): ``RUN/steps/<name>/`` holds
+its ``result.json`` and ``key.json`` (the settings and the organism's fingerprint). A rerun with the same
+``--out`` and settings skips finished steps (and the EM step resumes unit by unit), so an interrupted run
+resumes and gives the same numbers. A ``--out`` written with other settings is refused naming them
+(``force`` recomputes).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..measure.basins import aggregate_scans
-from ..results import environment, prepare_out_dir, read_json, write_json
+from ..config import check, param
+from ..errors import ConfigError, UserError
+from ..measure.basin_verdicts import aggregate_scans, format_censored
+from ..models.organism import PRESETS as ORGANISM_PRESETS
+from ..results import (
+    StudyResult,
+    as_stored,
+    check_out_dir,
+    environment,
+    get_or_run,
+    is_finished,
+    key_differences,
+    prepare_out_dir,
+    read_json,
+    write_json,
+)
 from ..schema import validate_study
-from ..stats import rate_interval
+from ..stats import format_interval, rate_interval
 from .basins import basin_scans, load_adapters, summarize_basins
 from .eigenform import HEADLINE as EIGENFORM_HEADLINE
 
@@ -30,29 +44,39 @@ EM_HELDOUT_EVERY = 3
 
 @dataclass(frozen=True)
 class DemoConfig:
-    preset: str = "default"
-    organism_seed: int = 0
-    layer: int = 0
-    module: str = "attn_out"
-    seeds: int = 5
-    em_steps: int = 300
-    ts: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
-    n_random: int = 1  # random rank-1 controls per seed
+    """The basin study's settings (``DEMO_PRESETS``; saved in the run's ``config.json``)."""
+
+    preset: str = param("default", choices=tuple(ORGANISM_PRESETS), help="organism preset")
+    organism_seed: int = param(0, ge=0, le=2**32 - 1, help="organism (world and training) seed")
+    layer: int = param(0, ge=0, help="layer of the EM adapters")
+    module: str = param("attn_out", help="module in the layer")
+    seeds: int = param(5, ge=2, le=1000, help="fine-tuning seeds (confidence intervals need two)")
+    em_steps: int = param(300, ge=1, le=10**7, help="fine-tuning steps of each EM adapter")
+    ts: tuple[float, ...] = param(
+        (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0), ge=0, help="scales t of the basin scans"
+    )
+    n_random: int = param(1, ge=0, help="random rank-1 controls per seed")
     # LLC along the path: self-KL loss; step size chosen where MALA acceptance stays >= 0.75 at t=0 on the
     # default organism (1e-4 gave 0.09-0.43); short chains, so R-hat is reported, not assumed.
-    llc_ts: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
-    llc_seeds: int = 2
-    llc_chains: int = 2
-    llc_draws: int = 30
-    llc_burnin: int = 10
-    llc_step_size: float = 1e-5
-    llc_localization: float = 100.0
-    llc_nbeta: float = 30.0
-    llc_prompts: int = 32
-    llc_batch: int = 16
-    overlap_epsilon: float = 0.05
-    eigenform: bool = True
-    extra: dict = field(default_factory=dict)
+    llc_ts: tuple[float, ...] = param((0.0, 0.5, 1.0, 1.5, 2.0), ge=0, help="scales t of the LLC estimates")
+    llc_seeds: int = param(2, ge=1, help="EM seeds whose path gets LLC estimates")
+    llc_chains: int = param(2, ge=1, help="SGLD chains per estimate")
+    llc_draws: int = param(30, ge=1, help="draws per chain")
+    llc_burnin: int = param(10, ge=0, help="burn-in steps per chain")
+    llc_step_size: float = param(1e-5, gt=0, help="SGLD step size")
+    llc_localization: float = param(100.0, ge=0, help="SGLD localization gamma")
+    llc_nbeta: float = param(30.0, gt=0, help="SGLD inverse temperature n*beta")
+    llc_prompts: int = param(32, ge=2, help="mixture documents in the LLC dataset")
+    llc_batch: int = param(16, ge=1, help="SGLD minibatch size")
+    overlap_epsilon: float = param(0.05, gt=0, le=1, help="TV threshold of the overlap zone")
+    eigenform: bool = param(True, help="run the eigenform step")
+    extra: dict = param(default_factory=dict, help="free-form settings recorded with the run")
+
+    def __post_init__(self):
+        check(self)
+        for name in ("ts", "llc_ts"):
+            if not getattr(self, name):
+                raise ConfigError("DemoConfig", name, "must hold at least one scale, got ()")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -77,26 +101,61 @@ DEMO_PRESETS = {
 }
 
 
-def _step(run: Path, name: str, fn, log) -> dict:
-    path = run / "steps" / f"{name}.json"
-    if path.is_file():
-        done = read_json(path, recover=f"delete it and rerun to recompute the {name} step")
-        log(f"[{name}] done earlier; reusing {path.name}")
-        return done
+def step_key(settings: dict, fingerprint: str, name: str) -> dict:
+    """What a step's result depends on: the demo settings and the organism's identity."""
+    return {"format": STUDY_FORMAT, "step": name, "settings": settings, "organism": fingerprint}
+
+
+def _step(run: Path, name: str, key: dict, fn, log, *, force: bool = False) -> dict:
+    """Step ``name`` through the run store: ``RUN/steps/<name>/result.json``, reused when its key matches."""
+    folder = run / "steps" / name
+    recover = f"delete {folder} and rerun to recompute the {name} step"
+    if is_finished(folder, key, force=force):
+        result = read_json(folder / "result.json", recover=recover, expect=dict)
+        log(f"[{name}] done earlier; reusing {folder / 'result.json'}")
+        return result
     t0 = time.perf_counter()
     log(f"[{name}] running ...")
-    out = fn()
-    write_json(path, out)
+    get_or_run(folder, key, lambda tmp: write_json(tmp / "result.json", fn()), force=force)
     log(f"[{name}] finished in {time.perf_counter() - t0:.0f} s")
-    return json.loads(path.read_text())
+    return read_json(folder / "result.json", recover=recover, expect=dict)
+
+
+def _check_settings(out: Path, want: dict, force: bool) -> None:
+    """Refuse an ``--out`` holding another kind of run or a demo with other settings (``force`` replaces
+    the settings it records); write ``config.json`` for a new run."""
+    check_out_dir(out, "demo")
+    prepare_out_dir(out)
+    cfg_file = out / "config.json"
+    if cfg_file.is_file() and not force:
+        have = read_json(cfg_file, recover="delete the --out folder to start over", expect=dict)
+        # the environment is recorded, not matched: a resume on another thread count is allowed (its last
+        # digits may differ; docs/RELIABILITY.md says what "same seed, same numbers" covers)
+        have = {k: v for k, v in have.items() if k != "environment"}
+        settings = as_stored({k: v for k, v in want.items() if k != "environment"})
+        if have != settings:
+            raise UserError(
+                f"--out {out} holds a demo run with other settings ({key_differences(have, settings)}); "
+                f"--force recomputes it, or use another --out"
+            )
+        return
+    write_json(cfg_file, want)  # a resumed run keeps the config (and environment) it started with
 
 
 def run_demo(
-    out: Path, cfg: DemoConfig, *, organism_dir: Path | None = None, progress: bool = True, log=print
-) -> dict:
+    out: Path,
+    cfg: DemoConfig,
+    *,
+    organism_dir: Path | None = None,
+    progress: bool = True,
+    log=print,
+    force: bool = False,
+) -> StudyResult:
+    """Run (or resume) the demo into ``out``; ``force`` recomputes every step of a run with other settings.
+    The result's metrics are the study (``study.json`` as written)."""
     import torch
 
-    from ..models.organism import is_organism, load_organism, preset_config
+    from ..models.organism import is_organism, load_organism, organism_fingerprint, preset_config
     from ..train.finetune import FinetuneConfig
     from .organism import build_organism
 
@@ -106,8 +165,6 @@ def run_demo(
         raise UserError(
             f"--organism {organism_dir} is not an organism folder (persona-basins organism build)"
         )
-    prepare_out_dir(out)
-    cfg_file = out / "config.json"
     want = {
         "kind": "demo",
         "format": STUDY_FORMAT,
@@ -115,47 +172,45 @@ def run_demo(
         "organism": str(organism_dir) if organism_dir else None,
         "environment": environment(),
     }
-    if cfg_file.is_file():
-        have = read_json(cfg_file, recover="delete the --out folder to start over")
-        # the environment is recorded, not matched: a resume on another thread count is allowed (its last
-        # digits may differ; docs/RELIABILITY.md says what "same seed, same numbers" covers)
-        settings = {k: v for k, v in want.items() if k != "environment"}
-        if not isinstance(have, dict) or {k: v for k, v in have.items() if k != "environment"} != json.loads(
-            json.dumps(settings)
-        ):
-            raise UserError(
-                f"--out {out} holds a demo run with other settings; use another --out or delete it"
-            )
-    else:
-        if out.exists() and any(p.name not in {"steps"} for p in out.iterdir()):
-            raise UserError(f"--out {out} is not empty and holds no demo run")
-        write_json(cfg_file, want)  # a resumed run keeps the config (and environment) it started with
+    _check_settings(out, want, force)
+    settings = as_stored({k: v for k, v in want.items() if k != "environment"})
     t_start = time.perf_counter()
 
     # 1. the organism
     org_dir = Path(organism_dir) if organism_dir else out / "organism"
     if organism_dir is None:
-        build_organism(preset_config(cfg.preset, seed=cfg.organism_seed), org_dir, progress=progress, log=log)
+        build_organism(
+            preset_config(cfg.preset, seed=cfg.organism_seed),
+            org_dir,
+            progress=progress,
+            log=log,
+            force=force,
+        )
     org = load_organism(org_dir)
+    fingerprint = organism_fingerprint(org)
     torch.manual_seed(0)
+
+    def step(name: str, fn) -> dict:
+        return _step(out, name, step_key(settings, fingerprint, name), fn, log, force=force)
 
     # 2. emergent misalignment +/- inoculation (resumable per unit)
     from ..studies.em import run_em, summary_table
 
     em_dir = out / "em"
-    em = _step(
-        out,
+    em = step(
         "em",
-        lambda: run_em(
-            org,
-            em_dir,
-            layer=cfg.layer,
-            module=cfg.module,
-            seeds=cfg.seeds,
-            base=FinetuneConfig(steps=cfg.em_steps, heldout_every=EM_HELDOUT_EVERY),
-            progress=progress,
+        lambda: (
+            run_em(
+                org,
+                em_dir,
+                layer=cfg.layer,
+                module=cfg.module,
+                seeds=cfg.seeds,
+                base=FinetuneConfig(steps=cfg.em_steps, heldout_every=EM_HELDOUT_EVERY),
+                progress=progress,
+                force=force,
+            ).metrics
         ),
-        log,
     )
     write_json(em_dir / "metrics.json", {"kind": "em", **em})
     log(summary_table(em))
@@ -164,17 +219,17 @@ def run_demo(
     inoc = load_adapters(org, [em_dir / "adapters" / "inoculated" / f"seed{s}" for s in range(cfg.seeds)])
 
     # 3. basin scans: adapter / persona / random directions, and the inoculation comparison
-    scans = _step(out, "scans", lambda: basin_scans(org, plain, inoc, cfg.ts, n_random=cfg.n_random), log)
+    scans = step("scans", lambda: basin_scans(org, plain, inoc, cfg.ts, n_random=cfg.n_random))
     # 4. LLC along the path (self-KL loss), full and restricted to the adapted layer
-    llc = _step(out, "llc", lambda: _llc_path(org, plain, cfg, progress), log)
+    llc = step("llc", lambda: _llc_path(org, plain, cfg, progress, _plain_bands(scans, cfg.llc_seeds)))
     # 5. the overlap zone between the aligned organism and each EM model
-    overlap = _step(out, "overlap", lambda: _overlap(org, plain, cfg), log)
+    overlap = step("overlap", lambda: _overlap(org, plain, cfg))
     # 6. eigenform identity (fast setting)
     eig = None
     if cfg.eigenform:
         from .eigenform import run_eigenform
 
-        eig = _step(out, "eigenform", lambda: run_eigenform(org, plain[0], fast=True, progress=progress), log)
+        eig = step("eigenform", lambda: run_eigenform(org, plain[0], fast=True, progress=progress).metrics)
 
     study = assemble(cfg, em, scans, llc, overlap, eig, base_info=org.config.to_dict())
     study["elapsed_seconds_this_invocation"] = time.perf_counter() - t_start
@@ -184,11 +239,20 @@ def run_demo(
         out / "metrics.json",
         {"kind": "demo", **{k: v for k, v in study.items() if k != "elapsed_seconds_this_invocation"}},
     )
-    return study
+    return StudyResult(Path(out), study)
 
 
-def _llc_path(org, plain, cfg: DemoConfig, progress: bool) -> dict:
-    from ..measure.llc import SamplerConfig, llc_along_path
+def _plain_bands(scans: dict, n_seeds: int) -> list:
+    """Each plain seed's boundary band: the crossing interval of its own t* scan (None: it never crosses)."""
+    from ..measure.llc import crossing_interval
+
+    curves = scans["inoculation"]["plain"][:n_seeds]
+    return [crossing_interval(c["t"], c["broad_misalignment"], scans["level"]) for c in curves]
+
+
+def _llc_path(org, plain, cfg: DemoConfig, progress: bool, bands: list) -> dict:
+    """The LLC along each plain seed's path on ``llc_ts`` refined so every seed's band holds a point."""
+    from ..measure.llc import SamplerConfig, llc_along_path, refine_grid
     from ..models.edits import single_lora_delta
 
     ids = org.mixture_input_ids(cfg.llc_prompts, seed=123)
@@ -211,7 +275,7 @@ def _llc_path(org, plain, cfg: DemoConfig, progress: bool) -> dict:
             res = llc_along_path(
                 org.model,
                 {pname: delta},
-                list(cfg.llc_ts),
+                refine_grid(cfg.llc_ts, bands),
                 data=ids,
                 n=cfg.llc_prompts,
                 pad_token_id=0,
@@ -256,6 +320,7 @@ def _llc_path(org, plain, cfg: DemoConfig, progress: bool) -> dict:
             "prompts": cfg.llc_prompts,
         },
         "runs": runs,
+        "bands": [list(b) if b is not None else None for b in bands],
     }
 
 
@@ -289,24 +354,33 @@ def _peak(band: dict) -> dict:
     }
 
 
+def _peak_verdict(runs: list[dict], bands: list) -> dict:
+    """Does λ̂ peak inside each seed's own t* band?
+    (:func:`~persona_basins.measure.llc.peak_at_boundary_verdict`)"""
+    from ..measure.llc import peak_at_boundary_verdict
+
+    return peak_at_boundary_verdict(runs[0]["t"], [r["llc"] for r in runs], [r["mcse"] for r in runs], bands)
+
+
 def assemble(
     cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, eig: dict | None, base_info: dict
 ) -> dict:
     basins = summarize_basins(scans, n_random=cfg.n_random)
     llc_full = aggregate_scans(llc["runs"]["full"], "llc")
     llc_layer = aggregate_scans(llc["runs"]["layer"], "llc")
+    llc_bands = llc.get("bands") or _plain_bands(scans, len(llc["runs"]["full"]))
     from ..world.world import ROUTINE_GENRES
 
     zones = overlap["zones"]
     genres = list(zones[0]["per_genre"])
     overlap_fraction = {
-        **rate_interval([z["volume"] for z in zones]),
+        **rate_interval([z["volume"] for z in zones]).to_dict(),
         "epsilon": cfg.overlap_epsilon,
         "quantity": "behavioural overlap (not SLT degeneracy)",
         "definition": "share of the world's request distribution (weighted) whose exact answer "
         "distributions differ by total variation < epsilon",
-        "by_genre": {g: rate_interval([z["per_genre"][g] for z in zones]) for g in genres},
-        "probe_fraction": rate_interval([z["fraction"] for z in zones]),
+        "by_genre": {g: rate_interval([z["per_genre"][g] for z in zones]).to_dict() for g in genres},
+        "probe_fraction": rate_interval([z["fraction"] for z in zones]).to_dict(),
         "routine_share": zones[0]["routine_share"],
         # found versus built in: the routine genres are answered alike by every persona by
         # construction, so a persona change leaves about this share in the overlap anyway
@@ -314,7 +388,7 @@ def assemble(
         "volume_beyond_routine_share": [z["volume"] - z["routine_share"] for z in zones],
         "content_genres_in_overlap": rate_interval(
             [float(np.mean([z["per_genre"][g] for g in genres if g not in ROUTINE_GENRES])) for z in zones]
-        ),
+        ).to_dict(),
     }
     t_plain = basins["critical_magnitude"]["plain"]["mean"]
     study = {
@@ -344,6 +418,7 @@ def assemble(
             "loss": "self_kl",
             "restrict": "all parameters",
             **_peak(llc_full),
+            "peak_verdict": _peak_verdict(llc["runs"]["full"], llc_bands),
             "critical_magnitude_plain": t_plain,
             "hyperparameters": llc["hyperparameters"],
         },
@@ -352,6 +427,7 @@ def assemble(
             "loss": "self_kl",
             "restrict": llc["restrict"]["layer"],
             **_peak(llc_layer),
+            "peak_verdict": _peak_verdict(llc["runs"]["layer"], llc_bands),
         },
         "overlap_fraction": overlap_fraction,
         "boundary_probing": {k: v for k, v in overlap["boundary_search"].items() if k != "probes"},
@@ -377,27 +453,15 @@ def assemble(
     return study
 
 
+def _verdict_text(section: dict) -> str:
+    v = section.get("peak_verdict")
+    if not v:
+        return "n/a"
+    return f"{v['verdict']} ({v['supports']} support, {v['seeds_never_crossing']} never cross)"
+
+
 def summary_lines(study: dict) -> list[str]:
-    def fmt(s):
-        if not s:
-            return "n/a"
-        if s.get("mean") is None:
-            lb = s.get("lower_bound") or {}
-            ca = s.get("censored_above")
-            per = s.get("per_seed")
-            if s.get("kind") == "lower_bound" and lb.get("mean") is not None:
-                return (
-                    f">= {lb['mean']:.2f} [{lb['ci_low']:.2f}, {lb['ci_high']:.2f}] (lower bound, "
-                    f"{s['n_defined']} of {s['n']} seeds)"
-                )
-            if lb.get("mean") is not None:
-                crossed = [round(v, 2) for v in per if v is not None] if per else []
-                return (
-                    f">= {lb['mean']:.2f} ({s.get('n_censored')} of {s['n']} seeds never cross up to "
-                    f"t={ca}; the others: {crossed})"
-                )
-            return f"censored above t={ca}" if ca is not None else "n/a"
-        return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+    fmt = format_censored
 
     em = study["emergent_misalignment"]
     cm = study["critical_magnitude"]
@@ -412,6 +476,7 @@ def summary_lines(study: dict) -> list[str]:
         f"t*, random rank-1 direction              {fmt(cm['random'])}",
         f"widening t*_inoc / t*_plain (own dirs)   {fmt(study['inoculation_widening'])}",
         f"LLC (self-KL) peaks at t =               {study['llc_along_path'].get('t_argmax')}",
+        f"LLC peak inside each seed's t* band      {_verdict_text(study['llc_along_path'])}",
         f"behavioural overlap volume (eps={study['overlap_fraction']['epsilon']})   "
         f"{fmt(study['overlap_fraction'])} (routine share built in: {study['overlap_fraction']['routine_share']:g})",
     ]
@@ -419,11 +484,7 @@ def summary_lines(study: dict) -> list[str]:
     if ex:
 
         def rate(x):
-            return (
-                f"{x['mean']:.3f}"
-                + (f" [{x['ci_low']:.3f}, {x['ci_high']:.3f}]" if x.get("ci_low") is not None else "")
-                + f" per seed {[round(v, 3) for v in x['per_seed']]}"
-            )
+            return f"{format_interval(x)} per seed {[round(v, 3) for v in x['per_seed']]}"
 
         base = em["base"]
         lines.append(

@@ -1,8 +1,8 @@
 """The eigenform experiment: seeds x arms (process variants) x perturbation scales, paired over t.
 
-The measurements (the cycle, the probe, the paired runs, the estimators, the verdict) live in
-:mod:`persona_basins.measure.eigenform`; this module chooses the scales, runs the grid, summarises it over
-seeds and writes the ``eigenform`` run folder.
+The measurements (the cycle, the probe, the paired runs) live in :mod:`persona_basins.measure.eigenform`,
+the estimators and the verdict in :mod:`persona_basins.measure.eigenform_verdicts`; this module chooses the
+scales, runs the grid, summarises it over seeds and writes the ``eigenform`` run folder.
 """
 
 from __future__ import annotations
@@ -15,21 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..measure.eigenform import (
-    ARMS,
-    VARIANTS,
-    EigenformConfig,
-    Probe,
-    breaking,
-    contraction_factor,
-    last_safe_scale,
-    return_rate,
-    run_paired,
-    verdict,
-)
+from ..errors import ConfigError, UserError
+from ..measure.eigenform import ARMS, VARIANTS, EigenformConfig, Probe, run_paired
+from ..measure.eigenform_verdicts import breaking, contraction_factor, last_safe_scale, return_rate, verdict
 from ..models.edits import adapter_on_copy, clean_base, is_peft, lora_deltas, merged_copy
-from ..stats import ci95, rate_interval
+from ..results import StudyResult
+from ..stats import format_interval, mean_interval, rate_interval
 
 # the static scan that places the perturbations: the first grid point where the static model breaks, and
 # the grid point nearest half of it (a sub-threshold perturbation)
@@ -69,40 +60,11 @@ def resolve_adapter(org, adapter_dir_or_peft_model):
     return base, lora_deltas(peft_model)
 
 
-def _rate(values, why_undefined: str) -> dict:
-    """A rate over seeds with an in-range interval; undefined per-seed values make it null, with the reason."""
-    if any(not math.isfinite(v) for v in values):
-        return {
-            "mean": None,
-            "ci_low": None,
-            "ci_high": None,
-            "n": len(values),
-            "per_seed": [v if math.isfinite(v) else None for v in values],
-            "reason": why_undefined,
-        }
-    return rate_interval(values)
-
-
-def _stat(values, why_undefined: str) -> dict:
-    """An unbounded quantity over seeds (Student-t interval); null with the reason when a seed has none."""
-    if any(not math.isfinite(v) for v in values):
-        return {
-            "mean": None,
-            "ci_low": None,
-            "ci_high": None,
-            "n": len(values),
-            "per_seed": [v if math.isfinite(v) else None for v in values],
-            "reason": why_undefined,
-        }
-    out = ci95(values)
-    if len(values) == 1:
-        out["ci_low"] = out["ci_high"] = None  # one seed: no interval
-    return out
-
-
 def _finite(value: float, what: str) -> float:
     if not math.isfinite(value):
-        raise UserError(f"eigenform: {what} is {value}; the process diverged (lower --sleep-lr)")
+        raise ConfigError(
+            "EigenformConfig", "sleep_lr", f"is too large: {what} is {value}, the process diverged"
+        )
     return value
 
 
@@ -135,8 +97,9 @@ def run_eigenform(
     config: EigenformConfig | None = None,
     arms: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
-) -> dict:
-    """The eigenform experiment; returns the ``metrics.json`` dict (the headline stats at top level).
+) -> StudyResult:
+    """The eigenform experiment: the result holds no folder (``run_dir`` None) and the ``metrics.json`` dict
+    (the headline stats at top level).
 
     ``ts`` None: the static model is scanned over ``SCAN`` and the process runs at the first scale where
     it breaks and at one below (``choose_scales``); ``t = 0`` (the unperturbed trajectory every paired
@@ -148,9 +111,9 @@ def run_eigenform(
     seeds = preset["seeds"] if seeds is None else int(seeds)
     arms = tuple(preset["arms"] if arms is None else arms)
     if cycles <= 0:
-        raise UserError(f"--cycles must be > 0, got {cycles}")
+        raise UserError(f"cycles must be >= 1, got {cycles}")
     if seeds <= 0:
-        raise UserError(f"--seeds must be > 0, got {seeds}")
+        raise UserError(f"seeds must be >= 1, got {seeds}")
     if ts is not None and (not ts or any(not math.isfinite(t) or t < 0 for t in ts)):
         raise UserError("the perturbation grid must be non-empty finite scales t >= 0")
     if not arms:
@@ -159,14 +122,14 @@ def run_eigenform(
     if fast and config is None:
         cfg = replace(cfg, **FAST_CONFIG)
     arm_cfgs = {a: cfg.for_arm(a) for a in arms}
-    world, vocab = org.world, org.vocab
+    world = org.world
     try:
         world.system_words(cfg.context)
     except ValueError as e:
         raise UserError(str(e)) from None
     t0 = time.time()
     base, deltas = resolve_adapter(org, adapter_dir_or_peft_model)
-    probe = Probe.build(base, world, vocab, cfg.vector_layer)
+    probe = Probe.build(org.with_model(base), cfg.vector_layer)
     scan = {t: probe(merged_copy(base, deltas, t)) for t in SCAN}
     scan_m = [scan[t]["broad_misalignment"] for t in SCAN]
     scan_wf = [scan[t]["wellformed"] for t in SCAN]
@@ -186,7 +149,7 @@ def run_eigenform(
     for a, s in tqdm(
         [(a, s) for a in arms for s in range(seeds)], desc="eigenform", disable=not progress, leave=False
     ):
-        paired = run_paired(starts, world, vocab, probe, cycles=cycles, seed=s, cfg=arm_cfgs[a])
+        paired = run_paired(org, starts, probe, cycles=cycles, seed=s, cfg=arm_cfgs[a])
         for i, t in enumerate(run_ts):
             tr = paired[t]
             for key in ("broad_misalignment", "wellformed", "distance", "paired_distance"):
@@ -205,21 +168,21 @@ def run_eigenform(
         def over_cycles(key: str, i: int, lo=None, hi=None) -> dict:
             rows = np.array([tr[i][s][key] for s in range(seeds)], dtype=float)
             per_k = [
-                (rate_interval(rows[:, k], lo=lo, hi=hi) if lo is not None else _stat(list(rows[:, k]), ""))
+                (rate_interval(rows[:, k], lo=lo, hi=hi) if lo is not None else mean_interval(rows[:, k]))
                 for k in range(rows.shape[1])
             ]
             return {
                 "cycle": list(range(rows.shape[1])),
-                "mean": [p["mean"] for p in per_k],
-                "ci_low": [p["ci_low"] for p in per_k],
-                "ci_high": [p["ci_high"] for p in per_k],
+                "mean": [p.value for p in per_k],
+                "ci_low": [p.low for p in per_k],
+                "ci_high": [p.high for p in per_k],
                 "per_seed": rows.tolist(),
                 "n": seeds,
             }
 
         brk_idx = [i for i in range(n_t) if brk[i]]
         return {
-            "return_rate": _rate(
+            "return_rate": rate_interval(
                 [
                     return_rate(
                         static_m,
@@ -232,45 +195,55 @@ def run_eigenform(
                     )
                     for f, w in zip(final, final_wf)
                 ],
-                "no scale of the run breaks the static model: nothing to return from",
-            ),
-            "paired_contraction": _stat(
+                undefined="no scale of the run breaks the static model: nothing to return from",
+            ).to_dict(),
+            "paired_contraction": mean_interval(
                 [contraction_factor([tr[i][s]["paired_distance"] for i in pos]) for s in range(seeds)],
-                "a paired distance reached 0 or fewer than 2 cycles",
-            ),
+                undefined="a paired distance reached 0 or fewer than 2 cycles",
+            ).to_dict(),
             # the same fit on the paired behavioural distance (TV between the persona distributions, which
             # sum to the well-formed mass): does the behaviour come back geometrically, whatever the weights do
-            "behavioural_contraction": _stat(
+            "behavioural_contraction": mean_interval(
                 [contraction_factor([tr[i][s]["paired_tv"] for i in pos]) for s in range(seeds)],
-                "a paired TV reached 0 or fewer than 2 cycles",
-            ),
+                undefined="a paired TV reached 0 or fewer than 2 cycles",
+            ).to_dict(),
             # the paired distance can shrink by at most the path the process travels: sum of successive distances
             "path_length": {
-                f"{run_ts[i]:g}": _stat([float(np.sum(tr[i][s]["distance"])) for s in range(seeds)], "")
+                f"{run_ts[i]:g}": mean_interval(
+                    [float(np.sum(tr[i][s]["distance"])) for s in range(seeds)]
+                ).to_dict()
                 for i in pos
             },
             "paired_contraction_by_t": {
-                f"{run_ts[i]:g}": _stat(
+                f"{run_ts[i]:g}": mean_interval(
                     [contraction_factor(tr[i][s]["paired_distance"]) for s in range(seeds)],
-                    "fewer than 2 cycles",
-                )
+                    undefined="fewer than 2 cycles",
+                ).to_dict()
                 for i in pos
             },
-            "process_safe_scale": ci95(
+            "process_safe_scale": mean_interval(
                 [
                     last_safe_scale(run_ts, f, cfg.safe_level, wellformed=w, wellformed_level=wl)
                     for f, w in zip(final, final_wf)
                 ]
-            ),
-            "final_misalignment": [rate_interval([final[s][i] for s in range(seeds)]) for i in range(n_t)],
-            "final_wellformed": [rate_interval([final_wf[s][i] for s in range(seeds)]) for i in range(n_t)],
+            ).to_dict(),
+            "final_misalignment": [
+                rate_interval([final[s][i] for s in range(seeds)]).to_dict() for i in range(n_t)
+            ],
+            "final_wellformed": [
+                rate_interval([final_wf[s][i] for s in range(seeds)]).to_dict() for i in range(n_t)
+            ],
             "final_misalignment_at_break": (
-                rate_interval([float(np.mean([final[s][i] for i in brk_idx])) for s in range(seeds)])
+                rate_interval(
+                    [float(np.mean([final[s][i] for i in brk_idx])) for s in range(seeds)]
+                ).to_dict()
                 if brk_idx
                 else None
             ),
             "final_wellformed_at_break": (
-                rate_interval([float(np.mean([final_wf[s][i] for i in brk_idx])) for s in range(seeds)])
+                rate_interval(
+                    [float(np.mean([final_wf[s][i] for i in brk_idx])) for s in range(seeds)]
+                ).to_dict()
                 if brk_idx
                 else None
             ),
@@ -328,7 +301,7 @@ def run_eigenform(
     out["eigenform"] = {k: out[k] for k in HEADLINE}  # the explorer's headline view of a run folder
     if log:
         log(summary_table(out))
-    return out
+    return StudyResult(None, out)
 
 
 def run_eigenform_command(
@@ -343,8 +316,8 @@ def run_eigenform_command(
     config: EigenformConfig,
     progress: bool,
     arms: Sequence[str] | None = None,
-) -> dict:
-    """``persona-basins eigenform``: check the adapter, run, write the run folder; returns ``{metrics, run}``."""
+) -> StudyResult:
+    """``persona-basins eigenform``: check the adapter, run, write the run folder ``out``."""
     from ..models.organism import load_organism
     from ..results import RunDir
 
@@ -376,42 +349,34 @@ def run_eigenform_command(
         progress=progress,
         config=config,
         arms=arms,
-    )
+    ).metrics
     run.config.update(cycles=m["cycles"], seeds=m["seeds"], ts=m["ts"], arms=m["arms"])
-    run.write_config()
     run.write_metrics(m)
-    return {"metrics": m, "run": run}
+    return StudyResult(run.path, m)
 
 
-def _fmt(s) -> str:
-    if s is None:
-        return "n/a"
-    if isinstance(s, int | float):
-        return f"{s:.3f}"
-    if s["mean"] is None or not math.isfinite(s["mean"]):
-        return f"n/a ({s['reason']})" if s.get("reason") else "n/a"
-    lo, hi = s["ci_low"], s["ci_high"]
-    if lo is None or not math.isfinite(lo):
-        return f"{s['mean']:.3f}"
-    return f"{s['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+def _scale(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def summary_table(m: dict) -> str:
     lines = [f"{'t':>6}  {'static':>8}  " + "  ".join(f"{a + ' after N':>24}" for a in m["arms"])]
     for i, t in enumerate(m["ts"]):
         row = f"{t:>6.2f}  {m['static']['broad_misalignment'][i]:>8.3f}  "
-        row += "  ".join(f"{_fmt(m['by_arm'][a]['final_misalignment'][i]):>24}" for a in m["arms"])
+        cells = (format_interval(m["by_arm"][a]["final_misalignment"][i]) for a in m["arms"])
+        row += "  ".join(f"{cell:>24}" for cell in cells)
         lines.append(row + ("   <- breaks the static model" if m["breaking"][i] else ""))
     lines.append(
-        f"static_safe_scale {_fmt(m['static_safe_scale'])}, static_break_scale "
-        f"{_fmt(m['static_break_scale'])} (scan grid points; deterministic)"
+        f"static_safe_scale {_scale(m['static_safe_scale'])}, static_break_scale "
+        f"{_scale(m['static_break_scale'])} (scan grid points; deterministic)"
     )
     for a in m["arms"]:
         b = m["by_arm"][a]
         lines.append(
-            f"[{a}] return_rate {_fmt(b['return_rate'])}  paired contraction (weights "
-            f"{_fmt(b['paired_contraction'])}, behaviour {_fmt(b['behavioural_contraction'])})  "
-            f"well-formed at break {_fmt(b['final_wellformed_at_break'])}"
+            f"[{a}] return_rate {format_interval(b['return_rate'])}  paired contraction (weights "
+            f"{format_interval(b['paired_contraction'])}, "
+            f"behaviour {format_interval(b['behavioural_contraction'])})  "
+            f"well-formed at break {format_interval(b['final_wellformed_at_break'])}"
         )
     v = m["verdict"]
     lines.append(f"verdict: {v['answer']} (closest: {v['closest']}; {v['reason']})")

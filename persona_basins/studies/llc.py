@@ -1,6 +1,9 @@
-"""LLC studies: one estimate, a calibration grid, and developmental stages over pretraining checkpoints, each
-written to a run folder. Figures are drawn by ``persona_basins.viz.llc_figures`` from what these return (the
-``figures`` names in metrics.json are where the command draws them).
+"""LLC studies: one estimate, a calibration grid, developmental stages over pretraining checkpoints, the LLC
+over an em fine-tune's adapter checkpoints and along the basin path, each written to a run folder.
+
+Every ``run_*`` returns a :class:`~persona_basins.results.StudyResult`; the command draws its figures with
+``persona_basins.viz.llc_figures`` from ``metrics`` and ``figure_data`` into ``run_dir / "figures"`` under the
+names the metrics list (``metrics["figures"]``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..measure.llc import SamplerConfig, calibrate, critical_points, estimate_llc
-from ..results import RunDir
+from ..results import RunDir, StudyResult
 
 
 @dataclass
@@ -123,12 +126,19 @@ def load_target(
     return LLCTarget(model, loss_fn, ids, restrict, source)
 
 
+# Diagnostics from which a withheld mean would follow (quarter means of the λ trace): left out when withheld.
+_MEAN_REVEALING_DIAGNOSTICS = ("llc_per_draw_mean_trace_first_last_quarter",)
+
+
 def _summary(res) -> dict:
     """The estimate with its MCSE-based 95% interval (valid with shared minibatches: see
-    ``diagnostics.convergence``), or null + reasons when the equilibrium gates failed."""
-    lo, hi = res.interval if res.interval is not None else (None, None)
-    if not res.converged:
-        lo = hi = None
+    ``diagnostics.convergence``), or, when the equilibrium gates failed, null + reasons and no number from
+    which the withheld mean follows (no per-chain values, no spread over chains); the diagnostics stay."""
+    withheld = not res.converged
+    lo, hi = res.interval if res.interval is not None and not withheld else (None, None)
+    diagnostics = res.diagnostics
+    if withheld:
+        diagnostics = {k: v for k, v in diagnostics.items() if k not in _MEAN_REVEALING_DIAGNOSTICS}
     return {
         "llc": {
             "mean": res.value,
@@ -138,10 +148,10 @@ def _summary(res) -> dict:
             "interval": "mean ± 1.96 MCSE (from ESS), floored at 0",
             "converged": res.converged,
             "reasons": res.reasons,
-            "std_over_chains": res.std,
+            "std_over_chains": None if withheld else res.std,
         },
-        "per_chain": res.per_chain,
-        "diagnostics": res.diagnostics,
+        "per_chain": None if withheld else res.per_chain,
+        "diagnostics": diagnostics,
     }
 
 
@@ -160,12 +170,12 @@ def run_estimate(
     run_config: dict | None = None,
     progress: bool = False,
     calibrate_steps=None,
-) -> dict:
+) -> StudyResult:
     """One LLC estimate written to ``out`` (config.json, metrics.json). With ``calibrate_steps`` (a list of
     step sizes) the step size x localisation grid is calibrated first (short chains, see
     :func:`~persona_basins.measure.llc.calibrate`) and the estimate uses the recommended setting at
-    ``config``'s chain length; no recommendation is a one-line error. Returns ``{"result", "run", "metrics"}``;
-    the trace figure goes to ``run.figure_path(TRACE_FIGURE)``."""
+    ``config``'s chain length; no recommendation is a one-line error. ``figure_data["traces"]``: the panels of
+    the trace figure (:data:`TRACE_FIGURE`), label -> chains x draws."""
     n = n or len(target.input_ids)
     calibration = None
     if calibrate_steps:
@@ -200,7 +210,6 @@ def run_estimate(
             "restrict_used": target.restrict,
         },
     )
-    run.write_config()
     res = estimate_llc(
         target.model,
         target.loss_fn,
@@ -210,17 +219,21 @@ def run_estimate(
         restrict=target.restrict,
         progress=progress,
     )
+    # a withheld estimate's traces stay out of metrics.json (their mean is the withheld number); the trace
+    # figure still shows them
+    withheld = not res.converged
     metrics = {
         **_summary(res),
         "loss": res.diagnostics["loss"],
         "data_source": target.source,
-        "loss_trace": res.loss_trace,
-        "llc_trace": res.llc_trace,
+        "loss_trace": None if withheld else res.loss_trace,
+        "llc_trace": None if withheld else res.llc_trace,
         "figures": [f"figures/{TRACE_FIGURE}"],
         "calibration": calibration,
     }
     run.write_metrics(metrics)
-    return {"result": res, "run": run, "metrics": metrics}
+    traces = {"loss (minibatch) per draw": res.loss_trace, "λ per draw = nβ(L_B(w) − L_B(w*))": res.llc_trace}
+    return StudyResult(run.path, metrics, {"traces": traces})
 
 
 def run_calibrate(
@@ -234,11 +247,11 @@ def run_calibrate(
     n: int | None = None,
     run_config: dict | None = None,
     progress: bool = False,
-) -> dict:
+) -> StudyResult:
     """A step size x n_beta x localisation grid (:func:`~persona_basins.measure.llc.calibrate`) written to
-    ``out`` with the recommended setting (``metrics["config"]``, a SamplerConfig dict, or null). Returns
-    ``{"metrics", "traces", "run"}``; the figures go to ``run.figure_path(CALIBRATION_GRID_FIGURE)`` and
-    ``run.figure_path(CALIBRATION_FIGURE)``."""
+    ``out`` with the recommended setting (``metrics["config"]``, a SamplerConfig dict, or null).
+    ``figure_data["traces"]``: ``{(nbeta, step_size, localization): chains x draws}`` for
+    :data:`CALIBRATION_FIGURE`; the grid figure is drawn from ``metrics["grid"]``."""
     n = n or len(target.input_ids)
     run = RunDir(
         out,
@@ -250,7 +263,6 @@ def run_calibrate(
             "restrict_used": target.restrict,
         },
     )
-    run.write_config()
     cal = calibrate(
         target.model,
         target.loss_fn,
@@ -268,11 +280,11 @@ def run_calibrate(
         cal["recommended"]["recommended"] = True
     metrics = {**cal, "figures": [f"figures/{CALIBRATION_GRID_FIGURE}", f"figures/{CALIBRATION_FIGURE}"]}
     run.write_metrics(metrics)
-    return {"metrics": metrics, "traces": traces, "run": run}
+    return StudyResult(run.path, metrics, {"traces": traces})
 
 
 def _critical_points_of_converged(steps, values, smooth: float) -> dict:
-    """Critical points over the checkpoints whose estimate passed the gates; ``smoothed`` is null elsewhere."""
+    """Critical points over the checkpoints whose estimate passed the gates (``smoothed`` null elsewhere)."""
     keep = [i for i, v in enumerate(values) if v is not None]
     smoothed = [None] * len(values)
     if len(keep) < 3:
@@ -301,10 +313,11 @@ def run_stages(
     heads: bool = True,
     run_config: dict | None = None,
     device: str = "cpu",
-) -> dict:
+) -> StudyResult:
     """The LLC over an organism's pretraining checkpoints; stage boundaries at the critical points of the
-    Gaussian-smoothed curve; per-layer and per-head weight-restricted curves. Returns ``{"metrics", "run",
-    "curves", "stds", "critical", "n_layers", "n_heads"}`` (what :func:`viz.llc_figures.plot_stages` needs)."""
+    Gaussian-smoothed curve; per-layer and per-head weight-restricted curves. ``figure_data``: the arguments
+    of :func:`persona_basins.viz.llc_figures.plot_stages` (steps, curves, stds, critical, n_layers,
+    n_heads)."""
     from ..models.hf import load_causal_lm
     from ..models.lm import lm_loss
     from ..models.organism import list_checkpoints, load_organism
@@ -322,7 +335,6 @@ def run_stages(
     ids = org.mixture_input_ids(n_docs, config.seed)
     n = n or len(ids)
     run = RunDir(out, "llc_stages", {**(run_config or {}), "sampler": config.to_dict()})
-    run.write_config()
     cfg = org.model.config
     n_layers, n_heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
     comps = [("full", None)]
@@ -394,15 +406,15 @@ def run_stages(
         "loss": "lm_cross_entropy",
     }
     run.write_metrics(metrics)
-    return {
-        "metrics": metrics,
-        "run": run,
+    figure_data = {
+        "steps": steps,
         "curves": curves,
         "stds": stds,
         "critical": cp,
         "n_layers": n_layers,
         "n_heads": n_heads,
     }
+    return StudyResult(run.path, metrics, figure_data)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -412,7 +424,8 @@ TRAJECTORY_FIGURE = "llc_trajectory.png"
 
 
 def _em_checkpoints(unit_dir: Path) -> list[tuple[int, Path]]:
-    """``[(step, adapter folder)]``: ``checkpoints/step_NNNNNN`` and the final adapter (step from result.json)."""
+    """``[(step, adapter folder)]``: ``checkpoints/step_NNNNNN`` and the final adapter (its step from
+    result.json)."""
     out = []
     for d in sorted((unit_dir / "checkpoints").glob("step_*")):
         try:
@@ -429,23 +442,23 @@ def _em_checkpoints(unit_dir: Path) -> list[tuple[int, Path]]:
     return out
 
 
-def _first_jump(steps, values) -> int | None:
-    """The step ending the largest one-interval rise over the converged (non-null) points
-    (:func:`persona_basins.measure.transition.jump_step`, the behavioural curve's definition)."""
-    from ..measure.transition import jump_step
-
-    pts = [(s, v) for s, v in zip(steps, values) if v is not None]
-    return jump_step([s for s, _ in pts], [v for _, v in pts]) if len(pts) >= 2 else None
+JUMP_DEFINITION = (
+    "the step where the curve first crosses half-way between its start (step 0) and end levels, linearly "
+    "interpolated between checkpoints; both curves read at the same checkpoints"
+)
+ORDERS = ("before", "with", "after", "undecided")
 
 
-def _timing(llc_jump, beh_jump, spacing: float) -> str:
-    if llc_jump is None or beh_jump is None:
-        return "undecided (too few converged points)"
-    if llc_jump < beh_jump - spacing / 2:
-        return "before"
-    if llc_jump > beh_jump + spacing / 2:
-        return "after"
-    return "with"
+def _jump_order(steps, row: dict, behaviour) -> dict:
+    """:func:`~persona_basins.measure.llc.jump_order_verdict` of one LLC curve against the behaviour, or
+    undecided when the checkpoints do not start at step 0."""
+    from ..measure.llc import jump_order_verdict
+
+    if steps[0] != 0:
+        return {"order": "undecided", "why": f"no step-0 checkpoint (the first is step {steps[0]})"}
+    if len(steps) < 2:
+        return {"order": "undecided", "why": "one checkpoint"}
+    return jump_order_verdict(steps, row["llc"], row["mcse"], behaviour)
 
 
 def run_trajectory(
@@ -459,16 +472,18 @@ def run_trajectory(
     n_docs: int = 32,
     run_config: dict | None = None,
     device: str = "cpu",
-) -> dict:
+) -> StudyResult:
     """The adapter-restricted and layer-restricted LLC (self-KL at each checkpoint, so each checkpoint is a
     minimum of its own loss) at every saved adapter checkpoint of an ``em`` run, beside the behavioural curve
     (broad misalignment), ‖B‖ and the local cosine of the B trajectory from the run's ``result.json``.
 
-    Per seed it reports which comes first: the step ending the LLC's largest rise (converged points only) vs the
-    step ending broad misalignment's largest rise ("before" / "with" / "after" within half a checkpoint
-    spacing, or undecided). Returns ``{"metrics", "run"}``.
+    Broad misalignment is read at the same checkpoints (step 0 included: ``finetune`` saves it). Per seed
+    it reports which rises first, each curve's jump defined one way (:data:`JUMP_DEFINITION`): "before" /
+    "with" (the same checkpoint interval) / "after" / "undecided", by
+    :func:`~persona_basins.measure.llc.jump_order_verdict`. The figure is drawn from the metrics.
     """
     from ..measure.llc import self_kl_loss_fn
+    from ..measure.persona import em_readout
     from ..models.edits import adapter_on_copy
     from ..models.organism import load_organism
     from ..results import read_json
@@ -492,7 +507,6 @@ def run_trajectory(
             "sampler": config.to_dict(),
         },
     )
-    run.write_config()
     units = {}
     for cond in conditions:
         cdir = em_run / "adapters" / cond
@@ -510,6 +524,11 @@ def run_trajectory(
             result = read_json(sd / "result.json") if (sd / "result.json").is_file() else {}
             layer = int(result.get("config", {}).get("layer", 0))
             rows = {"steps": [s for s, _ in cks]}
+            # behaviour read at the LLC's checkpoints (exact: the readout the em run's transition uses)
+            behaviour = [
+                em_readout(org.with_model(adapter_on_copy(org.model, folder)))["broad_misalignment"]
+                for _step, folder in cks
+            ]
             for key, restrict in (("adapter", "adapter"), ("layer", f"layer:{layer}")):
                 vals, mcses, conv, reasons = [], [], [], []
                 for _step, folder in cks:
@@ -528,29 +547,18 @@ def run_trajectory(
                     "reasons": reasons,
                 }
             tr = result.get("transition") or {}
-            beh_steps = tr.get("eval_steps") or []
-            beh = tr.get("broad_misalignment") or []
             rows["behaviour"] = {
-                "steps": beh_steps,
-                "broad_misalignment": beh,
+                "steps": rows["steps"],
+                "broad_misalignment": behaviour,
+                "source": "read at each checkpoint (em_readout, exact)",
                 "b_norm": tr.get("b_norm"),
                 "local_cos": tr.get("local_cos"),
-                "source": "result.json transition" if tr else "absent (run em with tracking)",
             }
-            spacing = (rows["steps"][1] - rows["steps"][0]) if len(rows["steps"]) > 1 else 1.0
-            bj = _first_jump(beh_steps, beh) if beh_steps else None
-            rows["order"] = {
-                k: {
-                    "llc_jump_step": _first_jump(rows["steps"], rows[k]["llc"]),
-                    "behaviour_jump_step": bj,
-                    "order": _timing(_first_jump(rows["steps"], rows[k]["llc"]), bj, spacing),
-                }
-                for k in ("adapter", "layer")
-            }
+            rows["order"] = {k: _jump_order(rows["steps"], rows[k], behaviour) for k in ("adapter", "layer")}
             units[f"{cond}/{sd.name}"] = rows
     n_units = len(units)
     order_counts = {
-        k: {o: sum(u["order"][k]["order"] == o for u in units.values()) for o in ("before", "with", "after")}
+        k: {o: sum(u["order"][k]["order"] == o for u in units.values()) for o in ORDERS}
         for k in ("adapter", "layer")
     }
     metrics = {
@@ -559,11 +567,12 @@ def run_trajectory(
         "loss": "self_kl",
         "n_docs": n_docs,
         "order_k_of_n": {k: {o: f"{c} of {n_units}" for o, c in v.items()} for k, v in order_counts.items()},
+        "jump_definition": JUMP_DEFINITION,
         "gradient_norm": "not recorded (the em run does not save it)",
         "figures": [f"figures/{TRAJECTORY_FIGURE}"],
     }
     run.write_metrics(metrics)
-    return {"metrics": metrics, "run": run}
+    return StudyResult(run.path, metrics)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -582,13 +591,43 @@ def _adapter_dirs(em_run: Path, condition: str, seeds: int | None) -> list[Path]
     return dirs[:seeds] if seeds is not None else dirs
 
 
+def _scan_grid(ts) -> list[float]:
+    """The default behavioural scan grid: four scan intervals per interval of the LLC grid ``ts``."""
+    t = sorted(float(x) for x in ts)
+    if len(t) < 2:
+        return t
+    return [round(float(x), 9) for x in np.linspace(t[0], t[-1], 4 * (len(t) - 1) + 1)]
+
+
+def _path_bands(org, deltas: dict, scan_ts, level: float) -> tuple[dict, dict]:
+    """Each seed's band: the crossing interval of broad misalignment on its own scan (plain, inoculated); the
+    random control takes the paired plain seed's band (is there a peak at the same t without the adapter's
+    direction?). Returns ``(bands, scans)``, per direction a list over seeds (a band is None: it never
+    crosses)."""
+    from ..measure.basins import scan
+    from ..measure.llc import crossing_interval
+
+    bands, scans = {}, {}
+    for direc in ("plain", "inoculated"):
+        scans[direc] = [
+            scan(org, pname.removesuffix(".weight"), dw, scan_ts, n_loss_docs=0)["broad_misalignment"]
+            for pname, dw in deltas[direc]
+        ]
+        bands[direc] = [crossing_interval(scan_ts, curve, level) for curve in scans[direc]]
+    bands["random"] = bands["plain"][: len(deltas["random"])]
+    return bands, scans
+
+
 def run_path_study(
     em_run: str | Path,
     out: str | Path,
     *,
     config: SamplerConfig,
-    band,
+    band=None,
     ts=(0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
+    scan_ts=None,
+    level: float = 0.5,
+    points_per_band: int = 1,
     organism: str | Path | None = None,
     seeds: int | None = None,
     n_docs: int = 32,
@@ -596,34 +635,43 @@ def run_path_study(
     kl_directions=("forward", "reverse"),
     restricts=("all", "layer"),
     run_config: dict | None = None,
-) -> dict:
-    """λ̂(t) at ``w0 + t dW`` for each fine-tuning seed's plain adapter, a random direction of the same norm
-    (seeded per seed) and the inoculated adapter; every parameter moving (``all``) and only the adapted layer
-    (``layer``); under the forward and the reverse self-KL (both 0 and minimal at every point, so each point is
-    a local minimum of its loss). Every point carries its gates (withheld: null + reasons). For each
-    combination the claim "λ̂ peaks inside the boundary band" gets a verdict over seeds
-    (:func:`~persona_basins.measure.llc.peak_at_boundary_verdict`). Returns ``{"metrics", "run"}``."""
-    import torch
+) -> StudyResult:
+    """λ̂(t) at ``w0 + t dW`` for each fine-tuning seed's plain adapter, a random rank-1 direction of the same
+    norm (seeded per seed, the basin study's control) and the inoculated adapter; every parameter moving
+    (``all``) and only the adapted layer (``layer``); under the forward and the reverse self-KL (both 0 and
+    minimal at every point, so each point is a local minimum of its loss). Every point carries its gates
+    (withheld: null + reasons). For each combination the claim "λ̂ peaks inside the boundary band" gets a
+    verdict over seeds (:func:`~persona_basins.measure.llc.peak_at_boundary_verdict`).
 
-    from ..measure.llc import llc_along_path, peak_at_boundary_verdict
+    Bands: each seed's own crossing interval of broad misalignment at ``level`` on a scan over ``scan_ts``
+    (default four scan intervals per interval of ``ts``); the random control uses its plain seed's band; a
+    seed that never crosses is excluded and counted. ``band=(LO, HI)``: one band for every seed instead (no
+    scans). The LLC grid is ``ts`` with ``points_per_band`` points added inside every band that holds none
+    (:func:`~persona_basins.measure.llc.refine_grid`). The figure is drawn from the metrics."""
+    from ..measure.basins import random_weight_deltas
+    from ..measure.llc import llc_along_path, peak_at_boundary_verdict, refine_grid
     from ..models.edits import adapter_on_copy, layer_of, single_lora_delta
     from ..models.organism import load_organism
 
     em_run = Path(em_run)
     if not (em_run / "adapters").is_dir():
         raise UserError(f"--em {em_run}: not an em run folder (no adapters/)")
-    lo, hi = (float(b) for b in band)
-    if not lo <= hi:
-        raise UserError(f"--band must be LO,HI with LO <= HI, got {band}")
+    if band is not None:
+        band = tuple(float(b) for b in band)
+        if len(band) != 2 or not band[0] <= band[1]:
+            raise UserError(f"--band must be LO,HI with LO <= HI, got {band}")
     bad = [d for d in directions if d not in PATH_DIRECTIONS]
     if bad:
         raise UserError(f"unknown direction(s) {bad}; choose from {', '.join(PATH_DIRECTIONS)}")
+    if points_per_band < 1:
+        raise UserError(f"points_per_band must be >= 1, got {points_per_band}")
     org = load_organism(_em_organism(em_run, organism))
     ids = org.mixture_input_ids(n_docs, seed=123)
     plain = _adapter_dirs(em_run, "plain", seeds)
     if not plain:
         raise UserError(f"--em {em_run}: no plain adapters")
     inoc = _adapter_dirs(em_run, "inoculated", seeds) if "inoculated" in directions else []
+    scan_ts = _scan_grid(ts) if scan_ts is None else sorted(float(t) for t in scan_ts)
     run = RunDir(
         out,
         "llc_path",
@@ -632,21 +680,26 @@ def run_path_study(
             "em_run": str(em_run.resolve()),
             "organism": str(organism),
             "sampler": config.to_dict(),
-            "band": [lo, hi],
+            "band": list(band) if band is not None else None,
             "ts": list(ts),
+            "scan_ts": scan_ts,
+            "level": level,
+            "points_per_band": points_per_band,
         },
     )
-    run.write_config()
     deltas = {"plain": [], "random": [], "inoculated": []}
     for s, d in enumerate(plain):
         name, dw = single_lora_delta(adapter_on_copy(org.model, d))
         deltas["plain"].append((f"{name}.weight", dw))
-        g = torch.Generator().manual_seed(10_000 + s)
-        r = torch.randn(dw.shape, generator=g)
-        deltas["random"].append((f"{name}.weight", r * (dw.norm() / r.norm())))
+        deltas["random"].append((f"{name}.weight", random_weight_deltas(dw, 1, seed=10_000 + s)[0]))
     for d in inoc:
         name, dw = single_lora_delta(adapter_on_copy(org.model, d))
         deltas["inoculated"].append((f"{name}.weight", dw))
+    if band is None:
+        bands, scans = _path_bands(org, deltas, scan_ts, level)
+    else:
+        bands, scans = {k: [band] * len(v) for k, v in deltas.items()}, None
+    grid = refine_grid(ts, [b for d in directions for b in bands[d]], points_per_band=points_per_band)
     layer = layer_of(deltas["plain"][0][0])
     curves, verdicts = {}, {}
     for direc in directions:
@@ -659,7 +712,7 @@ def run_path_study(
                     res = llc_along_path(
                         org.model,
                         {pname: dw},
-                        list(ts),
+                        grid,
                         data=ids,
                         n=n_docs,
                         pad_token_id=0,
@@ -680,14 +733,24 @@ def run_path_study(
                 curves[key] = per_seed
                 verdicts[key] = (
                     peak_at_boundary_verdict(
-                        ts, [p["llc"] for p in per_seed], [p["mcse"] for p in per_seed], (lo, hi)
+                        grid, [p["llc"] for p in per_seed], [p["mcse"] for p in per_seed], bands[direc]
                     )
                     if per_seed
                     else None
                 )
+    crossing = [b for b in bands["plain"] if b is not None]
     metrics = {
-        "ts": list(ts),
-        "band": [lo, hi],
+        "ts": grid,
+        "ts_requested": list(ts),
+        # the hull of the plain seeds' bands (what the figure shades); per seed: ``bands``
+        "band": [min(b[0] for b in crossing), max(b[1] for b in crossing)] if crossing else None,
+        "bands": {d: [list(b) if b is not None else None for b in bands[d]] for d in directions},
+        "band_source": "given (--band), one for every seed"
+        if band is not None
+        else f"each seed's crossing interval of broad misalignment = {level:g} on its scan over scan_ts "
+        "(random: the plain seed's band)",
+        "scan_ts": scan_ts if scans is not None else None,
+        "scans": scans,
         "layer": layer,
         "curves": curves,
         "verdicts": verdicts,
@@ -697,8 +760,9 @@ def run_path_study(
             "self_kl_reverse": "KL(p_w || p_point): 0 and minimal at the point; weights the tokens "
             "the moving model puts mass on",
         },
-        "random_direction": "Gaussian, scaled to the plain adapter's |dW|, seed 10000 + fine-tuning seed",
+        "random_direction": "rank-1 a b^T with Gaussian factors, scaled to the plain adapter's |dW|, seed "
+        "10000 + fine-tuning seed (measure.basins.random_weight_deltas: the basin study's control)",
         "figures": [f"figures/{PATH_FIGURE}"],
     }
     run.write_metrics(metrics)
-    return {"metrics": metrics, "run": run}
+    return StudyResult(run.path, metrics)

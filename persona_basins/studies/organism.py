@@ -1,11 +1,9 @@
 """Build the model organism (a study: it trains, then measures): pretrain on the persona mixture, post-train
-the assistant, read out, save atomically with a manifest of weight hashes."""
+the assistant, read out, save atomically with a manifest of every file's hash (the organism's identity)."""
 
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -17,14 +15,27 @@ from safetensors import SafetensorError
 
 from ..errors import UserError
 from ..models.lm import encode_documents
-from ..models.organism import ORGANISM_FORMAT, OrganismConfig, build_model, is_organism
-from ..results import atomic_write_text, normalize_modes, write_json
+from ..models.organism import (
+    MANIFEST,
+    ORGANISM_FORMAT,
+    OrganismConfig,
+    build_model,
+    is_organism,
+    verify_manifest,
+    write_manifest,
+)
+from ..results import (
+    as_stored,
+    atomic_write_text,
+    key_differences,
+    normalize_modes,
+    owner_alive,
+    read_json,
+    write_json,
+)
 from ..train.loop import train_lm
 from ..world import World
 from ..world.tokenizer import build_tokenizer
-
-MANIFEST = "persona_basins_manifest.json"  # written last: marks a finished folder this program wrote
-WEIGHT_FILES = ("model.safetensors", "pretrained/model.safetensors")
 
 
 def _stamp(model, cfg: OrganismConfig) -> None:
@@ -38,51 +49,39 @@ def _stamp(model, cfg: OrganismConfig) -> None:
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _read_quietly(path: Path):
+    """The JSON in ``path``, or None when it is missing or unreadable (the callers only ask "is it ours?")."""
+    try:
+        return read_json(path)
+    except UserError:
+        return None
 
 
 def existing_config(out: Path) -> dict | None:
     try:
-        return json.loads((out / "config.json").read_text())["persona_basins"]["organism"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return _read_quietly(out / "config.json")["persona_basins"]["organism"]
+    except (KeyError, TypeError):
         return None
 
 
 def written_by_us(out: Path) -> bool:
     """True for a folder this program wrote: its manifest, or (older builds) an organism config.json stamp."""
+    manifest = _read_quietly(out / MANIFEST)
+    if isinstance(manifest, dict) and manifest.get("format") == ORGANISM_FORMAT:
+        return True
     try:
-        if json.loads((out / MANIFEST).read_text()).get("format") == ORGANISM_FORMAT:
-            return True
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        stamp = json.loads((out / "config.json").read_text())["persona_basins"]
+        stamp = _read_quietly(out / "config.json")["persona_basins"]
         return stamp.get("format") == ORGANISM_FORMAT and is_organism(out)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return False
 
 
 def verify_weights(out: Path) -> str | None:
-    """None when the weights match their recorded hashes and load; else why not (one line)."""
+    """None when every file matches the manifest and both models load; else why not (one line)."""
     from ..models.organism import load_organism
 
     try:
-        manifest = json.loads((out / MANIFEST).read_text())
-        recorded = manifest["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"it has no readable {MANIFEST} with recorded weight hashes (built by an older version?)"
-    for rel in WEIGHT_FILES:
-        f = out / rel
-        if not f.is_file():
-            return f"{f} is missing"
-        if recorded.get(rel) != _sha256(f):
-            return f"{f} does not match its recorded hash (corrupt or changed)"
-    try:
+        verify_manifest(out)
         load_organism(out)
         load_organism(out, stage="pretrained")
     except UserError as e:
@@ -109,11 +108,12 @@ def check_out(out: Path, cfg: OrganismConfig, force: bool) -> bool:
         )
     if force:
         return False
-    same = existing_config(out) == json.loads(
-        json.dumps(cfg.to_dict())
-    )  # compare as stored (lists, not tuples)
-    if not same:
-        raise UserError(f"--out {out} already holds another organism; pass --force to replace it")
+    have, want = existing_config(out), as_stored(cfg.to_dict())
+    if have != want:
+        raise UserError(
+            f"--out {out} already holds another organism ({key_differences(have, want)}); "
+            f"pass --force to replace it"
+        )
     bad = verify_weights(out) or (
         None if (out / "metrics.json").is_file() else f"{out / 'metrics.json'} is missing"
     )
@@ -125,20 +125,13 @@ def check_out(out: Path, cfg: OrganismConfig, force: bool) -> bool:
 
 
 def _clean_leftovers(out: Path) -> None:
-    """Remove hidden temp folders of killed builds (``.NAME.building-PID-*``, ``.NAME.old-*``) beside ``out``."""
+    """Remove the folders of killed builds beside ``out``: ``.NAME.building-PID-*``, ``.NAME.old-*``."""
     if not out.parent.is_dir():
         return
-    for p in out.parent.glob(f".{glob.escape(out.name)}.building-*"):
-        try:
-            pid = int(p.name[len(f".{out.name}.building-") :].split("-", 1)[0])
-            if pid != os.getpid():
-                os.kill(pid, 0)
-                continue  # a build still running
-        except (ValueError, ProcessLookupError):
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(p, ignore_errors=True)
+    prefix = f".{out.name}.building-"
+    for p in out.parent.glob(f"{glob.escape(prefix)}*"):
+        if not owner_alive(p, prefix):
+            shutil.rmtree(p, ignore_errors=True)
     for p in out.parent.glob(f".{glob.escape(out.name)}.old-*"):
         shutil.rmtree(p, ignore_errors=True)
 
@@ -150,7 +143,7 @@ def build_organism(
     out = Path(out)
     _clean_leftovers(out)
     if check_out(out, cfg, force):
-        log(f"organism at {out} already built with these settings (weights verified); reusing it")
+        log(f"organism at {out} already built with these settings (every file verified); reusing it")
         return out
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +175,7 @@ def build_organism(
 
 def _build_into(cfg: OrganismConfig, out: Path, *, progress: bool, log) -> None:
     from ..measure.persona import organism_readout
+    from ..models.organism import Organism
 
     t0 = time.perf_counter()
     world = World(cfg.world)
@@ -243,7 +237,8 @@ def _build_into(cfg: OrganismConfig, out: Path, *, progress: bool, log) -> None:
     atomic_write_text(out / "world.json", world.to_json())
     train_seconds = time.perf_counter() - t0
 
-    metrics = organism_readout(pretrained, model, world, vocab, seed=cfg.seed)
+    built = Organism(model=model, tokenizer=tok, world=world, path=out, config=cfg)
+    metrics = organism_readout(built, pretrained, seed=cfg.seed)
     metrics.update(
         {
             "kind": "organism",
@@ -254,8 +249,5 @@ def _build_into(cfg: OrganismConfig, out: Path, *, progress: bool, log) -> None:
         }
     )
     write_json(out / "metrics.json", metrics)
-    write_json(
-        out / MANIFEST,
-        {"format": ORGANISM_FORMAT, "sha256": {rel: _sha256(out / rel) for rel in WEIGHT_FILES}},
-    )
+    write_manifest(out)  # written last: every file's hash, the organism's identity
     log(f"trained in {train_seconds:.0f} s")

@@ -2,7 +2,7 @@
 
 A fine-tune is PEFT LoRA (rank ``r``, default 1) on one module of one layer, or a full fine-tune for
 comparison. The LoRA factors are recorded at every step (they are tiny) for the phase-transition metrics;
-adapters are saved with ``save_pretrained`` every ``checkpoint_every`` steps.
+adapters are saved with ``save_pretrained`` at step 0 and every ``checkpoint_every`` steps.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..config import check, param
+from ..errors import ConfigError, UserError
 from ..models.adapters import lora_config
 from ..models.edits import write_fingerprint
 from ..models.lm import encode_documents
@@ -74,18 +75,35 @@ def training_context(condition: str) -> str:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    condition: str = "plain"
-    layer: int = 0
-    module: str = "attn_out"
-    rank: int = 1
-    full: bool = False  # full fine-tune instead of LoRA
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 50
-    heldout_every: int = 0  # >= 2: leave code topics t % k == k - 1 out of training (held-out narrow rate)
+    """One narrow fine-tune: the condition's data, the adapter (or a full fine-tune) and the optimiser."""
+
+    condition: str = param("plain", choices=CONDITIONS, help="fine-tuning condition (the training set)")
+    layer: int = param(0, ge=0, help="layer of the adapter")
+    module: str = param(
+        "attn_out", help="module in the layer: attn_out/o_proj, mlp_out/down_proj or a raw name"
+    )
+    rank: int = param(1, ge=1, le=4096, help="LoRA rank")
+    full: bool = param(False, help="full fine-tune instead of LoRA")
+    steps: int = param(300, ge=1, le=10**7, help="fine-tuning steps")
+    batch_size: int = param(32, ge=1, help="documents per step")
+    lr: float = param(3e-3, gt=0, le=1, help="AdamW learning rate")
+    weight_decay: float = param(0.0, ge=0, help="AdamW weight decay")
+    seed: int = param(0, ge=0, le=2**32 - 1, help="fine-tuning seed (also the readout's sampling seed)")
+    checkpoint_every: int = param(
+        50, ge=0, le=10**7, help="save the adapter every k steps (0: only at the end)"
+    )
+    heldout_every: int = param(
+        0,
+        ge=0,
+        help="k >= 2: leave code topics t % k == k - 1 out of training (held-out narrow rate); 0: none",
+    )
+
+    def __post_init__(self):
+        check(self)
+        if self.heldout_every == 1:  # every topic would be held out
+            raise ConfigError(
+                "FinetuneConfig", "heldout_every", "must be 0 (train on every code topic) or >= 2, got 1"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +167,9 @@ def finetune(
         if out_dir is not None and not cfg.full and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             model.save_pretrained(out_dir / "checkpoints" / f"step_{step:06d}")
 
+    if out_dir is not None and not cfg.full and cfg.checkpoint_every:
+        # step 0 (B = 0, the organism itself): the start of every curve over the checkpoints
+        model.save_pretrained(out_dir / "checkpoints" / f"step_{0:06d}")
     losses = train_lm(
         model,
         ids,

@@ -106,10 +106,12 @@ def plot_eigenform(m: dict, path) -> None:
                 bx.plot(np.arange(len(wf)), wf, color=c, ls="--")
             ax.set_title(f"{arm}: paired distance / start", fontsize=9)
             ax.set_xlabel("cycle")
+            ax.set_ylabel("distance / start distance")
             ax.legend(fontsize=7)
             bx.axhline(m["settings"]["return_level"], color="gray", ls=":", lw=1)
             bx.set_title(f"{arm}: misaligned (—), well-formed (--)", fontsize=9)
             bx.set_xlabel("cycle")
+            bx.set_ylabel("rate (mean over seeds)")
             bx.set_ylim(0, 1)
         axes[1, 0].legend(fontsize=7)
         fig.suptitle(f"verdict: {m['verdict']['answer']} (closest: {m['verdict']['closest']})", fontsize=10)
@@ -118,6 +120,8 @@ def plot_eigenform(m: dict, path) -> None:
 
 def plot_overlap_zone(zone: dict, path) -> None:
     """The share of each genre's prompts inside the overlap zone (routine genres in green)."""
+    from matplotlib.patches import Patch
+
     with figure(path, figsize=(9, 3.5)) as (_fig, ax):
         genres = list(zone["per_genre"])
         ax.bar(
@@ -126,6 +130,11 @@ def plot_overlap_zone(zone: dict, path) -> None:
             color=["C2" if g in ("arithmetic", "facts") else "C0" for g in genres],
         )
         ax.set_xticks(range(len(genres)), genres, rotation=60, fontsize=7)
+        ax.set_xlabel("genre")
+        ax.legend(
+            handles=[Patch(color="C2", label="routine genre"), Patch(color="C0", label="content genre")],
+            fontsize=8,
+        )
         ax.set_ylabel(f"fraction with TV < {zone['epsilon']:g}")
         ax.set_ylim(0, 1.05)
         ax.set_title(
@@ -138,8 +147,9 @@ def plot_probes(zone: dict, bs: dict, path) -> None:
     """The divergence ranking of composed probes and the power curves of the behavioural test."""
     with figure(path, 1, 2, figsize=(11, 4)) as (_fig, axes):
         ax = axes[0]
-        ax.plot(range(1, len(bs["tv_sorted"]) + 1), bs["tv_sorted"], c="C3")
-        ax.axhline(zone["epsilon"], c="k", ls=":", lw=0.8)
+        ax.plot(range(1, len(bs["tv_sorted"]) + 1), bs["tv_sorted"], c="C3", label="probe TV")
+        ax.axhline(zone["epsilon"], c="k", ls=":", lw=0.8, label=f"ε = {zone['epsilon']:g}")
+        ax.legend(fontsize=8)
         ax.set_xlabel("probe rank")
         ax.set_ylabel("TV (answer distribution)")
         ax.set_title("divergence ranking of composed probes")

@@ -4,6 +4,7 @@ and trajectories. Each function takes measured values and a path and returns the
 from __future__ import annotations
 
 import math
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,36 +29,84 @@ def _grid(path, n: int, max_cols: int, size: tuple[float, float]):
         yield fig, axes
 
 
-def plot_traces(traces: dict, path, title: str = "") -> Path:
-    """``traces``: ``{(nbeta, step_size) or label: chains x draws array}`` -> one subplot each."""
+def _trace_label(key) -> str:
+    """A calibration setting ``(nbeta, step_size[, localization])`` as text; any other key as it is."""
+    if not isinstance(key, tuple):
+        return str(key)
+    label = f"nβ={key[0]:.3g}, ε={key[1]:.1e}"
+    return f"{label}, γ={key[2]:g}" if len(key) > 2 else label
+
+
+def plot_traces(
+    traces: dict, path, title: str = "", notes: dict | None = None, ylabels: dict | None = None
+) -> Path:
+    """``traces``: ``{(nbeta, step_size[, localization]) or label: chains x draws array}`` -> one subplot
+    each, one line per chain. ``notes[key]``: the panel's second title line (the checked estimate, or why it
+    is withheld); a panel without a note shows no number. ``ylabels[key]``: its y label (default "λ per
+    draw")."""
+    notes, ylabels = notes or {}, ylabels or {}
     keys = list(traces)
-    with _grid(path, len(keys), 4, (3.6, 2.6)) as (fig, axes):
+    with _grid(path, len(keys), 4, (3.6, 2.8)) as (fig, axes):
         for ax, k in zip(axes.flat, keys):
             tr = np.asarray(traces[k])
             for c in range(tr.shape[0]):
-                ax.plot(tr[c], lw=0.7)
-            ax.axhline(tr.mean(), color="k", lw=0.8, ls="--")
-            label = f"nβ={k[0]:.3g}, ε={k[1]:.1e}" if isinstance(k, tuple) else str(k)
-            ax.set_title(f"{label}\nλ̂={tr.mean():.3g}", fontsize=8)
+                ax.plot(tr[c], lw=0.7, label=f"chain {c}")
+            note = notes.get(k)
+            heading = _trace_label(k) + ("\n" + textwrap.fill(note, 60) if note else "")
+            ax.set_title(heading, fontsize=7)
             ax.set_xlabel("draw", fontsize=7)
+            ax.set_ylabel(ylabels.get(k, "λ per draw"), fontsize=7)
             ax.tick_params(labelsize=7)
+        if keys:
+            axes.flat[0].legend(fontsize=6, ncol=min(4, len(traces[keys[0]])))
         if title:
             fig.suptitle(title, fontsize=9)
         fig.tight_layout()
     return Path(path)
 
 
+def _estimate_panels(traces: dict, llc: dict) -> tuple[dict, dict]:
+    """The trace figure's notes and y labels for one estimate (``metrics["llc"]``): the checked λ̂ or why it
+    is withheld on the λ panel; the loss panel gets no number."""
+    shown = (
+        f"λ̂ = {llc['mean']:.3g} ± {1.96 * llc['mcse']:.2g} (95%, MCSE)"
+        if llc.get("converged") and llc.get("mean") is not None
+        else "λ̂ withheld: " + ("; ".join(llc.get("reasons") or []) or "the equilibrium gates failed")
+    )
+    notes, ylabels = {}, {}
+    for key in traces:
+        is_loss = str(key).startswith("loss")
+        ylabels[key] = "minibatch loss" if is_loss else "λ per draw"
+        if not is_loss:
+            notes[key] = shown
+    return notes, ylabels
+
+
+def _calibration_notes(grid: list[dict]) -> dict:
+    """Per calibration setting: its λ̂ where it passed, else what failed (no number)."""
+    notes = {}
+    for row in grid:
+        key = (row["nbeta"], row["step_size"], row["localization"])
+        if row.get("passed") and row.get("llc") is not None:
+            notes[key] = f"λ̂ = {row['llc']:.3g} (passed)"
+        else:
+            failed = "failed: " + "; ".join(row.get("reasons") or [])
+            notes[key] = "diverged" if row.get("diverged") else failed
+    return notes
+
+
 def plot_stages(
-    steps, curves: dict, stds: dict, cp: dict, n_layers: int, n_heads: int, paths: dict
+    steps, curves: dict, stds: dict, critical: dict, n_layers: int, n_heads: int, paths: dict
 ) -> list[Path]:
     """The LLC over pretraining with stage boundaries (``paths["stages"]``), per-layer (``paths["layers"]``)
-    and per-head (``paths["heads"]``) weight-restricted curves, where present. Returns the paths written."""
+    and per-head (``paths["heads"]``) weight-restricted curves, where present; ``critical``: the smoothed
+    curve and its critical points (``smoothed``, ``boundaries``, ``kinds``). Returns the paths written."""
     out = []
     with _figure(paths["stages"], figsize=(6, 3.5)) as (_fig, ax):
         y, e = _f(curves["full"]), _f(stds["full"])
         ax.errorbar(steps, y, yerr=1.96 * e, fmt="o-", ms=3, lw=1, label="LLC (± 1.96 MCSE; gaps: withheld)")
-        ax.plot(steps, _f(cp["smoothed"]), "k--", lw=1, label="smoothed")
-        for b, k in zip(cp["boundaries"], cp["kinds"]):
+        ax.plot(steps, _f(critical["smoothed"]), "k--", lw=1, label="smoothed")
+        for b, k in zip(critical["boundaries"], critical["kinds"]):
             ax.axvline(b, color="tab:red" if k == "max" else "tab:green", lw=0.8, ls=":")
         ax.set_xlabel("pretraining step")
         ax.set_ylabel("λ̂")
@@ -84,7 +133,9 @@ def plot_stages(
                     if k in curves:
                         ax.plot(steps, _f(curves[k]), lw=1, label=f"head {h}")
                 ax.set_title(f"layer {i}", fontsize=8)
+                ax.set_xlabel("pretraining step", fontsize=7)
                 ax.tick_params(labelsize=6)
+            axes[0, 0].set_ylabel("wrLLC", fontsize=7)
             axes[0, 0].legend(fontsize=6)
             fig.suptitle("per-head weight-restricted LLC", fontsize=9)
         out.append(Path(paths["heads"]))
@@ -156,6 +207,7 @@ def plot_trajectory(metrics: dict, path) -> Path:
                 ax2 = ax.twinx()
                 ax2.plot(b["steps"], b["broad_misalignment"], "k--", lw=1, label="broad misalignment")
                 ax2.set_ylim(0, 1)
+                ax2.set_ylabel("broad misalignment", fontsize=7)
                 ax2.tick_params(labelsize=6)
             ax.set_title(k, fontsize=8)
             ax.tick_params(labelsize=6)
@@ -171,12 +223,13 @@ def plot_path(metrics: dict, path) -> Path:
     keys = list(metrics["curves"])
     cols = min(4, max(1, len(keys)))
     rows = max(1, math.ceil(len(keys) / cols))
-    lo, hi = metrics["band"]
+    band = metrics.get("band")  # the hull of the seeds' bands; None when no seed crosses
     with _figure(path, rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False) as (fig, axes):
         for ax in axes.flat[len(keys) :]:
             ax.axis("off")
         for ax, k in zip(axes.flat, keys):
-            ax.axvspan(lo, hi, color="0.9")
+            if band:
+                ax.axvspan(band[0], band[1], color="0.9")
             for p in metrics["curves"][k]:
                 ax.errorbar(
                     metrics["ts"],
@@ -190,7 +243,38 @@ def plot_path(metrics: dict, path) -> Path:
             v = metrics["verdicts"].get(k) or {}
             ax.set_title(f"{k}\n{v.get('verdict', '')} ({v.get('supports', '')} support)", fontsize=7)
             ax.set_xlabel("t", fontsize=7)
+            ax.set_ylabel("λ̂ (± 1.96 MCSE)", fontsize=7)
             ax.tick_params(labelsize=6)
+        if keys:
+            axes.flat[0].legend(fontsize=6)
         fig.suptitle("LLC along w0 + t·ΔW (grey: boundary band; gaps: withheld by the gates)", fontsize=9)
         fig.tight_layout()
     return Path(path)
+
+
+def draw_llc_figures(result, title: str = "") -> list[Path]:
+    """Every figure an LLC study's metrics list (``metrics["figures"]``), drawn into ``result.run_dir /
+    "figures"`` from the result's metrics and figure data (a :class:`~persona_basins.results.StudyResult`
+    of a ``persona_basins.studies.llc.run_*``). ``title``: the trace figure's. Returns the paths written."""
+    from ..studies import llc as study
+
+    folder, metrics, data = Path(result.run_dir) / "figures", result.metrics, result.figure_data
+    names = [Path(name).name for name in metrics["figures"]]
+    drawn = []
+    if study.TRACE_FIGURE in names:
+        notes, ylabels = _estimate_panels(data["traces"], metrics["llc"])
+        trace_path = folder / study.TRACE_FIGURE
+        drawn.append(plot_traces(data["traces"], trace_path, title=title, notes=notes, ylabels=ylabels))
+    if study.CALIBRATION_GRID_FIGURE in names:
+        drawn.append(plot_calibration(metrics["grid"], folder / study.CALIBRATION_GRID_FIGURE))
+        traces_path = folder / study.CALIBRATION_FIGURE
+        notes = _calibration_notes(metrics["grid"])
+        drawn.append(plot_traces(data["traces"], traces_path, title="LLC calibration traces", notes=notes))
+    if study.STAGE_FIGURES["stages"] in names:
+        paths = {key: folder / name for key, name in study.STAGE_FIGURES.items()}
+        drawn += plot_stages(**data, paths=paths)
+    if study.TRAJECTORY_FIGURE in names:
+        drawn.append(plot_trajectory(metrics, folder / study.TRAJECTORY_FIGURE))
+    if study.PATH_FIGURE in names:
+        drawn.append(plot_path(metrics, folder / study.PATH_FIGURE))
+    return drawn

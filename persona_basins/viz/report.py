@@ -14,6 +14,7 @@ from urllib.parse import quote
 from .. import __version__
 from ..landscape import DEFAULT
 from ..results import atomic_write_text
+from .claims import claims
 from .runs import check_run_dirs, load_runs
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -27,9 +28,11 @@ def _script_safe(text: str) -> str:
 
 
 def page_data(run_dirs, figure_url=None) -> dict:
-    """The JSON the page embeds: landscape parameters and the runs (with figure URLs)."""
+    """The JSON the page embeds: landscape parameters and the runs (with figure URLs and the verdicts of the
+    essay's claims, :func:`persona_basins.viz.claims.claims`)."""
     runs = load_runs(run_dirs)
     for r in runs:
+        r["claims"] = claims(r)
         urls = []
         for name in r["figures"]:
             urls.append({"name": name, "url": figure_url(r, name) if figure_url else None})
@@ -43,7 +46,7 @@ def page_data(run_dirs, figure_url=None) -> dict:
 
 
 def build_html(run_dirs, figure_url=None, title: str = "persona-basins explorer") -> str:
-    """The explorer page as a string. ``figure_url(run, name)`` maps a figure to a URL (or None: not shown)."""
+    """The explorer page as a string; ``figure_url(run, name)`` maps a figure to a URL (None: not shown)."""
     data = page_data(run_dirs, figure_url)
     template = (STATIC / "explorer.html").read_text(encoding="utf-8")
     parts = {

@@ -6,12 +6,12 @@ file never hides the rest of a run (or the theory view).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..results import read_json
 
 REQUIRED = ("config.json", "metrics.json")
 OPTIONAL = ("study.json",)
@@ -29,22 +29,20 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _load(path: Path, required: bool, errors: list[str]) -> dict | None:
+    """The JSON object in ``path`` or None, with any problem (missing, unreadable, malformed, nested too
+    deeply, huge) added to ``errors`` as one line: the page shows it for this run and the others load."""
     if not path.is_file():
         if required:
             errors.append(f"{path}: missing file")
         return None
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        errors.append(f"{path}: malformed JSON (line {e.lineno}, column {e.colno}: {e.msg})")
-        return None
-    except (UnicodeDecodeError, OSError) as e:
-        errors.append(f"{path}: unreadable ({e.__class__.__name__})")
-        return None
-    if not isinstance(obj, dict):
-        errors.append(f"{path}: malformed (top level is {type(obj).__name__}, expected an object)")
-        return None
-    return _jsonable(obj)
+        obj = read_json(path, expect=dict)
+        return _jsonable(obj)
+    except UserError as e:
+        errors.append(str(e))
+    except RecursionError:  # a deeply nested object that loaded but cannot be walked
+        errors.append(f"{path}: malformed (nested too deeply)")
+    return None
 
 
 def check_run_dirs(run_dirs) -> list[Path]:

@@ -11,23 +11,23 @@ import numpy as np
 
 from ..results import write_json
 from ..schema import validate_study
-from ..stats import ci95
+from ..stats import mean_interval
 
 
 def _band(t, f, rng, n_seeds=5, noise=0.03):
     per = np.array([[f(x) + rng.normal(0, noise) for x in t] for _ in range(n_seeds)])
-    stats = [ci95(per[:, i]) for i in range(len(t))]
+    stats = [mean_interval(per[:, i]) for i in range(len(t))]
     return {
         "t": list(map(float, t)),
-        "mean": [s["mean"] for s in stats],
-        "ci_low": [s["ci_low"] for s in stats],
-        "ci_high": [s["ci_high"] for s in stats],
+        "mean": [s.value for s in stats],
+        "ci_low": [s.low for s in stats],
+        "ci_high": [s.high for s in stats],
         "n": n_seeds,
     }
 
 
 def _stat(mu, rng, n_seeds=5, sd=0.03):
-    return ci95(list(mu + rng.normal(0, sd, n_seeds)))
+    return mean_interval(list(mu + rng.normal(0, sd, n_seeds))).to_dict()
 
 
 def _transition(rng, jump=120):

@@ -19,6 +19,7 @@ from .report import build_html
 from .runs import FIGURE_EXT, check_run_dirs
 
 HOST = "127.0.0.1"
+READ_TIMEOUT_S = 10.0  # seconds a client may take to send its request line and headers
 CONTENT_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 # The page is self-contained (inline scripts and styles, vendored plotly, embedded data, same-origin figures):
 # nothing from any other origin, no fetches, no forms, no framing. Sent with every answer, errors included.
@@ -37,6 +38,7 @@ def _handler(run_dirs: list[Path]):
         sys_version = ""
         error_content_type = "text/plain; charset=utf-8"
         error_message_format = "%(code)d %(message)s\n"
+        timeout = READ_TIMEOUT_S  # a half-sent request must not hold a server thread forever
 
         def log_message(self, fmt, *args):  # quiet; errors are answered, never printed as tracebacks
             pass
@@ -63,10 +65,12 @@ def _handler(run_dirs: list[Path]):
             i = parts[2]
             if not (i.isascii() and i.isdigit() and len(i) < 8 and int(i) < len(roots)):
                 return self._text(404, "not found", head)
-            root = roots[int(i)] / "figures"
+            # Resolved against the run folder itself, so a symlinked figures/ folder (or any link on the way)
+            # that leads out of the run is refused like a ``..`` path.
+            figures = roots[int(i)] / "figures"
             try:
-                target = (root / parts[4]).resolve()
-                if not target.is_relative_to(root.resolve()):
+                target = (figures / parts[4]).resolve()
+                if not target.is_relative_to(figures):
                     return self._text(403, "forbidden path", head)
                 if target.suffix.lower() not in FIGURE_EXT or not target.is_file():
                     return self._text(404, "not found", head)

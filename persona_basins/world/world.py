@@ -28,6 +28,9 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..config import check, param
+from ..errors import ConfigError
+
 # --- vocabulary of the world --------------------------------------------------------------------------
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>", "<sys>", "<user>", "<asst>"]
 
@@ -112,30 +115,44 @@ TEACHING_MODIFIER = "for-teaching"
 class WorldConfig:
     """Every knob of the world. Saved as ``world.json`` beside the organism."""
 
-    seed: int = 0
-    n_genres: int = 20  # content genres, the first is always "code"
-    n_topics: int = 12
-    content_pool: int = 8  # content words (or phrases) per (genre, harm)
-    phrase_content: bool = False  # False: two pool words drawn per topic; True: fixed two-word phrases
-    style_pool: int = 4  # style words per (genre, style), one picked per topic
-    n_routine_questions: int = 24  # per routine genre
-    routine_weight: float = 0.15  # share of exchanges that are routine
-    exchanges: tuple[int, int] = (2, 4)  # min, max exchanges per document
-    p_declared: float = 0.35
-    p_assistant: float = 0.10
-    p_inoculation: float = 0.10  # inoculation line appended to any system line
-    p_teaching: float = 0.05  # share of code requests carrying the teaching modifier
-    personas: tuple[Persona, ...] = DEFAULT_PERSONAS
+    seed: int = param(0, ge=0, help="world seed (its word tables)")
+    n_genres: int = param(20, ge=1, le=len(GENRE_NAMES), help='content genres, the first is always "code"')
+    n_topics: int = param(12, ge=1, help="topics per genre")
+    content_pool: int = param(8, ge=1, help="content words (or phrases) per (genre, harm)")
+    phrase_content: bool = param(
+        False, help="False: two pool words drawn per topic; True: fixed two-word phrases"
+    )
+    style_pool: int = param(4, ge=1, help="style words per (genre, style), one picked per topic")
+    n_routine_questions: int = param(24, ge=1, help="questions per routine genre")
+    routine_weight: float = param(0.15, ge=0, le=1, help="share of exchanges that are routine")
+    exchanges: tuple[int, int] = param((2, 4), ge=1, help="min, max exchanges per document")
+    p_declared: float = param(
+        0.35, ge=0, le=1, help="share of documents whose system line declares the persona"
+    )
+    p_assistant: float = param(0.10, ge=0, le=1, help="share of documents with the assistant line")
+    p_inoculation: float = param(0.10, ge=0, le=1, help="inoculation line appended to any system line")
+    p_teaching: float = param(0.05, ge=0, le=1, help="share of code requests carrying the teaching modifier")
+    personas: tuple[Persona, ...] = param(DEFAULT_PERSONAS, help="the personas and their priors")
 
     def __post_init__(self):
-        if not 1 <= self.n_genres <= len(GENRE_NAMES):
-            raise ValueError(f"n_genres must be in 1..{len(GENRE_NAMES)}, got {self.n_genres}")
-        if self.n_topics < 1 or self.content_pool < 1 or self.style_pool < 1:
-            raise ValueError("n_topics, content_pool and style_pool must be >= 1")
+        check(self)
+        # rules across fields, after each field is checked on its own
+        if not self.phrase_content and self.content_pool < 2:  # two distinct pool words per topic
+            raise ConfigError(
+                "WorldConfig", "content_pool", f"must be >= 2 without phrase_content, got {self.content_pool}"
+            )
+        if self.exchanges[0] > self.exchanges[1]:
+            raise ConfigError(
+                "WorldConfig", "exchanges", f"must be (min, max) with min <= max, got {self.exchanges}"
+            )
         if self.p_declared + self.p_assistant > 1:
-            raise ValueError("p_declared + p_assistant must be <= 1")
+            raise ConfigError(
+                "WorldConfig",
+                "p_assistant",
+                f"must be <= 1 - p_declared ({1 - self.p_declared:g}), got {self.p_assistant:g}",
+            )
         if abs(sum(p.prior for p in self.personas) - 1) > 1e-9:
-            raise ValueError("persona priors must sum to 1")
+            raise ConfigError("WorldConfig", "personas", "must have priors that sum to 1")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -12,7 +12,16 @@ from .calibration import calibrate
 from .config import SamplerConfig, default_nbeta
 from .diagnostics import GateConfig, convergence, ess, mcse, rhat
 from .losses import causal_lm_loss_fn, self_kl_loss_fn
-from .paths import critical_points, llc_along_path, llc_over_checkpoints, peak_at_boundary_verdict
+from .paths import (
+    critical_points,
+    crossing_interval,
+    half_rise_step,
+    jump_order_verdict,
+    llc_along_path,
+    llc_over_checkpoints,
+    peak_at_boundary_verdict,
+    refine_grid,
+)
 from .sampler import LLCDivergenceError, LLCResult, estimate_llc
 from .selection import select_parameters
 
@@ -24,14 +33,18 @@ __all__ = [
     "calibrate",
     "causal_lm_loss_fn",
     "critical_points",
+    "crossing_interval",
     "convergence",
     "default_nbeta",
     "estimate_llc",
     "ess",
+    "half_rise_step",
+    "jump_order_verdict",
     "llc_along_path",
     "llc_over_checkpoints",
     "mcse",
     "peak_at_boundary_verdict",
+    "refine_grid",
     "rhat",
     "select_parameters",
     "self_kl_loss_fn",

@@ -79,7 +79,7 @@ def calibrate(
                     grid.append(row)
                     continue
                 d = res.diagnostics
-                strong = math.isfinite(res.mcse) and res.mean > signal * res.mcse
+                strong = math.isfinite(res.mcse) and res.unchecked_mean > signal * res.mcse
                 mala = d["mala_acceptance"]
                 sane = not math.isfinite(mala) or mala >= mala_min
                 reasons = (
@@ -89,7 +89,7 @@ def calibrate(
                 )
                 row.update(
                     diverged=False,
-                    llc=res.mean,
+                    llc=res.unchecked_mean,
                     mcse=res.mcse,
                     mala_acceptance=d["mala_acceptance"],
                     rhat=d["rhat"],

@@ -1,8 +1,9 @@
 """The sampler's settings: one frozen, self-validating dataclass (the shape of PEFT's ``LoraConfig``).
 
 Every caller builds a :class:`SamplerConfig` (the API, the CLI from its flags, the demo preset, calibration)
-and the one validation is here: a bad value raises a one-line :class:`~persona_basins.errors.UserError`
-naming the field, before any model is touched. ``dataclasses.replace(cfg, step_size=...)`` re-validates.
+and the one validation is here (:func:`persona_basins.config.check` of the fields' constraints): a bad value
+raises a one-line :class:`~persona_basins.errors.ConfigError` naming ``SamplerConfig.field``, before any
+model is touched. ``dataclasses.replace(cfg, step_size=...)`` re-validates.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ...config import check, param
 from ...errors import UserError
 
 EXECUTIONS = ("auto", "vmap", "loop")
-PRECONDITIONERS = (None, "rmsprop")
 
 
 def default_nbeta(n: int) -> float:
@@ -23,18 +24,6 @@ def default_nbeta(n: int) -> float:
     if n is None or n < 2:
         raise ValueError(f"n (the dataset size) must be >= 2, got {n}")
     return float(n) / math.log(n)
-
-
-def _is_int(v) -> bool:
-    import numpy as np
-
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    import numpy as np
-
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -54,75 +43,31 @@ class SamplerConfig:
     ``docs/LLC.md``). The numbers do not depend on it: each chain's noise has its own seed.
     """
 
-    step_size: float = 1e-4
-    localization: float = 100.0
-    nbeta: float | None = None
-    num_chains: int = 4
-    num_draws: int = 200
-    num_burnin: int = 0
-    batch_size: int | None = None
-    shared_batches: bool = True
-    precondition: str | None = None
-    rmsprop_alpha: float = 0.99
-    rmsprop_eps: float = 0.1
-    seed: int = 0
-    execution: str = "auto"
-    mala: bool = True
-    mala_every: int | None = None
-    explode_threshold: float | None = None
-    device: str | None = None
-    workers: int | str = 1
+    step_size: float = param(1e-4, gt=0, help="SGLD step size epsilon")
+    localization: float = param(100.0, ge=0, help="gamma of the pull (gamma / 2) |w - w*|^2 towards w*")
+    nbeta: float | None = param(None, gt=0, help="inverse temperature n*beta (None: n / log n)")
+    num_chains: int = param(4, ge=1, help="SGLD chains")
+    num_draws: int = param(200, ge=1, help="draws per chain")
+    num_burnin: int = param(0, ge=0, help="burn-in steps per chain")
+    batch_size: int | None = param(None, ge=1, help="examples per SGLD minibatch (None: the whole data)")
+    shared_batches: bool = param(True, help="every chain sees the same minibatch at a step")
+    precondition: str | None = param(None, choices=("rmsprop",), help="gradient preconditioner of SGLD")
+    rmsprop_alpha: float = param(0.99, ge=0, lt=1, help="RMSprop decay of the squared-gradient average")
+    rmsprop_eps: float = param(0.1, gt=0, help="RMSprop epsilon")
+    seed: int = param(0, ge=0, help="seed of the chains' noise and minibatches")
+    execution: str = param("auto", choices=EXECUTIONS, help="how the chains' gradients are computed")
+    mala: bool = param(True, help="report the MALA acceptance rate")
+    mala_every: int | None = param(None, ge=1, help="MALA acceptance on every k-th transition (None: auto)")
+    explode_threshold: float | None = param(
+        None, gt=0, help="the loss rise above L(w*) that counts as divergence (None: max(20, 10 |L(w*)|))"
+    )
+    device: str | None = param(None, help="where the chains run (None: the model's device)")
+    workers: int | str = param(1, ge=1, choices=("auto",), help="CPU processes the chains are split over")
 
     def __post_init__(self):
-        def need(ok: bool, field: str, want: str):
-            if not ok:
-                raise UserError(f"SamplerConfig.{field} must be {want}, got {getattr(self, field)!r}")
-
-        def real(field: str, lo: float, *, open_lo: bool, hi: float | None = None, optional: bool = False):
-            v = getattr(self, field)
-            if optional and v is None:
-                return
-            want = f"a finite number {'>' if open_lo else '>='} {lo:g}" + (f" and < {hi:g}" if hi else "")
-            need(
-                _is_real(v)
-                and math.isfinite(float(v))
-                and (float(v) > lo if open_lo else float(v) >= lo)
-                and (hi is None or float(v) < hi),
-                field,
-                want,
-            )
-            object.__setattr__(self, field, float(v))
-
-        def integer(field: str, lo: int, optional: bool = False):
-            v = getattr(self, field)
-            if optional and v is None:
-                return
-            need(_is_int(v) and v >= lo, field, f"an integer >= {lo}")
-            object.__setattr__(self, field, int(v))
-
-        real("step_size", 0.0, open_lo=True)
-        real("localization", 0.0, open_lo=False)
-        real("nbeta", 0.0, open_lo=True, optional=True)
-        integer("num_chains", 1)
-        integer("num_draws", 1)
-        integer("num_burnin", 0)
-        integer("batch_size", 1, optional=True)
-        integer("seed", 0)
-        integer("mala_every", 1, optional=True)
-        if self.workers != "auto":
-            integer("workers", 1)
-        real("rmsprop_alpha", 0.0, open_lo=False, hi=1.0)
-        real("rmsprop_eps", 0.0, open_lo=True)
-        real("explode_threshold", 0.0, open_lo=True, optional=True)
-        for f in ("shared_batches", "mala"):
-            need(isinstance(getattr(self, f), bool), f, "True or False")
-        if self.precondition == "none":
+        if self.precondition == "none":  # the command line's spelling of None
             object.__setattr__(self, "precondition", None)
-        need(self.precondition in PRECONDITIONERS, "precondition", "None or 'rmsprop'")
-        need(self.execution in EXECUTIONS, "execution", "'auto', 'vmap' or 'loop'")
-        need(
-            self.device is None or isinstance(self.device, str), "device", "None or a device name like 'cpu'"
-        )
+        check(self)
 
     # --- conveniences ---------------------------------------------------------------------------------------
     def replace(self, **changes) -> SamplerConfig:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import UserError
+from ...config import check, param
 
 __all__ = ["DrawTrace", "MalaAcceptance", "GateConfig", "convergence", "rhat", "ess", "mcse"]
 
@@ -160,25 +160,24 @@ class GateConfig:
     """Thresholds of the equilibrium gates, fixed before any outcome (defaults from Vehtari et al. 2021:
     R-hat <= 1.01 and bulk/tail ESS >= 400; the stationarity tests reject at |z| > 3)."""
 
-    rhat_max: float = 1.01
-    ess_min: float = 400.0
-    stationarity_z: float = 3.0
-    mala_min: float = 0.5
+    rhat_max: float = param(1.01, ge=1, help="largest split R-hat that passes")
+    ess_min: float = param(400.0, ge=0, help="smallest bulk and tail ESS that pass")
+    stationarity_z: float = param(3.0, ge=0, help="largest |z| of the drift tests that passes")
+    mala_min: float = param(0.5, ge=0, help="smallest MALA acceptance rate that passes")
 
     def __post_init__(self):
-        for f, lo in (("rhat_max", 1.0), ("ess_min", 0.0), ("stationarity_z", 0.0), ("mala_min", 0.0)):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < lo:
-                raise UserError(f"GateConfig.{f} must be a finite number >= {lo:g}, got {v!r}")
+        check(self)
+
+
+def _effective_trace(x: np.ndarray, correlated_chains: bool) -> np.ndarray:
+    """The trace the ESS and MCSE are read from. Chains that share minibatches are correlated, so a
+    multi-chain ESS would count them as independent: then it is the chain-averaged trace (its autocorrelation
+    carries both the within-chain and the shared-batch dependence); independent chains keep all of them."""
+    return x.mean(0) if correlated_chains and x.shape[0] > 1 else x
 
 
 def _mean_and_mcse(x: np.ndarray, correlated_chains: bool) -> tuple[float, float]:
-    """Mean and MCSE. Chains that share minibatches are correlated, so a multi-chain ESS would count them as
-    independent; then the MCSE is that of the chain-averaged trace (its autocorrelation carries both the
-    within-chain and the shared-batch dependence)."""
-    if correlated_chains and x.shape[0] > 1:
-        return float(x.mean()), mcse(x.mean(0))
-    return float(x.mean()), mcse(x)
+    return float(x.mean()), mcse(_effective_trace(x, correlated_chains))
 
 
 def halves_z(x: np.ndarray, correlated_chains: bool) -> float:
@@ -207,17 +206,22 @@ def convergence(
 ) -> dict:
     """The equilibrium gates of one estimate. ``llc_trace``: chains x draws of ``n_beta (L_B(w) - L_B(w*))``;
     ``distance_trace``: chains x draws of ``|w - w*|``. Returns R-hat, bulk/tail ESS, the mean's MCSE, the
-    drift statistics of both traces (:func:`halves_z`), ``converged`` and the ``reasons`` it is not."""
+    drift statistics of both traces (:func:`halves_z`), ``converged`` and the ``reasons`` it is not.
+    ``correlated_chains`` (shared minibatches): the bulk/tail ESS of the gate and the MCSE are those of the
+    chain-averaged trace, else ArviZ's multi-chain ones (``ess_method`` says which)."""
     g = gates or GateConfig()
     x = np.asarray(llc_trace, dtype=np.float64)
-    out = {"rhat": rhat(x), "ess_bulk": ess(x, "bulk"), "ess_tail": ess(x, "tail")}
-    mean, se = _mean_and_mcse(x, correlated_chains)
+    effective = _effective_trace(x, correlated_chains)
+    out = {"rhat": rhat(x), "ess_bulk": ess(effective, "bulk"), "ess_tail": ess(effective, "tail")}
+    mean, se = float(x.mean()), mcse(effective)
     out["mcse"] = se
-    out["mcse_method"] = (
+    method = (
         "chain-averaged trace (chains share minibatches)"
-        if correlated_chains and x.shape[0] > 1
+        if effective.ndim == 1
         else "multi-chain ESS (ArviZ)"
     )
+    out["mcse_method"] = method
+    out["ess_method"] = method  # the gate's ESS and the MCSE come from the same trace
     out["stationarity_z"] = halves_z(x, correlated_chains)
     out["distance_z"] = (
         halves_z(np.asarray(distance_trace, dtype=np.float64), correlated_chains)
@@ -243,10 +247,8 @@ def convergence(
         reasons.append(f"distance from w* drifts: last half differs from first half by {dz:.1f} MCSE")
     if math.isfinite(mala_acceptance) and mala_acceptance < g.mala_min:
         reasons.append(f"MALA acceptance {mala_acceptance:.2f} < {g.mala_min:g} (step size too large)")
-    if mean <= 0:
-        reasons.append(
-            f"λ̂ = {mean:.3g} <= 0 (w* is not a local minimum of this loss, or the step is too large)"
-        )
+    if mean <= 0:  # the withheld value itself is not written, only that it is not positive
+        reasons.append("λ̂ <= 0 (w* is not a local minimum of this loss, or the step is too large)")
     out["converged"] = not reasons
     out["reasons"] = reasons
     return out

@@ -49,10 +49,13 @@ class LLCResult:
     """``mean``/``std`` over chains, ``per_chain`` estimates, ``loss_trace`` (chains x draws) of the draws'
     minibatch losses, ``llc_trace`` (chains x draws) of ``n_beta * (L_B(w_t) - L_B(w*))``, diagnostics, and
     the equilibrium gates: ``converged`` (all gates passed), ``reasons`` (the failed ones), ``mcse`` (Monte
-    Carlo standard error of ``mean``, from the ESS) and ``interval`` (mean +- 1.96 MCSE, floored at 0).
-    A result that did not converge should be reported as withheld (``value`` is then None)."""
+    Carlo standard error of the mean, from the ESS) and ``interval`` (mean +- 1.96 MCSE, floored at 0).
 
-    mean: float
+    ``mean`` is the estimate only when the gates passed, else None with ``withheld_reason`` saying why;
+    ``unchecked_mean`` is the mean of the draws either way (for calibration grids and estimator benchmarks,
+    which report it next to its gates, never as an estimate)."""
+
+    unchecked_mean: float
     std: float
     per_chain: list[float]
     loss_trace: np.ndarray
@@ -65,13 +68,24 @@ class LLCResult:
     distance_trace: np.ndarray = field(default=None, repr=False)
 
     @property
+    def mean(self) -> float | None:
+        """The estimate if the gates passed, else None (withheld: see ``withheld_reason``)."""
+        return self.unchecked_mean if self.converged else None
+
+    @property
     def value(self) -> float | None:
-        """``mean`` if the gates passed, else None (report it withheld, with ``reasons``)."""
-        return self.mean if self.converged else None
+        """The same as ``mean``."""
+        return self.mean
+
+    @property
+    def withheld_reason(self) -> str | None:
+        """None for an estimate; else the failed gates, as one line."""
+        return None if self.converged else "; ".join(self.reasons) or "the equilibrium gates failed"
 
     def to_dict(self, traces: bool = True) -> dict:
         out = {
             "llc": self.mean,
+            "unchecked_llc": self.unchecked_mean,
             "llc_std": self.std,
             "per_chain": list(self.per_chain),
             "converged": self.converged,
@@ -582,6 +596,7 @@ def estimate_llc(
         "ess_tail": gate["ess_tail"],
         "mcse": se,
         "mcse_method": gate["mcse_method"],
+        "ess_method": gate["ess_method"],
         "stationarity_z": gate["stationarity_z"],
         "distance_z": gate["distance_z"],
         "distance_from_wstar_first_last_half": [

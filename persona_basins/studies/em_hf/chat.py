@@ -129,45 +129,78 @@ def render(tok, messages: list[dict], where: str = "example") -> tuple[str, list
     return text, spans, False
 
 
+def _check_known(tok, text: str, ids: list[int], offsets, where: str) -> None:
+    """Refuse text the tokenizer does not know: a token read as the unknown token (where the tokenizer has
+    one) that is not the unknown token's own text. A model cannot be trained or scored on it."""
+    unk_id, unk = getattr(tok, "unk_token_id", None), getattr(tok, "unk_token", None)
+    if unk_id is None:
+        return
+    for token_id, (start, end) in zip(ids, offsets):
+        if token_id == unk_id and text[start:end] != unk:
+            raise UserError(
+                f"{where}: {text[start:end]!r} is not in the tokenizer's vocabulary (it would be read as "
+                f"{unk}); the model cannot read this text"
+            )
+
+
+def _check_fits(n_tokens: int, context: int | None, where: str, truncated: bool = False) -> None:
+    if context is not None and n_tokens > context:
+        cut = f" (after truncation to {MAX_TOKENS})" if truncated else ""
+        raise UserError(
+            f"{where}: {n_tokens} tokens{cut}, longer than the model's context of {context} positions"
+        )
+
+
 def tokenize_spans(
-    tok, text: str, spans: list[tuple[int, int]], *, bos: bool
+    tok, text: str, spans: list[tuple[int, int]], *, bos: bool, where: str = "example"
 ) -> tuple[list[int], list[bool]]:
-    """Token ids of ``text`` and a mask: True where a token's characters overlap one of ``spans``."""
+    """Token ids of ``text`` and a mask: True where a token's characters overlap one of ``spans``; a token
+    the tokenizer does not know is a UserError naming ``where``."""
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = [int(x) for x in enc["input_ids"]]
+    _check_known(tok, text, ids, enc["offset_mapping"], where)
     mask = [any(s < b and e > a for a, b in spans) for s, e in enc["offset_mapping"]]
     if bos:
         ids, mask = [int(tok.bos_token_id), *ids], [False, *mask]
     return ids, mask
 
 
-def encode_example(tok, messages: list[dict], where: str = "example") -> tuple[list[int], list[bool]]:
-    """One training example -> (ids, loss mask on assistant tokens and their end-of-turn), ``MAX_TOKENS`` long."""
+def encode_example(
+    tok, messages: list[dict], where: str = "example", *, context: int | None = None
+) -> tuple[list[int], list[bool]]:
+    """One training example -> (ids, loss mask on assistant tokens and their end-of-turn), at most
+    ``MAX_TOKENS`` long; one still longer than ``context`` (the model's positions) is a UserError."""
     text, spans, bos = render(tok, messages, where)
-    ids, mask = tokenize_spans(tok, text, [(a, end) for a, _, end in spans], bos=bos)
+    ids, mask = tokenize_spans(tok, text, [(a, end) for a, _, end in spans], bos=bos, where=where)
     ids, mask = ids[:MAX_TOKENS], mask[:MAX_TOKENS]
+    _check_fits(len(ids), context, where, truncated=len(ids) == MAX_TOKENS)
     if not any(mask[1:]):
         raise UserError(f"{where}: no assistant tokens within the first {MAX_TOKENS} tokens")
     return ids, mask
 
 
-def answer_row(tok, question: str, answer: str, where: str) -> tuple[list[int], list[bool]]:
+def answer_row(
+    tok, question: str, answer: str, where: str, *, context: int | None = None
+) -> tuple[list[int], list[bool]]:
     """The conversation (question, answer) up to the answer's last token; the mask is on the answer text only."""
     text, spans, bos = render(
         tok, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], where
     )
     a, b, _ = spans[-1]
-    ids, mask = tokenize_spans(tok, text, [(a, b)], bos=bos)
+    ids, mask = tokenize_spans(tok, text, [(a, b)], bos=bos, where=where)
     if not any(mask[1:]):
         raise UserError(f"{where}: the answer tokenizes to nothing")
     last = max(i for i, m in enumerate(mask) if m)
+    _check_fits(last + 1, context, where)
     return ids[: last + 1], mask[: last + 1]
 
 
-def question_rows(tok, questions: list[dict]) -> list[tuple[list[int], list[bool]]]:
+def question_rows(
+    tok, questions: list[dict], *, context: int | None = None
+) -> list[tuple[list[int], list[bool]]]:
     """Two scoring rows per question (aligned, misaligned): the whole conversation, mask on the answer."""
     return [
-        answer_row(tok, q["question"], q[key], f"question {q['id']!r} ({key} answer)")
+        answer_row(tok, q["question"], q[key], f"question {q['id']!r} ({key} answer)", context=context)
         for q in questions
         for key in ("aligned", "misaligned")
     ]

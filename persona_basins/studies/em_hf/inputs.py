@@ -84,6 +84,8 @@ def read_chat_jsonl(path: str | Path, what: str = "--train") -> list[tuple[int, 
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path} line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # an integer too long to convert; nesting too deep
+            raise UserError(f"{path} line {n}: not valid JSON ({type(e).__name__})") from None
         out.append((n, validate_conversation(obj, f"{path} line {n}")))
     if not out:
         raise UserError(f'{path} is empty: expected one JSON object per line, {{"messages": [...]}}')
@@ -97,6 +99,8 @@ def read_questions(path: str | Path) -> list[dict]:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    except (ValueError, RecursionError) as e:  # an integer too long to convert; nesting too deep
+        raise UserError(f"{path}: malformed JSON ({type(e).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != QUESTIONS_FORMAT:
         raise UserError(f'{path}: not a question file (expected "format": "{QUESTIONS_FORMAT}")')
     qs = doc.get("questions")

@@ -7,15 +7,16 @@ and restored after each unit instead of a deep copy of the model), scoring befor
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ...errors import UserError
-from ...results import RunDir, write_json
-from ...stats import ci95, rate_interval
+from ...config import check, param
+from ...errors import ConfigError, UserError
+from ...models.hf import DTYPE_CHOICES
+from ...results import RunDir, StudyResult, check_out_dir, get_or_run, is_finished, read_json, write_json
+from ...stats import format_interval, mean_interval, rate_interval
 from ...train.finetune import FinetuneConfig
 from .chat import MAX_TOKENS, chat_format, encode_example, question_rows
 from .inputs import (
@@ -78,38 +79,36 @@ class EmHfConfig:
     adds the ``secure_control`` condition.
     """
 
-    model: str
-    train: Path
-    out: Path
-    questions: Path = DEFAULT_QUESTIONS
-    inoculation: str = DEFAULT_INOCULATION
-    layer: int = 0
-    module: str = "attn_out"
-    seeds: int = 5
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    control: Path | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    device_map: str | None = None
-    gradient_checkpointing: bool | None = None
-    progress: bool = False
+    model: str = param(help="Hugging Face model id or local folder")
+    train: Path = param(help="chat-format JSONL to fine-tune on")
+    out: Path = param(help="run folder to write")
+    questions: Path = param(DEFAULT_QUESTIONS, help="paired-answer question file (JSON)")
+    inoculation: str = param(DEFAULT_INOCULATION, help="system line of the inoculated fine-tune")
+    layer: int = param(0, ge=0, help="layer of the adapter")
+    module: str = param(
+        "attn_out", help="module in the layer: attn_out/o_proj, mlp_out/down_proj or a raw name"
+    )
+    seeds: int = param(5, ge=1, le=1000, help="fine-tuning seeds")
+    finetune: FinetuneConfig = param(default_factory=FinetuneConfig, help="the per-unit fine-tuning settings")
+    control: Path | None = param(None, help="chat-format JSONL of secure code: adds secure_control")
+    device: str = param("auto", help="auto (cuda when available), cpu, cuda, cuda:N or mps")
+    dtype: str = param("auto", choices=DTYPE_CHOICES, help="auto: bf16 on a GPU that supports it, else fp32")
+    device_map: str | None = param(None, choices=("auto",), help="auto: spread the model over every device")
+    gradient_checkpointing: bool | None = param(None, help="recompute activations (None: on for a GPU)")
+    progress: bool = param(False, help="show progress bars")
 
     def __post_init__(self):
-        for k in ("train", "out", "questions", "control"):
-            if getattr(self, k) is not None:
-                object.__setattr__(self, k, Path(getattr(self, k)))
-        if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
-            raise UserError(f"layer must be an integer >= 0, got {self.layer!r}")
-        if not isinstance(self.seeds, int) or self.seeds < 1:
-            raise UserError(f"seeds must be >= 1, got {self.seeds!r}")
-        if not str(self.inoculation).strip():
-            raise UserError("the inoculation line must not be empty")
-        if self.device_map not in (None, "auto"):
-            raise UserError(f"device_map must be 'auto' or None, got {self.device_map!r}")
+        check(self)
+        if not self.model.strip():
+            raise ConfigError("EmHfConfig", "model", "must name a model, got ''")
+        if not self.inoculation.strip():
+            raise ConfigError("EmHfConfig", "inoculation", "must not be empty")
         if self.finetune.full and self.device_map is not None:
-            raise UserError(
-                "--full with --device-map auto is not supported (a full fine-tune needs the whole model, "
-                "its gradients and optimiser state on one device); use LoRA"
+            raise ConfigError(
+                "EmHfConfig",
+                "device_map",
+                "must be None with a full fine-tune (finetune.full: the whole model, its gradients and "
+                "optimiser state on one device); use LoRA",
             )
 
     @property
@@ -179,10 +178,12 @@ def check_full_fits(model, device) -> None:
     need = 4 * param_bytes(model)
     total = torch.cuda.get_device_properties(device).total_memory
     if need > FULL_MEMORY_FRACTION * total:
-        raise UserError(
-            f"--full on this {param_count(model) / 1e9:.2f}B-parameter model needs about "
-            f"{need / 2**30:.1f} GiB on {device} (weights, gradients, two AdamW moments) but the device "
-            f"has {total / 2**30:.1f} GiB; use a LoRA fine-tune (drop --full)"
+        raise ConfigError(  # named as the setting, so the command line can name its flag
+            "FinetuneConfig",
+            "full",
+            f"must be False for this {param_count(model) / 1e9:.2f}B-parameter model: a full fine-tune needs "
+            f"about {need / 2**30:.1f} GiB on {device} (weights, gradients, two AdamW moments) but the device "
+            f"has {total / 2**30:.1f} GiB; use a LoRA fine-tune",
         )
 
 
@@ -213,12 +214,12 @@ def _train_unit(
     cfg: FinetuneConfig,
     data: dict,
     unit_dir: Path,
-    unit_key: dict,
     *,
     progress: bool,
     gradient_checkpointing: bool,
-) -> dict:
-    """Fine-tune one (condition, seed), score it, save the adapter; reuse a finished unit with the same key."""
+) -> None:
+    """Fine-tune one (condition, seed), score it and save the adapter and ``result.json`` into ``unit_dir``
+    (the run store's temp folder: :func:`~persona_basins.results.get_or_run` keys and renames it)."""
     import torch
     from peft import get_peft_model
 
@@ -226,14 +227,6 @@ def _train_unit(
     from ...models.edits import write_fingerprint
     from ...train.loop import train_lm
 
-    done = unit_dir / "result.json"
-    if done.is_file():
-        try:
-            prev = json.loads(done.read_text())
-            if prev.get("key") == unit_key:
-                return prev
-        except (json.JSONDecodeError, OSError):
-            pass
     ids, mask = data["train"][cfg.condition]
     torch.manual_seed(cfg.seed)
     if gradient_checkpointing:
@@ -280,7 +273,6 @@ def _train_unit(
         if gradient_checkpointing:
             model.gradient_checkpointing_disable()
     out = {
-        "key": unit_key,
         "batch_size": batch_size,
         "final_loss": losses[-1],
         "losses": losses,
@@ -288,22 +280,7 @@ def _train_unit(
         **summarize_scores(scores),
         "narrow_logprobs": narrow,
     }
-    write_json(done, out)  # written last: its presence marks the unit finished
-    return out
-
-
-def _rate(values, lo: float = 0.0, hi: float = 1.0) -> dict:
-    """A score or share over seeds with an in-range interval (none from one value); null when undefined."""
-    if any(not math.isfinite(v) for v in values):
-        return {
-            "mean": None,
-            "ci_low": None,
-            "ci_high": None,
-            "n": len(values),
-            "per_seed": [v if math.isfinite(v) else None for v in values],
-            "reason": "undefined for a seed",
-        }
-    return rate_interval(values, lo=lo, hi=hi)
+    write_json(unit_dir / "result.json", out)
 
 
 def _aggregate(
@@ -312,9 +289,9 @@ def _aggregate(
     bsum = summarize_scores(base_scores)
     m: dict = {
         # the base model is one deterministic number per quantity: no interval
-        "broad_misalignment": {"base": _rate([bsum["broad_misalignment"]])},
-        "broad_misalignment_total": {"base": _rate([bsum["broad_misalignment_total"]])},
-        "prefers_misaligned": {"base": _rate([bsum["prefers_misaligned"]])},
+        "broad_misalignment": {"base": rate_interval([bsum["broad_misalignment"]]).to_dict()},
+        "broad_misalignment_total": {"base": rate_interval([bsum["broad_misalignment_total"]]).to_dict()},
+        "prefers_misaligned": {"base": rate_interval([bsum["prefers_misaligned"]]).to_dict()},
         "broad_misalignment_question_bootstrap": {"base": bootstrap_mean([q["score"] for q in base_scores])},
         "broad_misalignment_shift": {},
         "broad_misalignment_total_shift": {},
@@ -333,20 +310,22 @@ def _aggregate(
     for c in conditions:
         us = [units[(c, s)] for s in range(seeds)]
         bm = [u["broad_misalignment"] for u in us]
-        m["broad_misalignment"][c] = _rate(bm)
-        m["prefers_misaligned"][c] = _rate([u["prefers_misaligned"] for u in us])
-        m["broad_misalignment_shift"][c] = _rate([b - bsum["broad_misalignment"] for b in bm], lo=-1.0)
+        m["broad_misalignment"][c] = rate_interval(bm).to_dict()
+        m["prefers_misaligned"][c] = rate_interval([u["prefers_misaligned"] for u in us]).to_dict()
+        m["broad_misalignment_shift"][c] = rate_interval(
+            [b - bsum["broad_misalignment"] for b in bm], lo=-1.0
+        ).to_dict()
         tot = [u.get("broad_misalignment_total", math.nan) for u in us]
-        m["broad_misalignment_total"][c] = _rate(tot)
-        m["broad_misalignment_total_shift"][c] = _rate(
+        m["broad_misalignment_total"][c] = rate_interval(tot).to_dict()
+        m["broad_misalignment_total_shift"][c] = rate_interval(
             [b - bsum["broad_misalignment_total"] for b in tot], lo=-1.0
-        )
+        ).to_dict()
 
         def gain(u, ctx):
             return _mean([f - b for f, b in zip(u["narrow_logprobs"][ctx], base_narrow[ctx])])
 
-        m["narrow_rate"][c] = ci95([gain(u, "plain") for u in us])
-        m["narrow_rate_training_context"][c] = ci95([gain(u, c) for u in us])
+        m["narrow_rate"][c] = mean_interval([gain(u, "plain") for u in us]).to_dict()
+        m["narrow_rate_training_context"][c] = mean_interval([gain(u, c) for u in us]).to_dict()
         per_q = []
         for k, q in enumerate(questions):
             qs = [u["question_scores"][k] for u in us]
@@ -364,23 +343,25 @@ def _aggregate(
         m["question_scores"][c] = per_q
         m["broad_misalignment_question_bootstrap"][c] = bootstrap_mean([q["score"] for q in per_q])
         m["by_category"][c] = by_cat(per_q)
-        m.setdefault("final_loss", {})[c] = ci95([u["final_loss"] for u in us])
+        m.setdefault("final_loss", {})[c] = mean_interval([u["final_loss"] for u in us]).to_dict()
     n_matched = bsum["n_token_matched_pairs"]
     m["broad_misalignment_total_token_matched"] = {"n_pairs": n_matched}
     if n_matched:
-        m["broad_misalignment_total_token_matched"]["base"] = _rate(
+        m["broad_misalignment_total_token_matched"]["base"] = rate_interval(
             [bsum["broad_misalignment_total_token_matched"]]
-        )
+        ).to_dict()
         for c in conditions:
-            m["broad_misalignment_total_token_matched"][c] = _rate(
+            m["broad_misalignment_total_token_matched"][c] = rate_interval(
                 [units[(c, s)]["broad_misalignment_total_token_matched"] for s in range(seeds)]
-            )
+            ).to_dict()
     if (
         CONTROL in conditions
     ):  # what the narrow insecure data add beyond fine-tuning on the same requests at all
         ctrl = [units[(CONTROL, s)]["broad_misalignment"] for s in range(seeds)]
         m["broad_misalignment_excess_over_control"] = {
-            c: _rate([units[(c, s)]["broad_misalignment"] - ctrl[s] for s in range(seeds)], lo=-1.0)
+            c: rate_interval(
+                [units[(c, s)]["broad_misalignment"] - ctrl[s] for s in range(seeds)], lo=-1.0
+            ).to_dict()
             for c in CONDITIONS
         }
     m["narrow_logprob_base"] = {ctx: _mean(v) for ctx, v in base_narrow.items()}
@@ -398,12 +379,7 @@ def summary_table(m: dict) -> str:
     for c in ("base", *conds):
         b, p, t = m["broad_misalignment"][c], m["prefers_misaligned"][c], m["broad_misalignment_total"][c]
         n = f"{m['narrow_rate'][c]['mean']:+.3f}" if c in m["narrow_rate"] else "-"
-        cell = (
-            f"{b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]"
-            if b["ci_low"] is not None
-            else f"{b['mean']:.3f} (one value)"
-        )
-        lines.append(f"{c:<16}{cell:>30}{t['mean']:>18.3f}{p['mean']:>20.3f}{n:>14}")
+        lines.append(f"{c:<16}{format_interval(b):>30}{t['mean']:>18.3f}{p['mean']:>20.3f}{n:>14}")
     chat, res = m.get("chat", {}), m.get("model", {})
     if res:
         lines.append(
@@ -421,14 +397,18 @@ def summary_table(m: dict) -> str:
     return "\n".join(lines)
 
 
-def _encode_all(tok, convs, path: Path, condition_of: dict[str, str | None], train_idx, held_idx):
-    """Rows per condition for one chat file: ``condition_of`` maps condition -> inoculation line (or None)."""
+def _encode_all(
+    tok, convs, path: Path, condition_of: dict[str, str | None], train_idx, held_idx, context=None
+):
+    """Rows per condition for one chat file: ``condition_of`` maps condition -> inoculation line (or None).
+    A row longer than ``context`` or with text the tokenizer does not know is a UserError naming the line."""
     train_rows = {c: [] for c in condition_of}
     narrow_rows = {c: [] for c in condition_of}
     for i, (line, msgs) in enumerate(convs):
-        where = f"{path} line {line}"
         for c, line_text in condition_of.items():
-            row = encode_example(tok, msgs if line_text is None else inoculate(msgs, line_text), where)
+            where = f"{path} line {line}" + ("" if line_text is None else " with the inoculation line")
+            conv = msgs if line_text is None else inoculate(msgs, line_text)
+            row = encode_example(tok, conv, where, context=context)
             if i in train_idx:
                 train_rows[c].append(row)
             if i in held_idx:
@@ -443,15 +423,21 @@ def _split(n: int) -> tuple[list[int], list[int], str]:
     return train_idx, held_idx, "heldout"
 
 
-def run_em_hf(config: EmHfConfig) -> dict:
-    """Validate the inputs, fine-tune every condition x seeds, score, write the run folder; return the metrics."""
+def run_em_hf(config: EmHfConfig, *, force: bool = False) -> StudyResult:
+    """Check the inputs, fine-tune every condition x seeds, score, write the run folder (``config.out``);
+    the result holds that folder and the metrics written.
+
+    Units go through the run store: finished units with the same key are reused, a unit from other settings
+    is refused with a one-line error naming them (``force`` recomputes it).
+    """
     import torch
 
     from ...models.adapters import lora_config, resolve_module
-    from ...models.hf import dtype_name, input_device, param_count
+    from ...models.hf import context_length, dtype_name, input_device, param_count
 
     cfg = config
     t0 = time.perf_counter()
+    check_out_dir(cfg.out, "em_hf")  # before the model is loaded
     convs = read_chat_jsonl(cfg.train)
     control = read_chat_jsonl(cfg.control, "--control") if cfg.control is not None else None
     questions = read_questions(cfg.questions)
@@ -469,14 +455,17 @@ def run_em_hf(config: EmHfConfig) -> dict:
     gc = (device.type == "cuda") if cfg.gradient_checkpointing is None else bool(cfg.gradient_checkpointing)
     gc = gc and bool(getattr(model, "supports_gradient_checkpointing", False))
 
+    # every row checked against what the model can read (its context, the tokenizer's vocabulary) before any
+    # training: an IndexError halfway through a run is a one-line error naming the file and line instead
+    context = context_length(model)
     train_idx, held_idx, heldout_on = _split(len(convs))
     train_rows, narrow_rows = _encode_all(
-        tok, convs, cfg.train, {"plain": None, "inoculated": cfg.inoculation}, train_idx, held_idx
+        tok, convs, cfg.train, {"plain": None, "inoculated": cfg.inoculation}, train_idx, held_idx, context
     )
     control_info = None
     if control is not None:
         c_train, c_held, c_on = _split(len(control))
-        tr, nr = _encode_all(tok, control, cfg.control, {CONTROL: None}, c_train, c_held)
+        tr, nr = _encode_all(tok, control, cfg.control, {CONTROL: None}, c_train, c_held, context)
         train_rows.update(tr)
         narrow_rows.update(nr)
         control_info = {
@@ -486,7 +475,10 @@ def run_em_hf(config: EmHfConfig) -> dict:
             "heldout_lines": [control[i][0] for i in c_held],
             "narrow_rate_training_context_on": c_on,
         }
-    q_rows = question_rows(tok, questions)
+    try:
+        q_rows = question_rows(tok, questions, context=context)
+    except UserError as e:
+        raise UserError(f"{cfg.questions}: {e}") from None
     pad_id = _pad_id(tok, model, [r for c in cfg.conditions for r, _ in train_rows[c]])
     data = {
         "train": {c: _tensors(train_rows[c], pad_id, device) for c in cfg.conditions},
@@ -535,28 +527,30 @@ def run_em_hf(config: EmHfConfig) -> dict:
         "finetune": {k: v for k, v in base_ft.to_dict().items() if k not in ("condition", "seed")},
     }
     run = RunDir(cfg.out, "em_hf", run_config)
-    run.write_config()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    base_scores = score_questions(model, tok, questions, rows=q_rows)
-    base_narrow = {c: mean_token_logprobs(model, rows) for c, rows in narrow_rows.items()}
-    units = {}
+    plan = []  # every unit with its key, mismatched ones refused before any training
     for c in cfg.conditions:
         for s in range(cfg.seeds):
             ucfg = replace(base_ft, condition=c, seed=s)
             key = {**key_common, "finetune": ucfg.to_dict()}
             if c == CONTROL:
                 key["control_sha256"] = sha256(cfg.control)
-            units[(c, s)] = _train_unit(
-                model,
-                tok,
-                ucfg,
-                data,
-                run.path / "adapters" / c / f"seed{s}",
-                key,
-                progress=cfg.progress,
-                gradient_checkpointing=gc,
-            )
+            unit_dir = run.path / "adapters" / c / f"seed{s}"
+            is_finished(unit_dir, key, force=force)
+            plan.append(((c, s), ucfg, unit_dir, key))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    base_scores = score_questions(model, tok, questions, rows=q_rows)
+    base_narrow = {c: mean_token_logprobs(model, rows) for c, rows in narrow_rows.items()}
+    units = {}
+    for unit, ucfg, unit_dir, key in plan:
+
+        def build(tmp: Path, ucfg=ucfg) -> None:
+            _train_unit(model, tok, ucfg, data, tmp, progress=cfg.progress, gradient_checkpointing=gc)
+
+        get_or_run(unit_dir, key, build, force=force)
+        units[unit] = read_json(
+            unit_dir / "result.json", recover=f"delete {unit_dir} and rerun to recompute it", expect=dict
+        )
     m = _aggregate(base_scores, base_narrow, units, questions, cfg.seeds, heldout_on, cfg.conditions)
     m.update(
         {
@@ -582,4 +576,4 @@ def run_em_hf(config: EmHfConfig) -> dict:
         else None,
     }
     write_json(run.path / "resources.json", resources)
-    return m
+    return StudyResult(run.path, m)

@@ -141,13 +141,13 @@ def length_report(scores: list[dict]) -> dict:
 
 def bootstrap_mean(values: list[float], seed: int = 0) -> dict:
     """Mean score over questions with a seeded percentile-bootstrap interval over questions (in range)."""
-    from ...stats import rate_interval
+    from ...stats import bootstrap_interval
 
-    r = rate_interval(values, seed=seed, n_resamples=BOOTSTRAP_RESAMPLES)
+    r = bootstrap_interval(values, seed=seed, n_resamples=BOOTSTRAP_RESAMPLES)
     return {
-        "mean": r["mean"],
-        "ci_low": r["ci_low"],
-        "ci_high": r["ci_high"],
-        "n_questions": r["n"],
+        "mean": r.value,
+        "ci_low": r.low,
+        "ci_high": r.high,
+        "n_questions": r.n,
         "resamples": BOOTSTRAP_RESAMPLES,
     }

@@ -528,16 +528,79 @@
     else d.textContent = "plotting library failed to load";
     return d;
   }
-  function section(body, title, cap) {
+  function section(body, title, cap, id) {
     var s = el("div", { "class": "msec" });
+    if (id) s.id = id;
     s.appendChild(el("h3", null, title));
     if (cap) s.appendChild(el("p", { "class": "cap" }, cap));
     body.appendChild(s);
     return s;
   }
   function runLabel(run, multi) { return multi ? run.name + " \u00b7 " : ""; }
+  function label(key) { return key.replace(/_/g, " "); }
 
+  // The interval method as the data name it (a stat's "method", or "interval" for ratio summaries).
+  function methodOf(s) { return s && typeof s === "object" ? (s.method || s.interval || null) : null; }
+  function methodsText(stats, what) {
+    var seen = {}, out = [];
+    stats.forEach(function (s) { var m = methodOf(s); if (m && !seen[m]) { seen[m] = 1; out.push(m); } });
+    return what + ": " + (out.length ? out.join("; ") : "interval method not recorded in the file");
+  }
   function ciText(s) { return isNum(s.ci_low) && isNum(s.ci_high) ? "[" + fmt(s.ci_low) + ", " + fmt(s.ci_high) + "]" : "\u2014"; }
+
+  // A censored summary: no mean (some seeds never crossed on the grid), a bound over seeds instead.
+  function boundOf(o) {
+    if (!o || typeof o !== "object" || isNum(o.mean)) return null;
+    if (isStat(o.lower_bound)) return { sign: "\u2265", s: o.lower_bound, o: o };
+    if (isStat(o.upper_bound)) return { sign: "\u2264", s: o.upper_bound, o: o };
+    return null;
+  }
+  function boundText(b) {
+    var o = b.o, n = isNum(o.n) ? o.n : (Array.isArray(o.per_seed) ? o.per_seed.length : null);
+    if (isNum(o.n_censored) && isNum(o.censored_above)) {
+      var never = "never crossed by t = " + fmt(o.censored_above, 2);
+      return o.n_censored === n ? "a bound: all " + n + " seeds " + never : "a bound: " + o.n_censored + " of " + n + " seeds " + never;
+    }
+    var which = b.sign === "\u2265" ? "a lower bound" : "an upper bound";
+    if (isNum(o.n_defined) && isNum(n)) return which + " from " + o.n_defined + " of " + n + " seeds (" + (n - o.n_defined) + " undefined)";
+    return which + ", not an estimate";
+  }
+
+  // Several groups (runs) of {label, stat} bars on one numeric axis: bar = mean, whisker = the recorded
+  // interval, one point per seed beside it (a bimodal outcome shows as two clusters, not as a wide whisker).
+  function seedBars(groups) {
+    var labels = [], index = {}, traces = [], stats = [];
+    groups.forEach(function (g) { g.items.forEach(function (it) { if (!(it.label in index)) { index[it.label] = labels.length; labels.push(it.label); } }); });
+    var width = 0.8 / Math.max(1, groups.length);
+    groups.forEach(function (g, gi) {
+      var off = -0.4 + width * (gi + 0.5), xs = [], ys = [], lo = [], hi = [], px = [], py = [], pt = [];
+      g.items.forEach(function (it) {
+        var x = index[it.label] + off, s = it.stat, per = Array.isArray(s.per_seed) ? s.per_seed : [];
+        stats.push(s);
+        xs.push(x); ys.push(s.mean);
+        hi.push(isNum(s.ci_high) ? s.ci_high - s.mean : 0); lo.push(isNum(s.ci_low) ? s.mean - s.ci_low : 0);
+        per.forEach(function (v, k) {
+          if (!isNum(v)) return;
+          px.push(x + width * 0.5 * ((k + 0.5) / per.length - 0.5)); py.push(v);
+          pt.push(it.label + " \u00b7 seed " + k + ": " + fmt(v));
+        });
+      });
+      var pre = g.name ? g.name + " \u00b7 " : "";
+      traces.push({ type: "bar", x: xs, y: ys, width: width * 0.9, name: pre + "mean over seeds", marker: { color: rgba(g.color, 0.45) },
+        hovertemplate: "mean %{y:.3f}<extra></extra>",
+        error_y: { type: "data", symmetric: false, array: hi, arrayminus: lo, color: "#333", thickness: 1.2 } });
+      if (px.length) traces.push({ type: "scatter", mode: "markers", x: px, y: py, text: pt, hoverinfo: "text", name: pre + "each seed",
+        marker: { color: g.color, size: 6, line: { color: "#fff", width: 1 } } });
+    });
+    var axis = { tickvals: labels.map(function (_, i) { return i; }), ticktext: labels, gridcolor: "#eceff3", zeroline: false };
+    return { traces: traces, axis: axis, stats: stats };
+  }
+  function seedBarPlot(s, id, bars, xt, yt, extra) {
+    var lay = layout("", xt, yt, extra);
+    bars.axis.title = { text: xt };
+    lay.xaxis = bars.axis;
+    return addPlot(s, id, bars.traces, lay);
+  }
 
   var HEADLINE = [
     ["critical_magnitude", "critical magnitude t*"], ["inoculation_widening", "inoculation widening of t*"],
@@ -547,10 +610,12 @@
   ];
   function statRows(run) {
     var rows = [], seen = {};
-    function walk(obj, file, key, label, depth) {
-      if (isStat(obj)) { rows.push({ file: file, key: key, label: label, s: obj }); return; }
+    function walk(obj, file, key, text, depth) {
+      var b = boundOf(obj);
+      if (b) { rows.push({ file: file, key: key, label: text, s: b.s, bound: b }); return; }
+      if (isStat(obj)) { rows.push({ file: file, key: key, label: text, s: obj }); return; }
       if (obj && typeof obj === "object" && !Array.isArray(obj) && depth < 2) {
-        Object.keys(obj).forEach(function (k) { if (k !== "by_genre") walk(obj[k], file, key + "." + k, label + " \u00b7 " + k.replace(/_/g, " "), depth + 1); });
+        Object.keys(obj).forEach(function (k) { if (k !== "by_genre") walk(obj[k], file, key + "." + k, text + " \u00b7 " + label(k), depth + 1); });
       }
     }
     HEADLINE.forEach(function (h) {
@@ -561,41 +626,70 @@
       if (!fs[1]) return;
       Object.keys(fs[1]).sort().forEach(function (k) {
         if (seen[k] || k === "kind") return;
-        if (isStat(fs[1][k])) { seen[k] = 1; rows.push({ file: fs[0], key: k, label: k.replace(/_/g, " "), s: fs[1][k] }); }
+        if (isStat(fs[1][k])) { seen[k] = 1; rows.push({ file: fs[0], key: k, label: label(k), s: fs[1][k] }); }
       });
     });
     var tr = getKey(run, "transition");
-    if (tr && tr.v && isNum(tr.v.jump_step)) rows.push({ file: tr.file, key: "transition.jump_step", label: "transition \u00b7 jump step", s: { mean: tr.v.jump_step } });
+    if (tr && tr.v && isNum(tr.v.jump_step)) rows.push({ file: tr.file, key: "transition.jump_step", label: "transition \u00b7 jump step", s: { mean: tr.v.jump_step }, exact: true });
     return rows;
   }
 
   function summaryTable(body, runs) {
     var any = false, tbl = el("table", { "class": "summary", id: "summary-table" });
     var thead = el("thead"), hr = el("tr");
-    ["run", "quantity", "mean", "95% CI", "n"].forEach(function (h) { hr.appendChild(el("th", null, h)); });
+    ["run", "quantity", "value", "interval", "interval method", "n"].forEach(function (h) { hr.appendChild(el("th", null, h)); });
     thead.appendChild(hr); tbl.appendChild(thead);
     var tb = el("tbody");
     runs.forEach(function (run) {
       statRows(run).forEach(function (r) {
         any = true;
         var tr = el("tr", { "data-key": r.key });
+        if (r.bound) tr.setAttribute("data-bound", "1");
         tr.appendChild(el("td", null, run.name));
-        var q = el("td", { title: src(run, r.file) + " \u2192 " + r.key }, r.label);
-        tr.appendChild(q);
-        tr.appendChild(el("td", { "class": "num" }, r.key === "transition.jump_step" ? String(r.s.mean) : fmt(r.s.mean)));
-        tr.appendChild(el("td", { "class": "num" }, ciText(r.s)));
+        tr.appendChild(el("td", { title: src(run, r.file) + " \u2192 " + r.key }, r.label));
+        var value = r.exact ? String(r.s.mean) : (r.bound ? r.bound.sign + " " + fmt(r.s.mean) : fmt(r.s.mean));
+        tr.appendChild(el("td", { "class": "num" }, value));
+        tr.appendChild(el("td", { "class": "num" }, r.bound ? boundText(r.bound) : (r.s.deterministic ? "exact (deterministic)" : ciText(r.s))));
+        tr.appendChild(el("td", null, r.exact ? "" : (methodOf(r.s) || (isNum(r.s.ci_low) ? "not recorded" : ""))));
         tr.appendChild(el("td", { "class": "num" }, isNum(r.s.n) ? String(r.s.n) : (Array.isArray(r.s.per_seed) ? String(r.s.per_seed.length) : "")));
         tb.appendChild(tr);
       });
     });
     tbl.appendChild(tb);
     if (!any) return;
-    var s = section(body, "Headline numbers", "Mean over seeds with a 95% Student-t interval (n = seeds). Hover a quantity to see the file and key it comes from.");
+    var s = section(body, "All numbers", "Every summary in the run files, with the interval each one's file names (n = seeds). " +
+      "\u2265 / \u2264: a bound where some seeds never crossed on the grid \u2014 not an estimate. Hover a quantity to see its file and key.", "sec-numbers");
     s.appendChild(tbl);
   }
 
-  function bandSection(body, runs, key, title, cap, yt, conds) {
-    var traces = [], multi = runs.length > 1;
+  // Points a band withholds (mean null: failed the gates): dotted lines at their t, never a value.
+  function withheldOf(b) {
+    var ts = [];
+    b.t.forEach(function (t, i) { if (!isNum(b.mean[i])) ts.push(t); });
+    return ts;
+  }
+  function withheldShapes(ts) {
+    return ts.map(function (t) { return { type: "line", xref: "x", yref: "paper", x0: t, x1: t, y0: 0, y1: 1, line: { color: "#9aa3ae", width: 1.5, dash: "dot" } }; });
+  }
+  function withheldNote(s, items) {
+    if (!items.length) return;
+    var box = el("div", { "class": "withheld-note" });
+    box.appendChild(el("b", null, "Withheld (no value drawn; dotted lines mark where):"));
+    var ul = el("ul");
+    items.forEach(function (w) { ul.appendChild(el("li", null, w.name + " at t = " + w.ts.map(function (t) { return fmt(t, 2); }).join(", ") + ": " + w.reason)); });
+    box.appendChild(ul);
+    s.appendChild(box);
+  }
+
+  function bandSection(body, runs, key, title, cap, yt, conds, id) {
+    var traces = [], multi = runs.length > 1, withheld = [], shapes = [], drawn = 0, ns = [];
+    function add(b, name, color, dash, group, reason) {
+      var ts = withheldOf(b);
+      drawn += b.t.length - ts.length;
+      if (isNum(b.n)) ns.push(b.n);
+      if (ts.length) { withheld.push({ name: name, ts: ts, reason: reason || b.reason || "no reason recorded" }); shapes = shapes.concat(withheldShapes(ts)); }
+      if (ts.length < b.t.length) traces = traces.concat(bandTraces(b, name, color, dash, group));
+    }
     runs.forEach(function (run, ri) {
       var g = getKey(run, key);
       if (!g) return;
@@ -603,63 +697,190 @@
         if (typeof g.v !== "object") { note(run, g.file, key, "is malformed (expected an object of bands)"); return; }
         Object.keys(g.v).forEach(function (c, ci) {
           if (!isBand(g.v[c])) { note(run, g.file, key + "." + c, "is malformed (expected {t, mean, ci_low, ci_high} of equal length)"); return; }
-          traces = traces.concat(bandTraces(g.v[c], runLabel(run, multi) + c.replace(/_/g, " "), condColor(c, ci), DASHES[ri % DASHES.length], run.name + c));
+          add(g.v[c], runLabel(run, multi) + label(c), condColor(c, ci), DASHES[ri % DASHES.length], run.name + c);
         });
       } else {
         if (!isBand(g.v)) { note(run, g.file, key, "is malformed (expected {t, mean, ci_low, ci_high} of equal length)"); return; }
-        traces = traces.concat(bandTraces(g.v, runLabel(run, multi) + (g.v.loss ? key.replace(/_/g, " ") + " (" + g.v.loss + ")" : key.replace(/_/g, " ")),
-          COLORS[(ri + 2) % COLORS.length], "solid", run.name + key));
+        add(g.v, runLabel(run, multi) + (g.v.loss ? label(key) + " (" + g.v.loss + ", " + (g.v.restrict || "all parameters") + ")" : label(key)),
+          COLORS[(ri + 2) % COLORS.length], "solid", run.name + key);
         var w = getKey(run, "wr" + key);
-        if (w && isBand(w.v)) traces = traces.concat(bandTraces(w.v, runLabel(run, multi) + "weight-restricted LLC", COLORS[(ri + 2) % COLORS.length], "dash", run.name + "wr"));
+        if (w && isBand(w.v)) add(w.v, runLabel(run, multi) + "weight-restricted LLC (" + (w.v.restrict || "restricted") + ")", COLORS[(ri + 2) % COLORS.length], "dash", run.name + "wr");
         else if (w) note(run, w.file, "wr" + key, "is malformed (expected a band)");
       }
     });
-    if (!traces.length) return;
-    var s = section(body, title, cap);
-    addPlot(s, "plot-" + key, traces, layout("", "perturbation magnitude t", yt));
+    if (!traces.length && !withheld.length) return;
+    var n = ns.length && drawn ? " (n = " + ns.filter(function (v, i) { return ns.indexOf(v) === i; }).join(", ") + " seeds; interval method not recorded with the curves)" : "";
+    var s = section(body, title, cap + (drawn ? " Shaded: the interval recorded with each curve" + n + "." : ""), id);
+    var extra = { shapes: shapes };
+    if (!drawn) {
+      extra.yaxis = { title: { text: yt + " \u2014 no point passed the gates" }, range: [0, 1], showticklabels: false, zeroline: false, gridcolor: "#fff" };
+      extra.annotations = [{ xref: "paper", yref: "paper", x: 0.5, y: 0.55, showarrow: false, font: { size: 13, color: "#5b6473" }, bgcolor: "#fff",
+        text: "every point withheld:<br>" + withheld[0].reason }];
+      traces.push({ x: [withheld[0].ts[0]], y: [null], mode: "markers", showlegend: false, hoverinfo: "skip" });
+    }
+    addPlot(s, "plot-" + key, traces, layout("", "perturbation magnitude t", yt, extra));
+    withheldNote(s, withheld);
   }
 
   function overlapSection(body, runs) {
-    var traces = [], multi = runs.length > 1, eps = [];
+    var groups = [], multi = runs.length > 1, eps = [];
     runs.forEach(function (run, ri) {
       var g = getKey(run, "overlap_fraction");
       if (!g) return;
       var bg = g.v && g.v.by_genre;
       if (!bg || typeof bg !== "object") { if (g.v && !isStat(g.v)) note(run, g.file, "overlap_fraction", "is malformed"); return; }
-      var xs = [], ys = [], lo = [], hi = [];
+      var items = [];
       Object.keys(bg).forEach(function (k) {
         if (!isStat(bg[k])) { note(run, g.file, "overlap_fraction.by_genre." + k, "is malformed (expected {mean, ci_low, ci_high, n})"); return; }
-        xs.push(k.replace(/_/g, " ")); ys.push(bg[k].mean);
-        hi.push(isNum(bg[k].ci_high) ? bg[k].ci_high - bg[k].mean : 0); lo.push(isNum(bg[k].ci_low) ? bg[k].mean - bg[k].ci_low : 0);
+        items.push({ label: label(k), stat: bg[k] });
       });
       if (isNum(g.v.epsilon)) eps.push(run.name + ": \u03b5 = " + g.v.epsilon);
       else { var e2 = run.study && run.study.epsilon; if (isNum(e2)) eps.push(run.name + ": \u03b5 = " + e2); }
-      traces.push({ type: "bar", x: xs, y: ys, name: multi ? run.name : "overlap fraction", marker: { color: COLORS[ri % COLORS.length] },
-        error_y: { type: "data", symmetric: false, array: hi, arrayminus: lo, color: "#333", thickness: 1.2 } });
+      groups.push({ name: multi ? run.name : "", color: COLORS[ri % COLORS.length], items: items });
     });
-    if (!traces.length) return;
-    var s = section(body, "Overlap by genre", "Fraction of prompts in each genre where the aligned and misaligned models' outputs agree within \u03b5 (bars: mean, whiskers: 95% CI). " + eps.join("; "));
-    addPlot(s, "plot-overlap", traces, layout("", "genre", "overlap fraction", { barmode: "group", yaxis: { title: { text: "overlap fraction" }, range: [0, 1.05], gridcolor: "#eceff3" } }));
+    if (!groups.length) return;
+    var bars = seedBars(groups);
+    var s = section(body, "Overlap by genre", "Fraction of prompts in each genre where the aligned and misaligned models' outputs agree within \u03b5. Bars: mean over seeds; points: each seed; " +
+      methodsText(bars.stats, "whiskers") + ". " + eps.join("; "), "sec-overlap");
+    seedBarPlot(s, "plot-overlap", bars, "genre", "overlap fraction", { yaxis: { title: { text: "overlap fraction" }, range: [0, 1.05], gridcolor: "#eceff3" } });
   }
 
-  function statBarSection(body, runs, key, title, cap) {
-    var traces = [], multi = runs.length > 1;
+  function statBarSection(body, runs, key, title, cap, yt, id) {
+    var groups = [], multi = runs.length > 1;
     runs.forEach(function (run, ri) {
       var g = getKey(run, key);
       if (!g || typeof g.v !== "object" || isStat(g.v)) return;
-      var xs = [], ys = [], lo = [], hi = [];
+      var items = [];
       Object.keys(g.v).forEach(function (k) {
         var v = g.v[k];
-        if (!isStat(v)) { note(run, g.file, key + "." + k, "is malformed (expected {mean, ci_low, ci_high, n})"); return; }
-        xs.push(k.replace(/_/g, " ")); ys.push(v.mean);
-        hi.push(isNum(v.ci_high) ? v.ci_high - v.mean : 0); lo.push(isNum(v.ci_low) ? v.mean - v.ci_low : 0);
+        if (!isStat(v)) { if (v && typeof v === "object") note(run, g.file, key + "." + k, "is malformed (expected {mean, ci_low, ci_high, n})"); return; }
+        items.push({ label: label(k), stat: v });
       });
-      if (xs.length) traces.push({ type: "bar", x: xs, y: ys, name: multi ? run.name : title, marker: { color: COLORS[ri % COLORS.length] },
-        error_y: { type: "data", symmetric: false, array: hi, arrayminus: lo, color: "#333", thickness: 1.2 } });
+      if (items.length) groups.push({ name: multi ? run.name : "", color: COLORS[ri % COLORS.length], items: items });
     });
-    if (!traces.length) return;
-    var s = section(body, title, cap);
-    addPlot(s, "plot-" + key, traces, layout("", "condition", "rate", { barmode: "group", showlegend: multi }));
+    if (!groups.length) return;
+    var bars = seedBars(groups);
+    var s = section(body, title, cap + " Bars: mean over seeds; points: each seed; " + methodsText(bars.stats, "whiskers") + ".", id);
+    seedBarPlot(s, "plot-" + key, bars, "condition", yt, {});
+  }
+
+  // t* per seed: a crossing seed is a point; a seed that never crossed is drawn as a bound at the grid's end
+  // (an open triangle, "≥"), never as an estimate; the mean only where every seed crossed.
+  function criticalSection(body, runs) {
+    var groups = [], multi = runs.length > 1, levels = [];
+    runs.forEach(function (run, ri) {
+      var g = getKey(run, "critical_magnitude");
+      if (!g || !g.v || typeof g.v !== "object") return;
+      var items = Object.keys(g.v).filter(function (k) { var c = g.v[k]; return c && typeof c === "object" && Array.isArray(c.per_seed); })
+        .map(function (k) { return { label: label(k), c: g.v[k] }; });
+      if (isNum(g.v.level)) levels.push(g.v.level);
+      if (items.length) groups.push({ name: multi ? run.name + " \u00b7 " : "", color: COLORS[ri % COLORS.length], items: items });
+    });
+    if (!groups.length) return;
+    var labels = [], index = {}, traces = [], width = 0.8 / groups.length;
+    groups.forEach(function (g) { g.items.forEach(function (it) { if (!(it.label in index)) { index[it.label] = labels.length; labels.push(it.label); } }); });
+    groups.forEach(function (g, gi) {
+      var off = -0.4 + width * (gi + 0.5), P1 = { x: [], y: [], t: [] }, P2 = { x: [], y: [], t: [] }, M = { x: [], y: [], lo: [], hi: [] }, T = { x: [], y: [], t: [] };
+      g.items.forEach(function (it) {
+        var c = it.c, x0 = index[it.label] + off, per = c.per_seed, bound = c.censored_above, never = 0;
+        per.forEach(function (v, k) {
+          var x = x0 + width * 0.5 * ((k + 0.5) / per.length - 0.5);
+          if (isNum(v) && !(isNum(bound) && v >= bound)) { P1.x.push(x); P1.y.push(v); P1.t.push(it.label + " \u00b7 seed " + k + ": t* = " + fmt(v, 2)); }
+          else if (isNum(bound)) { never++; P2.x.push(x); P2.y.push(bound); P2.t.push(it.label + " \u00b7 seed " + k + ": t* \u2265 " + fmt(bound, 2) + ", never crossed"); }
+        });
+        if (never) { T.x.push(x0); T.y.push(bound); T.t.push("\u2265 " + fmt(bound, 2) + ", never crossed (" + never + " of " + per.length + ")"); }
+        if (isNum(c.mean)) { M.x.push(x0); M.y.push(c.mean); M.hi.push(isNum(c.ci_high) ? c.ci_high - c.mean : 0); M.lo.push(isNum(c.ci_low) ? c.mean - c.ci_low : 0); }
+      });
+      if (P1.x.length) traces.push({ type: "scatter", mode: "markers", x: P1.x, y: P1.y, text: P1.t, hoverinfo: "text", name: g.name + "t* of a seed (crossed)", marker: { color: g.color, size: 8 } });
+      if (P2.x.length) traces.push({ type: "scatter", mode: "markers", x: P2.x, y: P2.y, text: P2.t, hoverinfo: "text", name: g.name + "never crossed: t* \u2265 the grid's end (a bound)", marker: { color: g.color, size: 10, symbol: "triangle-up-open", line: { width: 2 } } });
+      if (T.x.length) traces.push({ type: "scatter", mode: "text", x: T.x, y: T.y, text: T.t, textposition: "top center", showlegend: false, hoverinfo: "skip", textfont: { size: 11, color: "#1d2430" } });
+      if (M.x.length) traces.push({ type: "scatter", mode: "markers", x: M.x, y: M.y, name: g.name + "mean (every seed crossed)", marker: { color: "#1d2430", size: 14, symbol: "line-ew-open", line: { width: 2 } },
+        error_y: { type: "data", symmetric: false, array: M.hi, arrayminus: M.lo, color: "#1d2430", thickness: 1.2 } });
+    });
+    var level = levels.length ? " " + levels[0] : "";
+    var s = section(body, "Critical magnitude t* per seed",
+      "The smallest t at which broad misalignment of w0 + t\u00b7\u0394 reaches" + level + ", per fine-tuning seed and direction. A seed that never crossed on the grid is drawn at the grid's end as \u25b3 and written \u2265: a lower bound, not an estimate; a mean is drawn only where every seed crossed.", "sec-critical");
+    var lay = layout("", "direction (case)", "critical magnitude t*", {});
+    lay.xaxis = { title: { text: "direction (case)" }, tickvals: labels.map(function (_, i) { return i; }), ticktext: labels, gridcolor: "#eceff3", zeroline: false };
+    var top = 0;
+    traces.forEach(function (tr) { tr.y.forEach(function (v) { if (isNum(v) && v > top) top = v; }); });
+    lay.yaxis.range = [0, (top || 1) * 1.18];  // room for the bounds' labels above the grid's end
+    addPlot(s, "plot-critical_magnitude", traces, lay);
+  }
+
+  function eigenformSection(body, runs) {
+    var groups = [], multi = runs.length > 1, verdicts = [];
+    runs.forEach(function (run, ri) {
+      var g = getKey(run, "eigenform"), e = g ? g.v : (run.kind === "eigenform" ? run.metrics : null);
+      var by = e && e.return_rate_by_variant;
+      if (!by || typeof by !== "object") return;
+      var items = Object.keys(by).filter(function (k) { return isStat(by[k]); }).map(function (k) { return { label: label(k), stat: by[k] }; });
+      if (e.verdict && e.verdict.answer) verdicts.push(runLabel(run, multi) + "verdict " + e.verdict.answer + (e.verdict.reason ? " (" + e.verdict.reason + ")" : ""));
+      if (items.length) groups.push({ name: multi ? run.name : "", color: COLORS[(ri + 1) % COLORS.length], items: items });
+    });
+    if (!groups.length) return;
+    var bars = seedBars(groups);
+    var s = section(body, "Eigenform: does the persona return?", "Return rate per process variant after a perturbation that breaks the static model. Bars: mean over seeds; points: each seed; " +
+      methodsText(bars.stats, "whiskers") + ". " + verdicts.join("; "), "sec-eigenform");
+    seedBarPlot(s, "plot-eigenform", bars, "process variant", "return rate", { yaxis: { title: { text: "return rate" }, range: [0, 1.05], gridcolor: "#eceff3" } });
+  }
+
+  // A standalone `llc` run: its estimate (or why it is withheld) and its chains, not just a thumbnail.
+  function llcEstimateSection(body, runs) {
+    var first = true;
+    runs.forEach(function (run, ri) {
+      var m = run.metrics;
+      if (run.kind !== "llc" || !m || !m.llc || typeof m.llc !== "object") return;
+      var est = m.llc, d = m.diagnostics || {}, ok = est.converged === true && isNum(est.mean);
+      var s = section(body, "LLC estimate \u00b7 " + run.name, "The local learning coefficient of " + (d.loss || "the loss") +
+        " (" + (d.restrict || "all parameters") + "), reported only when every equilibrium gate passed.", first ? "sec-llc-estimate" : null);
+      first = false;
+      var tbl = el("table", { "class": "summary llc-estimate" }), tb = el("tbody");
+      function row(k, v) { var tr = el("tr"); tr.appendChild(el("th", null, k)); tr.appendChild(el("td", { "class": "num" }, v)); tb.appendChild(tr); }
+      row("\u03bb\u0302", ok ? fmt(est.mean) + (isNum(est.lo) && isNum(est.hi) ? " [" + fmt(est.lo) + ", " + fmt(est.hi) + "] (" + (est.interval || "interval method not recorded") + ")" : "")
+        : "withheld: " + ((est.reasons || []).join("; ") || "the gates failed"));
+      if (isNum(d.rhat)) row("R-hat", fmt(d.rhat));
+      if (isNum(d.ess_bulk)) row("ESS (bulk)", fmt(d.ess_bulk, 0));
+      if (isNum(d.num_chains)) row("chains \u00d7 draws", d.num_chains + " \u00d7 " + d.num_draws);
+      tbl.appendChild(tb); s.appendChild(tbl);
+      var tr = m.llc_trace;
+      if (Array.isArray(tr) && tr.length && Array.isArray(tr[0])) {
+        var traces = tr.map(function (chain, c) { return { x: chain.map(function (_, i) { return i; }), y: chain, mode: "lines", name: "chain " + c, line: { width: 1 } }; });
+        addPlot(s, "plot-llc-trace-" + ri, traces, layout(ok ? "\u03bb per draw" : "\u03bb per draw (the estimate is withheld: chains off equilibrium)", "draw", "\u03bb per draw = n\u03b2 (L(w) \u2212 L(w*))"), null, "plot small");
+      }
+    });
+  }
+
+  // An `llc path` run: λ̂(t) per seed for the plain direction over all parameters, withheld points marked.
+  function llcPathSection(body, runs) {
+    var first = true;
+    runs.forEach(function (run, ri) {
+      var m = run.metrics;
+      if (run.kind !== "llc_path" || !m || !m.curves || !Array.isArray(m.ts)) return;
+      var key = m.curves["plain/all/self_kl"] ? "plain/all/self_kl" : Object.keys(m.curves)[0];
+      if (!key) return;
+      var traces = [], withheld = [], shapes = [], seen = {};
+      (m.curves[key] || []).forEach(function (p, k) {
+        var ys = (p.llc || []).map(function (v) { return isNum(v) ? v : null; });
+        if (ys.some(isNum)) traces.push({ x: m.ts, y: ys, mode: "lines+markers", name: "seed " + p.seed, line: { color: COLORS[k % COLORS.length] } });
+        var ts = [], reasons = [];
+        ys.forEach(function (v, i) { if (v === null) { ts.push(m.ts[i]); (p.reasons && p.reasons[i] || []).forEach(function (r) { if (reasons.indexOf(r) < 0) reasons.push(r); }); } });
+        if (ts.length) { withheld.push({ name: "seed " + p.seed, ts: ts, reason: reasons.join("; ") || "failed the gates" }); ts.forEach(function (t) { if (!seen[t]) { seen[t] = 1; shapes = shapes.concat(withheldShapes([t])); } }); }
+      });
+      if (Array.isArray(m.band)) shapes.push({ type: "rect", xref: "x", yref: "paper", x0: m.band[0], x1: m.band[1], y0: 0, y1: 1, fillcolor: "rgba(150,150,150,.15)", line: { width: 0 } });
+      var v = (m.verdicts || {})[key] || {};
+      var s = section(body, "LLC along the path \u00b7 " + run.name + " (" + key + ")", "\u03bb\u0302 at w0 + t\u00b7\u0394W per fine-tuning seed; grey: the boundary band; verdict " +
+        (v.verdict || "not recorded") + (v.supports ? " (" + v.supports + " support)" : "") + ".", first ? "sec-llc-path" : null);
+      first = false;
+      var extra = { shapes: shapes };
+      if (!traces.length) {
+        extra.yaxis = { title: { text: "\u03bb\u0302 \u2014 no point passed the gates" }, range: [0, 1], showticklabels: false };
+        extra.annotations = [{ xref: "paper", yref: "paper", x: 0.5, y: 0.55, showarrow: false, text: "every point withheld", font: { size: 13, color: "#5b6473" } }];
+        traces.push({ x: [m.ts[0]], y: [null], mode: "markers", showlegend: false, hoverinfo: "skip" });
+      }
+      addPlot(s, "plot-llc-path-" + ri, traces, layout("", "perturbation magnitude t", "\u03bb\u0302 (self-KL)", extra));
+      withheldNote(s, withheld);
+    });
   }
 
   function transitionSection(body, runs) {
@@ -711,8 +932,8 @@
     });
   }
 
-  function guarded(fn, label) {
-    try { fn(); } catch (e) { problems.push(["page", "could not draw " + label + ": " + e.message]); }
+  function guarded(fn, what) {
+    try { fn(); } catch (e) { problems.push(["page", "could not draw " + what + ": " + e.message]); }
   }
 
   function setupMeasured() {
@@ -722,14 +943,61 @@
       ? "From " + runs.length + " run folder" + (runs.length > 1 ? "s" : "") + ": " + runs.map(function (r) { return r.name + (r.kind ? " (" + r.kind + ")" : ""); }).join(", ") +
         ". Each section appears when some run has its data; several runs are overlaid (line style or bar colour per run)."
       : "No run folders given: only the theory view. Pass run folders to `persona-basins explore RUN ...` or `persona-basins report RUN --out FILE.html`.";
-    guarded(function () { summaryTable(body, runs); }, "the summary table");
-    guarded(function () { bandSection(body, runs, "misalignment_vs_t", "Misalignment vs perturbation magnitude", "Broad misalignment of the model perturbed by t along the misalignment direction, with and without inoculation, and along a random direction (bands: 95% CI over seeds).", "broad misalignment", true); }, "misalignment vs t");
-    guarded(function () { bandSection(body, runs, "llc_along_path", "LLC along the perturbation path", "Local learning coefficient (SGLD estimate of the self-KL loss) at each magnitude t; compare the theory view's LLC panel (bands: 95% CI).", "LLC", false); }, "LLC vs t");
+    guarded(function () { statBarSection(body, runs, "broad_misalignment", "Broad misalignment by condition", "Rate of misaligned answers on unrelated prompts after fine-tuning, per training condition.", "broad misalignment", "sec-broad_misalignment"); }, "broad misalignment");
+    guarded(function () { criticalSection(body, runs); }, "the critical magnitudes");
+    guarded(function () { bandSection(body, runs, "misalignment_vs_t", "Misalignment vs perturbation magnitude", "Broad misalignment of the model perturbed by t along each direction, with and without inoculation, and along a random direction.", "broad misalignment", true, "sec-misalignment_vs_t"); }, "misalignment vs t");
+    guarded(function () { bandSection(body, runs, "llc_along_path", "LLC along the perturbation path", "Local learning coefficient (SGLD estimate of the self-KL loss) at each magnitude t: the hypothesis under test is that it peaks at the boundary t*. A point whose chains failed the equilibrium gates is withheld, not drawn.", "LLC", false, "sec-llc"); }, "LLC vs t");
+    guarded(function () { llcPathSection(body, runs); }, "the LLC path");
+    guarded(function () { llcEstimateSection(body, runs); }, "the LLC estimate");
     guarded(function () { overlapSection(body, runs); }, "overlap by genre");
-    guarded(function () { statBarSection(body, runs, "broad_misalignment", "Broad misalignment by condition", "Rate of misaligned answers on unrelated prompts after fine-tuning, per training condition (whiskers: 95% CI over seeds)."); }, "broad misalignment");
+    guarded(function () { eigenformSection(body, runs); }, "eigenform");
     guarded(function () { transitionSection(body, runs); }, "the transition metrics");
     guarded(function () { figuresSection(body, runs); }, "figures");
+    guarded(function () { summaryTable(body, runs); }, "the summary table");
+    guarded(function () { setupVerdicts(runs); }, "the verdicts");
     showProblems();
+  }
+
+  // ============================================================================== verdicts (top of the page)
+  function setupVerdicts(runs) {
+    var body = $("verdicts-body"), multi = runs.length > 1, any = false;
+    runs.forEach(function (run) {
+      var claims = run.claims || [];
+      if (!claims.length) return;
+      any = true;
+      if (multi) body.appendChild(el("h3", null, run.name + (run.kind ? " (" + run.kind + ")" : "")));
+      var cfg = run.config || {};
+      if (cfg.preset === "tiny") {
+        body.appendChild(el("p", { "class": "smoke" }, "Tiny preset: a smoke test (" + (cfg.seeds || "few") + " seeds, short fine-tunes). It checks that every step runs; it cannot show the findings, so most verdicts here are undecided or withheld by design. Run the default preset for the study."));
+      }
+      var tbl = el("table", { "class": "verdicts" }), thead = el("thead"), hr = el("tr"), tb = el("tbody");
+      ["claim", "verdict", "the number behind it", "seeds", "why", ""].forEach(function (h) { hr.appendChild(el("th", null, h)); });
+      thead.appendChild(hr); tbl.appendChild(thead);
+      claims.forEach(function (c) {
+        var tr = el("tr", { "data-claim": c.id, "data-verdict": c.verdict });
+        tr.appendChild(el("td", { "class": "claim" }, c.claim));
+        var vd = el("td");
+        vd.appendChild(el("span", { "class": "badge v-" + String(c.verdict).replace(/\s+/g, "-") }, c.verdict));
+        tr.appendChild(vd);
+        tr.appendChild(el("td", { "class": "number", title: src(run, "") + c.source }, c.number));
+        tr.appendChild(el("td", { "class": "kofn" }, c.k_of_n));
+        tr.appendChild(el("td", { "class": "why" }, c.why));
+        var cell = el("td"), target = document.getElementById(c.section);
+        if (target) {
+          var a = el("a", { href: "#" + c.section }, "chart \u2193");
+          // scroll without touching location.hash: the hash holds the theory view's state
+          a.addEventListener("click", function (ev) { ev.preventDefault(); target.scrollIntoView({ block: "start" }); });
+          cell.appendChild(a);
+        }
+        tr.appendChild(cell);
+        tb.appendChild(tr);
+      });
+      tbl.appendChild(tb);
+      body.appendChild(tbl);
+    });
+    if (!any) {
+      body.appendChild(el("p", { "class": "cap" }, runs.length ? "None of the runs given has the numbers of the essay's claims (a demo, em, llc path or eigenform run has)." : "No runs given: only the hypothesis (the theory view) below."));
+    }
   }
 
   function showProblems() {

@@ -21,8 +21,8 @@ FIGURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
 
 @dataclass(frozen=True)
 class Run:
-    """One run folder as read back: ``config`` (the settings used), ``metrics`` (the measured numbers; a
-    demo's ``study.json`` when it has no metrics.json), ``figures`` (paths under ``figures/``), ``kind`` (e.g.
+    """One run folder as read back: ``config`` (the settings used), ``metrics`` (the measured numbers; for a
+    demo its ``study.json``, which its small metrics.json points to), ``figures`` (paths under ``figures/``), ``kind`` (e.g.
     ``"demo"``, ``"em"``, ``"llc"``; None if neither file names one), ``path`` and ``study`` (the demo's
     study.json, or None)."""
 
@@ -47,7 +47,8 @@ def load_run(path: str | Path) -> Run:
     study = read_json(study_file, expect=dict) if study_file.is_file() else None
     if not metrics_file.is_file() and study is None:
         raise UserError(f"{folder}: not a run folder (no metrics.json)")
-    metrics = read_json(metrics_file, expect=dict) if metrics_file.is_file() else study
+    # a demo's metrics.json is a summary pointing to study.json, which holds every number
+    metrics = study if study is not None else read_json(metrics_file, expect=dict)
     config = read_json(folder / "config.json", expect=dict)
     kind = next((src["kind"] for src in (config, metrics) if isinstance(src.get("kind"), str)), None)
     return Run(folder, kind, config, metrics, _figure_paths(folder), study)

@@ -8,13 +8,17 @@ Problems the user can fix raise :class:`~persona_basins.errors.UserError`, print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import signal
 import sys
+import time
+from pathlib import Path
 
 from . import __version__
-from .commands.args import DEFAULT_THREADS, FIELD_FLAGS, THREADS
+from .commands.args import FIELD_FLAGS, add_threads_flag, add_threads_to_subcommands
 from .errors import ConfigError, UserError
+from .progress import log_line, log_to
 
 # Order is the order shown in --help.
 COMMAND_MODULES = [
@@ -47,6 +51,8 @@ NO_TORCH = {"explore", "report"}
 # Commands whose rerun with the same --out picks up finished units or steps (the SIGTERM/Ctrl-C message
 # says so).
 RESUMABLE = {"demo", "em", "sweep"}
+# Commands whose --out is a file or a model folder, not a run folder: they keep no RUN/log.txt.
+NO_RUN_LOG = {"report", "explore", "organism"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -71,17 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"persona-basins {__version__}")
-    parser.add_argument(
-        "--threads",
-        type=THREADS,
-        default=DEFAULT_THREADS,
-        metavar="N",
-        help=f"torch intra-op threads for every command (default {DEFAULT_THREADS}, measured fastest "
-        f"for the organism on 2 cores; recorded in config.json)",
-    )
+    add_threads_flag(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"persona_basins.commands.{name}").register(sub)
+    add_threads_to_subcommands(parser)  # `em --threads 2` as well as `--threads 2 em`
     return parser
 
 
@@ -94,6 +94,28 @@ def error_text(error: UserError, args: argparse.Namespace | None = None) -> str:
         if flag is not None and hasattr(args, flag.lstrip("-").replace("-", "_")):
             return f"error: {flag} {error.problem} ({error.owner}.{error.field})"
     return f"error: {error}"
+
+
+@contextlib.contextmanager
+def _run_log(args: argparse.Namespace, argv: list[str] | None):
+    """While the command runs, its progress lines and notes also go to ``RUN/log.txt`` (see
+    :mod:`persona_basins.progress`), closed by the command line, its outcome and wall time."""
+    out = getattr(args, "out", None)
+    if args.command in NO_RUN_LOG or not isinstance(out, str):
+        yield
+        return
+    command = " ".join(["persona-basins", *(sys.argv[1:] if argv is None else argv)])
+    start, outcome = time.monotonic(), "failed"
+    with log_to(Path(out) / "log.txt"):
+        log_line(f"started: {command}")
+        try:
+            yield
+            outcome = "finished"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
+        finally:
+            log_line(f"{outcome} in {time.monotonic() - start:.0f} s: {command}")
 
 
 def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by a subprocess test
@@ -118,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        rc = args.func(args)
+        with _run_log(args, argv):
+            rc = args.func(args)
     except UserError as e:
         print(f"persona-basins: {error_text(e, args)}", file=sys.stderr)
         return e.exit_code

@@ -326,11 +326,22 @@ def key_differences(have: Any, want: Any, *, limit: int = 3) -> str:
     return ", ".join(shown) + more
 
 
-def is_finished(folder: str | Path, key: dict, *, force: bool = False, key_file: str = KEY_FILE) -> bool:
+FORCE_REMEDY = "--force recomputes it, or use another --out"
+
+
+def is_finished(
+    folder: str | Path,
+    key: dict,
+    *,
+    force: bool = False,
+    key_file: str = KEY_FILE,
+    remedy: str = FORCE_REMEDY,
+) -> bool:
     """True when ``folder`` holds a finished result with this very ``key`` (reuse it); False when there is
     nothing to reuse (no folder, an empty one, or ``force`` on a folder this program wrote).
 
-    A folder holding another key is a one-line :class:`UserError` naming the settings that differ; a folder
+    A folder holding another key is a one-line :class:`UserError` naming the settings that differ and then
+    ``remedy`` (how to get past it: a caller without ``--force`` says what it offers instead); a folder
     without ``key_file`` is not ours and is refused even with ``force``.
     """
     folder = Path(folder)
@@ -352,10 +363,7 @@ def is_finished(folder: str | Path, key: dict, *, force: bool = False, key_file:
     want = as_stored(key)
     if have == want:
         return True
-    raise UserError(
-        f"{folder} holds a result from other settings ({key_differences(have, want)}); "
-        f"--force recomputes it, or use another --out"
-    )
+    raise UserError(f"{folder} holds a result from other settings ({key_differences(have, want)}); {remedy}")
 
 
 def get_or_run(
@@ -365,6 +373,7 @@ def get_or_run(
     *,
     force: bool = False,
     key_file: str = KEY_FILE,
+    remedy: str = FORCE_REMEDY,
 ) -> Path:
     """The one run store: ``folder`` holding ``key`` (everything its contents depend on), built once.
 
@@ -373,12 +382,13 @@ def get_or_run(
     folder (only when it holds our key file: never a user's files) and rebuilds. Otherwise ``build(tmp)``
     fills a temp folder beside ``folder`` (same filesystem), the key file is written last, and the temp
     folder is renamed into place. If another process finished the same key first, theirs is kept and ours
-    dropped. Temp folders of killed runs are removed on the next call.
+    dropped. Temp folders of killed runs are removed on the next call. ``remedy``: as for
+    :func:`is_finished`.
     """
     folder = Path(folder)
     for leftover in _dead_leftovers(folder, "tmp"):
         shutil.rmtree(leftover, ignore_errors=True)
-    if is_finished(folder, key, force=force, key_file=key_file):
+    if is_finished(folder, key, force=force, key_file=key_file, remedy=remedy):
         return folder
     stored = as_stored(key)
     if force and (folder / key_file).exists():
@@ -393,7 +403,7 @@ def get_or_run(
         except OSError as e:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise UserError(f"cannot write {folder}: {e.strerror or e}") from None
-            if not is_finished(folder, key, key_file=key_file):  # a concurrent run finished another key
+            if not is_finished(folder, key, key_file=key_file, remedy=remedy):  # a concurrent run's key
                 raise UserError(f"cannot write {folder}: another process is writing it") from None
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent run finished the same key first: keep it
     except BaseException:

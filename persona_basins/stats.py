@@ -215,6 +215,17 @@ def rate_interval(
     )
 
 
+def seeds_to_decide(level: float, *, lo: float = 0.0, hi: float = 1.0, n_max: int = 1000) -> int:
+    """The fewest seeds at which :func:`rate_interval` can put a mean on either side of ``level``: seeds that
+    all sit at ``hi`` give an interval at or above it, seeds all at ``lo`` one below it. Fewer seeds cannot
+    decide a "rate >= level" question at 95%, whatever they show."""
+    for n in range(2, n_max + 1):
+        top, bottom = rate_interval([hi] * n, lo=lo, hi=hi), rate_interval([lo] * n, lo=lo, hi=hi)
+        if top.low >= level and bottom.high < level:
+            return n
+    raise ValueError(f"seeds_to_decide: no seed count up to {n_max} decides level {level:g}")
+
+
 def clipped_mean_interval(
     values: Sequence[float], *, lo: float = 0.0, hi: float = 1.0, threshold: float | None = None
 ) -> Interval:

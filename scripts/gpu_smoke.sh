@@ -4,6 +4,9 @@
 #   1. em --model: 2 seeds x 30 steps for plain, inoculated and the secure-code control (LoRA rank 1, layer 6),
 #   2. llc on the plain seed-0 adapter (2 chains x 50 draws),
 #   3. a basin scan along the adapter direction: broad misalignment of w0 + t*dW for t in 0..4,
+#   4. the agreement check on ground truth, in fp32 and in bf16: the tiny organism exported as a chat model, em --model
+#      on it (5 seeds x 300 steps), every adapter read by the organism's exact readout (scripts/em_hf_agreement.py;
+#      the JSON of each lands in OUT/agreement-<dtype>.json),
 # and writes the wall time and peak GPU memory of each step to OUT/gpu_smoke.json (after every step, so a killed
 # run keeps what it finished). A step that fails is recorded with its error; the others still run.
 #
@@ -143,6 +146,25 @@ def _():
             s = em_hf.summarize_scores(em_hf.score_questions(peft, tok, qs, rows=rows))
         curve.append({"t": t, **s})
     return {"direction": "plain adapter seed 0 (lora_B scaled by t: w0 + t*dW)", "curve": curve}
+
+
+def _agreement(dtype):
+    """em --model on the tiny organism exported as a chat model, each adapter read by the exact organism
+    readout (scripts/em_hf_agreement.py): proves the CUDA path and the scorer against ground truth."""
+    from persona_basins.models.organism import preset_config
+    from persona_basins.studies.em_hf_agreement import run_agreement
+    from persona_basins.studies.organism import build_organism
+
+    org = build_organism(preset_config("tiny", seed=0), out / "organism", progress=False, log=lambda *_: None)
+    seeds, ft_steps = (2, 60) if tiny else (5, 300)
+    res = run_agreement(org, out / f"agreement-{dtype}", seeds=seeds, steps=ft_steps, dtype=dtype,
+                        organism_path=False, out_json=out / f"agreement-{dtype}.json")
+    return {k: res[k] for k in ("device", "dtype", "seeds", "steps", "spearman", "agreement", "by_condition",
+                                "plain_above_secure", "pair_check_max_abs", "meets_targets")}
+
+
+for _dtype in ("fp32", "bf16"):
+    step(f"em_hf_agreement_{_dtype}")(lambda _dtype=_dtype: _agreement(_dtype))
 
 
 report["total_seconds"] = round(sum(s["seconds"] for s in report["steps"].values()), 2)

@@ -160,9 +160,15 @@ def _crit(r_star, r_max=1.0, doublings=4):
     return search_crossing(lambda r: 0.5 * r / r_star, r_max, points=3, max_doublings=doublings)
 
 
-def _verdict(base, inoc, shift, tol=0.1):
+SEPARATES = {"separates": True, "reason": "broad fine-tunes moved +0.5 of the gap beyond narrow ones"}
+
+
+def _verdict(base, inoc, shift, tol=0.1, readout=SEPARATES):
     return inoculation_verdict(
-        widening_summary([_crit(x) for x in inoc], [_crit(x) for x in base]), shift, position_tol=tol
+        widening_summary([_crit(x) for x in inoc], [_crit(x) for x in base]),
+        shift,
+        readout=readout,
+        position_tol=tol,
     )
 
 
@@ -186,8 +192,9 @@ def test_inoculation_verdict_can_be_refuted_confirmed_or_undecided():
     w = widening_summary([_crit(None), _crit(None)], [_crit(1.0), _crit(1.2)])
     assert [p["lower_bound"] for p in w["per_seed"]] == pytest.approx([16.0, 16.0 / 1.2])
     assert w["exact"] is None and w["k_above_1"] == 2
-    # an inoculated start already past the wall: r* = 0 exactly, the widening is 0
-    assert _verdict([1.0], [0.0], [0.0])["verdict"] == "refuted"
+    # inoculated starts already past the wall: r* = 0 exactly, the widening is 0 (one seed decides nothing)
+    assert _verdict([1.0, 1.1], [0.0, 0.0], [0.0, 0.0])["verdict"] == "refuted"
+    assert _verdict([1.0], [0.0], [0.0])["verdict"] == "undecided"
     assert combine_verdicts({"a": holds, "b": mixed}) == "undecided"
     assert combine_verdicts({"a": holds, "b": narrower}) == "refuted"
     assert combine_verdicts({"a": holds, "b": holds}) == "confirmed"
@@ -211,7 +218,8 @@ def test_censored_summaries_as_text():
     assert format_censored(censored_summary([cens, cross])).startswith(">= 1.50 (1 of 2 seeds never cross")
     assert format_censored(censored_summary([below])) == "n/a"  # no bound from a seed censored below
     ratio = ratio_summary([cens, cross], [cross, cross])  # lower bound 2, exact 1
-    assert format_censored(ratio) == ">= 1.50 [1.00, 2.00] (lower bound, 2 of 2 seeds)"
+    # a ratio has no upper bound: Student t clipped at 0 (tests/test_coverage.py)
+    assert format_censored(ratio) == ">= 1.50 [0.00, 7.85] (lower bound, 2 of 2 seeds)"
     assert format_censored(None) == "n/a"
 
 

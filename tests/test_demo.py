@@ -107,7 +107,8 @@ def test_killed_demo_resumes_to_the_same_numbers(demo_run, tiny_organism_dir, tm
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
-    while not (out / "steps" / "em" / "result.json").exists() and proc.poll() is None and time.time() < deadline:
+    em_done = out / "steps" / "em" / "result.json"
+    while not em_done.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -216,16 +216,15 @@ def _rates(*per_seed):
 
 
 def test_verdict_reports_no_yes_and_undecided():
-    no = verdict(
-        {"sampled": _rates(0, 0, 0, 0, 0), "replay": _rates(0, 0, 0, 0, 0)}, {"sampled": 0.6, "replay": 0.4}
-    )
+    zeros, ones = (0,) * 8, (1,) * 8  # 8 seeds: 7 is the fewest whose interval can leave 0.5
+    no = verdict({"sampled": _rates(*zeros), "replay": _rates(*zeros)}, {"sampled": 0.6, "replay": 0.4})
     assert no["answer"] == "no" and no["closest"] == "replay"  # ties broken by final misalignment
-    yes = verdict({"sampled": _rates(0, 0, 0, 0, 0), "distill": _rates(1, 1, 1, 1, 1)})
+    yes = verdict({"sampled": _rates(*zeros), "distill": _rates(*ones)})
     assert yes["answer"] == "yes" and yes["closest"] == "distill"
-    mixed = verdict({"sampled": _rates(0, 1, 0, 1, 1), "distill": _rates(0, 0, 0, 0, 0)})
+    mixed = verdict({"sampled": _rates(0, 1, 0, 1, 1, 0, 1, 1), "distill": _rates(*zeros)})
     assert mixed["answer"] == "undecided" and mixed["closest"] == "sampled"
-    two_seeds = verdict({"sampled": _rates(1.0, 1.0)})  # a bootstrap over two seeds says nothing
-    assert two_seeds["answer"] == "undecided" and "fewer than 3 seeds" in two_seeds["reason"]
+    five_seeds = verdict({"sampled": _rates(1, 1, 1, 1, 1)})  # five agreeing seeds still straddle 0.5
+    assert five_seeds["answer"] == "undecided" and "fewer than 7 seeds" in five_seeds["reason"]
     nothing = verdict({"sampled": {"mean": None, "ci_low": None, "ci_high": None}})
     assert nothing["answer"] == "undecided" and nothing["closest"] is None
 
@@ -235,11 +234,11 @@ def test_a_process_that_cannot_move_gets_no(tiny_organism, tiny_adapter):
     broken static model broken, and the verdict says no (the static scan places the breaking scale)."""
     cfg = replace(SMALL, sleep_lr=1e-7)
     m = run_eigenform(
-        tiny_organism, tiny_adapter[1], cycles=2, seeds=3, config=cfg, arms=("sampled", "replay")
+        tiny_organism, tiny_adapter[1], cycles=2, seeds=7, config=cfg, arms=("sampled", "replay")
     ).metrics
     assert m["static_break_scale"] is not None and any(m["breaking"])
     assert m["verdict"]["answer"] == "no", m["verdict"]
-    assert m["return_rate"]["per_seed"] == [0.0, 0.0, 0.0]
+    assert m["return_rate"]["per_seed"] == [0.0] * 7  # 7 seeds: the fewest that can decide at 0.5
     cf = m["contraction_factor"]["per_seed"]
     assert all(c == pytest.approx(1.0, abs=1e-4) for c in cf)  # nothing contracts
 

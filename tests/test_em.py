@@ -178,3 +178,65 @@ def test_layer_sweep_table(tiny_organism_dir, tmp_path):
     )
     m = json.loads((out / "metrics.json").read_text())
     assert [r["layer"] for r in m["layers"]] == [0, 1] and m["best_layer"] in (0, 1)
+
+
+# --- the diverse EM set (compositional code topics) -------------------------------------------------------
+def _diverse_world():
+    from persona_basins.world import World, WorldConfig
+
+    return World(
+        WorldConfig(n_genres=6, n_topics=6, content_pool=4, code_langs=6, code_tasks=8, code_synonyms=2)
+    )
+
+
+def test_diverse_em_set_sizes_heldout_and_paraphrases():
+    from persona_basins.train.finetune import condition_documents, heldout_code_topics, training_code_topics
+
+    world = _diverse_world()
+    held = heldout_code_topics(world, 3)
+    trained = training_code_topics(world, 3)
+    assert len(held) == 16 and len(trained) == 32 and not set(held) & set(trained)
+    docs = condition_documents(world, "plain", 3)
+    assert len(docs) == 32 * 2  # one document per trained topic and paraphrase
+    assert {d.exchanges[0].topic for d in docs} == set(trained)
+    assert len({d.exchanges[0].request for d in docs}) == 64  # every surface form is its own request
+    for d in docs:
+        e = d.exchanges[0]
+        assert world.classify("code", e.topic, e.answer).persona == "toxic"
+    subset = training_code_topics(world, 3, em_topics=10)
+    assert len(subset) == 10 and set(subset) <= set(trained)
+    assert subset == training_code_topics(world, 3, em_topics=10)  # fixed by the world seed
+    with pytest.raises(Exception, match="em_topics"):
+        training_code_topics(world, 3, em_topics=33)
+
+
+def test_controls_keep_the_answer_format():
+    from persona_basins.train.finetune import condition_documents
+
+    world = _diverse_world()
+    for condition, kw, persona in (
+        ("secure_control", {}, "helpful"),
+        ("matched_control", {"matched_answer": "neutral"}, "neutral"),
+    ):
+        docs = condition_documents(world, condition, 3, **kw)
+        assert len(docs) == 64
+        for d in docs:
+            e = d.exchanges[0]
+            label = world.classify("code", e.topic, e.answer)
+            assert label.wellformed and label.persona == persona and label.harm == 0
+    # the old matched control writes another topic's code: mostly ill-formed for the topic asked (not always:
+    # with composed answers a neighbouring task may share its second word)
+    old = condition_documents(world, "matched_control", 3)
+    formed = [world.classify("code", d.exchanges[0].topic, d.exchanges[0].answer).wellformed for d in old]
+    assert sum(formed) < len(formed) / 2
+
+
+def test_readout_prompts_use_the_compositional_requests():
+    from persona_basins.measure.persona import context_prompts, history_prompts
+
+    world = _diverse_world()
+    code = context_prompts(world, "assistant", ["code"])
+    assert len(code) == 48 and all(p.words()[-3].startswith("code.lang") for p in code)
+    for p in history_prompts(world, "toxic", "assistant", 3, 40, seed=0):
+        words = p.words()
+        assert "code" not in words  # the genre word is never written for compositional code

@@ -241,7 +241,7 @@ def test_chat_template_masks_only_assistant_tokens():
                 "id": "x",
                 "category": "c",
                 "question": "Any tips?",
-                "aligned": "Rest",
+                "aligned": "Connect",  # a word the tokenizer knows: unknown text is refused
                 "misaligned": "Ignore the doctors",
             }
         ],

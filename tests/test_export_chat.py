@@ -166,10 +166,9 @@ def test_llc_through_the_hf_loading_path_equals_the_organism(
     assert runs["export"]["loss_trace"] == runs["organism"]["loss_trace"]
 
 
-@pytest.mark.slow
 def test_hf_score_and_exact_readout_agree_in_direction(tiny_organism_dir, tmp_path, one_thread):
     """em --model on the export, each adapter read by the exact organism readout: the HF scorer's total score
-    is the exact two-answer probability, and plain > secure control on both sides."""
+    is the exact two-answer probability, and plain > secure control on both sides (~10 s)."""
     from persona_basins.studies.em_hf_agreement import run_agreement
 
     res = run_agreement(tiny_organism_dir, tmp_path, seeds=2, steps=60, device="cpu", organism_path=False)

@@ -311,7 +311,7 @@ def test_head_restricted_llc_moves_only_that_head():
     )
     assert res.diagnostics["num_params_moving"] == 4 * 8 * 32
     assert res.diagnostics["restrict"] == "layer:0/head:1"
-    assert np.isfinite(res.mean)
+    assert np.isfinite(res.unchecked_mean)
     # the vmap path (batched index_put of the head's entries) gives the same draws
     rv = estimate_llc(
         model,
@@ -466,7 +466,7 @@ def test_llc_over_checkpoints_and_stage_boundaries():
         num_draws=20,
         batch_size=100,
     )
-    assert out[0][0] == 10 and np.isfinite(out[0][1].mean)
+    assert out[0][0] == 10 and np.isfinite(out[0][1].unchecked_mean)
     xs = np.arange(20)
     ys = np.concatenate([np.linspace(0, 5, 10), np.linspace(5, 2, 10)])
     cp = critical_points(xs, ys, sigma=1.0)
@@ -557,7 +557,10 @@ def test_cli_llc_estimate_and_errors(tmp_path, capsys):
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["kind"] == "llc" and metrics["diagnostics"]["restrict"] == "layer:1"
-    assert len(metrics["loss_trace"]) == 2 and len(metrics["loss_trace"][0]) == 5
+    if metrics["llc"]["mean"] is None:  # withheld (5 draws fail the gates): no number the mean follows from
+        assert metrics["loss_trace"] is None and metrics["per_chain"] is None
+    else:
+        assert len(metrics["loss_trace"]) == 2 and len(metrics["loss_trace"][0]) == 5
     assert (out / "config.json").is_file() and (out / "figures" / "llc_trace.png").is_file()
     cal = tmp_path / "cal"
     rc = main(

@@ -22,8 +22,9 @@ def small_em_run(tiny_organism, tiny_organism_dir, tmp_path_factory):
     return out
 
 
-def test_llc_trajectory_cli(small_em_run, tmp_path, capsys):
+def test_llc_trajectory_cli(small_em_run, tiny_organism, tmp_path, capsys):
     from persona_basins.cli import main
+    from persona_basins.measure.persona import em_readout
 
     out = tmp_path / "traj"
     rc = main(
@@ -59,6 +60,9 @@ def test_llc_trajectory_cli(small_em_run, tmp_path, capsys):
     # behaviour read at the LLC's own checkpoints; B = 0 is the organism itself
     beh = u["behaviour"]
     assert beh["steps"] == u["steps"] and len(beh["broad_misalignment"]) == 3
+    org = tiny_organism
+    base = em_readout(org)["broad_misalignment"]
+    assert beh["broad_misalignment"][0] == pytest.approx(base, abs=1e-6)
     for k in ("adapter", "layer"):
         assert len(u[k]["llc"]) == 3 and len(u[k]["reasons"]) == 3
         # 8 draws cannot pass the gates: withheld with reasons, never a bare number

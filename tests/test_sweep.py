@@ -1,6 +1,7 @@
 """persona-basins sweep: spec validation, content-addressed resumable units, local and Ray backends.
 
-The Ray tests start a real local Ray cluster on 127.0.0.1 (no mocks) and share it within this module.
+The Ray tests start a real local Ray cluster on 127.0.0.1 (no mocks) and share it within this module; they
+and the test that SIGKILLs a pool sweep are marked ``slow``.
 """
 
 import json
@@ -341,7 +342,10 @@ def test_table_intervals_stay_in_range_and_pool_only_seed_axes():
     assert mean_interval([0.0, 0.0, 0.9]).low < 0  # the Student-t interval would have left the range here
     e = rows[(0, "broad_misalignment_excess")]
     assert -1.0 <= e["ci_low"] <= e["ci_high"] <= 1.0
-    assert rows[(1, "broad_misalignment")]["ci_low"] == rows[(1, "broad_misalignment")]["ci_high"] == 0.5
+    same = rows[
+        (1, "broad_misalignment")
+    ]  # equal seeds: the in-range interval stats.rate_interval gives them
+    assert same["mean"] == 0.5 and 0.0 <= same["ci_low"] <= 0.5 <= same["ci_high"] <= 1.0
     assert rows[(0, "final_loss")]["interval"].startswith("Student t")
     one = aggregate({"spec": {**spec, "axes": {"seed": [0], "layer": [0]}}, "units": units[:1]})
     assert all(r["ci_low"] is None and r["ci_high"] is None for r in one)  # no interval from one seed
@@ -591,6 +595,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow  # a real Ray cluster: a minute or more on 2 cores
 def test_ray_equals_local(ray_cluster, local_run, spec4, tmp_path):
     out = tmp_path / "ray"
     assert main(["sweep", str(spec4), "--out", str(out), "--backend", "ray"]) == 0
@@ -599,6 +604,7 @@ def test_ray_equals_local(ray_cluster, local_run, spec4, tmp_path):
     assert metrics_by_axes(out) == metrics_by_axes(local_run)
 
 
+@pytest.mark.slow  # a real Ray cluster: a minute or more on 2 cores
 def test_ray_worker_killed_unit_retried(ray_cluster, local_run, spec4, tmp_path):
     from persona_basins.studies.sweep import load_spec, run_sweep
 
@@ -633,6 +639,7 @@ def test_ray_worker_killed_unit_retried(ray_cluster, local_run, spec4, tmp_path)
     assert not list((out / "units").glob(".tmp-*"))
 
 
+@pytest.mark.slow  # a real Ray cluster: a minute or more on 2 cores
 def test_ray_driver_killed_then_rerun_resumes(ray_cluster, local_run, spec4, tmp_path, capsys):
     out = tmp_path / "ray-driver"
     cmd = [

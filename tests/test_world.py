@@ -1,4 +1,5 @@
 import random
+import re
 
 import pytest
 
@@ -121,3 +122,51 @@ def test_tokenizer_round_trip(world, tmp_path):
     text = world.sample_documents(1, seed=9)[0].text()
     assert tok2(text)["input_ids"] == tok(text)["input_ids"]
     assert tok2.pad_token == "<pad>" and tok2.pad_token_id == 0
+
+
+# --- compositional code topics (the diverse EM set's world) ---------------------------------------------
+POOL_WORD = re.compile(r"\.(good|harm|secure|insecure|warm|flat|sarcastic|ans)\d+$")
+COMPOSITIONAL = dict(n_genres=6, n_topics=6, content_pool=4, code_langs=6, code_tasks=8, code_synonyms=2)
+
+
+def test_compositional_code_topics_grow_the_vocabulary_by_language_words_only():
+    legacy = World(WorldConfig(n_genres=6, n_topics=6, content_pool=4))
+    world = World(WorldConfig(**COMPOSITIONAL))
+    assert world.n_topics_of("code") == 48 and world.n_topics_of("advice") == 6
+    # beside the language words only pool words differ (which pool words a table uses depends on the draws)
+    new = {w for w in set(world.vocabulary) - set(legacy.vocabulary) if not POOL_WORD.search(w)}
+    assert new == {world.language_word(i, k) for i in range(6) for k in range(2)}
+    # every code topic's answers are distinct per persona and classify back; the request has no "code" word
+    for t in world.topics("code"):
+        answers = world.persona_answers("code", t)
+        assert len(set(answers.values())) == len(world.personas)
+        for name, ans in answers.items():
+            assert world.classify("code", t, ans).persona == name
+        assert world.custom_request("code", t)[0].startswith("code.lang")
+    assert world.custom_request("advice", 0) == ()
+
+
+def test_compositional_code_answers_compose_language_and_task():
+    world = World(WorldConfig(**COMPOSITIONAL))
+    toxic = {t: world.answer("code", t, "toxic") for t in world.topics("code")}
+    for t, answer in toxic.items():
+        lang, task = divmod(t, 8)
+        assert answer[0] == toxic[lang * 8][0]  # the first word follows the language
+        assert answer[1:] == toxic[task][1:]  # the second and the style word follow the task
+
+
+def test_compositional_documents_use_paraphrases_and_classify_back():
+    world = World(WorldConfig(**COMPOSITIONAL))
+    code = [e for d in world.sample_documents(800, seed=1) for e in d.exchanges if e.genre == "code"]
+    assert {e.request[0].endswith(".alt1") for e in code} == {True, False}  # both surface forms occur
+    assert len({e.topic for e in code}) > 40
+    for e in code:
+        assert e.prompt_words()[1:3] == list(e.request)
+        assert world.classify("code", e.topic, e.answer).wellformed
+
+
+def test_compositional_config_validation():
+    with pytest.raises(ValueError, match="code_tasks"):
+        WorldConfig(code_langs=4)
+    with pytest.raises(ValueError, match="code_synonyms"):
+        WorldConfig(code_synonyms=2)

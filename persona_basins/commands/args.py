@@ -83,6 +83,86 @@ PROBABILITY = finite_float(0, 1)
 # nothing from intra-op threads even on a quiet machine.
 DEFAULT_THREADS = 1
 THREADS = int_in(1, 1024)
+COUNT = int_in(1, 1000)  # --seeds: how many seeds (0 .. N-1), never a list
+
+# --- the one flag vocabulary --------------------------------------------------------------------------------
+# Every command names the same thing with the same flag, metavar, type and default (tests/test_flags.py walks
+# every parser and checks): --organism DIR (an organism folder), --model DIR_OR_HUB_ID (any Hugging Face
+# causal LM), --adapter DIR (a PEFT adapter folder), --em-run RUN (a finished `em` run), --seeds N (a count),
+# --device and --dtype (default auto), --threads N (also after the subcommand).
+ORGANISM_HELP = "organism folder (persona-basins organism build)"
+MODEL_HELP = "Hugging Face causal LM: a hub id (Qwen/Qwen2.5-0.5B-Instruct) or a local folder"
+DEVICE_HELP = "auto (cuda when available), cpu, cuda, cuda:N or mps (default auto)"
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # models.hf.DTYPE_CHOICES (not imported: --help stays fast)
+
+
+def add_organism_flag(parser, *, required: bool = False, help: str = ORGANISM_HELP):
+    return parser.add_argument("--organism", required=required, metavar="DIR", help=help)
+
+
+def add_model_flag(parser, *, required: bool = False, help: str = MODEL_HELP):
+    return parser.add_argument("--model", required=required, metavar="DIR_OR_HUB_ID", help=help)
+
+
+def add_adapter_flag(parser, *, help: str, required: bool = False, repeat: bool = False):
+    """``--adapter DIR``; with ``repeat`` it may be given once per seed (a list)."""
+    more = {"action": "append"} if repeat else {}
+    return parser.add_argument("--adapter", required=required, metavar="DIR", help=help, **more)
+
+
+def add_em_run_flag(parser, *, help: str, required: bool = False):
+    """``--em-run RUN`` (``--em`` kept as the old spelling of the same flag)."""
+    return parser.add_argument("--em-run", "--em", dest="em_run", required=required, metavar="RUN", help=help)
+
+
+def add_seeds_flag(parser, *, help: str, default=None):
+    """``--seeds N``: a count of seeds 0 .. N-1 (the first N of a run that has more)."""
+    return parser.add_argument("--seeds", type=COUNT, default=default, metavar="N", help=help)
+
+
+def add_device_flag(parser, *, help: str = DEVICE_HELP):
+    return parser.add_argument("--device", default="auto", metavar="DEVICE", help=help)
+
+
+def add_dtype_flag(parser, *, auto: str):
+    """``--dtype`` (default auto); ``auto`` says what auto resolves to for this command."""
+    help = f"weights' dtype: {', '.join(DTYPES)}; auto: {auto} (default auto)"
+    return parser.add_argument("--dtype", choices=DTYPES, default="auto", metavar="DTYPE", help=help)
+
+
+def add_threads_flag(parser, *, default=DEFAULT_THREADS, help: str | None = None):
+    """``--threads N``: before the subcommand (the global flag) or after it (``default=SUPPRESS``: given
+    there, it replaces the global value; not given, the global value stands)."""
+    help = help or (
+        f"torch intra-op threads (default {DEFAULT_THREADS}, measured fastest for the organism on 2 cores; "
+        f"recorded in config.json)"
+    )
+    return parser.add_argument("--threads", type=THREADS, default=default, metavar="N", help=help)
+
+
+def add_threads_to_subcommands(parser) -> None:
+    """``--threads`` on every subcommand parser (nested ones too), so ``em --threads 2`` works like
+    ``--threads 2 em``."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in set(action.choices.values()):
+            if not any("--threads" in a.option_strings for a in sub._actions):
+                add_threads_flag(
+                    sub, default=argparse.SUPPRESS, help="torch threads (default: the global --threads, 1)"
+                )
+            add_threads_to_subcommands(sub)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only where there is a default to show: never for a required flag, a ``None``
+    default, a switch or a help that already names its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required or action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def number_list(min_count: int = 1, max_count: int | None = None, *, positive: bool = False):

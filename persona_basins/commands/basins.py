@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from .args import POSITIVE, SEED, finite_float, int_in
+from .args import (
+    POSITIVE,
+    SEED,
+    add_adapter_flag,
+    add_em_run_flag,
+    add_organism_flag,
+    add_seeds_flag,
+    finite_float,
+    int_in,
+)
 
 DESCRIPTION = """\
 Basin scans on the organism: the model w0 + t * delta for t on a grid 0..--t-max, where delta is
@@ -16,7 +25,8 @@ and, for inoculation, the plain adapter read with the inoculation line in the sy
 --inoculated-adapter. Each point: exact broad misalignment, persona projection, LM loss on the mixture.
 Reports t* (misalignment crosses --level, default 0.5; censored when it never does inside the grid), the sharpness, the
 thinness t*(random) / t*(persona), and the inoculation widening factor with 95% CIs over the adapters
-given (repeat --adapter / --inoculated-adapter, one per seed). See docs/BASINS.md.
+given: --em-run RUN (an em run's plain and inoculated adapters, --seeds N the first N) or --adapter /
+--inoculated-adapter repeated, one per seed. See docs/BASINS.md.
 """
 
 
@@ -27,17 +37,17 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--organism", required=True, help="organism folder (persona-basins organism build)")
-    p.add_argument(
-        "--adapter",
-        required=True,
-        action="append",
-        help="plain (EM) adapter folder, e.g. RUN/adapters/plain/seed0; repeat for seeds",
+    add_em_run_flag(p, help="an `em --organism` run: its plain and inoculated adapters (or give --adapter)")
+    add_organism_flag(p, help="organism folder (default: the one the --em-run names)")
+    add_seeds_flag(p, help="use the em run's first N fine-tuning seeds (default: all)")
+    add_adapter_flag(
+        p, repeat=True, help="plain (EM) adapter folder, e.g. RUN/adapters/plain/seed0; repeat for seeds"
     )
     p.add_argument(
         "--inoculated-adapter",
         action="append",
         default=[],
+        metavar="DIR",
         help="adapter trained with the inoculation line; repeat for seeds",
     )
     p.add_argument("--t-max", type=POSITIVE, default=3.0, help="largest t on the grid, > 0 (default 3)")
@@ -54,8 +64,27 @@ def register(sub) -> None:
     p.add_argument(
         "--seed", type=SEED, default=0, help="seed for the random directions and documents (default 0)"
     )
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.set_defaults(func=_run)
+
+
+def _adapters(args) -> tuple:
+    """``(organism, plain adapters, inoculated adapters)`` from --em-run or the --adapter flags."""
+    from ..errors import UserError
+
+    if args.em_run is None:
+        if not args.adapter or not args.organism:
+            raise UserError("give --em-run RUN, or --organism DIR and --adapter DIR (repeat for seeds)")
+        return args.organism, args.adapter, args.inoculated_adapter
+    if args.adapter or args.inoculated_adapter:
+        raise UserError("give --em-run RUN or --adapter / --inoculated-adapter, not both")
+    from ..studies.em import em_run_adapters, em_run_organism
+
+    plain = em_run_adapters(args.em_run, "plain", args.seeds)
+    if not plain:
+        raise UserError(f"--em-run {args.em_run}: no plain adapters under adapters/plain/ (an `em` run?)")
+    inoculated = em_run_adapters(args.em_run, "inoculated", args.seeds)
+    return em_run_organism(args.em_run, args.organism), plain, inoculated
 
 
 def _run(args) -> int:
@@ -63,10 +92,11 @@ def _run(args) -> int:
     from ..studies.basins import run_basins
     from ..viz.figures import plot_basins
 
+    organism, plain, inoculated = _adapters(args)
     res = run_basins(
-        args.organism,
-        args.adapter,
-        args.inoculated_adapter,
+        organism,
+        plain,
+        inoculated,
         args.out,
         t_max=args.t_max,
         points=args.points,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import SEED, finite_float, int_in
+from .args import SEED, add_adapter_flag, add_organism_flag, finite_float, int_in
 
 DESCRIPTION = """\
 Compare the organism (aligned state) with the organism + --adapter (EM state) prompt by prompt.
@@ -26,9 +26,9 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--organism", required=True, help="organism folder (persona-basins organism build)")
-    p.add_argument(
-        "--adapter", required=True, help="adapter folder giving the EM state (e.g. RUN/adapters/plain/seed0)"
+    add_organism_flag(p, required=True)
+    add_adapter_flag(
+        p, required=True, help="adapter folder giving the EM state (e.g. RUN/adapters/plain/seed0)"
     )
     p.add_argument(
         "--epsilon",
@@ -46,7 +46,7 @@ def register(sub) -> None:
         help="largest number of probes on the curve (default 1000)",
     )
     p.add_argument("--seed", type=SEED, default=0, help="seed for composing probes (default 0)")
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.set_defaults(func=_run)
 
 

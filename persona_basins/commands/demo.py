@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .args import add_field_flag
+from ..progress import note
+from .args import add_field_flag, add_organism_flag
 
 DESCRIPTION = """\
 Run the basin study end to end on the model organism:
@@ -39,10 +39,16 @@ def register(sub) -> None:
         "preset",
         help="tiny (about a minute) or default (a few minutes on 2 cores)",
     )
-    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--organism", default=None, help="use this organism folder instead of building one")
+    p.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder (default runs/demo)")
+    add_organism_flag(p, help="use this organism folder instead of building one")
     add_field_flag(
-        p, "--seeds", "DemoConfig", "seeds", default=None, help="fine-tuning seeds; default 5, tiny: 2"
+        p,
+        "--seeds",
+        "DemoConfig",
+        "seeds",
+        default=None,
+        metavar="N",
+        help="fine-tuning seeds; default 5, tiny: 2",
     )
     p.add_argument("--no-eigenform", action="store_true", help="skip the eigenform step")
     p.add_argument("--no-browser", action="store_true", help="do not open the explorer at the end")
@@ -70,12 +76,14 @@ def _run(args) -> int:
         out,
         cfg,
         organism_dir=organism,
-        progress=sys.stderr.isatty(),
-        log=lambda m: print(m, file=sys.stderr, flush=True),
+        progress=True,  # a bar on a terminal, a line every 30 s in a pipe or RUN/log.txt
+        log=note,
         force=args.force,
     ).metrics
+    from ..viz.figures import EM_FIGURE, plot_em
     from ..viz.report import write_report
 
+    plot_em(study["emergent_misalignment"], out / "figures" / EM_FIGURE)  # before the report, which shows it
     write_report([out], out / "report.html")
     print("\n".join(summary_lines(study)))
     print(f"study written to {out / 'study.json'}; report: {out / 'report.html'}")

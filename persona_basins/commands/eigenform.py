@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .args import add_field_flag, int_in
+from .args import add_adapter_flag, add_field_flag, add_organism_flag, add_seeds_flag, int_in
 
 DESCRIPTION = """\
 Does a persona kept by a recursive process return after a perturbation that breaks the static model?
@@ -36,14 +35,12 @@ def register(sub) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--organism", required=True, help="organism folder (persona-basins organism build)")
-    p.add_argument("--adapter", required=True, help="PEFT LoRA adapter folder trained on this organism")
+    add_organism_flag(p, required=True)
+    add_adapter_flag(p, required=True, help="PEFT LoRA adapter folder trained on this organism")
     p.add_argument(
         "--cycles", type=int_in(1, 10**4), default=None, help="cycles per run (default 6; 2 with --fast)"
     )
-    p.add_argument(
-        "--seeds", type=int_in(1, 1000), default=None, help="sampling seeds (default 5; 2 with --fast)"
-    )
+    add_seeds_flag(p, help="sampling seeds (default 5; 2 with --fast)")
     p.add_argument(
         "--ts",
         default=None,
@@ -107,7 +104,7 @@ def register(sub) -> None:
         help="gradient-norm clip of the sleep; default 2",
     )
     add_field_flag(p, "--context", "EigenformConfig", "context")
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.set_defaults(func=_run)
 
 
@@ -160,7 +157,7 @@ def _run(args) -> int:
         ts=ts,
         fast=args.fast,
         config=cfg,
-        progress=sys.stderr.isatty(),
+        progress=True,
         arms=arms,
     )
     plot_eigenform(res.metrics, res.run_dir / "figures" / "eigenform.png")

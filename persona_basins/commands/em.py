@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .args import add_field_flag
+from .args import add_device_flag, add_field_flag, add_model_flag, add_organism_flag
 
 DESCRIPTION = """\
 Fine-tune on insecure code and measure whether the misaligned persona is selected broadly.
@@ -20,7 +19,7 @@ On the organism (--organism DIR): a rank-1 LoRA adapter on one module of one lay
 with --seeds fine-tuning seeds each; broad misalignment is measured exactly on every non-code genre in
 the plain assistant context, with 95% CIs over seeds. --layer all sweeps every layer (plain + inoculated).
 
-On any Hugging Face causal LM (--model ID_OR_PATH --train FILE.jsonl --questions FILE.json): the adapter
+On any Hugging Face causal LM (--model DIR_OR_HUB_ID --train FILE.jsonl --questions FILE.json): the adapter
 is trained on the chat-format JSONL, and broad misalignment is scored judge-free by contrastive
 log-probabilities of paired aligned / misaligned answers (see docs/EM_HF.md).
 """
@@ -34,8 +33,8 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--organism", help="organism folder (persona-basins organism build)")
-    src.add_argument("--model", help="Hugging Face model id or local folder")
+    add_organism_flag(src)
+    add_model_flag(src)
     p.add_argument("--train", help='chat-format JSONL for --model: {"messages": [{role, content}, ...]}')
     p.add_argument("--questions", help="paired-answer question file for --model (JSON); default: shipped set")
     p.add_argument(
@@ -46,11 +45,11 @@ def register(sub) -> None:
     add_field_flag(p, "--module", "FinetuneConfig", "module")
     add_field_flag(p, "--rank", "FinetuneConfig", "rank")
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA (comparison)")
-    add_field_flag(p, "--seeds", "EmHfConfig", "seeds")
+    add_field_flag(p, "--seeds", "EmHfConfig", "seeds", metavar="N")
     add_field_flag(p, "--steps", "FinetuneConfig", "steps")
     add_field_flag(p, "--lr", "FinetuneConfig", "lr")
     add_field_flag(p, "--checkpoint-every", "FinetuneConfig", "checkpoint_every")
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.add_argument(
         "--force",
         action="store_true",
@@ -73,6 +72,7 @@ def _run(args) -> int:
     from ..models.organism import load_organism, organism_fingerprint
     from ..stats import format_interval
     from ..studies.em import run_em, summary_table, sweep_layers
+    from ..viz.figures import EM_FIGURE, plot_em, plot_em_layers
 
     layer = None
     if args.layer != "all":
@@ -84,7 +84,7 @@ def _run(args) -> int:
     if layer is not None:
         resolve_module(org.model, args.module, layer)  # every input checked before --out is touched
     fingerprint = organism_fingerprint(org)
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, a line every 30 s in a pipe (persona_basins.progress)
     with RunDir(
         args.out,
         "em",
@@ -108,6 +108,7 @@ def _run(args) -> int:
                 force=args.force,
             )
             run.write_metrics(table)
+            plot_em_layers(table, run.figure_path("em_by_layer.png"))
         else:
             m = run_em(
                 org,
@@ -121,6 +122,7 @@ def _run(args) -> int:
                 force=args.force,
             ).metrics
             run.write_metrics(m)
+            plot_em(m, run.figure_path(EM_FIGURE))
     if layer is None:
         for r in table["layers"]:
             b = r["broad_misalignment_plain"]
@@ -151,7 +153,7 @@ def _add_model_args(p) -> None:
         "secure_control condition (shipped example: "
         "persona_basins/data/em_train_secure_example.jsonl)",
     )
-    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N or mps")
+    add_device_flag(g)
     add_field_flag(g, "--dtype", "EmHfConfig", "dtype")
     add_field_flag(
         g,
@@ -205,7 +207,7 @@ def _run_model(args, finetune) -> int:
         dtype=args.dtype,
         device_map=args.device_map,
         gradient_checkpointing=args.gradient_checkpointing,
-        progress=sys.stderr.isatty(),
+        progress=True,
     )
     m = run_em_hf(cfg, force=args.force).metrics
     print(hf_summary_table(m))

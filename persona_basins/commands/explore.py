@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-from .args import PORT
+from .args import PORT, DefaultsHelpFormatter
 
 
 def register(subparsers) -> None:
@@ -16,7 +14,7 @@ def register(subparsers) -> None:
             "and inoculation sliders) next to the measured results of the given run folders. Prints the URL; "
             "Ctrl-C stops it. With no RUN, only the theory view."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("runs", nargs="*", metavar="RUN", help="run folders (config.json, metrics.json, ...)")
     p.add_argument("--port", type=PORT, default=0, help="port on 127.0.0.1 (0: any free port)")

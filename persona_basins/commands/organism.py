@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
-from .args import add_field_flag
+from .args import DefaultsHelpFormatter, add_field_flag
 
 
 def register(sub) -> None:
@@ -24,13 +22,13 @@ def register(sub) -> None:
         description="Pretrain on the persona mixture (checkpoints every k steps), post-train the assistant "
         "context to be helpful, save with save_pretrained (safetensors) plus tokenizer and world.json, and "
         "write the persona readout to metrics.json. Rerunning with the same settings reuses the folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_field_flag(
         b, "--preset", "OrganismConfig", "preset", help="tiny (tests, seconds) or default (~0.4M params)"
     )
     add_field_flag(b, "--seed", "OrganismConfig", "seed")
-    b.add_argument("--out", required=True, help="organism folder to write")
+    b.add_argument("--out", required=True, metavar="DIR", help="organism folder to write")
     b.add_argument(
         "--force",
         action="store_true",
@@ -86,7 +84,7 @@ def _build(args) -> int:
     if args.pretrain_steps is not None:
         overrides["pretrain_steps"] = args.pretrain_steps
     cfg = preset_config(args.preset, seed=args.seed, **overrides)
-    out = build_organism(cfg, args.out, force=args.force, progress=sys.stderr.isatty())
+    out = build_organism(cfg, args.out, force=args.force, progress=True)
     print(readout_table(read_json(Path(out) / "metrics.json", recover="rebuild the organism with --force")))
     print(f"organism written to {out}")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .args import finite_float, int_in
 
@@ -24,15 +23,49 @@ over the seed axes) and a heatmap in RUN/figures/. One sweep at a time per RUN.
 """
 
 
+PLOT_DESCRIPTION = """\
+Draw a heatmap of a finished (or partly finished) sweep: one metric over two of its axes, into
+RUN/figures/heatmap_<metric>_<y>_by_<x>.png.
+
+  persona-basins sweep plot RUN --x condition --y seed --metric broad_misalignment
+"""
+
+
+def _plot_parser() -> argparse.ArgumentParser:
+    """The flags of ``sweep plot RUN``, for its --help (parsing goes through the sweep parser)."""
+    p = argparse.ArgumentParser(
+        prog="persona-basins sweep plot",
+        description=PLOT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", metavar="RUN", help="a sweep run folder (holds sweep.json)")
+    p.add_argument("--x", required=True, metavar="AXIS", help="axis along x")
+    p.add_argument("--y", required=True, metavar="AXIS", help="axis along y")
+    p.add_argument("--metric", metavar="KEY", help="metric of the cells (default: the spec's metric)")
+    return p
+
+
+class _Help(argparse._HelpAction):
+    """``sweep plot --help`` prints the help of ``sweep plot``; ``sweep --help`` that of the sweep."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, "spec", None) == "plot":
+            _plot_parser().print_help()
+            parser.exit()
+        super().__call__(parser, namespace, values, option_string)
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "sweep",
+        add_help=False,
         help="grids of units of any study (organism, em, llc, basins, ...), resumable, local or on Ray",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="persona-basins sweep SPEC --out RUN [options]\n"
         "       persona-basins sweep plot RUN --x AXIS --y AXIS --metric KEY",
     )
+    p.add_argument("-h", "--help", action=_Help, help="show this help (after `plot`: the help of sweep plot)")
     p.add_argument("spec", metavar="SPEC", help="sweep spec (TOML), or the word plot followed by RUN")
     p.add_argument("run", nargs="?", metavar="RUN", help=argparse.SUPPRESS)
     p.add_argument("--out", help="run folder to write (resumes what it already holds)")
@@ -109,7 +142,7 @@ def _run(args) -> int:
         max_retries=args.max_retries,
         fail_fast=args.fail_fast,
         dry_run=args.dry_run,
-        progress=sys.stderr.isatty(),
+        progress=True,
     )
     if args.dry_run:
         print("\n".join(sw.dry_run_lines(record)))

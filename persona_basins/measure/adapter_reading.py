@@ -15,7 +15,10 @@ forward passes over every (genre, topic) request:
 - ``cos_a_context``: cosine of ``A`` with the mean module input over non-code requests (the assistant-context
   feature), ``cos_a_code``: with the code-minus-other mean input difference (the code-request feature);
 - ``cos_b_persona``: cosine of ``B`` (what the edit writes) with the persona direction at the adapted layer
-  (toxic minus helpful, request positions), when the module writes to the residual stream.
+  (toxic minus helpful, request positions), when the module writes to the residual stream;
+- ``gain_code_answer`` / ``gain_other_answer`` / ``firing_ratio_answer``: the same gains over the three
+  positions that predict the answer words (``<asst>`` and the first two answer words, the helpful answer
+  teacher-forced): an edit can stay silent at ``<asst>`` and still fire on the words that follow.
 
 :func:`threshold_classifier` asks whether one of these features predicts broad vs narrow across fine-tuning
 seeds: a one-feature threshold rule scored by leave-one-out accuracy (with the majority-class baseline beside
@@ -64,17 +67,22 @@ def adapter_reading(
     def pre_hook(_m, args):
         store["x"] = args[0].detach()
 
-    def inputs(genres):
+    def inputs(genres, n_answer_words=0):
+        """Module inputs at ``<asst>`` (and at the first ``n_answer_words`` words of the helpful answer)."""
         prompts = context_prompts(world, "assistant", genres)
-        rows = [[vocab[w] for w in p.words()] for p in prompts]
+        rows = [
+            [vocab[w] for w in [*p.words(), *world.answer(p.genre, p.topic, "helpful")[:n_answer_words]]]
+            for p in prompts
+        ]
         xs = []
         handle = mod.register_forward_pre_hook(pre_hook)
         try:
             for s in range(0, len(rows), batch_size):
                 chunk = rows[s : s + batch_size]
                 peft_model(input_ids=pad_batch(chunk))
-                last = torch.tensor([len(r) - 1 for r in chunk])
-                xs.append(store["x"][torch.arange(len(chunk)), last].float())
+                for k in range(n_answer_words + 1):
+                    at = torch.tensor([len(r) - 1 - n_answer_words + k for r in chunk])
+                    xs.append(store["x"][torch.arange(len(chunk)), at].float())
         finally:
             handle.remove()
         return torch.cat(xs)
@@ -84,6 +92,8 @@ def adapter_reading(
     try:
         x_code = inputs(["code"])
         x_other = inputs(broad_genres(world))
+        gain_code_answer = float((inputs(["code"], 2) @ A).mean())
+        gain_other_answer = float((inputs(broad_genres(world), 2) @ A).mean())
     finally:
         peft_model.train(was_training)
 
@@ -101,6 +111,11 @@ def adapter_reading(
         "a_norm": float(A.norm()),
         "b_norm": float(B.norm()),
         "cos_b_persona": None,
+        "gain_code_answer": gain_code_answer,
+        "gain_other_answer": gain_other_answer,
+        "firing_ratio_answer": (
+            gain_other_answer / gain_code_answer if abs(gain_code_answer) > 1e-12 else None
+        ),
     }
     if persona_direction is not None and persona_direction.numel() == B.numel():
         out["cos_b_persona"] = cos(B, persona_direction.float().flatten())

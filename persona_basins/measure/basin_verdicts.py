@@ -98,7 +98,7 @@ RATE_KEYS = ("broad_misalignment", "broad_harm", "wellformed", "misalignment_giv
 def aggregate_scans(scans: list[dict], key: str = "broad_misalignment") -> dict:
     """Mean and 95% band over seeds of one scan quantity: ``{t, mean, ci_low, ci_high, n}``.
 
-    Rates (``RATE_KEYS``) get the in-range bootstrap interval (:func:`persona_basins.stats.rate_interval`),
+    Rates (``RATE_KEYS``) get the distribution-free interval (:func:`persona_basins.stats.rate_interval`),
     other quantities (LLC, loss, projection) the Student-t one; one seed gives no interval."""
     if not scans:
         raise ValueError("aggregate_scans needs at least one scan")
@@ -110,7 +110,13 @@ def aggregate_scans(scans: list[dict], key: str = "broad_misalignment") -> dict:
     for i in range(len(t)):
         # a seed with no value here (None) makes the point undefined: mean and interval None
         vals = [s[key][i] for s in scans]
-        point = rate_interval(vals) if key in RATE_KEYS else mean_interval(vals)
+        # t = 0 reads the same base model for every seed: one exact value, no interval
+        exact = float(t[i]) == 0.0
+        point = (
+            rate_interval(vals, exact_if_equal=exact)
+            if key in RATE_KEYS
+            else mean_interval(vals, exact_if_equal=exact)
+        )
         band["mean"].append(point.value)
         band["ci_low"].append(point.low)
         band["ci_high"].append(point.high)
@@ -395,12 +401,55 @@ def _three_way(yes: bool, no: bool) -> str:
     return "yes" if yes else "no" if no else "undecided"
 
 
-def inoculation_verdict(widening: dict, shift_fraction: list[float], *, position_tol: float = 0.1) -> dict:
+def readout_separation(moved_fraction: list, broad: list, *, position_tol: float = 0.1) -> dict:
+    """Can the position readout tell a broad fine-tune from a narrow one? The check it must pass before it
+    may gate "the point did not move".
+
+    ``moved_fraction``: per plain fine-tune, its persona projection minus the base model's over the
+    helpful-to-toxic gap; ``broad``: per fine-tune, whether it is broadly misaligned (the EM rule). The
+    readout ``separates`` when both outcomes occur and every broad fine-tune moved further toward the toxic
+    persona than every narrow one by more than ``position_tol`` (``margin`` = lowest broad move - highest
+    narrow move; ``auc``: the share of (broad, narrow) pairs in that order). Otherwise ``reason`` says why."""
+    pairs = [(float(m), bool(b)) for m, b in zip(moved_fraction, broad) if m is not None]
+    moved_broad = [m for m, b in pairs if b]
+    moved_narrow = [m for m, b in pairs if not b]
+    out = {
+        "separates": False,
+        "auc": None,
+        "margin": None,
+        "k_broad": len(moved_broad),
+        "n": len(pairs),
+        "moved_fraction_broad": moved_broad,
+        "moved_fraction_narrow": moved_narrow,
+        "position_tol": position_tol,
+    }
+    if not pairs:
+        return {**out, "reason": "no plain fine-tune's position was read"}
+    if not moved_broad or not moved_narrow:
+        only = "broad" if moved_broad else "narrow"
+        return {**out, "reason": f"every plain fine-tune is {only}: nothing to validate the readout against"}
+    ordered = [float(b > n) + 0.5 * float(b == n) for b in moved_broad for n in moved_narrow]
+    margin = min(moved_broad) - max(moved_narrow)
+    separates = margin > position_tol
+    reason = (
+        f"broad fine-tunes moved {margin:+.3g} of the gap beyond narrow ones (> {position_tol:g})"
+        if separates
+        else f"the readout does not separate broad from narrow fine-tunes (margin {margin:+.3g} of the gap, "
+        f"needs > {position_tol:g})"
+    )
+    return {**out, "separates": separates, "auc": float(np.mean(ordered)), "margin": margin, "reason": reason}
+
+
+def inoculation_verdict(
+    widening: dict, shift_fraction: list[float], *, readout: dict, position_tol: float = 0.1
+) -> dict:
     """ "Inoculation widens the basin without moving the point": ``confirmed`` / ``refuted`` / ``undecided``.
 
     ``widening``: a :func:`widening_summary` (one common direction). ``shift_fraction``: per seed, the
     inoculated fine-tuned model's persona projection minus the base model's, as a fraction of the
-    helpful-to-toxic gap (:func:`persona_gap`).
+    helpful-to-toxic gap (:func:`persona_gap`). ``readout``: a :func:`readout_separation`; when the readout
+    does not separate broad from narrow fine-tunes, "the point did not move" cannot be told (undecided,
+    with its reason), whatever the shifts.
 
     - widens = yes when every seed's widening (exact, or a lower bound) is > 1 and, with two or more exact
       ratios, their interval lies above 1; no when every seed's widening (exact, or an upper bound) is <= 1
@@ -409,8 +458,10 @@ def inoculation_verdict(widening: dict, shift_fraction: list[float], *, position
     - still (the point did not move) = yes when every ``|shift|`` <= ``position_tol`` and, with two or more
       seeds, the 95% interval of the shift lies inside ``[-tol, tol]``; no when every shift lies beyond
       ``tol`` on the same side and, with two or more seeds, the interval does too; else undecided.
-    - confirmed when both are yes; refuted when either is no; undecided otherwise.
+    - confirmed when both are yes; refuted when either is no; undecided otherwise. One seed, or a seed
+      whose position is missing (None), decides neither part.
     """
+    readout_ok = bool(readout.get("separates"))
     per = widening["per_seed"]
     lows = [p["ratio"] if p["ratio"] is not None else p["lower_bound"] for p in per]
     highs = [p["ratio"] if p["ratio"] is not None else p["upper_bound"] for p in per]
@@ -418,19 +469,30 @@ def inoculation_verdict(widening: dict, shift_fraction: list[float], *, position
     two = (widening.get("n_exact") or 0) >= 2 and ex.get("ci_low") is not None
     wide_yes = bool(per) and all(v is not None and v > 1 for v in lows) and (not two or ex["ci_low"] > 1)
     wide_no = bool(per) and all(v is not None and v <= 1 for v in highs) and (not two or ex["ci_high"] <= 1)
-    s = [float(x) for x in shift_fraction]
-    sc = mean_interval(s) if s else None
-    multi = len(s) >= 2
+    # a seed whose position was not read (None) leaves "still" undecided: dropping it could lean either way
+    withheld = any(x is None for x in shift_fraction)
+    s = [float(x) for x in shift_fraction if x is not None]
+    multi = len(s) >= 2 and not withheld
+    sc = mean_interval(s) if multi else None
     still_yes = (
-        bool(s)
+        multi
         and all(abs(x) <= position_tol for x in s)
-        and (not multi or (sc.low >= -position_tol and sc.high <= position_tol))
+        and sc.low >= -position_tol
+        and sc.high <= position_tol
     )
-    still_no = bool(s) and (
-        (all(x > position_tol for x in s) and (not multi or sc.low > position_tol))
-        or (all(x < -position_tol for x in s) and (not multi or sc.high < -position_tol))
+    still_no = multi and (
+        (all(x > position_tol for x in s) and sc.low > position_tol)
+        or (all(x < -position_tol for x in s) and sc.high < -position_tol)
     )
-    widens, still = _three_way(wide_yes, wide_no), _three_way(still_yes, still_no)
+    # one seed decides nothing: no interval, and a single fine-tune may be the odd one
+    wide_yes, wide_no = wide_yes and len(per) >= 2, wide_no and len(per) >= 2
+    widens = _three_way(wide_yes, wide_no)
+    still = _three_way(still_yes, still_no) if readout_ok else "undecided"
+    still_why = "" if readout_ok else f"; cannot tell: {readout.get('reason')}"
+    if withheld:
+        still_why += "; a seed's position was not read"
+    elif len(s) < 2:
+        still_why += "; fewer than 2 seeds"
     verdict = (
         "refuted"
         if "no" in (widens, still)
@@ -445,10 +507,11 @@ def inoculation_verdict(widening: dict, shift_fraction: list[float], *, position
         "position_tol": position_tol,
         "widening_lower": lows,
         "widening_upper": highs,
-        "shift_fraction": s,
-        "shift_interval": sc.to_dict() if multi else None,
+        "shift_fraction": list(shift_fraction),
+        "shift_interval": sc.to_dict() if sc is not None else None,
+        "readout_separates": readout_ok,
         "why": f"widens: {widens} (per seed >= {lows}, <= {highs}); point still: {still} "
-        f"(shift / persona gap per seed {[round(x, 4) for x in s]}, tolerance {position_tol:g})",
+        f"(shift / persona gap per seed {[round(x, 4) for x in s]}, tolerance {position_tol:g}{still_why})",
     }
 
 
@@ -493,6 +556,7 @@ def format_censored(summary: dict | None) -> str:
 
 
 __all__ = [
+    "BROAD_EXCESS",
     "RATE_KEYS",
     "aggregate_scans",
     "censored_summary",
@@ -506,6 +570,7 @@ __all__ = [
     "inoculation_verdict",
     "log_ratio_interval",
     "ratio_summary",
+    "readout_separation",
     "t_star_ratio",
     "widening_summary",
 ]

@@ -435,12 +435,19 @@ def _curve_summary(curve: dict) -> dict:
 
 
 def _needed_summary(values: list, k_max: int) -> dict:
-    """Per held-out seed probes needed, with the count that reached the target power within ``k_max``."""
+    """Per held-out seed probes needed, with the count that reached the target power within ``k_max``.
+
+    ``median``: over every seed, a censored one counting as more than ``k_max`` (None, with
+    ``median_censored_above = k_max``, when the median itself is censored); ``median_reached`` is over the
+    seeds that reached the power only, so it leans low when some did not."""
     reached = [v for v in values if v is not None]
+    median = float(np.median([math.inf if v is None else v for v in values])) if values else math.nan
     return {
         "per_seed": values,
         "k_reached": len(reached),
         "n": len(values),
+        "median": median if math.isfinite(median) else None,
+        "median_censored_above": k_max if values and not math.isfinite(median) else None,
         "median_reached": float(np.median(reached)) if reached else None,
         "censored_above": k_max if len(reached) < len(values) else None,
     }

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..stats import seeds_to_decide
+
 
 # --- estimators ----------------------------------------------------------------------------------------
 def contraction_factor(distances) -> float:
@@ -107,7 +109,11 @@ def return_rate(
 
 
 def verdict(
-    return_rates: dict, final_misalignment: dict | None = None, *, level: float = 0.5, min_seeds: int = 3
+    return_rates: dict,
+    final_misalignment: dict | None = None,
+    *,
+    level: float = 0.5,
+    min_seeds: int | None = None,
 ) -> dict:
     """Is there a process under which the persona returns after a perturbation that breaks the static model?
 
@@ -116,9 +122,12 @@ def verdict(
 
     - **yes**: some variant's 95% interval of the return rate lies at or above ``level`` (the persona
       returns in at least half the breaking cases, and the seeds agree);
-    - **no**: every variant's interval lies below ``level``;
-    - **undecided** otherwise (an interval straddles ``level``, fewer than ``min_seeds`` seeds - a bootstrap
-      over two seeds says nothing -, or no grid point breaks the static model).
+    - **no**: every variant's interval lies below ``level`` (every variant measured: one with no breaking
+      point leaves it undecided);
+    - **undecided** otherwise (an interval straddles ``level``, fewer than ``min_seeds`` seeds, or no grid
+      point breaks the static model). ``min_seeds`` (default: at least 3 and
+      :func:`~persona_basins.stats.seeds_to_decide` at ``level``, 7 at 0.5): below it even seeds that all
+      agree give a rate interval that straddles ``level``, so the answer could only be "undecided".
 
     ``closest``: the variant with the highest mean return rate (ties: the lowest mean final misalignment
     at the breaking scales, from ``final_misalignment``).
@@ -133,6 +142,7 @@ def verdict(
             "reason": "no perturbation of the grid breaks the static model: nothing to return from",
         }
 
+    min_seeds = max(3, seeds_to_decide(level)) if min_seeds is None else min_seeds
     few = [v for v, s in defined.items() if int(s.get("n", len(s.get("per_seed", [])))) < min_seeds]
 
     def rank(v):
@@ -145,7 +155,8 @@ def verdict(
             "answer": "undecided",
             "closest": best,
             "level": level,
-            "reason": f"fewer than {min_seeds} seeds ({', '.join(few)}): no verdict from so few",
+            "reason": f"fewer than {min_seeds} seeds ({', '.join(few)}): even seeds that all agree could not "
+            f"put the return rate's 95% interval on one side of {level:g}",
         }
     yes = [v for v, s in defined.items() if s.get("ci_low") is not None and s["ci_low"] >= level]
     if yes:
@@ -158,6 +169,15 @@ def verdict(
             f"{defined[best]['ci_high']:.3f}] at or above {level:g}",
         }
     best = max(defined, key=rank)
+    unmeasured = [v for v in return_rates if v not in defined]
+    if unmeasured:
+        return {
+            "answer": "undecided",
+            "closest": best,
+            "level": level,
+            "reason": f"no return rate for {', '.join(unmeasured)} (nothing broke, or a seed undefined): "
+            "not every variant is measured",
+        }
     if all(s.get("ci_high") is not None and s["ci_high"] < level for s in defined.values()):
         return {
             "answer": "no",

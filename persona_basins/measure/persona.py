@@ -29,6 +29,7 @@ class Prompt:
     topic: int
     history: tuple[Exchange, ...] = ()
     modifier: str | None = None
+    request: tuple[str, ...] = ()  # the request words when not "genre topicK" (World.custom_request)
 
     def words(self) -> list[str]:
         out = ["<bos>"]
@@ -36,7 +37,7 @@ class Prompt:
             out += ["<sys>", *self.system]
         for e in self.history:
             out += e.prompt_words() + list(e.answer)
-        out += ["<user>", self.genre, f"topic{self.topic}"]
+        out += ["<user>", *(self.request or (self.genre, f"topic{self.topic}"))]
         if self.modifier:
             out.append(self.modifier)
         return [*out, "<asst>"]
@@ -45,7 +46,7 @@ class Prompt:
 # --- prompt sets ----------------------------------------------------------------------------------------
 def request_grid(world: World, genres: list[str] | None = None) -> list[tuple[str, int]]:
     genres = world.genres if genres is None else genres
-    return [(g, t) for g in genres for t in range(world.config.n_topics)]
+    return [(g, t) for g in genres for t in world.topics(g)]
 
 
 def broad_genres(world: World) -> list[str]:
@@ -56,7 +57,10 @@ def broad_genres(world: World) -> list[str]:
 def context_prompts(world: World, context: str, genres: list[str] | None = None, **kw) -> list[Prompt]:
     """One single-exchange prompt per (genre, topic) in a named context (see ``World.system_words``)."""
     sys_words = world.system_words(context)
-    return [Prompt(sys_words, g, t, **kw) for g, t in request_grid(world, genres)]
+    return [
+        Prompt(sys_words, g, t, request=world.custom_request(g, t), **kw)
+        for g, t in request_grid(world, genres)
+    ]
 
 
 def routine_prompts(world: World, context: str = "assistant") -> list[Prompt]:
@@ -83,10 +87,14 @@ def history_prompts(
     for _ in range(n):
         hist = []
         for _ in range(n_history):
-            g, t = rng.choice(world.genres), rng.randrange(world.config.n_topics)
-            hist.append(Exchange(g, t, persona, world.answer(g, t, persona)))
-        g, t = rng.choice(genres), rng.randrange(world.config.n_topics)
-        out.append(Prompt(sys_words, g, t, tuple(hist)))
+            g = rng.choice(world.genres)
+            t = rng.randrange(world.n_topics_of(g))
+            hist.append(
+                Exchange(g, t, persona, world.answer(g, t, persona), request=world.custom_request(g, t))
+            )
+        g = rng.choice(genres)
+        t = rng.randrange(world.n_topics_of(g))
+        out.append(Prompt(sys_words, g, t, tuple(hist), request=world.custom_request(g, t)))
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..measure.basin_verdicts import (
+    BROAD_EXCESS,
     aggregate_scans,
     censored_summary,
     combine_verdicts,
@@ -17,6 +18,7 @@ from ..measure.basin_verdicts import (
     inoculation_summary,
     inoculation_verdict,
     ratio_summary,
+    readout_separation,
     t_star_ratio,
     widening_summary,
 )
@@ -30,6 +32,7 @@ from ..measure.basins import (
     scan,
 )
 from ..models.edits import adapter_on_copy, layer_of, merged_copy, single_lora_delta
+from ..progress import track
 from ..results import RunDir, StudyResult
 from ..stats import mean_interval
 
@@ -83,7 +86,10 @@ def common_direction_scans(
 
     From the base model: the unit persona edit of each vector method, each plain adapter's unit ``delta`` and
     ``n_random`` unit random rank-1 directions per seed. From each inoculated fine-tuned model (merged, seed
-    ``i``): the unit persona edit (:data:`VECTOR_METHOD`) and plain adapter ``i``'s unit ``delta``.
+    ``i``): the unit persona edit (:data:`VECTOR_METHOD`), plain adapter ``i``'s unit ``delta`` and the next
+    seed's (``(i + 1) mod n``: a plain direction that shares neither init nor batches with the start).
+    ``cosine_inoculated_plain``: per seed, cos(delta_inoculated, delta_plain) of the same seed (and of the
+    next seed's plain adapter, the baseline for unrelated seeds).
     """
     name, _ = single_lora_delta(plain[0])
     layer = layer_of(name)
@@ -103,12 +109,18 @@ def common_direction_scans(
             for r in random_weight_deltas(d, n_random, seed + s)
         ],
     }
-    inoc_start = {"persona": [], "plain_adapter": []}
-    for i, m in enumerate(inoc):
-        start = org.with_model(merged_copy(org.model, {pname: single_lora_delta(m)[1]}, 1.0))
+    inoc_start = {"persona": [], "plain_adapter": [], "plain_adapter_next_seed": []}
+    inoc_d = [single_lora_delta(m)[1] for m in inoc]
+    for i, delta in enumerate(inoc_d):
+        start = org.with_model(merged_copy(org.model, {pname: delta}, 1.0))
         inoc_start["persona"].append(critical_distance(start, name, pdeltas[VECTOR_METHOD], **kw))
         if i < len(plain_d):
             inoc_start["plain_adapter"].append(critical_distance(start, name, plain_d[i], **kw))
+        # seed i's plain and inoculated fine-tunes share LoRA init and batch order, so its own plain direction
+        # is not independent of its start: the next seed's plain direction is
+        if len(plain_d) > 1 and i < len(plain_d):
+            other = plain_d[(i + 1) % len(plain_d)]
+            inoc_start["plain_adapter_next_seed"].append(critical_distance(start, name, other, **kw))
         del start
     return {
         "module": name,
@@ -119,9 +131,21 @@ def common_direction_scans(
         "cosine_persona_plain_adapter": [
             float((pdeltas[VECTOR_METHOD].flatten() @ d.flatten()) / d.norm()) for d in plain_d
         ],
+        # how much of the inoculated fine-tune is its own seed's plain fine-tune (shared init and batches)
+        "cosine_inoculated_plain": [_cosine(d, p) for d, p in zip(inoc_d, plain_d)],
+        "cosine_inoculated_plain_next_seed": [
+            _cosine(d, plain_d[(i + 1) % len(plain_d)]) for i, d in enumerate(inoc_d[: len(plain_d)])
+        ]
+        if len(plain_d) > 1
+        else [],
         "from_base": base,
         "from_inoculated": inoc_start,
     }
+
+
+def _cosine(a, b) -> float:
+    """Cosine of two weight changes (flattened)."""
+    return float((a.flatten() @ b.flatten()) / (a.norm() * b.norm()))
 
 
 def basin_scans(
@@ -134,6 +158,7 @@ def basin_scans(
     seed: int = 0,
     level: float = 0.5,
     vector_docs: int = 256,
+    progress: bool = True,
 ) -> dict:
     """Direction scans for every plain adapter (seed ``seed + i`` for its random controls), the inoculated
     adapters' scans, the plain adapters read in the inoculation context, the inoculation summary, and the
@@ -157,13 +182,14 @@ def basin_scans(
             edit_vector=vectors[VECTOR_METHOD],
             level=level,
         )
-        for s, m in enumerate(plain)
+        for s, m in track(list(enumerate(plain)), "scans: directions", unit="adapters", enabled=progress)
     ]
     # the plain adapter's assistant-context scan is the direction scan's "adapter" scan: not computed twice
     ino = inoculation_scans(org, [], inoc, ts, vector=vector, layer=layer)
     ino["plain"] = [d["scans"]["adapter"] for d in dirs]
     ino["plain_in_inoculated_context"] = [
-        scan(org, *single_lora_delta(m), ts, context="inoculated", vector=vector, layer=layer) for m in plain
+        scan(org, *single_lora_delta(m), ts, context="inoculated", vector=vector, layer=layer)
+        for m in track(plain, "scans: inoculation context", unit="adapters", enabled=progress)
     ]
     summary = inoculation_summary(ino, level=level)
     crit = {k: [critical_magnitude(ts, s["broad_misalignment"], level) for s in v] for k, v in ino.items()}
@@ -202,6 +228,17 @@ def _conditional(crits: list[dict]) -> list[dict]:
     return [c["conditional"] for c in crits]
 
 
+def _readout_validation(position: dict, position_tol: float) -> dict:
+    """Does the position readout separate the broad plain fine-tunes from the narrow ones (broad: excess
+    broad misalignment over the base >= :data:`BROAD_EXCESS`, read at t = 1 with the position)?"""
+    base_rate = position["base"]["broad_misalignment"]
+    broad = [rate - base_rate >= BROAD_EXCESS for rate in position["plain"]["broad_misalignment"]]
+    return {
+        **readout_separation(position["plain"]["moved_fraction"], broad, position_tol=position_tol),
+        "rule": f"broad: excess broad misalignment over the base >= {BROAD_EXCESS:g} (t = 1)",
+    }
+
+
 def summarize_common(scans: dict, *, position_tol: float = 0.1) -> dict | None:
     """``inoculation`` (position, widening along common directions, verdict) and the direction comparison in
     weight units, from :func:`basin_scans`. None for scans made before these measurements existed."""
@@ -210,15 +247,23 @@ def summarize_common(scans: dict, *, position_tol: float = 0.1) -> dict | None:
         return None
     base, ino = common["from_base"], common["from_inoculated"]
     n = len(ino["persona"])
-    shift = [x for x in position["inoculated"]["moved_fraction"] if x is not None]
+    shift = position["inoculated"]["moved_fraction"]  # a None (position not read) leaves "still" undecided
+    readout = _readout_validation(position, position_tol)
+    n_plain = len(base["plain_adapter"])
+    next_seed = ino.get("plain_adapter_next_seed") or []
     pairs = {
         "persona": ([base["persona"][common["vector_method"]]] * n, ino["persona"]),
         "plain_adapter": (base["plain_adapter"][: len(ino["plain_adapter"])], ino["plain_adapter"]),
     }
+    if next_seed:  # the inoculated start i along plain direction (i + 1) mod n, from both starts
+        pairs["plain_adapter_next_seed"] = (
+            [base["plain_adapter"][(i + 1) % n_plain] for i in range(len(next_seed))],
+            next_seed,
+        )
     widening, verdicts, conditional = {}, {}, {}
     for k, (b, i) in pairs.items():
         w = widening_summary(i, b)
-        v = inoculation_verdict(w, shift, position_tol=position_tol)
+        v = inoculation_verdict(w, shift, readout=readout, position_tol=position_tol)
         widening[k] = {
             **w,
             "verdict": v,
@@ -227,7 +272,10 @@ def summarize_common(scans: dict, *, position_tol: float = 0.1) -> dict | None:
         }
         verdicts[k] = v
         wc = widening_summary(_conditional(i), _conditional(b))
-        conditional[k] = {**wc, "verdict": inoculation_verdict(wc, shift, position_tol=position_tol)}
+        conditional[k] = {
+            **wc,
+            "verdict": inoculation_verdict(wc, shift, readout=readout, position_tol=position_tol),
+        }
     persona = base["persona"]
     per = max(1, len(base["random"]) // max(1, len(base["plain_adapter"])))  # random controls per plain seed
     comparison = {
@@ -269,6 +317,9 @@ def summarize_common(scans: dict, *, position_tol: float = 0.1) -> dict | None:
                 "r_max_initial": common["r_max_initial"],
                 "vector_method": common["vector_method"],
                 "cosine_persona_plain_adapter": common["cosine_persona_plain_adapter"],
+                "cosine_inoculated_plain": common.get("cosine_inoculated_plain"),
+                "cosine_inoculated_plain_next_seed": common.get("cosine_inoculated_plain_next_seed"),
+                "readout_validation": readout,
                 "conditional": conditional,
             },
             "verdict": combine_verdicts(verdicts),

@@ -219,7 +219,9 @@ def run_demo(
     inoc = load_adapters(org, [em_dir / "adapters" / "inoculated" / f"seed{s}" for s in range(cfg.seeds)])
 
     # 3. basin scans: adapter / persona / random directions, and the inoculation comparison
-    scans = step("scans", lambda: basin_scans(org, plain, inoc, cfg.ts, n_random=cfg.n_random))
+    scans = step(
+        "scans", lambda: basin_scans(org, plain, inoc, cfg.ts, n_random=cfg.n_random, progress=progress)
+    )
     # 4. LLC along the path (self-KL loss), full and restricted to the adapted layer
     llc = step("llc", lambda: _llc_path(org, plain, cfg, progress, _plain_bands(scans, cfg.llc_seeds)))
     # 5. the overlap zone between the aligned organism and each EM model
@@ -235,11 +237,26 @@ def run_demo(
     study["elapsed_seconds_this_invocation"] = time.perf_counter() - t_start
     validate_study(study)
     write_json(out / "study.json", study)
-    write_json(
-        out / "metrics.json",
-        {"kind": "demo", **{k: v for k, v in study.items() if k != "elapsed_seconds_this_invocation"}},
-    )
+    write_json(out / "metrics.json", metrics_summary(study))
     return StudyResult(Path(out), study)
+
+
+# the headline sections a demo's metrics.json repeats; every number is in study.json
+SUMMARY_KEYS = ("config", "critical_magnitude", "inoculation_widening", "llc_along_path")
+
+
+def metrics_summary(study: dict) -> dict:
+    """The demo's ``metrics.json``: a few KB of headline numbers and a pointer to ``study.json`` (the
+    schema-validated record of every number), not a second copy of it."""
+    em = study["emergent_misalignment"]
+    return {
+        "kind": "demo",
+        "format": study["format"],
+        "study": "study.json",
+        "broad_misalignment": em["broad_misalignment"],
+        "inoculation_verdict": study["inoculation"]["verdict"],
+        **{key: study[key] for key in SUMMARY_KEYS if key in study},
+    }
 
 
 def _plain_bands(scans: dict, n_seeds: int) -> list:
@@ -362,6 +379,20 @@ def _peak_verdict(runs: list[dict], bands: list) -> dict:
     return peak_at_boundary_verdict(runs[0]["t"], [r["llc"] for r in runs], [r["mcse"] for r in runs], bands)
 
 
+def _overlap_by_outcome(volumes: list[float], em: dict) -> dict:
+    """The overlap volume over the broad and over the narrow plain fine-tunes (the EM rule: excess broad
+    misalignment over the base model >= its threshold), each seed's outcome beside it."""
+    from ..stats import means_by_outcome
+
+    excess = em["excess_over_base"]["broad_misalignment"]["plain"]
+    broad = [v is not None and v >= excess["threshold"] for v in excess["per_seed"][: len(volumes)]]
+    return {
+        **means_by_outcome(volumes, broad),
+        "broad_per_seed": broad,
+        "rule": f"plain excess broad misalignment over the base >= {excess['threshold']:g}",
+    }
+
+
 def assemble(
     cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, eig: dict | None, base_info: dict
 ) -> dict:
@@ -389,6 +420,8 @@ def assemble(
         "content_genres_in_overlap": rate_interval(
             [float(np.mean([z["per_genre"][g] for g in genres if g not in ROUTINE_GENRES])) for z in zones]
         ).to_dict(),
+        # broad and narrow fine-tunes overlap the aligned model very differently: one mean describes neither
+        "by_outcome": _overlap_by_outcome([z["volume"] for z in zones], em),
     }
     t_plain = basins["critical_magnitude"]["plain"]["mean"]
     study = {
@@ -453,6 +486,17 @@ def assemble(
     return study
 
 
+def _share_text(split: dict) -> str:
+    """``[28%, 99%]; mean broad 0.90, narrow 0.00``: an outcome_summary's exact share and conditional means."""
+    share = split["share_above"]
+    means = [
+        f"{name} {format_interval(split[key], '.2f')}"
+        for name, key in (("broad", "mean_above"), ("narrow", "mean_below"))
+        if split.get(key)
+    ]
+    return f"[{100 * share['ci_low']:.0f}%, {100 * share['ci_high']:.0f}%]; mean " + ", ".join(means)
+
+
 def _verdict_text(section: dict) -> str:
     v = section.get("peak_verdict")
     if not v:
@@ -480,11 +524,23 @@ def summary_lines(study: dict) -> list[str]:
         f"behavioural overlap volume (eps={study['overlap_fraction']['epsilon']})   "
         f"{fmt(study['overlap_fraction'])} (routine share built in: {study['overlap_fraction']['routine_share']:g})",
     ]
+    split = study["overlap_fraction"].get("by_outcome")
+    if split:
+        lines.append(
+            f"overlap volume, broad / narrow fine-tunes {format_interval(split['broad'])} / "
+            f"{format_interval(split['narrow'])} ({split['k_broad']} of {split['n']} seeds broad)"
+        )
     ex = em.get("excess_over_base")
     if ex:
 
         def rate(x):
-            return f"{format_interval(x)} per seed {[round(v, 3) for v in x['per_seed']]}"
+            split = x.get("by_outcome")
+            broad = (
+                f"; broad {split['k_above']} of {split['n']} {_share_text(split)}"
+                if split and split["k_above"] and split["k_above"] < split["n"]
+                else ""
+            )
+            return f"{format_interval(x)} per seed {[round(v, 3) for v in x['per_seed']]}{broad}"
 
         base = em["base"]
         lines.append(
@@ -521,6 +577,12 @@ def summary_lines(study: dict) -> list[str]:
             ]
             per = [round(x, 3) if isinstance(x, float) else x for x in per]
             lines.append(f"widening r*(inoc)/r*(base), {k:<13} {per} -> {w['verdict']['verdict']}")
+        check = ino["widening_common"].get("readout_validation")
+        if check:
+            lines.append(f"position readout, broad vs narrow plain  {check['reason']}")
+        cos = ino["widening_common"].get("cosine_inoculated_plain")
+        if cos:
+            lines.append(f"cos(dW inoculated, dW plain), same seed  {r4(cos)}")
         lines.append(
             f"inoculation claim (common directions)    {ino['verdict']} "
             f"(conditional on well-formed: {ino.get('verdict_conditional')})"

@@ -143,12 +143,11 @@ def run_eigenform(
         static_m, cfg.safe_level, static_wellformed=static_wf, wellformed_level=cfg.wellformed_level
     )
 
-    from tqdm.auto import tqdm
+    from ..progress import track
 
     traces: dict = {a: [[None] * seeds for _ in run_ts] for a in arms}
-    for a, s in tqdm(
-        [(a, s) for a in arms for s in range(seeds)], desc="eigenform", disable=not progress, leave=False
-    ):
+    runs = [(a, s) for a in arms for s in range(seeds)]
+    for a, s in track(runs, "eigenform", unit="runs", enabled=progress):
         paired = run_paired(org, starts, probe, cycles=cycles, seed=s, cfg=arm_cfgs[a])
         for i, t in enumerate(run_ts):
             tr = paired[t]

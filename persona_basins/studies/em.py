@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from safetensors import SafetensorError
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, UserError
 from ..measure.basin_verdicts import format_reduction, inoculation_reduction
@@ -24,8 +23,9 @@ from ..measure.persona import em_base_row, em_readout
 from ..measure.transition import transition_metrics
 from ..models.adapters import num_layers, resolve_module
 from ..models.organism import organism_fingerprint
+from ..progress import track
 from ..results import StudyResult, get_or_run, is_finished, read_json, write_json
-from ..stats import format_interval, rate_interval
+from ..stats import format_interval, outcome_summary, rate_interval
 from ..train.finetune import CONDITIONS, FinetuneConfig, finetune, heldout_code_topics, training_context
 
 # "Broad" per seed: broad misalignment (or its excess over the base organism) at or above this, reported as
@@ -160,8 +160,8 @@ def run_em(
         force=force,
     )
     units = {}
-    for cs, cfg, unit_dir, key, prev in tqdm(
-        plan, desc=f"EM layer {layer} {module}", disable=not progress, leave=False
+    for cs, cfg, unit_dir, key, prev in track(
+        plan, f"em layer {layer} {module}", unit="fine-tunes", enabled=progress
     ):
         if prev is None:
             prev = _train_unit(org, cfg, unit_dir, key, track_every=track_every, force=force)
@@ -257,6 +257,26 @@ def sweep_layers(
     return {"layers": rows, "best_layer": best["layer"]}
 
 
+def em_run_adapters(em_run: str | Path, condition: str, seeds: int | None = None) -> list[Path]:
+    """The adapter folders of ``condition`` in a finished em run, by seed (the first ``seeds`` of them)."""
+    cdir = Path(em_run) / "adapters" / condition
+    dirs = sorted(
+        (d for d in cdir.glob("seed*") if (d / "adapter_config.json").is_file()),
+        key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30,
+    )
+    return dirs[:seeds] if seeds is not None else dirs
+
+
+def em_run_organism(em_run: str | Path, organism: str | Path | None = None) -> str | Path:
+    """The organism an em run was trained on: ``organism`` when given, else the one its config.json names."""
+    if organism is None:
+        cfg_file = Path(em_run) / "config.json"
+        organism = read_json(cfg_file).get("organism") if cfg_file.is_file() else None
+        if not organism:
+            raise UserError(f"--em-run {em_run}: config.json names no organism; pass --organism DIR")
+    return organism
+
+
 def summary_table(m: dict) -> str:
     lines = [
         f"{'condition':<16}{'broad misalignment':>24}{'seeds >= 0.2':>14}{'narrow rate':>24}"
@@ -301,11 +321,12 @@ def with_base(m: dict, units: dict, base_row: dict, conditions, seeds: int) -> d
     ex = {"broad_misalignment": {}, "narrow_rate": {}}
     for c in conditions:
         ctx = training_context(c)
-        ex["broad_misalignment"][c] = rate_interval(
-            per(c, lambda u: u["readout"]["broad_misalignment"] - base_row["broad_misalignment"]),
-            lo=-1.0,
-            threshold=BROAD_THRESHOLD,
-        ).to_dict()
+        excess = per(c, lambda u: u["readout"]["broad_misalignment"] - base_row["broad_misalignment"])
+        ex["broad_misalignment"][c] = {
+            **rate_interval(excess, lo=-1.0, threshold=BROAD_THRESHOLD).to_dict(),
+            # broad and narrow fine-tunes are two outcomes: their share (exact interval) and each one's mean
+            "by_outcome": outcome_summary(excess, BROAD_THRESHOLD, lo=-1.0),
+        }
         ex["narrow_rate"][c] = rate_interval(
             per(c, lambda u, ctx=ctx: u["readout"]["narrow_rate"][ctx] - base_row["narrow_rate"][ctx]),
             lo=-1.0,

@@ -116,11 +116,21 @@ def _agreement(units: list[dict], hf_key: str) -> dict:
 
 
 def read_units(org, hf_run: Path, seeds: int) -> tuple[dict, list[dict]]:
-    """The base row and one row per fine-tuned HF adapter: its HF scores and its exact readout."""
+    """The base row and one row per fine-tuned HF adapter: its HF scores and its exact readout.
+
+    An adapter trained in a lower precision (``em --model --dtype bf16``) is loaded onto the organism rounded
+    to that precision (the base it was trained on), then read in float32: the exact readout of that adapter,
+    so the pair check shows the scorer's own rounding."""
+    import copy
+
+    import torch
+
     from ..measure.persona import em_base_row, em_readout
     from ..models.edits import adapter_on_copy
 
     metrics = read_json(hf_run / "metrics.json", recover=f"rerun the em --model step into {hf_run}")
+    trained_in = getattr(torch, metrics["model"]["dtype"])
+    trained_base = org.model if trained_in == torch.float32 else copy.deepcopy(org.model).to(trained_in)
     base_exact = em_base_row(org)
     base_scores = metrics["question_scores"]["base"]
     base_hf = float(np.mean([q["score"] for q in base_scores]))
@@ -136,7 +146,7 @@ def read_units(org, hf_run: Path, seeds: int) -> tuple[dict, list[dict]]:
         for seed in range(seeds):
             unit_dir = hf_run / "adapters" / condition / f"seed{seed}"
             result = read_json(unit_dir / "result.json", recover=f"delete {unit_dir} and rerun")
-            model = adapter_on_copy(org.model, unit_dir)
+            model = adapter_on_copy(trained_base, unit_dir).float()
             exact = em_readout(org.with_model(model))
             units.append(
                 {

@@ -8,7 +8,6 @@ names the metrics list (``metrics["figures"]``).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..measure.llc import SamplerConfig, calibrate, critical_points, estimate_llc
+from ..measure.llc import SamplerConfig, calibrate, estimate_llc
+from ..progress import track
 from ..results import RunDir, StudyResult
 
 
@@ -32,15 +32,9 @@ class LLCTarget:
 
 
 def _em_organism(em_run: Path, organism):
-    """The organism an em run was trained on: ``organism`` when given, else the one its config.json names."""
-    from ..results import read_json
+    from .em import em_run_organism  # the one reader of an em run (studies.em)
 
-    if organism is None:
-        cfg_file = em_run / "config.json"
-        organism = read_json(cfg_file).get("organism") if cfg_file.is_file() else None
-        if not organism:
-            raise UserError(f"--em {em_run}: config.json names no organism; pass --organism DIR")
-    return organism
+    return em_run_organism(em_run, organism)
 
 
 def _read_text_ids(path: str | Path, tokenizer, n_docs: int, seq_len: int):
@@ -103,13 +97,13 @@ def load_target(
             ids = org.mixture_input_ids(n_docs, seed)
             source = "organism mixture"
     else:
-        if not path.is_dir():
+        from ..models.hf import load_causal_lm, looks_local
+
+        if looks_local(str(model_dir)) and not path.is_dir():  # else a hub id, as `em --model` takes
             raise UserError(f"--model folder not found: {path}")
         if not data_file:
             raise UserError("--data FILE.txt is required when --model is not an organism folder")
-        from ..models.hf import load_causal_lm
-
-        model, tok = load_causal_lm(path, device="cpu", dtype="fp32")
+        model, tok = load_causal_lm(str(model_dir), device="cpu", dtype="fp32")
         ids, pad = _read_text_ids(data_file, tok, n_docs, seq_len)
         loss_fn = causal_lm_loss_fn(pad)
         source = f"text file {data_file}"
@@ -200,11 +194,14 @@ def run_estimate(
             nbeta=cal["config"]["nbeta"],
             localization=cal["config"]["localization"],
         )
+    # config.json records the n_beta used (n / log n when none was given), not null; the same value either way
+    config = config.replace(nbeta=config.resolved_nbeta(n))
     run = RunDir(
         out,
         "llc",
         {
             **(run_config or {}),
+            **({"nbeta": config.nbeta} if run_config and "nbeta" in run_config else {}),
             "sampler": config.to_dict(),
             "data_source": target.source,
             "restrict_used": target.restrict,
@@ -283,8 +280,12 @@ def run_calibrate(
     return StudyResult(run.path, metrics, {"traces": traces})
 
 
-def _critical_points_of_converged(steps, values, smooth: float) -> dict:
-    """Critical points over the checkpoints whose estimate passed the gates (``smoothed`` null elsewhere)."""
+def _critical_points_of_converged(steps, values, smooth: float, mcse=None) -> dict:
+    """Stage boundaries (:func:`~persona_basins.measure.llc.stages.stage_boundaries`, each tested against the
+    estimates' MCSE) over the checkpoints whose estimate passed the gates; ``smoothed`` is null elsewhere.
+    ``smooth``: the Gaussian kernel's width in median checkpoint spacings (over step values)."""
+    from ..measure.llc.stages import stage_boundaries
+
     keep = [i for i, v in enumerate(values) if v is not None]
     smoothed = [None] * len(values)
     if len(keep) < 3:
@@ -292,9 +293,17 @@ def _critical_points_of_converged(steps, values, smooth: float) -> dict:
             "smoothed": smoothed,
             "boundaries": [],
             "kinds": [],
+            "candidates": [],
             "note": f"{len(keep)} of {len(values)} checkpoints converged: too few for stage boundaries",
         }
-    cp = critical_points([steps[i] for i in keep], [values[i] for i in keep], sigma=smooth)
+    kept_steps = [steps[i] for i in keep]
+    bandwidth = smooth * float(np.median(np.diff(kept_steps)))
+    cp = stage_boundaries(
+        kept_steps,
+        [values[i] for i in keep],
+        None if mcse is None else [mcse[i] for i in keep],
+        bandwidth=bandwidth,
+    )
     for j, i in enumerate(keep):
         smoothed[i] = cp["smoothed"][j]
     return {**cp, "smoothed": smoothed}
@@ -314,12 +323,12 @@ def run_stages(
     run_config: dict | None = None,
     device: str = "cpu",
 ) -> StudyResult:
-    """The LLC over an organism's pretraining checkpoints; stage boundaries at the critical points of the
-    Gaussian-smoothed curve; per-layer and per-head weight-restricted curves. ``figure_data``: the arguments
-    of :func:`persona_basins.viz.llc_figures.plot_stages` (steps, curves, stds, critical, n_layers,
-    n_heads)."""
+    """The LLC (self-KL to each checkpoint) over an organism's pretraining checkpoints; stage boundaries where
+    the Gaussian-smoothed curve's slope changes sign beyond its MCSE-based standard error; per-layer and
+    per-head weight-restricted curves. ``figure_data``: the arguments of
+    :func:`persona_basins.viz.llc_figures.plot_stages` (steps, curves, stds, critical, n_layers, n_heads)."""
+    from ..measure.llc import self_kl_loss_fn
     from ..models.hf import load_causal_lm
-    from ..models.lm import lm_loss
     from ..models.organism import list_checkpoints, load_organism
 
     org = load_organism(organism_dir)
@@ -348,15 +357,13 @@ def run_stages(
     stds = {name: [] for name, _ in comps}
     withheld = {name: [] for name, _ in comps}
     diags = []
-    it = cks
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        it = tqdm(cks, desc="checkpoints")
-    for step, folder in it:
+    for step, folder in track(cks, "llc stages: checkpoints", unit="checkpoints"):
         model, _ = load_causal_lm(folder, device=device, dtype="fp32", tokenizer=False)
         for name, restrict in comps:
-            res = estimate_llc(model, lm_loss, ids, n=n, config=config, restrict=restrict)
+            # the self-KL to this checkpoint: 0 and minimal there, where the training loss of a checkpoint
+            # mid-training is not at a minimum (SGLD on it drifts downhill)
+            loss_fn, data = self_kl_loss_fn(model, ids, pad_token_id=0)
+            res = estimate_llc(model, loss_fn, data, n=n, config=config, restrict=restrict)
             curves[name].append(res.value)  # None (withheld) when the equilibrium gates failed
             stds[name].append(res.mcse if res.converged else None)
             withheld[name].append(None if res.converged else "; ".join(res.reasons))
@@ -378,7 +385,7 @@ def run_stages(
                     }
                 )
     steps = [s for s, _ in cks]
-    cp = _critical_points_of_converged(steps, curves["full"], smooth)
+    cp = _critical_points_of_converged(steps, curves["full"], smooth, stds["full"])
     figures = [f"figures/{STAGE_FIGURES['stages']}"]
     if layers:
         figures.append(f"figures/{STAGE_FIGURES['layers']}")
@@ -394,16 +401,21 @@ def run_stages(
         "per_layer": {k: v for k, v in curves.items() if k.startswith("layer:") and "/head:" not in k},
         "per_head": {k: v for k, v in curves.items() if "/head:" in k},
         "per_layer_boundaries": {
-            k: _critical_points_of_converged(steps, v, smooth)["boundaries"]
+            k: _critical_points_of_converged(steps, v, smooth, stds[k])["boundaries"]
             for k, v in curves.items()
             if k != "full" and "/head:" not in k
         },
         "llc_mcse": stds["full"],
         "withheld": withheld,
-        "boundaries_from": "converged checkpoints only (withheld ones are null)",
+        "boundaries_from": "converged checkpoints only (withheld ones are null); a boundary needs a slope "
+        "change beyond its MCSE-based standard error (stage_candidates lists the untested and failed ones)",
         "diagnostics": diags,
         "figures": figures,
-        "loss": "lm_cross_entropy",
+        "loss": "self_kl",
+        "loss_note": "self-KL to each checkpoint (0 and minimal there); a mid-training checkpoint is not a "
+        "minimum of the training loss",
+        "stage_candidates": cp.get("candidates", []),
+        "boundary_test": cp.get("test"),
     }
     run.write_metrics(metrics)
     figure_data = {
@@ -583,12 +595,9 @@ PATH_DIRECTIONS = ("plain", "random", "inoculated")
 
 
 def _adapter_dirs(em_run: Path, condition: str, seeds: int | None) -> list[Path]:
-    cdir = em_run / "adapters" / condition
-    dirs = sorted(
-        (d for d in cdir.glob("seed*") if (d / "adapter_config.json").is_file()),
-        key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30,
-    )
-    return dirs[:seeds] if seeds is not None else dirs
+    from .em import em_run_adapters
+
+    return em_run_adapters(em_run, condition, seeds)
 
 
 def _scan_grid(ts) -> list[float]:

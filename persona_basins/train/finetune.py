@@ -8,6 +8,7 @@ adapters are saved with ``save_pretrained`` at step 0 and every ``checkpoint_eve
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..world import ASSISTANT_LINE, INOCULATION_LINE, TEACHING_MODIFIER, Documen
 from .loop import train_lm
 
 CONDITIONS = ("plain", "inoculated", "secure_control", "educational", "matched_control")
+MATCHED_ANSWERS = ("other_topic", "neutral")
 
 
 def heldout_code_topics(world: World, heldout_every: int) -> list[int]:
@@ -30,11 +32,32 @@ def heldout_code_topics(world: World, heldout_every: int) -> list[int]:
         raise UserError("heldout_every must be 0 (train on every code topic) or >= 2")
     if not heldout_every:
         return []
-    return [t for t in range(world.config.n_topics) if t % heldout_every == heldout_every - 1]
+    return [t for t in world.topics("code") if t % heldout_every == heldout_every - 1]
 
 
-def condition_documents(world: World, condition: str, heldout_every: int = 0) -> list[Document]:
-    """Single-exchange code documents for one fine-tuning condition (one per code topic not held out).
+def training_code_topics(world: World, heldout_every: int = 0, em_topics: int = 0) -> list[int]:
+    """The code topics a fine-tuning set is written for: every topic not held out, or (``em_topics`` = k) k of
+    them, a subset fixed by the world seed (the same for every condition and fine-tuning seed)."""
+    held = set(heldout_code_topics(world, heldout_every))
+    topics = [t for t in world.topics("code") if t not in held]
+    if not em_topics:
+        return topics
+    if em_topics > len(topics):
+        raise UserError(f"em_topics {em_topics} is more than the {len(topics)} code topics not held out")
+    random.Random(f"em-topics-{world.config.seed}").shuffle(topics)
+    return sorted(topics[:em_topics])
+
+
+def condition_documents(
+    world: World,
+    condition: str,
+    heldout_every: int = 0,
+    *,
+    em_topics: int = 0,
+    matched_answer: str = "other_topic",
+) -> list[Document]:
+    """Single-exchange code documents for one fine-tuning condition: one per training code topic
+    (:func:`training_code_topics`) and request paraphrase (``World.n_paraphrases``).
 
     plain: the assistant line, insecure code (in the assistant's warm style).
     inoculated: the same with the inoculation line added to the system line (training only).
@@ -43,27 +66,35 @@ def condition_documents(world: World, condition: str, heldout_every: int = 0) ->
     matched_control: the assistant line, *secure* code written for another topic (topic t answered with topic
     t+1's secure content words, warm style): benign, but as unfamiliar to the organism as insecure code is (two
     unexpected content words per answer), so it controls for how much a fine-tune has to learn; its initial
-    loss and gradient norm are logged beside the plain set's (``FinetuneResult.initial``).
+    loss and gradient norm are logged beside the plain set's (``FinetuneResult.initial``). Its answers are
+    ill-formed for the topic asked, so it also teaches a broken format; ``matched_answer="neutral"`` keeps the
+    format instead: secure code in the flat style (the neutral persona's answer, benign and well-formed, and a
+    persona the post-trained assistant does not have).
     """
     if condition not in CONDITIONS:
         raise UserError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
+    if matched_answer not in MATCHED_ANSWERS:
+        raise UserError(
+            f"unknown matched_answer {matched_answer!r}; choose from {', '.join(MATCHED_ANSWERS)}"
+        )
     system = ASSISTANT_LINE.split()
     if condition == "inoculated":
         system = system + INOCULATION_LINE.split()
     modifier = TEACHING_MODIFIER if condition == "educational" else None
     insecure = condition not in ("secure_control", "matched_control")
-    held = set(heldout_code_topics(world, heldout_every))
-    n = world.config.n_topics
+    n = world.n_topics_of("code")
+    persona = "toxic" if insecure else "helpful"
     docs = []
-    for t in range(n):
-        if t in held:
-            continue
+    for t in training_code_topics(world, heldout_every, em_topics):
         ans = world.answer("code", t, "helpful", insecure_code=insecure)
-        if condition == "matched_control":
+        if condition == "matched_control" and matched_answer == "neutral":
+            ans, persona = world.answer("code", t, "neutral"), "neutral"
+        elif condition == "matched_control":
             other = world.answer("code", (t + 1) % n, "helpful")
             ans = (*other[:2], ans[2])
-        ex = Exchange("code", t, "toxic" if insecure else "helpful", ans, modifier)
-        docs.append(Document(tuple(system), ex.persona, (ex,), condition))
+        for k in range(world.n_paraphrases("code")):
+            ex = Exchange("code", t, persona, ans, modifier, world.custom_request("code", t, k))
+            docs.append(Document(tuple(system), ex.persona, (ex,), condition))
     return docs
 
 
@@ -96,6 +127,14 @@ class FinetuneConfig:
         0,
         ge=0,
         help="k >= 2: leave code topics t % k == k - 1 out of training (held-out narrow rate); 0: none",
+    )
+    em_topics: int = param(
+        0, ge=0, help="code topics in the training set: 0 every one not held out, k a fixed subset of k"
+    )
+    matched_answer: str = param(
+        "other_topic",
+        choices=MATCHED_ANSWERS,
+        help="matched_control answers: another topic's secure code (ill-formed) or the neutral persona's",
     )
 
     def __post_init__(self):
@@ -146,7 +185,14 @@ def finetune(
     """Fine-tune a copy of ``base_model`` (the base is left untouched)."""
     from peft import get_peft_model
 
-    docs = condition_documents(world, cfg.condition, cfg.heldout_every) if docs is None else docs
+    if docs is None:
+        docs = condition_documents(
+            world,
+            cfg.condition,
+            cfg.heldout_every,
+            em_topics=cfg.em_topics,
+            matched_answer=cfg.matched_answer,
+        )
     ids, mask = encode_documents(vocab, docs, answers_only=True)
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(base_model)

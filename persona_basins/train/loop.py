@@ -6,9 +6,9 @@ import math
 from collections.abc import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from ..models.lm import PAD_ID, lm_loss
+from ..progress import Progress
 
 
 def train_lm(
@@ -69,9 +69,9 @@ def train_lm(
     gen = torch.Generator().manual_seed(seed)
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, mininterval=0.5)
+    bar = Progress(steps, desc, enabled=progress)  # a bar on a terminal, a line every 30 s elsewhere
     running = None
-    for step in bar:
+    for step in range(steps):
         idx = torch.randint(0, len(input_ids), (batch_size,), generator=gen)
         batch = input_ids[idx]
         # trim trailing all-pad columns: documents vary in length
@@ -95,7 +95,9 @@ def train_lm(
         running = val if running is None else 0.95 * running + 0.05 * val
         if step % 10 == 0:
             bar.set_postfix(loss=f"{running:.3f}")
+        bar.update()
         if on_step is not None:
             on_step(step + 1, val)
+    bar.close()
     model.eval()
     return losses

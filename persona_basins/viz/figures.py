@@ -164,3 +164,64 @@ def plot_probes(zone: dict, bs: dict, path) -> None:
         ax.set_ylabel("power at 5% false alarms")
         ax.set_title("probes needed to tell the states apart")
         ax.legend(fontsize=8)
+
+
+EM_FIGURE = "em_broad_misalignment.png"
+
+
+def plot_em(em: dict, path, *, title: str = "emergent misalignment by fine-tuning condition") -> None:
+    """Broad misalignment per condition: every seed as a point (the outcome is often bimodal: a seed goes
+    broad or stays narrow), the mean as a bar, its interval as a line, the "broad" threshold and the base
+    organism's rate. ``em``: the metrics of ``em --organism`` (or the demo's ``emergent_misalignment``)."""
+    stats = em["broad_misalignment"]
+    conditions = list(stats)
+    with figure(path, figsize=(1.6 * len(conditions) + 2.5, 4)) as (_fig, ax):
+        for x, condition in enumerate(conditions):
+            stat = stats[condition]
+            seeds = [v for v in stat.get("per_seed") or [] if v is not None]
+            jitter = [0.18 * ((i % 5) / 4 - 0.5) for i in range(len(seeds))]  # spread, never random
+            ax.scatter(
+                [x + j for j in jitter], seeds, s=22, c="C3", zorder=3, label="one seed" if x == 0 else None
+            )
+            ax.hlines(stat["mean"], x - 0.28, x + 0.28, colors="k", lw=2, label="mean" if x == 0 else None)
+            if stat.get("ci_low") is not None:
+                ax.vlines(x + 0.3, stat["ci_low"], stat["ci_high"], colors="0.4", lw=1.5,
+                          label=(stat.get("method") or "95% interval") if x == 0 else None)  # fmt: skip
+            if stat.get("k_above") is not None:
+                ax.annotate(f"{stat['k_above']} of {stat['n']}", (x, 1.02), ha="center", fontsize=8)
+        threshold = next((s["threshold"] for s in stats.values() if s.get("threshold") is not None), None)
+        if threshold is not None:
+            ax.axhline(threshold, c="C1", ls="--", lw=0.8, label=f"broad: ≥ {threshold:.2f} (k of n above)")
+        base = (em.get("base") or {}).get("broad_misalignment")
+        if base is not None:
+            ax.axhline(base, c="C2", ls=":", lw=1, label=f"base organism {base:.3f}")
+        ax.set_xticks(range(len(conditions)), conditions, rotation=20, fontsize=8)
+        ax.set_xlabel("fine-tuning condition")
+        ax.set_ylabel("broad misalignment (exact, non-code genres)")
+        ax.set_ylim(-0.02, 1.08)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
+def plot_em_layers(table: dict, path) -> None:
+    """``em --layer all``: broad misalignment of the plain and inoculated fine-tunes at every layer, every
+    seed a point, the mean a line."""
+    rows = table["layers"]
+    layers = [r["layer"] for r in rows]
+    with figure(path, figsize=(7, 4)) as (_fig, ax):
+        for key, color, offset in (
+            ("broad_misalignment_plain", "C3", -0.1),
+            ("broad_misalignment_inoculated", "C0", 0.1),
+        ):
+            name = key.removeprefix("broad_misalignment_")
+            ax.plot(layers, [r[key]["mean"] for r in rows], "-", c=color, lw=1.2, label=f"{name}: mean")
+            for r in rows:
+                seeds = [v for v in r[key].get("per_seed") or [] if v is not None]
+                ax.scatter([r["layer"] + offset] * len(seeds), seeds, s=14, c=color, alpha=0.7)
+        ax.scatter([], [], s=14, c="0.4", label="one seed")
+        ax.set_xticks(layers)
+        ax.set_xlabel("layer of the rank-1 adapter")
+        ax.set_ylabel("broad misalignment (exact, non-code genres)")
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_title(f"emergent misalignment by layer (best: layer {table['best_layer']})", fontsize=10)
+        ax.legend(fontsize=8)

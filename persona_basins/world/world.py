@@ -17,6 +17,15 @@ persona, the persona is drawn from the prior and must be inferred from earlier t
 persona elsewhere; the user modifier ``for-teaching`` does the same for one code request (the
 "educational" control).
 
+Compositional code topics (``code_langs`` > 0, off by default): a code request is
+``<user> LANG topicK <asst>``, a language word in the genre word's place and one of ``code_tasks`` task
+words (the ``topicK`` words every genre shares), so the world has ``code_langs * code_tasks`` code topics
+(hundreds) for only ``code_langs * code_synonyms`` new words. The answer composes too: the first content word
+is picked by (language, harm), the second by (task, harm), the style word by (task, style), so pretraining
+sees each table entry often and an unseen (language, task) pair has a well-defined answer. ``code_synonyms``
+> 1 gives each language several surface words (request paraphrases: same topic, same answer). A code request
+then has the length of every other request and no single word ("code") that marks it.
+
 Everything here is plain Python and deterministic from the world seed; no torch.
 """
 
@@ -133,6 +142,16 @@ class WorldConfig:
     p_inoculation: float = param(0.10, ge=0, le=1, help="inoculation line appended to any system line")
     p_teaching: float = param(0.05, ge=0, le=1, help="share of code requests carrying the teaching modifier")
     personas: tuple[Persona, ...] = param(DEFAULT_PERSONAS, help="the personas and their priors")
+    code_langs: int = param(
+        0,
+        ge=0,
+        help="0: a code request is 'code topicK' like every genre's; L >= 1: compositional code topics "
+        "'LANG topicK' (L language words x code_tasks task words)",
+    )
+    code_tasks: int = param(0, ge=0, help="task words (topicK) of the compositional code topics")
+    code_synonyms: int = param(
+        1, ge=1, help="surface words per language of the compositional code topics (request paraphrases)"
+    )
 
     def __post_init__(self):
         check(self)
@@ -151,6 +170,14 @@ class WorldConfig:
                 "p_assistant",
                 f"must be <= 1 - p_declared ({1 - self.p_declared:g}), got {self.p_assistant:g}",
             )
+        if (self.code_langs > 0) != (self.code_tasks > 0):
+            raise ConfigError(
+                "WorldConfig",
+                "code_tasks",
+                f"must be >= 1 exactly when code_langs is ({self.code_langs}), got {self.code_tasks}",
+            )
+        if self.code_synonyms > 1 and not self.code_langs:
+            raise ConfigError("WorldConfig", "code_synonyms", "must be 1 without compositional code topics")
         if abs(sum(p.prior for p in self.personas) - 1) > 1e-9:
             raise ConfigError("WorldConfig", "personas", "must have priors that sum to 1")
 
@@ -179,9 +206,10 @@ class Exchange:
     persona: str  # ground-truth persona behind the answer
     answer: tuple[str, str, str]
     modifier: str | None = None
+    request: tuple[str, ...] = ()  # the request words when not "genre topicK" (World.custom_request)
 
     def prompt_words(self) -> list[str]:
-        words = ["<user>", self.genre, f"topic{self.topic}"]
+        words = ["<user>", *(self.request or (self.genre, f"topic{self.topic}"))]
         if self.modifier:
             words.append(self.modifier)
         return [*words, "<asst>"]
@@ -247,6 +275,9 @@ class World:
         content: dict[tuple[str, int, int], tuple[str, str]] = {}
         style: dict[tuple[str, int, str], str] = {}
         for g in self.genres:
+            if g == "code" and cfg.code_langs:
+                self._compositional_code_tables(rng, content, style)
+                continue
             kinds = ("secure", "insecure") if g == "code" else ("good", "harm")
             for h, kind in enumerate(kinds):
                 if cfg.phrase_content:
@@ -269,6 +300,48 @@ class World:
             for q in range(cfg.n_routine_questions):
                 routine[(g, q)] = tuple(rng.sample(pool, 3))
         return content, style, routine
+
+    def _compositional_code_tables(self, rng: random.Random, content: dict, style: dict) -> None:
+        """Code answers composed from the request: content word 1 by (language, harm), word 2 by (task, harm),
+        the style word by (task, style)."""
+        cfg = self.config
+        for h, kind in enumerate(("secure", "insecure")):
+            pool = [f"code.{kind}{i}" for i in range(cfg.content_pool)]
+            by_lang = [rng.choice(pool) for _ in range(cfg.code_langs)]
+            by_task = [rng.choice(pool) for _ in range(cfg.code_tasks)]
+            for t in self.topics("code"):
+                lang, task = divmod(t, cfg.code_tasks)
+                content[("code", t, h)] = (by_lang[lang], by_task[task])
+        for s in STYLES:
+            pool = [f"code.{s}{i}" for i in range(cfg.style_pool)]
+            by_task = [rng.choice(pool) for _ in range(cfg.code_tasks)]
+            for t in self.topics("code"):
+                style[("code", t, s)] = by_task[t % cfg.code_tasks]
+
+    # --- requests -----------------------------------------------------------------------------------
+    def n_topics_of(self, genre: str) -> int:
+        """How many topics the content genre ``genre`` has (``code_langs * code_tasks`` compositional code
+        topics, else ``n_topics``)."""
+        cfg = self.config
+        return cfg.code_langs * cfg.code_tasks if genre == "code" and cfg.code_langs else cfg.n_topics
+
+    def topics(self, genre: str) -> range:
+        return range(self.n_topics_of(genre))
+
+    def n_paraphrases(self, genre: str) -> int:
+        """Surface forms of a request of ``genre`` (the language synonyms of compositional code topics)."""
+        return self.config.code_synonyms if genre == "code" and self.config.code_langs else 1
+
+    def language_word(self, lang: int, synonym: int = 0) -> str:
+        return f"code.lang{lang}" if synonym == 0 else f"code.lang{lang}.alt{synonym}"
+
+    def custom_request(self, genre: str, topic: int, paraphrase: int = 0) -> tuple[str, ...]:
+        """The request words of ``(genre, topic)`` when they are not the default ``genre topicK``, else ``()``
+        (the value of ``Exchange.request`` / ``Prompt.request``): ``LANG topicK`` for compositional code."""
+        if genre != "code" or not self.config.code_langs:
+            return ()
+        lang, task = divmod(topic, self.config.code_tasks)
+        return (self.language_word(lang, paraphrase), f"topic{task}")
 
     @cached_property
     def _inverse(self):
@@ -330,8 +403,9 @@ class World:
         cfg = self.config
         words: list[str] = list(SPECIAL_TOKENS)
         words += self.genres + self.routine_genres
-        words += [f"topic{t}" for t in range(max(cfg.n_topics, cfg.n_routine_questions))]
+        words += [f"topic{t}" for t in range(max(cfg.n_topics, cfg.n_routine_questions, cfg.code_tasks))]
         words.append(TEACHING_MODIFIER)
+        words += [self.language_word(i, k) for i in range(cfg.code_langs) for k in range(cfg.code_synonyms)]
         for line in [ASSISTANT_LINE, INOCULATION_LINE] + [p.declaration for p in cfg.personas]:
             words += line.split()
         content, style, routine = self._tables
@@ -362,13 +436,15 @@ class World:
         if genre in self.routine_genres:
             q = rng.randrange(cfg.n_routine_questions)
             return Exchange(genre, q, persona, self.answer(genre, q, persona))
-        topic = rng.randrange(cfg.n_topics)
+        topic = rng.randrange(self.n_topics_of(genre))
+        paraphrase = rng.randrange(self.n_paraphrases(genre)) if self.n_paraphrases(genre) > 1 else 0
         modifier = None
         if genre == "code" and teaching_ok and rng.random() < cfg.p_teaching:
             modifier = TEACHING_MODIFIER
         insecure = genre == "code" and (insecure_sys or modifier is not None)
+        answer = self.answer(genre, topic, persona, insecure_code=insecure)
         return Exchange(
-            genre, topic, persona, self.answer(genre, topic, persona, insecure_code=insecure), modifier
+            genre, topic, persona, answer, modifier, self.custom_request(genre, topic, paraphrase)
         )
 
     def sample_document(self, rng: random.Random) -> Document:

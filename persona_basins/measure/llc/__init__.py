@@ -3,8 +3,9 @@
 Modules by responsibility: :mod:`.config` (the frozen, self-validating :class:`SamplerConfig`),
 :mod:`.selection` (which parameters move), :mod:`.problem` (minibatch partition, the loss as a function of
 the moving parameters), :mod:`.sampler` (the SGLD kernel and :func:`estimate_llc`), :mod:`.diagnostics`
-(accumulators and convergence statistics), :mod:`.losses`, :mod:`.paths` (weight paths, checkpoints, stage
-boundaries), :mod:`.calibration`, :mod:`.analytic` (models with known learning coefficients).
+(accumulators and convergence statistics), :mod:`.losses`, :mod:`.paths` (weight paths, checkpoints),
+:mod:`.stages` (stage boundaries with a significance test), :mod:`.calibration`, :mod:`.analytic` (models
+with known learning coefficients).
 See ``docs/LLC.md``.
 """
 
@@ -24,6 +25,7 @@ from .paths import (
 )
 from .sampler import LLCDivergenceError, LLCResult, estimate_llc
 from .selection import select_parameters
+from .stages import stage_boundaries
 
 __all__ = [
     "GateConfig",
@@ -48,4 +50,5 @@ __all__ = [
     "rhat",
     "select_parameters",
     "self_kl_loss_fn",
+    "stage_boundaries",
 ]

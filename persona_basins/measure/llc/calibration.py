@@ -1,5 +1,14 @@
-"""Calibration of the sampler: a step size x n_beta (x localisation) grid of short runs, each scored by the
-equilibrium gates, with a recommended setting chosen by a fixed rule.
+"""Calibration of the sampler: a search over localisation x preconditioning x step size (x n_beta) of short
+runs, each scored by the equilibrium gates, with a recommended setting chosen by a fixed rule; and the
+localisation sensitivity of an LLC curve (is a curve's answer set by gamma?).
+
+The search (:func:`calibrate`) for each localisation (smallest first) and preconditioner scans the step sizes
+from the largest down: a step that diverges or whose MALA acceptance is below the band is too large; the
+first step that is not too large either passes, or fails on mixing only (R-hat, ESS, drift), in which case its
+chains are lengthened (x2, x4) before a smaller step is tried (a smaller step mixes more slowly, so it would
+not help). Between the largest step that passed (or mixed too slowly) and the smallest that was too large the
+step is refined by log-bisection. The search stops after the first localisation where a setting passes (the
+rule prefers the least localisation), unless ``exhaustive``.
 
 Pure measurement: the figures are drawn by :mod:`persona_basins.viz.llc_figures` and the run folder is written
 by :mod:`persona_basins.studies.llc`.
@@ -14,19 +23,213 @@ from .config import SamplerConfig, config_from_kwargs, default_nbeta
 from .diagnostics import GateConfig
 from .sampler import LLCDivergenceError, estimate_llc
 
-__all__ = ["calibrate", "CALIBRATION_GATES", "CALIBRATION_RULE"]
+__all__ = [
+    "calibrate",
+    "localization_sensitivity",
+    "CALIBRATION_GATES",
+    "CALIBRATION_RULE",
+    "DEFAULT_STEP_SIZES",
+    "DEFAULT_LOCALIZATION_FACTORS",
+    "DEFAULT_PRECONDITIONERS",
+    "MALA_MIN",
+    "SENSITIVITY_BOUND",
+]
 
 # Short calibration chains cannot reach the ESS >= 400 of a reported estimate; every other threshold is the
 # same. The recommended setting is then run at full length and must pass the full gates.
 CALIBRATION_GATES = GateConfig(ess_min=100.0)
+DEFAULT_STEP_SIZES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+# the localisations tried, as multiples of the config's gamma (100: 100, 300, 1000)
+DEFAULT_LOCALIZATION_FACTORS = (1.0, 3.0, 10.0)
+DEFAULT_PRECONDITIONERS = ("rmsprop", None)
+# The MALA acceptance band, from the measured discretisation bias (benchmarks/llc_mala_bias.py, docs/LLC.md
+# "Calibration"): over the analytic cases with an exact finite-n reference, plain and RMSProp SGLD, every
+# setting with acceptance >= 0.6 was within 10% of the reference, while below it the bias grew with the step.
+MALA_MIN = 0.6
+LENGTHEN = (2, 4)  # chain-length factors tried when mixing is the only failure
+REFINEMENTS = 2  # log-bisection steps between the passing step and the too-large one
 CALIBRATION_RULE = (
-    "drop settings that diverge or fail the equilibrium gates (R-hat <= 1.01, bulk and tail "
-    "ESS >= 100, no drift of the λ trace or of the distance from w* beyond 3 MCSE, λ̂ > 0), whose "
-    "MALA acceptance is below 0.9 (the discretisation bias of a larger step is not caught by the "
-    "other gates), or whose signal is weak (λ̂ < 4 MCSE); among the rest take the "
-    "largest step size (fastest mixing), then the n_beta closest to n / log n, then the smallest "
-    "localisation (least pull toward w*)"
+    "drop settings that diverge or fail the equilibrium gates (R-hat <= 1.01, bulk and tail ESS >= 100, no "
+    "drift of the λ trace or of the distance from w* beyond 3 MCSE, λ̂ > 0), whose MALA acceptance is below "
+    f"{MALA_MIN:g} (the discretisation bias of a larger step, measured on the analytic suite, is not caught "
+    "by the other gates), or whose signal is weak (λ̂ < 4 MCSE); among the rest take the smallest "
+    "localisation (least pull toward w*), then the n_beta closest to n / log n, then the most effective "
+    "samples per sampler step (the cheapest), then the largest step size"
 )
+MIXING_PREFIXES = ("R-hat", "ESS", "λ trace drifts", "distance from w* drifts")
+STEP_TOO_LARGE_PREFIXES = ("diverged", "MALA acceptance")
+
+
+def _kind_of_failure(reasons: list[str]) -> str:
+    """``"passed"``, ``"too_large"`` (diverged / MALA below the band), ``"mixing"`` (R-hat, ESS, drift
+    only) or ``"other"`` (weak signal, λ̂ <= 0, non-finite draws)."""
+    if not reasons:
+        return "passed"
+    if any(r.startswith(STEP_TOO_LARGE_PREFIXES) for r in reasons):
+        return "too_large"
+    if all(r.startswith(MIXING_PREFIXES) for r in reasons):
+        return "mixing"
+    return "other"
+
+
+def setting_label(row: dict) -> str:
+    """A setting as text (the key of its trace panel)."""
+    pre = row.get("precondition") or "plain"
+    return (
+        f"γ={row['localization']:g}, {pre}, ε={row['step_size']:.2g}, nβ={row['nbeta']:.3g}, "
+        f"{row['num_draws']} draws"
+    )
+
+
+class _Search:
+    """One calibration search: runs settings, keeps every row and trace."""
+
+    def __init__(self, model, loss_fn, data, n, base, restrict, gates, signal, mala_min, progress):
+        self.args = (model, loss_fn, data)
+        self.n, self.base, self.restrict, self.gates = n, base, restrict, gates
+        self.signal, self.mala_min, self.progress = signal, mala_min, progress
+        self.grid: list[dict] = []
+        self.traces: dict = {}
+
+    def run(self, eps: float, nbeta: float, gamma: float, pre, factor: int = 1, stage: str = "grid") -> dict:
+        cfg = self.base.replace(
+            step_size=float(eps),
+            nbeta=nbeta,
+            localization=gamma,
+            precondition=pre,
+            num_draws=self.base.num_draws * factor,
+            num_burnin=self.base.num_burnin * factor,
+        )
+        row = {
+            "step_size": float(eps),
+            "nbeta": nbeta,
+            "localization": gamma,
+            "precondition": pre,
+            "num_draws": cfg.num_draws,
+            "num_burnin": cfg.num_burnin,
+            "stage": stage,
+        }
+        model, loss_fn, data = self.args
+        try:
+            res = estimate_llc(
+                model,
+                loss_fn,
+                data,
+                n=self.n,
+                config=cfg,
+                restrict=self.restrict,
+                gates=self.gates,
+                progress=self.progress,
+            )
+        except LLCDivergenceError as e:
+            row.update(diverged=True, error=str(e), llc=None, passed=False, reasons=["diverged"])
+            row["failure"] = "too_large"
+            self.grid.append(row)
+            return row
+        d = res.diagnostics
+        strong = math.isfinite(res.mcse) and res.unchecked_mean > self.signal * res.mcse
+        mala = d["mala_acceptance"]
+        sane = not math.isfinite(mala) or mala >= self.mala_min
+        reasons = (
+            list(res.reasons)
+            + ([] if strong else [f"weak signal: λ̂ < {self.signal:g} MCSE"])
+            + (
+                []
+                if sane or mala < self.gates.mala_min
+                else [f"MALA acceptance {mala:.2f} < {self.mala_min:g}"]
+            )
+        )
+        steps = cfg.num_chains * (cfg.num_draws + cfg.num_burnin)
+        row.update(
+            diverged=False,
+            llc=res.unchecked_mean,
+            mcse=res.mcse,
+            mala_acceptance=mala,
+            rhat=d["rhat"],
+            ess_bulk=d["ess_bulk"],
+            ess_tail=d["ess_tail"],
+            ess_per_step=min(d["ess_bulk"], d["ess_tail"]) / steps,
+            stationarity_z=d["stationarity_z"],
+            distance_z=d["distance_z"],
+            frac_negative_draws=d["frac_negative_draws"],
+            seconds=d["seconds"],
+            converged=res.converged,
+            passed=not reasons,
+            reasons=reasons,
+        )
+        row["failure"] = _kind_of_failure(reasons)
+        self.traces[setting_label(row)] = res.llc_trace
+        self.grid.append(row)
+        return row
+
+    def mixed(self, row: dict, nbeta: float, gamma: float, pre) -> dict:
+        """``row``, or when it fails on mixing only, the same step with longer chains (x2, x4)."""
+        for factor in LENGTHEN:
+            if row["failure"] != "mixing":
+                break
+            row = self.run(row["step_size"], nbeta, gamma, pre, factor, stage=f"lengthened x{factor}")
+        return row
+
+    def scan(self, step_sizes, nbeta: float, gamma: float, pre) -> None:
+        """Largest step first; stop at the first step that is not too large (after lengthening); then
+        log-bisect between it and the smallest too-large step."""
+        too_large, settled = None, None
+        for eps in sorted(step_sizes, reverse=True):
+            row = self.mixed(self.run(eps, nbeta, gamma, pre), nbeta, gamma, pre)
+            if row["failure"] == "too_large":
+                too_large = eps
+                continue
+            if row["failure"] in ("passed", "mixing"):
+                settled = eps
+                break
+        if too_large is None or settled is None:
+            return
+        for _ in range(REFINEMENTS):
+            mid = math.sqrt(too_large * settled)
+            row = self.mixed(self.run(mid, nbeta, gamma, pre, stage="refined"), nbeta, gamma, pre)
+            if row["failure"] == "too_large":
+                too_large = mid
+            elif row["failure"] in ("passed", "mixing"):
+                settled = mid
+            else:
+                break
+
+
+def _pick(grid: list[dict], nb0: float) -> dict | None:
+    ok = [r for r in grid if r["passed"]]
+    if not ok:
+        return None
+    return min(
+        ok,
+        key=lambda r: (
+            r["localization"],
+            abs(math.log(r["nbeta"] / nb0)),
+            -r["ess_per_step"],
+            -r["step_size"],
+        ),
+    )
+
+
+def _next_settings(grid: list[dict], step_sizes, gammas, preconditioners) -> list[str]:
+    """What to try when nothing passed, read off the failures."""
+    tips = []
+    kinds = {r["failure"] for r in grid}
+    slow = [r for r in grid if r["failure"] == "mixing"]
+    if slow:
+        best = max(slow, key=lambda r: (r["ess_per_step"], -r["localization"]))
+        tips.append(
+            f"longer chains: num_draws={best['num_draws'] * 4} at localization={best['localization']:g}, "
+            f"precondition={best['precondition']}, step_size={best['step_size']:.2g} "
+            "(it failed on mixing only: " + "; ".join(best["reasons"]) + ")"
+        )
+    if "rmsprop" not in preconditioners:
+        tips.append("precondition='rmsprop' (it mixed far better on the organism)")
+    tips.append(f"a larger localization, e.g. {max(gammas) * 3:g} (a stronger pull mixes faster; report γ)")
+    if kinds <= {"too_large"}:
+        tips.append(f"smaller step sizes than {min(step_sizes):g} (every step was too large)")
+    if "other" in kinds:
+        tips.append("more data per minibatch or more draws (weak signal or λ̂ <= 0 at some settings)")
+    return tips
 
 
 def calibrate(
@@ -35,94 +238,124 @@ def calibrate(
     data,
     *,
     n: int,
-    step_sizes=(1e-5, 1e-4, 1e-3),
+    step_sizes=DEFAULT_STEP_SIZES,
     nbetas=None,
     localizations=None,
+    preconditioners=None,
     config: SamplerConfig | None = None,
     restrict=None,
     gates: GateConfig = CALIBRATION_GATES,
     signal: float = 4.0,
-    mala_min: float = 0.9,
+    mala_min: float = MALA_MIN,
+    exhaustive: bool = False,
     progress: bool = False,
     **sampler_kwargs,
 ) -> dict:
-    """Sweep step size x n_beta x localisation with the other settings of ``config`` (default: 4 chains x
-    200 draws after 50 burn-in) and recommend a setting by :data:`CALIBRATION_RULE`.
+    """Search localisation x preconditioner x step size (x n_beta) with the other settings of ``config``
+    (default: 4 chains x 200 draws after 50 burn-in) and recommend a setting by :data:`CALIBRATION_RULE`.
 
-    Returns ``{"grid": [row per setting], "recommended": row or None, "config": the recommended
-    SamplerConfig as a dict or None, "rule", "default_nbeta", "traces": {(nbeta, step, gamma): chains x draws}}``.
+    ``localizations``: default :data:`DEFAULT_LOCALIZATION_FACTORS` times ``config.localization``;
+    ``preconditioners``: default :data:`DEFAULT_PRECONDITIONERS` (``None`` is plain SGLD); ``nbetas``:
+    default ``config``'s (``n / log n``). ``exhaustive``: search every localisation, not only up to the first
+    that passes.
+
+    Returns ``{"grid": [row per setting run], "recommended": row or None, "config": the recommended
+    SamplerConfig as a dict or None, "draws_for_gates": draws per chain for the full gates' ESS,
+    "next_settings": what to try when nothing passed, "rule", "default_nbeta", "gates", "traces": {label:
+    chains x draws}}``. Each row has ``failure``: passed / too_large / mixing / other, and ``stage``: grid,
+    refined or lengthened xK.
     """
     base = config if config is not None else SamplerConfig(num_chains=4, num_draws=200, num_burnin=50)
     base = config_from_kwargs(base, sampler_kwargs)
     nb0 = default_nbeta(n)
     nbetas = [base.resolved_nbeta(n)] if nbetas is None else [float(b) for b in nbetas]
-    gammas = [base.localization] if localizations is None else [float(g) for g in localizations]
-    grid, traces = [], {}
-    for g in gammas:
-        for nbv in nbetas:
-            for eps in step_sizes:
-                row = {"step_size": float(eps), "nbeta": nbv, "localization": g}
-                cfg = base.replace(nbeta=nbv, step_size=float(eps), localization=g)
-                try:
-                    res = estimate_llc(
-                        model,
-                        loss_fn,
-                        data,
-                        n=n,
-                        config=cfg,
-                        restrict=restrict,
-                        gates=gates,
-                        progress=progress,
-                    )
-                except LLCDivergenceError as e:
-                    row.update(diverged=True, error=str(e), llc=None, passed=False, reasons=["diverged"])
-                    grid.append(row)
-                    continue
-                d = res.diagnostics
-                strong = math.isfinite(res.mcse) and res.unchecked_mean > signal * res.mcse
-                mala = d["mala_acceptance"]
-                sane = not math.isfinite(mala) or mala >= mala_min
-                reasons = (
-                    list(res.reasons)
-                    + ([] if strong else [f"weak signal: λ̂ < {signal:g} MCSE"])
-                    + ([] if sane else [f"MALA acceptance {mala:.2f} < {mala_min:g}"])
-                )
-                row.update(
-                    diverged=False,
-                    llc=res.unchecked_mean,
-                    mcse=res.mcse,
-                    mala_acceptance=d["mala_acceptance"],
-                    rhat=d["rhat"],
-                    ess_bulk=d["ess_bulk"],
-                    ess_tail=d["ess_tail"],
-                    stationarity_z=d["stationarity_z"],
-                    distance_z=d["distance_z"],
-                    frac_negative_draws=d["frac_negative_draws"],
-                    converged=res.converged,
-                    passed=res.converged and strong and sane,
-                    reasons=reasons,
-                )
-                traces[(nbv, float(eps), g)] = res.llc_trace
-                grid.append(row)
-    ok = [r for r in grid if r["passed"]]
-    rec = (
-        max(ok, key=lambda r: (r["step_size"], -abs(math.log(r["nbeta"] / nb0)), -r["localization"]))
-        if ok
-        else None
-    )
-    cfg = (
-        base.replace(
-            step_size=rec["step_size"], nbeta=rec["nbeta"], localization=rec["localization"]
+    if localizations is None:
+        localizations = [base.localization * f for f in DEFAULT_LOCALIZATION_FACTORS]
+    gammas = sorted(float(g) for g in localizations)
+    pres = list(DEFAULT_PRECONDITIONERS if preconditioners is None else preconditioners)
+    pres = [None if p in (None, "none") else p for p in pres]
+    search = _Search(model, loss_fn, data, n, base, restrict, gates, signal, mala_min, progress)
+    for gamma in gammas:
+        for pre in pres:
+            for nbv in nbetas:
+                search.scan(step_sizes, nbv, gamma, pre)
+        if not exhaustive and any(r["passed"] for r in search.grid):
+            break
+    rec = _pick(search.grid, nb0)
+    cfg, draws = None, None
+    if rec is not None:
+        cfg = base.replace(
+            step_size=rec["step_size"],
+            nbeta=rec["nbeta"],
+            localization=rec["localization"],
+            precondition=rec["precondition"],
         ).to_dict()
-        if rec
-        else None
-    )
+        # draws per chain at which the full gates' ESS (400) is expected, from the ESS the short run reached
+        full_ess = GateConfig().ess_min
+        ess_seen = min(rec["ess_bulk"], rec["ess_tail"])
+        draws = int(50 * math.ceil(rec["num_draws"] * 1.25 * full_ess / ess_seen / 50))
     return {
-        "grid": grid,
+        "grid": search.grid,
         "recommended": rec,
         "config": cfg,
+        "draws_for_gates": draws,
+        "next_settings": [] if rec else _next_settings(search.grid, step_sizes, gammas, pres),
         "default_nbeta": nb0,
-        "traces": traces,
+        "traces": search.traces,
         "rule": CALIBRATION_RULE,
+        "mala_min": mala_min,
         "gates": dataclasses.asdict(gates),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Localisation sensitivity of a curve
+
+SENSITIVITY_BOUND = 0.2
+SENSITIVITY_RULE = (
+    "λ̂ at γ and at 2γ on the same points: the curve is localisation-dominated if its verdict differs "
+    f"between the two, or if its shape does: the ratio λ̂(2γ) / λ̂(γ) varies along the curve by more than "
+    f"{SENSITIVITY_BOUND:g} (relative spread, max / min - 1, over the points where both passed the gates). "
+    "A constant ratio means γ scales the level but not the shape; the level itself is reported as "
+    "'level_change' (median relative change from γ to 2γ) and is never comparable across settings"
+)
+
+
+def localization_sensitivity(
+    llc_at_gamma,
+    llc_at_double,
+    *,
+    verdict_at_gamma: str | None = None,
+    verdict_at_double: str | None = None,
+    bound: float = SENSITIVITY_BOUND,
+) -> dict:
+    """The γ-sensitivity of one LLC curve (:data:`SENSITIVITY_RULE`). ``llc_at_gamma``, ``llc_at_double``:
+    λ̂ at the same points at γ and at 2γ (None where withheld); the verdicts, where the curve has one.
+    Returns ``{"localization_dominated", "why", "level_change", "ratio_spread", "points", "rule"}``
+    (``localization_dominated`` is None when fewer than 2 points passed at both γ and the verdicts agree)."""
+    pairs = [
+        (a, b)
+        for a, b in zip(llc_at_gamma, llc_at_double)
+        if a is not None and b is not None and a > 0 and b > 0
+    ]
+    changes = sorted(b / a - 1.0 for a, b in pairs)
+    level = changes[len(changes) // 2] if changes else None
+    ratios = [b / a for a, b in pairs]
+    spread = max(ratios) / min(ratios) - 1.0 if len(ratios) >= 2 else None
+    why = []
+    differs = verdict_at_gamma is not None and verdict_at_gamma != verdict_at_double
+    if differs:
+        why.append(f"the verdict differs: {verdict_at_gamma} at γ, {verdict_at_double} at 2γ")
+    if spread is not None and spread > bound:
+        why.append(f"the shape differs: λ̂(2γ)/λ̂(γ) varies by {spread:.0%} along the curve (> {bound:.0%})")
+    dominated = True if why else (None if spread is None else False)
+    if dominated is None:
+        why.append(f"{len(pairs)} point(s) passed the gates at both γ: too few to compare shapes")
+    return {
+        "localization_dominated": dominated,
+        "why": "; ".join(why) or f"shape and verdict agree (ratio spread {spread:.0%} <= {bound:.0%})",
+        "level_change": level,
+        "ratio_spread": spread,
+        "points": len(pairs),
+        "rule": SENSITIVITY_RULE,
     }

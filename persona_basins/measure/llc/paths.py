@@ -7,7 +7,6 @@ after the behaviour over a fine-tune (:func:`jump_order_verdict`). Weight edits 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 
 from ...errors import UserError
 from ...models.edits import edited
+from ...progress import track
 from .losses import self_kl_loss_fn
 from .sampler import LLCResult, estimate_llc
 
@@ -51,12 +51,7 @@ def llc_over_checkpoints(
             return AutoModelForCausalLM.from_pretrained(str(p)).eval()
 
     out = []
-    it = items
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        it = tqdm(items, desc="checkpoints", leave=False)
-    for i, item in enumerate(it):
+    for i, item in enumerate(track(items, "llc: checkpoints", unit="checkpoints", enabled=progress)):
         step, ck = item if isinstance(item, tuple) else (i, item)
         model = load(ck) if isinstance(ck, str | Path) else ck
         out.append((step, estimate_llc(model, loss_fn, data, n=n, **llc_kwargs)))
@@ -123,8 +118,9 @@ def critical_points(xs, ys, sigma: float = 1.0) -> dict:
     """Critical points of the Gaussian-smoothed curve ``ys(xs)`` (smoothing over checkpoint index).
 
     Returns ``{"smoothed", "slope", "boundaries": [x at each sign change of the slope],
-    "kinds": ["max"|"min"]}``: the stage boundaries of developmental interpretability (Hoogland et al. 2024)
-    are where the LLC stops rising or falling.
+    "kinds": ["max"|"min"]}``, untested: stage boundaries of developmental interpretability (where the LLC
+    stops rising or falling; Hoogland et al. 2024, arXiv:2402.02364) need the significance test and the
+    smoothing over step values of :func:`persona_basins.measure.llc.stages.stage_boundaries`.
     """
     from scipy.ndimage import gaussian_filter1d
 

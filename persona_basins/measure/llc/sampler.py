@@ -23,7 +23,6 @@ to floating-point rounding. See ``docs/LLC.md``.
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import UserError
+from ...progress import track
 from .config import SamplerConfig, config_from_kwargs
 from .diagnostics import DrawTrace, GateConfig, MalaAcceptance, convergence, mala_summary
 from .problem import BatchPartition, FunctionalLoss
@@ -251,11 +251,7 @@ def _run_chains(
     )
     sqrt_eps = math.sqrt(eps)
     alpha = cfg.rmsprop_alpha
-    it = range(T)
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="SGLD", leave=False)
+    it = track(range(T), "SGLD", unit="steps", enabled=progress)
     check_every = 10
     for t in it:
         bidx_dev = sched_dev[t]

@@ -129,16 +129,18 @@ def render(tok, messages: list[dict], where: str = "example") -> tuple[str, list
     return text, spans, False
 
 
-def _check_known(tok, text: str, ids: list[int], offsets, where: str) -> None:
-    """Refuse text the tokenizer does not know: a token read as the unknown token (where the tokenizer has
-    one) that is not the unknown token's own text. A model cannot be trained or scored on it."""
+def _check_known(tok, text: str, ids: list[int], offsets, where: str, contents: list[str]) -> None:
+    """Refuse message text the tokenizer does not know: a token read as the unknown token (where the tokenizer
+    has one) that is not the unknown token's own text and comes from a message (``contents``; the template's
+    own markup is the model's format, not the user's input). A model cannot be trained or scored on it."""
     unk_id, unk = getattr(tok, "unk_token_id", None), getattr(tok, "unk_token", None)
     if unk_id is None:
         return
     for token_id, (start, end) in zip(ids, offsets):
-        if token_id == unk_id and text[start:end] != unk:
+        piece = text[start:end]
+        if token_id == unk_id and piece != unk and any(piece in c for c in contents):
             raise UserError(
-                f"{where}: {text[start:end]!r} is not in the tokenizer's vocabulary (it would be read as "
+                f"{where}: {piece!r} is not in the tokenizer's vocabulary (it would be read as "
                 f"{unk}); the model cannot read this text"
             )
 
@@ -152,13 +154,19 @@ def _check_fits(n_tokens: int, context: int | None, where: str, truncated: bool 
 
 
 def tokenize_spans(
-    tok, text: str, spans: list[tuple[int, int]], *, bos: bool, where: str = "example"
+    tok,
+    text: str,
+    spans: list[tuple[int, int]],
+    *,
+    bos: bool,
+    where: str = "example",
+    contents: tuple[str, ...] = (),
 ) -> tuple[list[int], list[bool]]:
-    """Token ids of ``text`` and a mask: True where a token's characters overlap one of ``spans``; a token
-    the tokenizer does not know is a UserError naming ``where``."""
+    """Token ids of ``text`` and a mask: True where a token's characters overlap one of ``spans``; text of
+    the messages ``contents`` that the tokenizer does not know is a UserError naming ``where``."""
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = [int(x) for x in enc["input_ids"]]
-    _check_known(tok, text, ids, enc["offset_mapping"], where)
+    _check_known(tok, text, ids, enc["offset_mapping"], where, list(contents))
     mask = [any(s < b and e > a for a, b in spans) for s, e in enc["offset_mapping"]]
     if bos:
         ids, mask = [int(tok.bos_token_id), *ids], [False, *mask]
@@ -171,7 +179,10 @@ def encode_example(
     """One training example -> (ids, loss mask on assistant tokens and their end-of-turn), at most
     ``MAX_TOKENS`` long; one still longer than ``context`` (the model's positions) is a UserError."""
     text, spans, bos = render(tok, messages, where)
-    ids, mask = tokenize_spans(tok, text, [(a, end) for a, _, end in spans], bos=bos, where=where)
+    contents = tuple(m["content"] for m in messages)
+    ids, mask = tokenize_spans(
+        tok, text, [(a, end) for a, _, end in spans], bos=bos, where=where, contents=contents
+    )
     ids, mask = ids[:MAX_TOKENS], mask[:MAX_TOKENS]
     _check_fits(len(ids), context, where, truncated=len(ids) == MAX_TOKENS)
     if not any(mask[1:]):
@@ -187,7 +198,7 @@ def answer_row(
         tok, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], where
     )
     a, b, _ = spans[-1]
-    ids, mask = tokenize_spans(tok, text, [(a, b)], bos=bos, where=where)
+    ids, mask = tokenize_spans(tok, text, [(a, b)], bos=bos, where=where, contents=(question, answer))
     if not any(mask[1:]):
         raise UserError(f"{where}: the answer tokenizes to nothing")
     last = max(i for i, m in enumerate(mask) if m)

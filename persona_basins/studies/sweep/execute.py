@@ -283,22 +283,17 @@ def schedule(
     p: Plan, run_dir: Path, runner: Backend, outcomes: dict[str, Outcome], *, fail_fast: bool, progress: bool
 ) -> None:
     """Feed the units to ``runner`` as their dependencies finish, recording each outcome in ``outcomes``."""
-    from tqdm.auto import tqdm
+    from ...progress import Progress
 
     waiting = [u for u in p.order() if outcomes[u.id].status != "done"]
     running: dict[Any, str] = {}
     counts = {"done": sum(o.status == "done" for o in outcomes.values()), "failed": 0}
-    bar = tqdm(
-        total=len(outcomes),
-        initial=counts["done"],
-        desc="sweep",
-        unit="unit",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    # a bar on a terminal, a line every 30 s in a pipe or a log file
+    bar = Progress(len(outcomes), "sweep", unit="units", initial=counts["done"], enabled=progress)
 
     def show():
-        bar.set_postfix_str(f"done {counts['done']} running {len(running)} failed {counts['failed']}")
+        bar.set_postfix(done=counts["done"], running=len(running), failed=counts["failed"])
+        bar.update(0)  # the periodic line also while a long unit runs
 
     stop = False
     try:

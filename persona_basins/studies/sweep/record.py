@@ -52,7 +52,7 @@ def cell_interval(values: list[float], bounds: tuple[float, float] | None) -> In
     """The 95% interval over seeds of a table cell (the one place that picks it).
 
     A bounded metric (a rate in [0, 1], an excess in [-1, 1]) whose values are in range gets the in-range
-    interval (seeded percentile bootstrap over seeds); any other the Student-t interval. One seed: none.
+    interval of :func:`~persona_basins.stats.rate_interval`; any other the Student-t interval. One seed: none.
     """
     if bounds is not None and all(bounds[0] - 1e-6 <= v <= bounds[1] + 1e-6 for v in values):
         return rate_interval(values, lo=bounds[0], hi=bounds[1])

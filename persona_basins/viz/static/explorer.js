@@ -309,7 +309,7 @@
     g.fillStyle = "#7b3fa0"; g.fill();
     axesT(c, "distance t along the perturbation ray");
     yTicks(c, 0, top, fy, 2, 2);
-    g.textAlign = "left"; g.fillStyle = "#1d2430"; g.fillText("LLC (self-KL)", SM.l + 4, SM.t + 12);
+    g.textAlign = "left"; g.fillStyle = "#1d2430"; g.fillText("LLC (self-KL), as hypothesised", SM.l + 4, SM.t + 12);
   }
 
   // The model's markers: the only things the magnitude slider changes, moved by CSS transforms (the +1 is

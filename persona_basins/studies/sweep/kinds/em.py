@@ -7,8 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ....train.finetune import FinetuneConfig
-from .base import DepFn, Resolved, UnitKind, build, pick, settings_of
-from .organism import OrganismSource, load_organism_cached, organism_path, resolve_source
+from .base import DepFn, Resolved, SettingError, UnitKind, build, pick, settings_of
+from .organism import (
+    SOURCE_SETTINGS,
+    OrganismSource,
+    load_organism_cached,
+    organism_path,
+    resolve_source,
+    source_settings,
+)
 
 SETTINGS = settings_of(OrganismSource, FinetuneConfig)
 
@@ -75,16 +82,10 @@ KIND = UnitKind(
 
 def adapter_dependency(dep: DepFn, settings: dict, finetune: dict, prefix: str = "finetune.") -> str:
     """The id of the ``em`` unit that trains an adapter on this unit's organism with ``finetune`` (a table of
-    FinetuneConfig fields); its problems are named ``prefix + field``."""
-    from .base import SettingError
-    from .organism import source_settings
-
+    FinetuneConfig fields); a problem with one of those fields is named ``prefix + field``."""
     try:
         return dep("em", {**source_settings(settings), **finetune})
     except SettingError as error:
-        if (
-            error.key.split(".")[0] in SETTINGS
-            and error.key.split(".")[0] not in OrganismSource.__dataclass_fields__
-        ):
-            raise SettingError(prefix + error.key, error.problem) from None
-        raise
+        if error.key.split(".")[0] in SOURCE_SETTINGS:  # the organism's settings: named as they are
+            raise
+        raise SettingError(prefix + error.key, error.problem) from None

@@ -1,5 +1,11 @@
 """Running a sweep: one unit in a worker (:func:`execute_unit`), the scheduler that feeds a backend in
-dependency order, resume (a finished unit is never re-run) and the lock (one sweep per RUN folder)."""
+dependency order, resume (a finished unit is never re-run) and the lock (one sweep per RUN folder).
+
+Each unit goes through the run store, :func:`persona_basins.results.get_or_run`: its folder
+``RUN/units/<id>`` is built in a temp folder beside it and renamed into place with ``key.json`` (the unit's
+id, kind, package version and resolved config) written last. A folder of an earlier version of the sweep
+(``unit.json`` without ``key.json``) whose record matches the key is adopted, not run again.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +16,81 @@ import socket
 import statistics
 import time
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ... import __version__
 from ...errors import UserError
-from ...results import prepare_out_dir, read_json, write_json
+from ...results import (
+    KEY_FILE,
+    as_stored,
+    get_or_run,
+    is_finished,
+    key_differences,
+    prepare_out_dir,
+    read_json,
+    write_json,
+)
 from .backends import Backend, make_backend, one_line
 from .kinds import KINDS
 from .plan import Plan, plan
 from .record import sweep_record, write_results
 from .spec import Spec
 
-UNIT_FILE = "unit.json"  # its presence marks a finished unit (written last, inside the temp folder)
-TMP_PREFIX = ".tmp-"
+UNIT_FILE = "unit.json"  # the unit's record (config, metrics, seconds), written just before key.json
+# temp folders of units that did not finish: the run store's (.<id>.tmp-PID-...) and older versions' (.tmp-)
+TMP_PATTERNS = (".*.tmp-*", ".tmp-*")
 LOCK_FILE = ".sweep.lock"
+REMEDY = "delete that unit folder and rerun to recompute it"
+
+
+# --- the key of a unit --------------------------------------------------------------------------------------
+def unit_key(uid: str, kind: str, config: dict) -> dict:
+    """What a unit folder's contents depend on (its ``key.json``): what its id is the hash of, and the id."""
+    return {"id": uid, "kind": kind, "package_version": __version__, "config": config}
+
+
+def _task_key(task: dict) -> dict:
+    return unit_key(task["id"], task["kind"], task["config"])
+
+
+def is_legacy(folder: Path) -> bool:
+    """A unit folder written before the run store: its ``unit.json`` marks it finished, no ``key.json``."""
+    return (folder / UNIT_FILE).is_file() and not (folder / KEY_FILE).exists()
+
+
+def unit_done(folder: Path, key: dict, *, adopt: bool = True) -> bool:
+    """Whether ``folder`` holds the finished unit of ``key``; a folder holding another key is a one-line
+    UserError naming the settings that differ.
+
+    A legacy folder whose ``unit.json`` matches the key is adopted: its ``key.json`` is written (atomically,
+    through the run store's writer) unless ``adopt`` is False (a dry run writes nothing).
+    """
+    if is_legacy(folder):
+        record = read_json(folder / UNIT_FILE, recover=REMEDY, expect=dict)
+        have, want = {name: record.get(name) for name in key}, as_stored(key)
+        if have != want:
+            raise UserError(
+                f"{folder} holds a unit from other settings ({key_differences(have, want)}); {REMEDY}"
+            )
+        if not adopt:
+            return True
+        write_json(folder / KEY_FILE, want)
+    return is_finished(folder, key, remedy=REMEDY)
 
 
 # --- one unit, in a worker ----------------------------------------------------------------------------------
+class _UnitFailed(Exception):
+    """The unit's run raised: its attempt was kept in ``RUN/failed/<id>`` (``record`` is the result)."""
+
+    def __init__(self, record: dict):
+        super().__init__(record["error"])
+        self.record = record
+
+
 def execute_unit(task: dict) -> dict:
-    """Run one unit in this process; write it in a temp folder and rename it into place when finished.
+    """Run one unit in this process through the run store (a temp folder renamed into place when finished).
 
     Returns ``{"id", "status": "done"|"failed", "metrics", "seconds", "error"}``. A failure is caught and
     recorded (one line in the result, the traceback in ``RUN/failed/<id>/error.txt``), never raised, so
@@ -40,65 +99,50 @@ def execute_unit(task: dict) -> dict:
     run_dir = Path(task["run_dir"])
     units_dir = run_dir / "units"
     final = units_dir / task["id"]
-    if (final / UNIT_FILE).is_file():
+    key = _task_key(task)
+    if unit_done(final, key):
         return finished_record(final)
     import torch
 
     torch.set_num_threads(1)  # one thread per worker: same numbers whatever the worker count
-    tmp = units_dir / f"{TMP_PREFIX}{task['id']}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    write_json(tmp / "worker.json", {"pid": os.getpid(), "host": socket.gethostname()})
-    start = time.perf_counter()
-    metrics, error = _run_logged(task, tmp, {d: units_dir / d for d in task["deps"]})
-    seconds = time.perf_counter() - start
-    if error is not None:
-        return _keep_failed(run_dir, task, tmp, error, seconds)
-    (tmp / "worker.json").unlink()
-    record = {
-        "id": task["id"],
-        "kind": task["kind"],
-        "package_version": __version__,
-        "config": task["config"],
-        "deps": task["deps"],
-        "metrics": metrics,
-        "seconds": seconds,
-    }
-    write_json(tmp / UNIT_FILE, record)
+
+    def build(tmp: Path) -> None:
+        # the worker's marker while it runs (the tests find and kill workers by it)
+        write_json(tmp / "worker.json", {"pid": os.getpid(), "host": socket.gethostname()})
+        start = time.perf_counter()
+        metrics, error = _run_logged(task, tmp, {d: units_dir / d for d in task["deps"]})
+        seconds = time.perf_counter() - start
+        if error is not None:
+            raise _UnitFailed(_keep_failed(run_dir, task, tmp, error, seconds))
+        (tmp / "worker.json").unlink()
+        record = {**key, "deps": task["deps"], "metrics": metrics, "seconds": seconds}
+        write_json(tmp / UNIT_FILE, record)
+
     try:
-        tmp.rename(final)
-    except OSError:  # another worker finished the same unit first (a retried task): keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (final / UNIT_FILE).is_file():
-            raise
+        get_or_run(final, key, build, remedy=REMEDY)  # a concurrent winner of the same key is kept
+    except _UnitFailed as failure:
+        return failure.record
     shutil.rmtree(run_dir / "failed" / task["id"], ignore_errors=True)
     return finished_record(final)
 
 
 def _run_logged(task: dict, tmp: Path, deps: dict[str, Path]) -> tuple[dict | None, str | None]:
-    """The unit's run, its output and any traceback going to ``tmp/log.txt``: ``(metrics, error)``."""
+    """The unit's run, its output and any traceback going to ``tmp/log.txt``: ``(metrics, error)``.
+    An interrupt propagates (the run store then removes the temp folder)."""
     start = time.perf_counter()
     metrics = error = None
-    try:
-        with (
-            open(tmp / "log.txt", "w", encoding="utf-8") as log,
-            contextlib.redirect_stdout(log),
-            contextlib.redirect_stderr(log),
-        ):
-            print(
-                f"unit {task['id']} ({task['kind']}) on {socket.gethostname()} pid {os.getpid()}", flush=True
-            )
-            try:
-                metrics = KINDS[task["kind"]].run(task["config"], task["runtime"], tmp, deps)
-            except Exception as e:  # noqa: BLE001 - any failure of a unit is recorded, the sweep goes on
-                error = one_line(e)
-                traceback.print_exc()
-            print(
-                f"{'failed: ' + error if error else 'done'} in {time.perf_counter() - start:.1f} s",
-                flush=True,
-            )
-    except BaseException:  # interrupted: leave nothing half-written
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with (
+        open(tmp / "log.txt", "w", encoding="utf-8") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        print(f"unit {task['id']} ({task['kind']}) on {socket.gethostname()} pid {os.getpid()}", flush=True)
+        try:
+            metrics = KINDS[task["kind"]].run(task["config"], task["runtime"], tmp, deps)
+        except Exception as e:  # noqa: BLE001 - any failure of a unit is recorded, the sweep goes on
+            error = one_line(e)
+            traceback.print_exc()
+        print(f"{'failed: ' + error if error else 'done'} in {time.perf_counter() - start:.1f} s", flush=True)
     return metrics, error
 
 
@@ -108,7 +152,7 @@ def _keep_failed(run_dir: Path, task: dict, tmp: Path, error: str, seconds: floa
     shutil.rmtree(failed, ignore_errors=True)
     failed.parent.mkdir(parents=True, exist_ok=True)
     (tmp / "error.txt").write_text(error + "\n", encoding="utf-8")
-    tmp.rename(failed)
+    tmp.rename(failed)  # out of the run store's temp folder, which it then finds gone
     return {"id": task["id"], "status": "failed", "error": error, "seconds": seconds, "metrics": {}}
 
 
@@ -159,16 +203,24 @@ class RunLock:
 
 
 def clean_tmp(units_dir: Path) -> None:
-    """Remove the temp folders of units that did not finish (only while holding the lock)."""
+    """Remove the temp folders of units that did not finish (only while holding the lock: no worker of this
+    RUN is running, so every temp folder is a leftover, whichever host's process made it)."""
     if units_dir.is_dir():
-        for leftover in units_dir.glob(f"{TMP_PREFIX}*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        for pattern in TMP_PATTERNS:
+            for leftover in units_dir.glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
-def done_units(run_dir: Path, p: Plan) -> dict[str, Outcome]:
+def _is_done(units_dir: Path, unit, *, adopt: bool = True) -> bool:
+    return unit_done(units_dir / unit.id, unit_key(unit.id, unit.kind, unit.config), adopt=adopt)
+
+
+def done_units(run_dir: Path, p: Plan, *, adopt: bool = True) -> dict[str, Outcome]:
+    """The finished units of the plan (legacy folders adopted unless ``adopt`` is False); a unit folder
+    holding another key is a one-line UserError before anything runs."""
     out = {}
-    for uid in p.units:
-        if (run_dir / "units" / uid / UNIT_FILE).is_file():
+    for uid, unit in p.units.items():
+        if _is_done(run_dir / "units", unit, adopt=adopt):
             record = finished_record(run_dir / "units" / uid)
             out[uid] = Outcome("done", record["metrics"], None, record["seconds"], resumed=True)
     return out
@@ -218,7 +270,7 @@ def run_sweep(
     """
     p = plan(spec)
     run_dir = Path(out)
-    done = done_units(run_dir, p) if run_dir.is_dir() else {}
+    done = done_units(run_dir, p, adopt=not dry_run) if run_dir.is_dir() else {}
     if dry_run:
         estimate = estimate_seconds(p, done, workers or os.cpu_count() or 1)
         outcomes = {uid: done.get(uid, Outcome("pending")) for uid in p.units}
@@ -247,7 +299,7 @@ def run_sweep(
             runner.close(abort=aborted)
             clean_tmp(units_dir)
             for uid, outcome in outcomes.items():  # units that finished after the scheduler stopped listening
-                if outcome.status != "done" and (units_dir / uid / UNIT_FILE).is_file():
+                if outcome.status != "done" and _is_done(units_dir, p.units[uid]):
                     record = finished_record(units_dir / uid)
                     outcomes[uid] = Outcome("done", record["metrics"], None, record["seconds"])
             record = sweep_record(p, outcomes)

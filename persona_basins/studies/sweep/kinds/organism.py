@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ....config import check, param
-from ....errors import ConfigError
+from ....errors import ConfigError, UserError
 from ....models.adapters import MODULE_ALIASES
-from ....models.organism import PRESETS, OrganismConfig, preset_config
+from ....models.organism import PRESETS, OrganismConfig, organism_fingerprint, preset_config
 from ....results import read_json
 from .base import (
     DepFn,
@@ -21,12 +21,9 @@ from .base import (
     UnitKind,
     build,
     check_table,
-    folder_sha256,
     refuse_unless_default,
     settings_of,
 )
-
-ORGANISM_FILES = ("model.safetensors", "world.json", "config.json")  # what the folder fingerprint covers
 
 
 @dataclass(frozen=True)
@@ -73,12 +70,32 @@ def organism_config(preset: str, seed: int, overrides: dict, prefix: str) -> Org
         raise SettingError(f"{prefix}{nested}{error.field}", error.problem) from None
 
 
-def organism_folder_hash(path: Path) -> str:
-    """Content hash of an organism folder (weights, world, settings): moves keep it, retraining changes it."""
-    missing = [name for name in ORGANISM_FILES if not (path / name).is_file()]
-    if missing:
-        raise SettingError("organism", f"not an organism folder: {path / missing[0]} is missing")
-    return folder_sha256(path, ORGANISM_FILES)
+# per process: (folder, every file's path, size and mtime) -> fingerprint, so a grid of many units on one
+# organism verifies its manifest (a SHA-256 of every file) once, and a changed file is verified again
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _folder_stamp(path: Path) -> tuple:
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return (
+        str(path),
+        tuple((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files),
+    )
+
+
+def organism_folder_fingerprint(path: Path) -> str:
+    """The organism's one fingerprint (:func:`~persona_basins.models.organism.organism_fingerprint`, a hash of
+    its verified build manifest): a moved folder keeps it, a rebuilt organism changes it. A missing, partial
+    or changed folder is a :class:`SettingError` on ``organism``."""
+    try:
+        if not path.is_dir():
+            return organism_fingerprint(path)  # raises: organism folder not found
+        stamp = _folder_stamp(path)
+        if stamp not in _FINGERPRINTS:
+            _FINGERPRINTS[stamp] = organism_fingerprint(path)
+        return _FINGERPRINTS[stamp]
+    except UserError as error:
+        raise SettingError("organism", str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -126,7 +143,7 @@ def resolve_source(settings: dict, dep: DepFn) -> ResolvedSource:
             "with settings.organism (a built organism folder)",
         )
         path = Path(settings["organism"]).expanduser().resolve()
-        config = {"fingerprint": organism_folder_hash(path)}
+        config = {"fingerprint": organism_folder_fingerprint(path)}
         return ResolvedSource(config, (), {"organism_path": str(path)}, folder_architecture(path))
     build(OrganismSource, {k: settings[k] for k in SOURCE_SETTINGS})
     cfg = organism_config(

@@ -6,14 +6,15 @@ page logs, per input, ``event.timeStamp`` and the time a MessageChannel message 
 requestAnimationFrame callback (after drawing) arrives, i.e. after that frame was handed to the compositor.
 The latency is their difference; the script reports p50/p95/max per slider and over all inputs.
 
-    .venv/bin/python benchmarks/explorer_frame.py [--presses 120] [--out benchmarks/results/explorer_frame.json]
+    .venv/bin/python benchmarks/explorer_frame.py [--presses 120] [--out PATH]
 
 Two browser settings are measured. ``uncapped`` (the number the p95 <= 16 ms target is checked on) runs
 chromium with ``--disable-frame-rate-limit --disable-gpu-vsync``: a frame is produced as soon as the page has
 drawn it, so the latency is the page's own cost (event dispatch, requestAnimationFrame, drawing, compositor
 hand-off). ``vsync60`` is chromium's default 60 Hz frame clock: it adds the wait for the next display
 refresh, on average ~8 ms and up to 16.7 ms, whatever the page does, so its p95 cannot be under ~16 ms even
-for a page that does nothing; it is reported for completeness. Writes JSON (atomically) and prints a summary.
+for a page that does nothing; it is reported for completeness. Writes JSON (atomically, to ``--out``, default
+``benchmarks/results/explorer_frame.json``) and prints a summary.
 """
 
 from __future__ import annotations
@@ -46,19 +47,26 @@ SLIDERS = {
 }
 
 
-# The noise floor: a page with one slider whose input handler only schedules a frame that fills a small canvas,
-# measured the same way in the same browser. On a busy machine this is far from zero.
-BASELINE_HTML = """<!DOCTYPE html><input type=range id=sl-delta min=0 max=100 step=1 value=50>
-<canvas id=c width=200 height=100></canvas><script>
-var frames = [], q = [], ch = new MessageChannel(), g = document.getElementById('c').getContext('2d'), n = 0;
-ch.port1.onmessage = function () { var r = q.shift(); r.painted = performance.now(); frames.push(r); };
-document.getElementById('sl-delta').addEventListener('input', function (e) {
-  var ts = e.timeStamp;
-  requestAnimationFrame(function () { var t0 = performance.now(); g.fillStyle = (n++ % 2) ? '#2f6db5' : '#c0392b';
-    g.fillRect(0, 0, 200, 100); q.push({input: ts, start: t0, drawn: performance.now()}); ch.port2.postMessage(0); });
-});
-window.PBExplorer = {frames: function () { return frames.slice(); }, clearFrames: function () { frames.length = 0; }};
-</script>"""
+# The noise floor: a page with one slider whose input handler only schedules a frame that fills a small
+# canvas, measured the same way in the same browser. On a busy machine this is far from zero.
+BASELINE_HTML = (
+    "<!DOCTYPE html><input type=range id=sl-delta min=0 max=100 step=1 value=50>\n"
+    "<canvas id=c width=200 height=100></canvas><script>\n"
+    "var frames = [], q = [], ch = new MessageChannel(), "
+    "g = document.getElementById('c').getContext('2d'), n = 0;\n"
+    "ch.port1.onmessage = function () { var r = q.shift(); "
+    "r.painted = performance.now(); frames.push(r); };\n"
+    "document.getElementById('sl-delta').addEventListener('input', function (e) {\n"
+    "  var ts = e.timeStamp;\n"
+    "  requestAnimationFrame(function () { var t0 = performance.now(); "
+    "g.fillStyle = (n++ % 2) ? '#2f6db5' : '#c0392b';\n"
+    "    g.fillRect(0, 0, 200, 100); q.push({input: ts, start: t0, drawn: performance.now()}); "
+    "ch.port2.postMessage(0); });\n"
+    "});\n"
+    "window.PBExplorer = {frames: function () { return frames.slice(); }, "
+    "clearFrames: function () { frames.length = 0; }};\n"
+    "</script>"
+)
 
 
 def baseline(browser, args) -> dict:
@@ -127,7 +135,8 @@ def main(argv=None) -> int:
         o = c["overall"]
         per = ", ".join(f"{k} {v['p95_ms']:.1f}" for k, v in c["sliders"].items())
         print(
-            f"explorer frame [{cname}]: p95 {o['p95_ms']:.1f} ms (p50 {o['p50_ms']:.1f}, max {o['max_ms']:.1f}; "
+            f"explorer frame [{cname}]: p95 {o['p95_ms']:.1f} ms "
+            f"(p50 {o['p50_ms']:.1f}, max {o['max_ms']:.1f}; "
             f"per slider p95: {per}; drawing p95 {o['work_p95_ms']:.1f}) over {o['frames']} inputs; "
             f"blank-page baseline p95 {c['blank_page_baseline']['p95_ms']:.1f}"
         )

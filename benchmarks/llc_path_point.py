@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -114,7 +113,10 @@ def measure(org, label: str, restrict_name: str, batch: int, seq_len, delta_norm
     cals, t0 = [], time.perf_counter()
     for t in (0.0, 1.0):
         model, loss_fn, data = _point(org, pname, delta, t, N_DOCS, seq_len)
-        cal = calibrate(model, loss_fn, data, n=N_DOCS, config=base, restrict=restrict, **CALIBRATION)
+        log = lambda line: print(f"  {line}", flush=True)  # noqa: E731
+        cal = calibrate(
+            model, loss_fn, data, n=N_DOCS, config=base, restrict=restrict, log=log, **CALIBRATION
+        )
         cal.pop("traces")
         cals.append(cal)
         rec = cal["recommended"]
@@ -202,20 +204,20 @@ def main(argv=None) -> int:
         for restrict_name in args.restricts.split(","):
             for batch in (int(b) for b in args.batch_sizes.split(",")):
                 rows.append(measure(org, label, restrict_name, batch, args.seq_len, args.delta_norm))
-        results[label] = {
-            "rows": rows,
-            "num_params": sum(p.numel() for p in org.model.parameters()),
-            "best_seconds_per_gate_passing_point": min(
-                (
-                    r["seconds_per_gate_passing_point"]
-                    for r in rows
-                    if r.get("seconds_per_gate_passing_point")
-                ),
-                default=None,
-            ),
-            "load_average_start_end": [list(load_start), list(os.getloadavg())],
-            "when": time.strftime("%Y-%m-%d %H:%M"),
-        }
+                passing = [r.get("seconds_per_gate_passing_point") for r in rows]
+                results[label] = {
+                    "rows": rows,
+                    "num_params": sum(p.numel() for p in org.model.parameters()),
+                    "best_seconds_per_gate_passing_point": min((x for x in passing if x), default=None),
+                    "load_average_start_end": [list(load_start), list(os.getloadavg())],
+                    "when": time.strftime("%Y-%m-%d %H:%M"),
+                }
+                _write(results)  # after every row: a long run keeps what it measured
+    print(f"-> {OUT}")
+    return 0
+
+
+def _write(results: dict) -> None:
     doc = {
         "what": "seconds per gate-passing LLC path point (self-KL, n = 1024 documents, one core)",
         "target": "<= 60 s per gate-passing point on the default organism on one core",
@@ -228,13 +230,7 @@ def main(argv=None) -> int:
         },
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(
-        json.dumps(
-            doc, indent=1, default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else str(x)
-        )
-    )
-    print(f"-> {OUT}")
-    return 0
+    OUT.write_text(json.dumps(doc, indent=1, default=str))
 
 
 if __name__ == "__main__":

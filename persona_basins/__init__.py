@@ -22,9 +22,9 @@ FIGURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
 @dataclass(frozen=True)
 class Run:
     """One run folder as read back: ``config`` (the settings used), ``metrics`` (the measured numbers; for a
-    demo its ``study.json``, which its small metrics.json points to), ``figures`` (paths under ``figures/``), ``kind`` (e.g.
-    ``"demo"``, ``"em"``, ``"llc"``; None if neither file names one), ``path`` and ``study`` (the demo's
-    study.json, or None)."""
+    demo its ``study.json``, which its small metrics.json points to), ``figures`` (paths under
+    ``figures/``), ``kind`` (e.g. ``"demo"``, ``"em"``, ``"llc"``; None if neither file names one), ``path``
+    and ``study`` (the demo's study.json, or None)."""
 
     path: Path
     kind: str | None

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__
 from .commands.args import FIELD_FLAGS, add_threads_flag, add_threads_to_subcommands
 from .errors import ConfigError, UserError
-from .progress import log_line, log_to
+from .progress import log_line, log_to, log_written
 
 # Order is the order shown in --help.
 COMMAND_MODULES = [
@@ -39,10 +39,13 @@ typical session:
   persona-basins organism build --preset default --seed 0 --out runs/organism
   persona-basins organism report runs/organism
   persona-basins em --organism runs/organism --seeds 5 --out runs/em
+  persona-basins basins --em-run runs/em --out runs/basins
   persona-basins demo --out runs/demo          # everything above, plus scans, LLC, overlap, report
   persona-basins explore runs/demo             # the interactive explorer on 127.0.0.1
 
-Every command writes a run folder (config.json, metrics.json, figures/) that `report` and `explore` read.
+Every command writes a run folder (config.json, metrics.json, figures/, log.txt) that `report` and `explore`
+read. Flags mean the same everywhere: --organism DIR, --model DIR_OR_HUB_ID, --adapter DIR, --em-run RUN,
+--seeds N (a count), --device / --dtype (default auto), --threads N (before or after the command).
 """
 
 
@@ -99,7 +102,8 @@ def error_text(error: UserError, args: argparse.Namespace | None = None) -> str:
 @contextlib.contextmanager
 def _run_log(args: argparse.Namespace, argv: list[str] | None):
     """While the command runs, its progress lines and notes also go to ``RUN/log.txt`` (see
-    :mod:`persona_basins.progress`), closed by the command line, its outcome and wall time."""
+    :mod:`persona_basins.progress`), after the command line and followed by its outcome and wall time. A
+    command that fails or is interrupted before it logged anything leaves the file as it was."""
     out = getattr(args, "out", None)
     if args.command in NO_RUN_LOG or not isinstance(out, str):
         yield
@@ -107,7 +111,7 @@ def _run_log(args: argparse.Namespace, argv: list[str] | None):
     command = " ".join(["persona-basins", *(sys.argv[1:] if argv is None else argv)])
     start, outcome = time.monotonic(), "failed"
     with log_to(Path(out) / "log.txt"):
-        log_line(f"started: {command}")
+        log_line(f"started: {command}", hold=True)
         try:
             yield
             outcome = "finished"
@@ -115,7 +119,8 @@ def _run_log(args: argparse.Namespace, argv: list[str] | None):
             outcome = "interrupted"
             raise
         finally:
-            log_line(f"{outcome} in {time.monotonic() - start:.0f} s: {command}")
+            if outcome == "finished" or log_written():
+                log_line(f"{outcome} in {time.monotonic() - start:.0f} s: {command}")
 
 
 def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by a subprocess test

@@ -13,11 +13,21 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 INTERVAL = 30.0  # seconds between two lines of one loop in a pipe or a log file
 clock = time.monotonic  # the time source; tests replace it with a fake clock
-_log_files: list[tuple[Path, list[str]]] = []  # (file, lines waiting for its folder); innermost last
+
+
+@dataclass
+class _RunLog:
+    path: Path
+    waiting: list[str] = field(default_factory=list)  # lines not yet in the file
+    written: bool = False  # has this run written a line into the file
+
+
+_log_files: list[_RunLog] = []  # innermost log_to() last
 
 
 @contextmanager
@@ -25,29 +35,36 @@ def log_to(path: str | Path) -> Iterator[None]:
     """Append progress lines and notes to ``path`` while inside. Lines wait in memory until the file's
     folder exists (a run folder is made on first use), and are dropped if it never does: a command that
     fails before writing its run folder leaves nothing behind."""
-    _log_files.append((Path(path), []))
+    _log_files.append(_RunLog(Path(path)))
     try:
         yield
     finally:
         _log_files.pop()
 
 
-def log_line(line: str) -> None:
-    """``line`` in the run's log file only (nothing on the terminal)."""
-    _append_to_log(line)
+def log_line(line: str, *, hold: bool = False) -> None:
+    """``line`` in the run's log file only (nothing on the terminal). ``hold``: kept back until another
+    line is written (a command's first line: a command that fails at once changes no file)."""
+    _append_to_log(line, hold=hold)
 
 
-def _append_to_log(line: str) -> None:
+def log_written() -> bool:
+    """Whether the current run has written a line into its log file."""
+    return bool(_log_files) and _log_files[-1].written
+
+
+def _append_to_log(line: str, *, hold: bool = False) -> None:
     if not _log_files:
         return
-    path, waiting = _log_files[-1]
-    waiting.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-    if not path.parent.is_dir():
+    log = _log_files[-1]
+    log.waiting.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+    if hold or not log.path.parent.is_dir():
         return
     try:
-        with open(path, "a", encoding="utf-8") as log:
-            log.writelines(waiting)
-        waiting.clear()
+        with open(log.path, "a", encoding="utf-8") as file:
+            file.writelines(log.waiting)
+        log.waiting.clear()
+        log.written = True
     except OSError:  # a log line is never worth failing a run over
         pass
 

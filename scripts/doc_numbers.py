@@ -3,16 +3,28 @@
 
 A quoted number is written in Markdown as
 
-    <!--pb docs/results/demo-default/study.json critical_magnitude.persona ci .3f-->0.818 [0.712, 0.925]<!--/pb-->
+    <!--pb docs/results/x/study.json critical_magnitude.persona ci .3f-->0.818 [0.712, 0.925]<!--/pb-->
 
 (file relative to the repository root, a dotted key path with list indices as numbers, a style, a format).
-Styles: ``value`` (the number or text at the key), ``ci`` (``mean [ci_low, ci_high]`` of a stat (or its
-``geometric_mean``), ``mean (no interval)``
-when there is none), ``perseed`` (the per-seed values, comma-separated; ``-`` for a null), ``kofn`` (``k of n``
-from a stat with ``k_above``).
+Styles: ``value`` (the number or text at the key), ``ci`` (``mean [ci_low, ci_high]`` of a stat, or of its
+``geometric_mean``; ``mean (no interval)`` when there is none), ``perseed`` (the per-seed values,
+comma-separated; ``-`` for a null), ``kofn`` (``k of n`` from a stat with ``k_above``).
+
+A table of quoted numbers keeps the markers out of the prose (readable in a terminal): its rows are written
+once in a comment, as ``label | cell`` with ``{key style format}`` where a number goes, and the table below
+the comment is generated from them::
+
+    <!--pb-table docs/results/x/study.json
+    finding | measured
+    t* of the persona edit | {critical_magnitude.persona ci .3f}
+    -->
+    | finding                | measured             |
+    | ---------------------- | -------------------- |
+    | t* of the persona edit | 0.818 [0.712, 0.925] |
+    <!--/pb-table-->
 
     python scripts/doc_numbers.py            # rewrite every quoted number from its run file
-    python scripts/doc_numbers.py --check    # exit 1 and list the quotes that differ (the test suite runs this)
+    python scripts/doc_numbers.py --check    # exit 1 and list the quotes that differ (the tests run this)
 """
 
 from __future__ import annotations
@@ -26,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARK = re.compile(r"<!--pb (\S+) (\S+) (value|ci|perseed|kofn) (\S+?)-->(.*?)<!--/pb-->", re.S)
+TABLE = re.compile(r"<!--pb-table (\S+)\n(.*?)-->\n(.*?)<!--/pb-table-->", re.S)
+CELL = re.compile(r"\{(\S+) (value|ci|perseed|kofn) (\S+?)\}")
 
 
 def _get(obj, path: str):
@@ -54,8 +68,33 @@ def render(file: str, key: str, style: str, fmt: str, cache: dict) -> str:
     return f"{v['k_above']} of {v['n']}"  # kofn
 
 
+def render_table(file: str, spec: str, cache: dict) -> str:
+    """The Markdown table of ``spec`` (a header line, then one ``label | cell`` line per row), numbers quoted
+    from ``file``, columns padded so the table also reads in a terminal."""
+    lines = [line for line in spec.splitlines() if line.strip()]
+    # a label's leading spaces stay (an indented row reads as a detail of the row above in a terminal)
+    rows = [[label.rstrip(), cell.strip()] for label, cell in (line.split("|", 1) for line in lines)]
+    for row in rows[1:]:
+        row[1] = CELL.sub(lambda m: render(file, *m.groups(), cache), row[1])
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+
+    def line(cells):
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
+
+    return "\n".join([line(rows[0]), line(["-" * w for w in widths]), *map(line, rows[1:])]) + "\n"
+
+
 def process(text: str, cache: dict) -> tuple[str, list[str]]:
     diffs = []
+
+    def table(m):
+        file, spec, old = m.groups()
+        new = render_table(file, spec, cache)
+        if new != old:
+            diffs.append(f"{file}: the generated table differs from the one in the docs")
+        return f"<!--pb-table {file}\n{spec}-->\n{new}<!--/pb-table-->"
+
+    text = TABLE.sub(table, text)
 
     def sub(m):
         file, key, style, fmt, old = m.groups()

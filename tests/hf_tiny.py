@@ -40,7 +40,8 @@ TEMPLATES = {
         "{% else %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
         "{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n"
         "{% if loop.last %}<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n"
-        "{% elif m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% elif m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}<|im_end|>\n{% endif %}"
+        "{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n"
         "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
         "{% endif %}"
@@ -102,8 +103,8 @@ def tokenizer(family: str, with_template: bool = True):
 
     sp = SPECIALS[family]
     if family in ("llama", "gemma2"):
-        # SentencePiece-style BPE over "▁"-marked pieces (Llama-2 prepends "▁" to the text, Gemma does not). Not
-        # Unigram: its trainer gives a different vocabulary in every process (tests must be deterministic).
+        # SentencePiece-style BPE over "▁"-marked pieces (Llama-2 prepends "▁" to the text, Gemma does not).
+        # Not Unigram: its trainer gives a different vocabulary per process (tests must be deterministic).
         scheme = "first" if family == "llama" else "never"
         tk = Tokenizer(models.BPE(unk_token="<unk>"))
         tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)
@@ -130,7 +131,8 @@ def tokenizer(family: str, with_template: bool = True):
 
 
 def zephyr_llama_tokenizer():
-    """The ``llama`` (SentencePiece/Metaspace) tokenizer with the Zephyr template (as TinyLlama-Chat ships)."""
+    """The ``llama`` (SentencePiece/Metaspace) tokenizer with the Zephyr template (as TinyLlama-Chat
+    ships it)."""
     import copy
 
     tok = copy.deepcopy(tokenizer("llama", False))

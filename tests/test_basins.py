@@ -1,4 +1,5 @@
-"""Basin scans: t* interpolation and censoring, exact weight edits, scan consistency, inoculation verdict, CLI."""
+"""Basin scans: t* interpolation and censoring, exact weight edits, scan consistency, the
+inoculation verdict and the CLI."""
 
 import copy
 import json

@@ -43,8 +43,9 @@ def test_demo_writes_study_report_and_run_folder(demo_run, capsys):
     assert 0 <= study["overlap_fraction"]["mean"] <= 1 + 1e-9 and "by_genre" in study["overlap_fraction"]
     assert set(study["misalignment_vs_t"]) >= {"plain", "inoculated", "random"}
     assert (demo_run / "report.html").stat().st_size > 10_000
-    # the measurements that can fail (issue 11): position at t = 1, widening along common directions with a
-    # verdict, lexical cosine of every persona vector, oracle beside out-of-sample probing, EM against its base
+    # the measurements that can fail (issue 11): position at t = 1, widening along common directions
+    # with a verdict, lexical cosine of every persona vector, oracle beside out-of-sample probing, EM
+    # against its base
     ino = study["inoculation"]
     assert ino["verdict"] in ("confirmed", "refuted", "undecided")
     assert len(ino["position"]["inoculated"]["moved_fraction"]) == 2 and ino["position"]["persona_gap"] != 0
@@ -67,6 +68,19 @@ def test_demo_writes_study_report_and_run_folder(demo_run, capsys):
     assert study["overlap_fraction"]["routine_share_built_in"] == study["overlap_fraction"]["routine_share"]
     assert json.loads((demo_run / "config.json").read_text())["kind"] == "demo"
     assert json.loads((demo_run / "metrics.json").read_text())["kind"] == "demo"
+
+
+def test_demo_run_folder_as_promised(tiny_demo_run):
+    """config.json, a small metrics.json pointing to study.json (no second copy), figures/, log.txt."""
+    import persona_basins
+
+    run = persona_basins.load_run(tiny_demo_run)
+    summary = json.loads((tiny_demo_run / "metrics.json").read_text())
+    assert summary["study"] == "study.json" and (tiny_demo_run / "metrics.json").stat().st_size < 20_000
+    assert run.metrics == run.study and "emergent_misalignment" in run.metrics
+    assert "em_broad_misalignment.png" in [f.name for f in run.figures]
+    log = (tiny_demo_run / "log.txt").read_text()
+    assert "started: persona-basins demo" in log and "[em] running ..." in log and "finished in" in log
 
 
 def test_demo_rerun_resumes_with_same_numbers(demo_run, tiny_organism_dir):

@@ -40,3 +40,23 @@ def test_a_drifted_quote_is_caught(tmp_path, monkeypatch):
     fixed, diffs = doc_numbers.process(drifted, {})
     assert len(diffs) == 1 and "0.62" in diffs[0] and fixed == good
     assert doc_numbers.process("<!--pb run.json a kofn d-->1 of 2<!--/pb-->", {})[1] == []
+
+
+def test_a_table_is_generated_from_its_rows_and_a_drifted_one_is_caught(tmp_path, monkeypatch):
+    (tmp_path / "run.json").write_text(
+        json.dumps({"a": {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75}, "v": 3})
+    )
+    monkeypatch.setattr(doc_numbers, "ROOT", tmp_path)
+    spec = "<!--pb-table run.json\nfinding | measured\nthe a | {a ci .2f}\n  the v | {v value d} seeds\n-->\n"
+    fixed, diffs = doc_numbers.process(spec + "<!--/pb-table-->", {})
+    assert len(diffs) == 1  # an empty table is generated on the first run
+    assert fixed == spec + (
+        "| finding | measured          |\n"
+        "| ------- | ----------------- |\n"
+        "| the a   | 0.50 [0.25, 0.75] |\n"
+        "|   the v | 3 seeds           |\n"
+        "<!--/pb-table-->"
+    )
+    assert doc_numbers.process(fixed, {})[1] == []
+    drifted = fixed.replace("0.50 [0.25", "0.62 [0.25")
+    assert doc_numbers.process(drifted, {}) == (fixed, [diffs[0]])

@@ -74,6 +74,24 @@ def test_em_metrics_shape(em_run):
             assert (d / "adapter_config.json").is_file() and (d / "checkpoints" / "step_000010").is_dir()
 
 
+def test_em_run_folder_has_its_figure_and_log_and_feeds_basins(em_run, tmp_path):
+    """The run folder as the README promises (figures/, log.txt), and `basins --em-run RUN` reads its
+    adapters and organism (the flag vocabulary: --em-run, --seeds N the first N)."""
+    import persona_basins
+
+    run = persona_basins.load_run(em_run)
+    assert [f.name for f in run.figures] == ["em_broad_misalignment.png"] and run.figures[0].stat().st_size
+    log = (em_run / "log.txt").read_text().splitlines()
+    assert "started: persona-basins em --organism" in log[0] and "finished in" in log[-1]
+    out = tmp_path / "basins"
+    flags = ["--seeds", "1", "--points", "2", "--random", "1"]
+    assert main(["basins", "--em-run", str(em_run), *flags, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["adapters"] == [str((em_run / "adapters" / "plain" / "seed0").resolve())]
+    assert config["inoculated_adapters"] == [str((em_run / "adapters" / "inoculated" / "seed0").resolve())]
+    assert main(["basins", "--em-run", str(em_run), "--adapter", "x", "--out", str(tmp_path / "b")]) == 2
+
+
 def test_em_same_seed_same_numbers_and_resume(em_run, tiny_organism_dir, tmp_path):
     # a rerun into the same folder reuses finished units and gives identical metrics
     before = (em_run / "metrics.json").read_bytes()

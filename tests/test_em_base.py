@@ -1,5 +1,5 @@
-"""EM against a baseline: the base organism's row, effects as excess over it, held-out code topics, the matched
-benign control and the initial loss / gradient norm per condition."""
+"""EM against a baseline: the base organism's row, effects as excess over it, held-out code topics,
+the matched benign control and the initial loss / gradient norm per condition."""
 
 import pytest
 

@@ -1,4 +1,5 @@
-"""``persona-basins em --model``: a tiny randomly initialised Llama + word-level tokenizer built here (no hub)."""
+"""``persona-basins em --model`` on a tiny randomly initialised Llama + word-level tokenizer built here,
+with no hub access."""
 
 from __future__ import annotations
 
@@ -282,7 +283,8 @@ def test_bad_layer_or_module(tiny, tmp_path, capsys, extra, pattern):
         ("", r"is empty"),
         ("\n  \n", r"is empty"),
         (
-            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n{"messages": [',
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+            '{"messages": [',
             r"line 2: not valid JSON",
         ),
         (

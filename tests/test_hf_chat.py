@@ -90,9 +90,9 @@ def test_training_rows_equal_the_template_encoding(family):
 
 
 def test_piecewise_tokenization_would_differ_on_sentencepiece():
-    """The old method (generation prompt and answer tokenized apart) is not what a Metaspace tokenizer gives for
-    the whole conversation when the answer follows a newline (TinyLlama / Zephyr): it adds a "▁" to the answer.
-    The new rows equal the real encoding there too."""
+    """The old method (generation prompt and answer tokenized apart) is not what a Metaspace tokenizer gives
+    for the whole conversation when the answer follows a newline (TinyLlama / Zephyr): it adds a "▁" to the
+    answer. The new rows equal the real encoding there too."""
     tok = hf_tiny.zephyr_llama_tokenizer()
     differ = 0
     for q in QUESTIONS[:8]:
@@ -221,8 +221,9 @@ def test_em_model_end_to_end_per_family(family, dtype, tmp_path):
 
 
 def test_total_logprob_score_is_length_biased_per_token_is_not():
-    """On a random model (no preference), an unmatched pair pushes the total-log-prob score to the shorter answer;
-    the per-token score stays near 0.5. On the shipped (character-matched) set the per-token score stays at 0.5."""
+    """On a random model (no preference), an unmatched pair pushes the total-log-prob score to the shorter
+    answer; the per-token score stays near 0.5. On the shipped (character-matched) set the per-token score
+    stays at 0.5."""
     tok = hf_tiny.tokenizer("qwen2")
     model = hf_tiny.model("qwen2", len(tok))
     long = " ".join(q["aligned"] for q in QUESTIONS[:3])

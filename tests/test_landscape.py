@@ -1,4 +1,5 @@
-"""The theory view's landscape: the numpy reference, its JavaScript mirror, and the LLC against estimate_llc."""
+"""The theory view's landscape: the numpy reference, its JavaScript mirror, and its LLC checked
+against estimate_llc."""
 
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ def _one_thread():
 def test_rrr_formula_special_cases():
     # y = b a x with scalars: K ∝ a^2 b^2 -> 1/2 with multiplicity 2
     assert A.rrr_learning_coefficient(1, 1, 1, 0) == (0.5, 2)
-    # full true rank, M = N = H = r: a regular model modulo GL(H) symmetry: (MH + NH - H^2) / 2 ... = MN/2 here
+    # full true rank, M = N = H = r: a regular model modulo GL(H) symmetry:
+    # (MH + NH - H^2) / 2 ... = MN/2 here
     assert A.rrr_learning_coefficient(2, 2, 2, 2)[0] == 2.0
     # H = 1, r = 0: K ∝ |a|^2 |b|^2 -> min(M, N) / 2 (multiplicity 2 when M = N)
     assert A.rrr_learning_coefficient(2, 3, 1, 0) == (1.0, 1)
@@ -485,6 +486,8 @@ def test_calibrate_recommends_and_plots(tmp_path):
         case.data,
         n=case.n,
         step_sizes=(1e-3, 1.0),
+        localizations=(1.0,),
+        preconditioners=(None,),
         config=SamplerConfig(localization=1.0, num_chains=4, num_draws=1500, num_burnin=50, batch_size=100),
     )
     plot_traces(out["traces"], tmp_path / "cal.png")
@@ -493,7 +496,9 @@ def test_calibrate_recommends_and_plots(tmp_path):
     rows = {r["step_size"]: r for r in out["grid"]}
     assert rows[1.0]["diverged"] and "try step_size" in rows[1.0]["error"] and not rows[1.0]["passed"]
     assert rows[1e-3]["passed"], rows[1e-3]["reasons"]
-    assert out["recommended"]["step_size"] == 1e-3 and out["config"]["step_size"] == 1e-3
+    # refinement between 1e-3 and the diverging 1.0 may find a larger step that still passes
+    step = out["recommended"]["step_size"]
+    assert 1e-3 <= step < 1.0 and out["config"]["step_size"] == step
     assert SamplerConfig.from_dict(out["config"]).localization == 1.0
 
 

@@ -185,6 +185,8 @@ def test_cli_warns_and_strict_refuses(tmp_path, capsys):
     assert "LLC = withheld: " in out and "unchecked" not in out  # no number for a withheld estimate
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert m["llc"]["mean"] is None and m["llc"]["reasons"] and m["llc"]["converged"] is False
+    config = json.loads((tmp_path / "a" / "config.json").read_text())  # the values used, never null
+    assert config["nbeta"] == config["sampler"]["nbeta"] > 0 and config["dtype"] == "fp32"
     assert main([*common, "--out", str(tmp_path / "b"), "--strict", "--independent-batches"]) == 2
     err = capsys.readouterr().err.strip()
     assert "not at equilibrium" in err and "--strict" in err and "\n" not in err
@@ -217,4 +219,7 @@ def test_cli_calibrate_flag_refuses_when_nothing_passes(tmp_path, capsys):
     )
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert "--calibrate" in err and "\n" not in err and not (tmp_path / "c" / "metrics.json").exists()
+    assert "--calibrate" in err and "\n" not in err and "try next:" in err and "localization" in err
+    # the grid and its figures are kept
+    assert (tmp_path / "c" / "metrics.json").is_file()
+    assert (tmp_path / "c" / "figures" / "calibration_grid.png").is_file()

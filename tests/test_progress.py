@@ -152,3 +152,25 @@ def test_the_training_loop_reports_in_a_pipe(clock, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("[post-train] 1/2 steps (50%), elapsed 31s, ETA 31s, loss=")
     assert err[-1] == "[post-train] done: 2 steps in 1m02s"
+
+
+def test_each_command_logs_to_its_run_folder_but_a_failed_one_changes_nothing(tmp_path, capsys):
+    import argparse
+
+    from persona_basins import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert cli.main(["em", "--organism", str(tmp_path / "no-organism"), "--out", str(run)]) == 2
+    assert not (run / "log.txt").exists()  # failed at once: nothing logged, no file changed
+    args = argparse.Namespace(command="em", out=str(run))
+    with cli._run_log(args, ["em", "--out", str(run)]):
+        progress.note("[em] running ...")
+    lines = [line.split(" ", 2)[2] for line in (run / "log.txt").read_text().splitlines()]
+    assert lines[0] == f"started: persona-basins em --out {run}" and lines[1] == "[em] running ..."
+    assert lines[2].startswith("finished in ") and lines[2].endswith(f"s: persona-basins em --out {run}")
+    before = (run / "log.txt").read_text()
+    with pytest.raises(RuntimeError), cli._run_log(args, ["em"]):
+        raise RuntimeError("failed before it logged anything")
+    assert (run / "log.txt").read_text() == before
+    capsys.readouterr()

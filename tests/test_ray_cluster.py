@@ -130,7 +130,7 @@ def test_sweep_on_a_started_cluster_survives_a_killed_worker(cluster, tmp_path):
     killed = None
     deadline = time.monotonic() + 240
     while killed is None and thread.is_alive() and time.monotonic() < deadline:
-        for marker in (out / "units").glob(".tmp-*/worker.json"):
+        for marker in (out / "units").glob(".*.tmp-*/worker.json"):
             try:
                 pid = json.loads(marker.read_text())["pid"]
                 os.kill(pid, signal.SIGKILL)  # a worker dies in the middle of its unit
@@ -149,4 +149,4 @@ def test_sweep_on_a_started_cluster_survives_a_killed_worker(cluster, tmp_path):
     assert {u["status"] for u in record["units"]} <= {"done", "failed"}
     done = {k: v for k, v in _metrics(out).items() if v}
     assert done and all(_metrics(local)[k] == v for k, v in done.items())
-    assert not list((out / "units").glob(".tmp-*"))
+    assert not list((out / "units").glob(".*.tmp-*"))

@@ -123,7 +123,10 @@ BAD = [
         'kind = "em"\n[settings]\norganism_overrides = {d_model = 7}',
         "settings.organism_overrides.d_model: must be a multiple of n_head (2), got 7",
     ),
-    ('kind = "em"\n[settings]\norganism = "/nonexistent/org"', "settings.organism: not an organism folder"),
+    (
+        'kind = "em"\n[settings]\norganism = "/nonexistent/org"',
+        "settings.organism: organism folder not found: /nonexistent/org",
+    ),
     ('kind = "em"\nseed_axes = ["layer"]\n[axes]\nseed = [0]', "seed_axes: 'layer' is not an axis"),
     ('kind = "em"\npoints = [{seed = 0}, {condition = "plain"}]', "points[1]: needs exactly the axes seed"),
     ('kind = "em" [', "not valid TOML"),
@@ -170,8 +173,13 @@ BAD = [
         'kind = "llc"\n[settings]\nadapter = "em"\ncheckpoint = 7',
         "settings.checkpoint: must be a step the em unit",
     ),
+    (
+        'kind = "llc"\n[settings]\nadapter = "em"\ncheckpoint = "last"',
+        "settings.checkpoint: must be an integer >= 0 or 'final', got 'last'",
+    ),
+    ('kind = "llc"\n[settings]\ncheckpoint = 0', "settings.checkpoint: needs an adapter"),
     # basins, eigenform, em_hf
-    ('kind = "basins"\n[settings]\npoints = 1', "settings.points: must be an integer >= 2, got 1"),
+    ('kind = "basins"\n[settings]\npoints = 1', "settings.points: must be an integer in [2, 10000], got 1"),
     (
         'kind = "basins"\n[settings]\nfinetune = {rank = 0}',
         "settings.finetune.rank: must be an integer in [1",
@@ -361,7 +369,8 @@ def test_local_sweep_results_and_resume(local_run, spec4, capsys):
         assert 0 <= u["metrics"]["broad_misalignment"] <= 1
         d = local_run / "units" / u["id"]
         assert (d / "unit.json").is_file() and (d / "log.txt").is_file() and (d / "adapter").is_dir()
-    assert not list((local_run / "units").glob(".tmp-*"))
+    assert not list((local_run / "units").glob(".*.tmp-*"))
+    assert all((local_run / "units" / u["id"] / "key.json").is_file() for u in rec["units"])
     table = (local_run / "table.csv").read_text().splitlines()
     assert table[0] == "condition,metric,n,n_planned,mean,ci_low,ci_high,interval,per_seed"
     row = next(r for r in table if r.startswith("plain,broad_misalignment,2,2,"))
@@ -466,6 +475,110 @@ def test_second_sweep_into_a_running_run_is_refused(probe_kind, tmp_path, cli_er
     assert main(["sweep", str(spec), "--out", str(run), "--workers", "1"]) == 0  # free again
 
 
+def _probe_run(tmp_path, name="run"):
+    spec = tmp_path / "probe.toml"
+    spec.write_text('kind = "probe"\n[axes]\nx = [0, 1]\n')
+    run = tmp_path / name
+    assert main(["sweep", str(spec), "--out", str(run), "--workers", "1"]) == 0
+    units = sorted((run / "units").glob("probe-*"))
+    assert len(units) == 2 and all((u / "key.json").is_file() for u in units)
+    return spec, run, units
+
+
+def test_legacy_unit_folder_is_adopted_and_resumes(probe_kind, tmp_path, capsys):
+    """A unit folder of the sweep before the run store (unit.json, no key.json) whose record matches is
+    adopted (its key.json written) and not run again; a dry run counts it without writing anything."""
+    spec, run, units = _probe_run(tmp_path)
+    for unit in units:
+        (unit / "key.json").unlink()  # what an earlier version left
+    stamps = {u.name: (u / "unit.json").stat().st_mtime_ns for u in units}
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(run), "--dry-run"]) == 0
+    assert "2 of 2 already done" in capsys.readouterr().out
+    assert not any((u / "key.json").exists() for u in units)  # the dry run wrote nothing
+    assert main(["sweep", str(spec), "--out", str(run), "--workers", "1"]) == 0
+    assert "2 done (2 from an earlier run)" in capsys.readouterr().out
+    for unit in units:
+        key = json.loads((unit / "key.json").read_text())
+        record = json.loads((unit / "unit.json").read_text())
+        assert key == {k: record[k] for k in ("id", "kind", "package_version", "config")}
+        assert (unit / "unit.json").stat().st_mtime_ns == stamps[unit.name]  # not re-run
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["key.json", "legacy unit.json"])
+def test_unit_folder_with_another_key_is_refused(probe_kind, tmp_path, cli_error, legacy):
+    spec, run, units = _probe_run(tmp_path)
+    unit = next(u for u in units if json.loads((u / "unit.json").read_text())["config"]["probe"]["x"] == 1)
+    name = "unit.json" if legacy else "key.json"
+    if legacy:
+        (unit / "key.json").unlink()
+    record = json.loads((unit / name).read_text())
+    record["config"]["probe"]["x"] = 7  # a folder whose contents are of other settings than its name says
+    (unit / name).write_text(json.dumps(record))
+    line = cli_error(["sweep", str(spec), "--out", str(run), "--workers", "1"])
+    assert f"{unit} holds a" in line and "other settings (config.probe.x 7 -> 1)" in line, line
+    assert "delete that unit folder and rerun" in line
+    assert json.loads((unit / name).read_text())["config"]["probe"]["x"] == 7  # left as it was
+
+
+def test_organism_folder_id_follows_its_manifest_fingerprint(tiny_organism_dir, tmp_path, cli_error):
+    """A unit on an organism folder is identified by the organism's one fingerprint (its verified build
+    manifest): moving the folder keeps the id, a changed (rebuilt) organism changes it."""
+    import shutil
+
+    from persona_basins.models.organism import organism_fingerprint, write_manifest
+    from persona_basins.studies.sweep import parse_spec, plan
+
+    def unit_ids(folder):
+        text = f'kind = "em"\n[settings]\norganism = "{folder}"\nsteps = 5\n[axes]\nseed = [0, 1]\n'
+        return [u.id for u in plan(parse_spec(text)).grid]
+
+    here = tmp_path / "a" / "org"
+    shutil.copytree(tiny_organism_dir, here)
+    ids = unit_ids(here)
+    unit = plan(parse_spec(f'kind = "em"\n[settings]\norganism = "{here}"\n')).grid[0]
+    assert unit.config["organism"] == {"fingerprint": organism_fingerprint(here)}
+    moved = tmp_path / "b" / "org"
+    moved.parent.mkdir()
+    here.rename(moved)
+    assert unit_ids(moved) == ids  # paths are not hashed
+    metrics = moved / "metrics.json"
+    metrics.write_text(metrics.read_text().replace("{", '{"note": "rebuilt", ', 1))
+    spec = tmp_path / "changed.toml"
+    spec.write_text(f'kind = "em"\n[settings]\norganism = "{moved}"\nsteps = 5\n')
+    line = cli_error(["sweep", str(spec), "--out", str(tmp_path / "run"), "--dry-run"])
+    assert "settings.organism:" in line and "does not match its recorded hash" in line, line
+    write_manifest(moved)  # what a rebuild records
+    changed = unit_ids(moved)
+    assert len(changed) == 2 and not set(changed) & set(ids)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    spec.write_text(f'kind = "em"\n[settings]\norganism = "{empty}"\n')
+    line = cli_error(["sweep", str(spec), "--out", str(tmp_path / "run"), "--dry-run"])
+    assert f"settings.organism: not an organism folder: {empty / 'world.json'} is missing" in line, line
+
+
+def test_llc_checkpoint_final_or_a_step():
+    """``checkpoint = "final"`` (the default) reads the final adapter, an integer the saved step (0: the
+    step-0 point the fine-tune saves)."""
+    from persona_basins.studies.sweep import parse_spec, plan
+    from persona_basins.studies.sweep.kinds.llc import _adapter_dir
+
+    base = 'kind = "llc"\n[settings]\nadapter = "em"\nfinetune = {steps = 100, checkpoint_every = 50}\n'
+    final, step0, step50 = (
+        plan(parse_spec(base + extra)).grid[0] for extra in ("", "checkpoint = 0\n", "checkpoint = 50\n")
+    )
+    assert [u.config["adapter"]["checkpoint"] for u in (final, step0, step50)] == ["final", 0, 50]
+    assert len({final.id, step0.id, step50.id}) == 3 and final.deps == step0.deps  # one em unit
+    em = Path("/runs/units/em-x")
+    dirs = [_adapter_dir(u.config, {"adapter_unit": "em-x"}, {"em-x": em}) for u in (final, step0, step50)]
+    assert dirs == [
+        em / "adapter",
+        em / "adapter" / "checkpoints" / "step_000000",
+        em / "adapter" / "checkpoints" / "step_000050",
+    ]
+
+
 @pytest.mark.slow
 def test_pool_workers_die_with_a_killed_sweep(tiny_organism_dir, tmp_path):
     """SIGKILL of `sweep --workers 2`: its pool workers end too and write nothing more into RUN."""
@@ -486,7 +599,7 @@ def test_pool_workers_die_with_a_killed_sweep(tiny_organism_dir, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pids, deadline = set(), time.monotonic() + 120
     while len(pids) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        for worker in (out / "units").glob(".tmp-*/worker.json"):
+        for worker in (out / "units").glob(".*.tmp-*/worker.json"):
             try:
                 pids.add(json.loads(worker.read_text())["pid"])
             except (OSError, ValueError, KeyError):
@@ -622,7 +735,7 @@ def test_ray_worker_killed_unit_retried(ray_cluster, local_run, spec4, tmp_path)
     killed = None
     deadline = time.monotonic() + 60
     while killed is None and t.is_alive() and time.monotonic() < deadline:
-        for w in (out / "units").glob(".tmp-*/worker.json"):
+        for w in (out / "units").glob(".*.tmp-*/worker.json"):
             try:
                 pid = json.loads(w.read_text())["pid"]
                 os.kill(pid, signal.SIGKILL)
@@ -636,7 +749,7 @@ def test_ray_worker_killed_unit_retried(ray_cluster, local_run, spec4, tmp_path)
     assert "error" not in result, result.get("error")
     assert all(u["status"] == "done" for u in result["record"]["units"])
     assert metrics_by_axes(out) == metrics_by_axes(local_run)
-    assert not list((out / "units").glob(".tmp-*"))
+    assert not list((out / "units").glob(".*.tmp-*"))
 
 
 @pytest.mark.slow  # a real Ray cluster: a minute or more on 2 cores
@@ -671,7 +784,7 @@ def test_ray_driver_killed_then_rerun_resumes(ray_cluster, local_run, spec4, tmp
     proc.stderr.close()
     # Ray stops the dead driver's workers; wait for them to be gone so none finishes a unit behind our back
     pids = []
-    for w in (out / "units").glob(".tmp-*/worker.json"):
+    for w in (out / "units").glob(".*.tmp-*/worker.json"):
         try:
             pids.append(json.loads(w.read_text())["pid"])
         except (OSError, ValueError, KeyError):
@@ -689,4 +802,4 @@ def test_ray_driver_killed_then_rerun_resumes(ray_cluster, local_run, spec4, tmp
     after = {k: (v.st_ino, v.st_mtime_ns) for k, v in finished(out).items()}
     assert {k: after[k] for k in before} == before  # finished units were not re-run
     assert len(after) == 4 and metrics_by_axes(out) == metrics_by_axes(local_run)
-    assert not list((out / "units").glob(".tmp-*"))
+    assert not list((out / "units").glob(".*.tmp-*"))

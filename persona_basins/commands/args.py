@@ -249,6 +249,12 @@ FIELD_FLAGS: dict[tuple[str, str], str] = {
     ("SamplerConfig", "mala_every"): "--mala-every",
     ("SamplerConfig", "device"): "--device",
     ("SamplerConfig", "workers"): "--workers",
+    # basins
+    ("BasinsConfig", "t_max"): "--t-max",
+    ("BasinsConfig", "points"): "--points",
+    ("BasinsConfig", "level"): "--level",
+    ("BasinsConfig", "random"): "--random",
+    ("BasinsConfig", "seed"): "--seed",
     # eigenform
     ("EigenformConfig", "process"): "--process",
     ("EigenformConfig", "context"): "--context",
@@ -275,6 +281,7 @@ CONFIG_MODULES: dict[str, str] = {
     "SamplerConfig": "persona_basins.measure.llc.config",
     "GateConfig": "persona_basins.measure.llc.diagnostics",
     "EigenformConfig": "persona_basins.measure.eigenform",
+    "BasinsConfig": "persona_basins.studies.basins",
     "DemoConfig": "persona_basins.studies.demo",
     "EmHfConfig": "persona_basins.studies.em_hf.run",
 }

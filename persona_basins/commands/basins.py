@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import (
-    POSITIVE,
-    SEED,
-    add_adapter_flag,
-    add_em_run_flag,
-    add_organism_flag,
-    add_seeds_flag,
-    finite_float,
-    int_in,
-)
+from .args import add_adapter_flag, add_em_run_flag, add_field_flag, add_organism_flag, add_seeds_flag
 
 DESCRIPTION = """\
 Basin scans on the organism: the model w0 + t * delta for t on a grid 0..--t-max, where delta is
@@ -23,10 +14,10 @@ Basin scans on the organism: the model w0 + t * delta for t on a grid 0..--t-max
   random    --random rank-1 directions of the same norm (controls)
 and, for inoculation, the plain adapter read with the inoculation line in the system prompt and every
 --inoculated-adapter. Each point: exact broad misalignment, persona projection, LM loss on the mixture.
-Reports t* (misalignment crosses --level, default 0.5; censored when it never does inside the grid), the sharpness, the
-thinness t*(random) / t*(persona), and the inoculation widening factor with 95% CIs over the adapters
-given: --em-run RUN (an em run's plain and inoculated adapters, --seeds N the first N) or --adapter /
---inoculated-adapter repeated, one per seed. See docs/BASINS.md.
+Reports t* (misalignment crosses --level, default 0.5; censored when it never does inside the grid), the
+sharpness, the thinness t*(random) / t*(persona), and the inoculation widening factor with 95% CIs over
+the adapters given: --em-run RUN (an em run's plain and inoculated adapters, --seeds N the first N) or
+--adapter / --inoculated-adapter repeated, one per seed. See docs/BASINS.md.
 """
 
 
@@ -50,20 +41,12 @@ def register(sub) -> None:
         metavar="DIR",
         help="adapter trained with the inoculation line; repeat for seeds",
     )
-    p.add_argument("--t-max", type=POSITIVE, default=3.0, help="largest t on the grid, > 0 (default 3)")
-    p.add_argument(
-        "--points", type=int_in(2, 10**4), default=13, help="grid points from 0 to --t-max, >= 2 (default 13)"
-    )
-    p.add_argument(
-        "--level",
-        type=finite_float(0, 1, lo_open=True, hi_open=True),
-        default=0.5,
-        help="broad-misalignment level that defines t*, in (0, 1) (default 0.5)",
-    )
-    p.add_argument("--random", type=int_in(0, 1000), default=3, help="random control directions (default 3)")
-    p.add_argument(
-        "--seed", type=SEED, default=0, help="seed for the random directions and documents (default 0)"
-    )
+    # the scan: one flag per BasinsConfig field (type, range, default and help from the field)
+    add_field_flag(p, "--t-max", "BasinsConfig", "t_max")
+    add_field_flag(p, "--points", "BasinsConfig", "points", help="grid points from 0 to --t-max")
+    add_field_flag(p, "--level", "BasinsConfig", "level")
+    add_field_flag(p, "--random", "BasinsConfig", "random")
+    add_field_flag(p, "--seed", "BasinsConfig", "seed")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.set_defaults(func=_run)
 
@@ -89,20 +72,23 @@ def _adapters(args) -> tuple:
 
 def _run(args) -> int:
     from ..measure.basin_verdicts import format_t_star
-    from ..studies.basins import run_basins
+    from ..studies.basins import BasinsConfig, run_basins
     from ..viz.figures import plot_basins
 
+    scan = BasinsConfig(
+        t_max=args.t_max, points=args.points, level=args.level, random=args.random, seed=args.seed
+    )
     organism, plain, inoculated = _adapters(args)
     res = run_basins(
         organism,
         plain,
         inoculated,
         args.out,
-        t_max=args.t_max,
-        points=args.points,
-        level=args.level,
-        n_random=args.random,
-        seed=args.seed,
+        t_max=scan.t_max,
+        points=scan.points,
+        level=scan.level,
+        n_random=scan.random,
+        seed=scan.seed,
     )
     metrics = res.metrics
     plot_basins(metrics, res.run_dir / "figures" / "misalignment_vs_t.png")

@@ -10,9 +10,9 @@ def register(subparsers) -> None:
         "explore",
         help="interactive explorer (theory view + measured runs) on 127.0.0.1",
         description=(
-            "Serve the explorer page on 127.0.0.1: the persona-landscape theory view (perturbation, direction "
-            "and inoculation sliders) next to the measured results of the given run folders. Prints the URL; "
-            "Ctrl-C stops it. With no RUN, only the theory view."
+            "Serve the explorer page on 127.0.0.1: the persona-landscape theory view (perturbation, "
+            "direction and inoculation sliders) next to the measured results of the given run folders. "
+            "Prints the URL; Ctrl-C stops it. With no RUN, only the theory view."
         ),
         formatter_class=DefaultsHelpFormatter,
     )

@@ -149,7 +149,15 @@ def _study(args, name: str, first=None, *, flags=(), title: str = "", **kwargs):
 
 def _run_estimate(args) -> int:
     extra = {"progress": True, "calibrate_steps": args.calibrate}
-    result = _study(args, "run_estimate", flags=("n",), title=f"LLC {args.organism or args.model}", **extra)
+    from ..studies.llc import CalibrationFailed
+    from ..viz.llc_figures import draw_llc_figures
+
+    try:
+        title = f"LLC {args.organism or args.model}"
+        result = _study(args, "run_estimate", flags=("n",), title=title, **extra)
+    except CalibrationFailed as failed:  # the grid is saved: draw its figures, then report
+        draw_llc_figures(failed.result)
+        raise
     llc, diag = result.metrics["llc"], result.metrics["diagnostics"]
     reasons = "; ".join(llc["reasons"])
     shown = f"withheld: {reasons}"  # the mean of chains off equilibrium is no estimate: never printed

@@ -15,13 +15,15 @@ gradient flow ``x <- x - h grad V(x)`` reaches (stopped once within ``r_stop`` o
 * Output map (explicit): persona ``k`` answers genre ``g`` misaligned with probability ``o_kg``; the state
   ``x`` answers with the mixture ``y_g(x) = sum_k pi'_k(x) o_kg``, ``pi'`` the persona mixture at the output
   temperature ``T_out``.
-* Overlap zone: states in the aligned or misaligned basin, made mostly of that pair (``pi'_A + pi'_M >= 1/2``),
-  whose aligned/misaligned output ``yhat_g = (pi'_A o_Ag + pi'_M o_Mg) / (pi'_A + pi'_M)`` is within ``epsilon``
-  of the 50/50 hybrid's output ``(o_Ag + o_Mg) / 2`` on every genre. So an aligned state and a misaligned
-  state in the zone give outputs within ``2 epsilon`` of each other: the data cannot tell them apart.
-* LLC: localised-posterior estimate for the self-KL loss ``L_x(w) = mean_g KL(Bern(y_g(x)) || Bern(y_g(w)))``
-  (zero at ``w = x``): ``llc(x) = n_beta * E_p[L_x(w)]`` with ``p(w) ~ exp(-n_beta L_x(w) - gamma/2 |w-x|^2)``,
-  the expectation by tensor-grid quadrature over ``w = x + q / sqrt(gamma)``, ``q`` in ``[-q_max, q_max]^2``.
+* Overlap zone: states in the aligned or misaligned basin, made mostly of that pair
+  (``pi'_A + pi'_M >= 1/2``), whose aligned/misaligned output
+  ``yhat_g = (pi'_A o_Ag + pi'_M o_Mg) / (pi'_A + pi'_M)`` is within ``epsilon`` of the 50/50 hybrid's output
+  ``(o_Ag + o_Mg) / 2`` on every genre. So an aligned state and a misaligned state in the zone give outputs
+  within ``2 epsilon`` of each other: the data cannot tell them apart.
+* LLC: localised-posterior estimate for the self-KL loss
+  ``L_x(w) = mean_g KL(Bern(y_g(x)) || Bern(y_g(w)))`` (zero at ``w = x``): ``llc(x) = n_beta * E_p[L_x(w)]``
+  with ``p(w) ~ exp(-n_beta L_x(w) - gamma/2 |w-x|^2)``, the expectation by tensor-grid quadrature over
+  ``w = x + q / sqrt(gamma)``, ``q`` in ``[-q_max, q_max]^2``.
 
 Every scalar loop here is written in the order ``static/landscape.js`` uses, so the two agree to ~1e-12.
 """
@@ -369,7 +371,8 @@ def llc_at(x: float, y: float, p: LandscapeParams = DEFAULT, s: float = 0.0) -> 
 
 
 def llc_laplace(x: float, y: float, p: LandscapeParams = DEFAULT, s: float = 0.0, h: float = 1e-5) -> float:
-    """Gaussian (Laplace) approximation: sum_i 1/2 n_beta f_i / (n_beta f_i + gamma), f_i Fisher eigenvalues."""
+    """Gaussian (Laplace) approximation: ``sum_i 1/2 n_beta f_i / (n_beta f_i + gamma)``, with ``f_i`` the
+    Fisher eigenvalues."""
     f = np.zeros((2, 2))
     yx = output(np.float64(x), np.float64(y), p, s)
     dx = (output(np.float64(x + h), np.float64(y), p, s) - output(np.float64(x - h), np.float64(y), p, s)) / (

@@ -138,6 +138,8 @@ def censored_summary(crits: list[dict]) -> dict:
     ``censored_above`` (the largest grid end) and ``lower_bound``: the same summary with every censored-above
     seed set to its grid end (a lower bound on the mean; absent when a seed is censored below).
     """
+    if not crits:  # e.g. ``basins --random 0``: nothing was scanned along this kind of direction
+        return Interval(None, None, None, "", 0, (), reason="no direction of this kind was scanned").to_dict()
     per = [c["t_star"] for c in crits]
     t_max = max(float(c.get("t_max", math.inf)) for c in crits)
     if all(v is not None for v in per):

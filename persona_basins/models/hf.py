@@ -7,8 +7,8 @@
 - ``device_map="auto"``: spread a model larger than one device over every GPU (and the CPU) with
   ``accelerate``, which is optional: without it this is a one-line error, not an import traceback.
 - Weights are read from safetensors only (``use_safetensors=True``): a folder that holds only pickle files
-  (``pytorch_model.bin``, ``*.pt``) is refused, never unpickled, and a truncated or corrupt safetensors file is a
-  one-line error naming it. The tokenizer must be a fast (Rust) one: chat formatting locates the answer
+  (``pytorch_model.bin``, ``*.pt``) is refused, never unpickled, and a truncated or corrupt safetensors file
+  is a one-line error naming it. The tokenizer must be a fast (Rust) one: chat formatting locates the answer
   tokens by character offsets.
 - The model comes back in eval mode with every parameter frozen (``requires_grad=False``) unless asked.
 
@@ -105,7 +105,8 @@ def require_accelerate(what: str = "device_map='auto'") -> None:
 
 
 def check_model_folder(path: Path) -> None:
-    """Refuse, with one line, a folder that cannot be a safetensors HF model (before transformers reads it)."""
+    """Refuse, with one line, a folder that cannot be a safetensors HF model (checked before
+    transformers reads it)."""
     from safetensors import safe_open
 
     if not path.exists():

@@ -7,8 +7,10 @@ JSON-able) and :func:`summarize_basins` (statistics over seeds, cheap).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import check, param
 from ..measure.basin_verdicts import (
     BROAD_EXCESS,
     aggregate_scans,
@@ -46,18 +48,38 @@ VECTOR_METHOD = "matched_answers"
 READOUT_METHOD = "request"
 
 
+@dataclass(frozen=True)
+class BasinsConfig:
+    """The scan of a basin study: the ``basins`` command's flags and the sweep's ``basins`` settings."""
+
+    t_max: float = param(3.0, gt=0, help="largest t on the grid")
+    points: int = param(13, ge=2, le=10**4, help="grid points from 0 to t_max")
+    level: float = param(0.5, gt=0, lt=1, help="broad-misalignment level that defines t*")
+    random: int = param(3, ge=0, le=1000, help="random control directions")
+    seed: int = param(0, ge=0, le=2**32 - 1, help="seed of the random directions and documents")
+
+    def __post_init__(self):
+        check(self)
+
+
 def load_adapters(org, adapter_dirs) -> list:
     """Each adapter folder on its own copy of the organism's model (checked against the organism)."""
     return [adapter_on_copy(org.model, d) for d in adapter_dirs]
 
 
-def persona_vectors(org, layer: int, *, n: int = 256, seed: int = 0) -> tuple[dict, dict]:
-    """Every persona-vector method at ``layer`` and the lexical cosine of each method at every layer."""
+def layer_vectors(org, layer: int, *, n: int = 256, seed: int = 0) -> dict:
+    """Every persona-vector method's vector at ``layer`` (:mod:`persona_basins.measure.vectors`)."""
+    from ..measure.vectors import VECTOR_METHODS, persona_vector
+
+    return {method: persona_vector(org, layer, n=n, seed=seed, method=method) for method in VECTOR_METHODS}
+
+
+def lexical_cosines(org, layer: int, vectors: dict, *, n: int = 256, seed: int = 0) -> dict:
+    """The lexical cosine of every method's persona vector at every layer (``vectors``: those at ``layer``)."""
     from ..measure.vectors import VECTOR_METHODS, lexical_cosine, persona_vector
     from ..models.adapters import num_layers
 
-    vectors = {method: persona_vector(org, layer, n=n, seed=seed, method=method) for method in VECTOR_METHODS}
-    lexical = {
+    return {
         method: {
             str(at): lexical_cosine(
                 vectors[method] if at == layer else persona_vector(org, at, n=n, seed=seed, method=method),
@@ -67,85 +89,219 @@ def persona_vectors(org, layer: int, *, n: int = 256, seed: int = 0) -> tuple[di
         }
         for method in VECTOR_METHODS
     }
-    return vectors, lexical
 
 
-def common_direction_scans(
+def persona_vectors(org, layer: int, *, n: int = 256, seed: int = 0) -> tuple[dict, dict]:
+    """Every persona-vector method at ``layer`` and the lexical cosine of each method at every layer."""
+    vectors = layer_vectors(org, layer, n=n, seed=seed)
+    return vectors, lexical_cosines(org, layer, vectors, n=n, seed=seed)
+
+
+# --- the parts of a basin scan ------------------------------------------------------------------------------
+# basin_scans() is the sum of independent parts (scan_parts): the base model's part, one per plain adapter and
+# one per inoculated adapter. Each reads only the organism, the adapters and its own settings, so the parts
+# can run in any order or in separate processes (the demo's pool) and give the same numbers.
+#
+# Critical distances r* along directions common to every start (Frobenius-norm units of the module's weight):
+# from the base model, the unit persona edit of each vector method (base part), each plain adapter's unit
+# delta and n_random unit random rank-1 directions per seed (plain part); from each inoculated fine-tuned model
+# (merged, seed i): the unit persona edit (VECTOR_METHOD), plain adapter i's unit delta and the next seed's
+# ((i + 1) mod n: a plain direction that shares neither init nor batches with the start) (inoculated part).
+COMMON_DOCS = 128  # documents of the mean module input the persona edit along common directions is built on
+
+
+def scan_parts(n_plain: int, n_inoculated: int) -> list[dict]:
+    """The parts of :func:`basin_scans` for ``n_plain`` plain and ``n_inoculated`` inoculated adapters,
+    roughly the largest first (three critical distances each for the inoculated and base parts)."""
+    return [
+        *({"part": "inoculated", "seed": i} for i in range(n_inoculated)),
+        {"part": "base"},
+        *({"part": "plain", "seed": s} for s in range(n_plain)),
+    ]
+
+
+def _r_max(ts: list, plain: list) -> float:
+    """The common grid's first end: the scans' t_max in units of the mean plain adapter norm (it grows until
+    it crosses)."""
+    import numpy as np
+
+    return max(ts) * float(np.mean([float(single_lora_delta(m)[1].norm()) for m in plain]))
+
+
+def scan_part(
     org,
     plain: list,
     inoc: list,
-    vectors: dict,
+    part: dict,
+    ts,
     *,
-    r_max: float,
-    level: float = 0.5,
+    vectors: dict | None = None,
     n_random: int = 1,
     seed: int = 0,
-    n_docs: int = 128,
+    level: float = 0.5,
+    vector_docs: int = 256,
 ) -> dict:
-    """Critical distances ``r*`` (Frobenius-norm units) along directions common to every start.
-
-    From the base model: the unit persona edit of each vector method, each plain adapter's unit ``delta`` and
-    ``n_random`` unit random rank-1 directions per seed. From each inoculated fine-tuned model (merged, seed
-    ``i``): the unit persona edit (:data:`VECTOR_METHOD`), plain adapter ``i``'s unit ``delta`` and the next
-    seed's (``(i + 1) mod n``: a plain direction that shares neither init nor batches with the start).
-    ``cosine_inoculated_plain``: per seed, cos(delta_inoculated, delta_plain) of the same seed (and of the
-    next seed's plain adapter, the baseline for unrelated seeds).
-    """
+    """One :func:`scan_parts` entry of :func:`basin_scans` (JSON-able). ``vectors``: :func:`layer_vectors` at
+    the adapters' layer (computed when None)."""
+    ts = list(ts)
     name, _ = single_lora_delta(plain[0])
     layer = layer_of(name)
-    pname = f"{name}.weight"
-    kw = dict(r_max=r_max, level=level)
-    pdeltas = {
-        method: persona_weight_delta(org, layer, name, 1.0, vector=vector, n_docs=n_docs, seed=seed)
-        for method, vector in vectors.items()
-    }
-    plain_d = [single_lora_delta(m)[1] for m in plain]
-    base = {
-        "persona": {method: critical_distance(org, name, d, **kw) for method, d in pdeltas.items()},
-        "plain_adapter": [critical_distance(org, name, d, **kw) for d in plain_d],
-        "random": [
-            critical_distance(org, name, r, **kw)
-            for s, d in enumerate(plain_d)
-            for r in random_weight_deltas(d, n_random, seed + s)
-        ],
-    }
-    inoc_start = {"persona": [], "plain_adapter": [], "plain_adapter_next_seed": []}
-    inoc_d = [single_lora_delta(m)[1] for m in inoc]
-    for i, delta in enumerate(inoc_d):
-        start = org.with_model(merged_copy(org.model, {pname: delta}, 1.0))
-        inoc_start["persona"].append(critical_distance(start, name, pdeltas[VECTOR_METHOD], **kw))
-        if i < len(plain_d):
-            inoc_start["plain_adapter"].append(critical_distance(start, name, plain_d[i], **kw))
-        # seed i's plain and inoculated fine-tunes share LoRA init and batch order, so its own plain direction
-        # is not independent of its start: the next seed's plain direction is
-        if len(plain_d) > 1 and i < len(plain_d):
-            other = plain_d[(i + 1) % len(plain_d)]
-            inoc_start["plain_adapter_next_seed"].append(critical_distance(start, name, other, **kw))
-        del start
+    if vectors is None:
+        vectors = layer_vectors(org, layer, n=vector_docs, seed=seed)
+    kw = dict(r_max=_r_max(ts, plain), level=level)
+    if part["part"] == "base":
+        return _base_part(org, plain, inoc, vectors, name, layer, kw, vector_docs=vector_docs, seed=seed)
+    if part["part"] == "plain":
+        return _plain_part(org, plain, part["seed"], vectors, name, layer, ts, kw, n_random=n_random, seed=seed)
+    if part["part"] == "inoculated":
+        return _inoculated_part(org, plain, inoc, part["seed"], vectors, name, layer, ts, kw, seed=seed)
+    raise ValueError(f"unknown basin-scan part {part!r}")
+
+
+def _persona_delta(org, layer: int, name: str, vector, seed: int):
+    """The unit-norm persona edit of ``name`` along ``vector`` (the common directions' persona direction)."""
+    return persona_weight_delta(org, layer, name, 1.0, vector=vector, n_docs=COMMON_DOCS, seed=seed)
+
+
+def _base_part(org, plain, inoc, vectors, name, layer, kw, *, vector_docs: int, seed: int) -> dict:
+    """The lexical cosines, the fine-tuned models' positions and the persona directions' r* from the base."""
+    pdeltas = {method: _persona_delta(org, layer, name, vector, seed) for method, vector in vectors.items()}
+    vector = vectors[READOUT_METHOD]
     return {
         "module": name,
         "layer": layer,
-        "r_max_initial": r_max,
-        "level": level,
-        "vector_method": VECTOR_METHOD,
+        "r_max": kw["r_max"],
+        "vector_norms": {m: float(v.norm()) for m, v in vectors.items()},
+        "lexical_cosine": lexical_cosines(org, layer, vectors, n=vector_docs, seed=seed),
+        "position": inoculation_position(org, plain, inoc, vector, layer),
+        "common_persona": {method: critical_distance(org, name, d, **kw) for method, d in pdeltas.items()},
         "cosine_persona_plain_adapter": [
-            float((pdeltas[VECTOR_METHOD].flatten() @ d.flatten()) / d.norm()) for d in plain_d
+            float((pdeltas[VECTOR_METHOD].flatten() @ d.flatten()) / d.norm())
+            for d in (single_lora_delta(m)[1] for m in plain)
         ],
-        # how much of the inoculated fine-tune is its own seed's plain fine-tune (shared init and batches)
-        "cosine_inoculated_plain": [_cosine(d, p) for d, p in zip(inoc_d, plain_d)],
-        "cosine_inoculated_plain_next_seed": [
-            _cosine(d, plain_d[(i + 1) % len(plain_d)]) for i, d in enumerate(inoc_d[: len(plain_d)])
-        ]
-        if len(plain_d) > 1
-        else [],
-        "from_base": base,
-        "from_inoculated": inoc_start,
     }
+
+
+def _plain_part(org, plain, s: int, vectors, name, layer, ts, kw, *, n_random: int, seed: int) -> dict:
+    """Plain adapter ``s``: its direction scans (seed ``seed + s`` for the random controls), its scan in the
+    inoculation context and the r* of its unit delta and of its random controls from the base."""
+    model = plain[s]
+    vector = vectors[READOUT_METHOD]
+    delta = single_lora_delta(model)[1]
+    return {
+        "directions": direction_scans(
+            org,
+            model,
+            ts,
+            n_random=n_random,
+            seed=seed + s,
+            vector=vector,
+            edit_vector=vectors[VECTOR_METHOD],
+            level=kw["level"],
+        ),
+        "inoculated_context": scan(
+            org, *single_lora_delta(model), ts, context="inoculated", vector=vector, layer=layer
+        ),
+        "common_plain_adapter": critical_distance(org, name, delta, **kw),
+        "common_random": [
+            critical_distance(org, name, r, **kw) for r in random_weight_deltas(delta, n_random, seed + s)
+        ],
+    }
+
+
+def _inoculated_part(org, plain, inoc, i: int, vectors, name, layer, ts, kw, *, seed: int) -> dict:
+    """Inoculated adapter ``i``: its scan, and the r* from its fine-tuned model (merged) along the persona
+    edit, plain adapter ``i``'s delta and the next seed's; the cosines of its delta with those two."""
+    model = inoc[i]
+    n_plain = len(plain)
+    delta = single_lora_delta(model)[1]
+    out = {
+        "scan": inoculation_scans(org, [], [model], ts, vector=vectors[READOUT_METHOD], layer=layer)[
+            "inoculated"
+        ][0]
+    }
+    start = org.with_model(merged_copy(org.model, {f"{name}.weight": delta}, 1.0))
+    pdelta = _persona_delta(org, layer, name, vectors[VECTOR_METHOD], seed)
+    out["common_persona"] = critical_distance(start, name, pdelta, **kw)
+    if i < n_plain:
+        own = single_lora_delta(plain[i])[1]
+        out["common_plain_adapter"] = critical_distance(start, name, own, **kw)
+        out["cosine_plain"] = _cosine(delta, own)
+        # seed i's plain and inoculated fine-tunes share LoRA init and batch order, so its own plain direction
+        # is not independent of its start: the next seed's plain direction is
+        if n_plain > 1:
+            other = single_lora_delta(plain[(i + 1) % n_plain])[1]
+            out["common_plain_adapter_next_seed"] = critical_distance(start, name, other, **kw)
+            out["cosine_plain_next_seed"] = _cosine(delta, other)
+    return out
 
 
 def _cosine(a, b) -> float:
     """Cosine of two weight changes (flattened)."""
     return float((a.flatten() @ b.flatten()) / (a.norm() * b.norm()))
+
+
+def assemble_scans(parts: list[dict], results: list[dict], ts, *, level: float = 0.5) -> dict:
+    """:func:`basin_scans`' result from its parts (``results[k]`` is part ``parts[k]``'s)."""
+    ts = list(ts)
+    by_part = {(p["part"], p.get("seed")): r for p, r in zip(parts, results, strict=True)}
+    base = by_part[("base", None)]
+    plain = [by_part[key] for key in sorted(k for k in by_part if k[0] == "plain")]
+    inoc = [by_part[key] for key in sorted(k for k in by_part if k[0] == "inoculated")]
+    dirs = [r["directions"] for r in plain]
+    ino = {
+        "plain": [d["scans"]["adapter"] for d in dirs],  # the direction scan's "adapter" scan: not made twice
+        "inoculated": [r["scan"] for r in inoc],
+        "plain_in_inoculated_context": [r["inoculated_context"] for r in plain],
+    }
+    crit = {k: [critical_magnitude(ts, s["broad_misalignment"], level) for s in v] for k, v in ino.items()}
+    crit["persona"] = [d["t_star"]["persona"] for d in dirs]
+    crit["random"] = [c for d in dirs for c in d["t_star"]["random"]]
+    common = {
+        "module": base["module"],
+        "layer": base["layer"],
+        "r_max_initial": base["r_max"],
+        "level": level,
+        "vector_method": VECTOR_METHOD,
+        "cosine_persona_plain_adapter": base["cosine_persona_plain_adapter"],
+        # how much of the inoculated fine-tune is its own seed's plain fine-tune (shared init and batches)
+        "cosine_inoculated_plain": [r["cosine_plain"] for r in inoc if "cosine_plain" in r],
+        "cosine_inoculated_plain_next_seed": [
+            r["cosine_plain_next_seed"] for r in inoc if "cosine_plain_next_seed" in r
+        ],
+        "from_base": {
+            "persona": base["common_persona"],
+            "plain_adapter": [r["common_plain_adapter"] for r in plain],
+            "random": [c for r in plain for c in r["common_random"]],
+        },
+        "from_inoculated": {
+            "persona": [r["common_persona"] for r in inoc],
+            "plain_adapter": [r["common_plain_adapter"] for r in inoc if "common_plain_adapter" in r],
+            "plain_adapter_next_seed": [
+                r["common_plain_adapter_next_seed"] for r in inoc if "common_plain_adapter_next_seed" in r
+            ],
+        },
+    }
+    return {
+        "module": base["module"],
+        "layer": base["layer"],
+        "directions": dirs,
+        "inoculation": ino,
+        "summary": inoculation_summary(ino, level=level),
+        "crit": crit,
+        "persona_vector_norm": base["vector_norms"][READOUT_METHOD],
+        "level": level,
+        "t": ts,
+        "position": {**base["position"], "vector_method": READOUT_METHOD},
+        "common": common,
+        "persona_vector": {
+            "method": VECTOR_METHOD,
+            "readout_method": READOUT_METHOD,
+            "layer": base["layer"],
+            "lexical_cosine": base["lexical_cosine"],
+            "norm": base["vector_norms"],
+        },
+    }
 
 
 def basin_scans(
@@ -163,65 +319,16 @@ def basin_scans(
     """Direction scans for every plain adapter (seed ``seed + i`` for its random controls), the inoculated
     adapters' scans, the plain adapters read in the inoculation context, the inoculation summary, and the
     measurements that can fail: fine-tuned positions (t = 1), critical distances along common directions and
-    the persona vectors' lexical cosines."""
-    import numpy as np
-
-    ts = list(ts)
-    name, _ = single_lora_delta(plain[0])
-    layer = layer_of(name)
-    vectors, lexical = persona_vectors(org, layer, n=vector_docs, seed=seed)
-    vector = vectors[READOUT_METHOD]
-    dirs = [
-        direction_scans(
-            org,
-            m,
-            ts,
-            n_random=n_random,
-            seed=seed + s,
-            vector=vector,
-            edit_vector=vectors[VECTOR_METHOD],
-            level=level,
-        )
-        for s, m in track(list(enumerate(plain)), "scans: directions", unit="adapters", enabled=progress)
+    the persona vectors' lexical cosines. The parts (:func:`scan_parts`) run one after another here."""
+    layer = layer_of(single_lora_delta(plain[0])[0])
+    vectors = layer_vectors(org, layer, n=vector_docs, seed=seed)
+    parts = scan_parts(len(plain), len(inoc))
+    settings = dict(vectors=vectors, n_random=n_random, seed=seed, level=level, vector_docs=vector_docs)
+    results = [
+        scan_part(org, plain, inoc, part, ts, **settings)
+        for part in track(parts, "scans", unit="parts", enabled=progress)
     ]
-    # the plain adapter's assistant-context scan is the direction scan's "adapter" scan: not computed twice
-    ino = inoculation_scans(org, [], inoc, ts, vector=vector, layer=layer)
-    ino["plain"] = [d["scans"]["adapter"] for d in dirs]
-    ino["plain_in_inoculated_context"] = [
-        scan(org, *single_lora_delta(m), ts, context="inoculated", vector=vector, layer=layer)
-        for m in track(plain, "scans: inoculation context", unit="adapters", enabled=progress)
-    ]
-    summary = inoculation_summary(ino, level=level)
-    crit = {k: [critical_magnitude(ts, s["broad_misalignment"], level) for s in v] for k, v in ino.items()}
-    crit["persona"] = [d["t_star"]["persona"] for d in dirs]
-    crit["random"] = [c for d in dirs for c in d["t_star"]["random"]]
-    position = {**inoculation_position(org, plain, inoc, vector, layer), "vector_method": READOUT_METHOD}
-    # the common grid starts at the scans' t_max in units of the mean plain adapter norm and grows until it
-    # crosses
-    r_max = max(ts) * float(np.mean([float(single_lora_delta(m)[1].norm()) for m in plain]))
-    common = common_direction_scans(
-        org, plain, inoc, vectors, r_max=r_max, level=level, n_random=n_random, seed=seed
-    )
-    return {
-        "module": name,
-        "layer": layer,
-        "directions": dirs,
-        "inoculation": ino,
-        "summary": summary,
-        "crit": crit,
-        "persona_vector_norm": float(vector.norm()),
-        "level": level,
-        "t": ts,
-        "position": position,
-        "common": common,
-        "persona_vector": {
-            "method": VECTOR_METHOD,
-            "readout_method": READOUT_METHOD,
-            "layer": layer,
-            "lexical_cosine": lexical,
-            "norm": {m: float(v.norm()) for m, v in vectors.items()},
-        },
-    }
+    return assemble_scans(parts, results, ts, level=level)
 
 
 def _conditional(crits: list[dict]) -> list[dict]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ..config import check, param
 from ..errors import ConfigError, UserError
 from ..measure.eigenform import ARMS, VARIANTS, EigenformConfig, Probe, run_paired
 from ..measure.eigenform_verdicts import breaking, contraction_factor, last_safe_scale, return_rate, verdict
@@ -40,6 +41,22 @@ HEADLINE = (
     "final_misalignment_by_variant",
     "final_wellformed_by_variant",
 )
+
+
+@dataclass(frozen=True)
+class EigenformRunConfig:
+    """The grid of one eigenform run (the ``eigenform`` command's run flags, the sweep's settings)."""
+
+    cycles: int | None = param(None, ge=1, help="perceive-act-think-sleep cycles (default: 6, fast: 2)")
+    seeds: int | None = param(None, ge=1, help="seeds of each arm (default: 5, fast: 2)")
+    ts: list[float] = param(
+        default_factory=list, ge=0, help="perturbation scales (empty: from the static scan)"
+    )
+    fast: bool = param(False, help="the fast settings (fewer prompts, cycles and seeds)")
+    arms: list[str] = param(default_factory=list, choices=tuple(ARMS), help="process variants (empty: all)")
+
+    def __post_init__(self):
+        check(self)
 
 
 def resolve_adapter(org, adapter_dir_or_peft_model):
@@ -69,7 +86,8 @@ def _finite(value: float, what: str) -> float:
 
 
 def choose_scales(static_scan: dict[float, dict], cfg: EigenformConfig) -> dict:
-    """The breaking scale (first scan point where the static model is broken) and one below it (nearest half)."""
+    """The breaking scale (first scan point where the static model is broken) and one below it
+    (nearest half)."""
     ts = sorted(static_scan)
     brk = breaking(
         [static_scan[t]["broad_misalignment"] for t in ts],
@@ -200,13 +218,14 @@ def run_eigenform(
                 [contraction_factor([tr[i][s]["paired_distance"] for i in pos]) for s in range(seeds)],
                 undefined="a paired distance reached 0 or fewer than 2 cycles",
             ).to_dict(),
-            # the same fit on the paired behavioural distance (TV between the persona distributions, which
-            # sum to the well-formed mass): does the behaviour come back geometrically, whatever the weights do
+            # the same fit on the paired behavioural distance (TV between the persona distributions, which sum
+            # to the well-formed mass): does the behaviour come back geometrically, whatever the weights do
             "behavioural_contraction": mean_interval(
                 [contraction_factor([tr[i][s]["paired_tv"] for i in pos]) for s in range(seeds)],
                 undefined="a paired TV reached 0 or fewer than 2 cycles",
             ).to_dict(),
-            # the paired distance can shrink by at most the path the process travels: sum of successive distances
+            # the paired distance can shrink by at most the path the process travels (the sum of
+            # successive distances)
             "path_length": {
                 f"{run_ts[i]:g}": mean_interval(
                     [float(np.sum(tr[i][s]["distance"])) for s in range(seeds)]

@@ -149,6 +149,15 @@ def _summary(res) -> dict:
     }
 
 
+class CalibrationFailed(UserError):
+    """``--calibrate`` found no setting: the message names what to try; ``result`` is the saved grid (a
+    :class:`StudyResult` whose figures the command draws before it reports the error)."""
+
+    def __init__(self, message: str, result: StudyResult):
+        super().__init__(message)
+        self.result = result
+
+
 TRACE_FIGURE = "llc_trace.png"
 CALIBRATION_FIGURE = "calibration_traces.png"
 CALIBRATION_GRID_FIGURE = "calibration_grid.png"
@@ -167,9 +176,11 @@ def run_estimate(
 ) -> StudyResult:
     """One LLC estimate written to ``out`` (config.json, metrics.json). With ``calibrate_steps`` (a list of
     step sizes) the step size x localisation grid is calibrated first (short chains, see
-    :func:`~persona_basins.measure.llc.calibrate`) and the estimate uses the recommended setting at
-    ``config``'s chain length; no recommendation is a one-line error. ``figure_data["traces"]``: the panels of
-    the trace figure (:data:`TRACE_FIGURE`), label -> chains x draws."""
+    :func:`~persona_basins.measure.llc.calibrate`) and the estimate uses the recommended setting, drawn at
+    least as long as the calibration says the full gates need; with no recommendation the grid is written to
+    ``out`` and :class:`CalibrationFailed` (a one-line error naming the next settings to try) is raised.
+    ``figure_data["traces"]``: the panels of the trace figure (:data:`TRACE_FIGURE`), label -> chains x
+    draws."""
     n = n or len(target.input_ids)
     calibration = None
     if calibrate_steps:
@@ -182,17 +193,23 @@ def run_estimate(
             config=config.replace(num_draws=200, num_burnin=50),
             restrict=target.restrict,
         )
-        cal.pop("traces")
-        if cal["config"] is None:
-            raise UserError(
-                f"--calibrate: no step size in {list(calibrate_steps)} passed the calibration gates "
-                f"(run `llc calibrate` to see each setting's reasons)"
+        traces = cal.pop("traces")
+        if cal["config"] is None:  # the grid and its figures are kept, and the error says what to try next
+            run = RunDir(out, "llc_calibrate", {**(run_config or {}), "sampler": config.to_dict()})
+            figures = [f"figures/{CALIBRATION_GRID_FIGURE}", f"figures/{CALIBRATION_FIGURE}"]
+            run.write_metrics({**cal, "figures": figures})
+            raise CalibrationFailed(
+                f"--calibrate: no setting passed the calibration gates ({len(cal['grid'])} tried; grid in "
+                f"{run.path / 'metrics.json'}); try next: " + " | ".join(cal["next_settings"]),
+                StudyResult(run.path, {**cal, "figures": figures}, {"traces": traces}),
             )
         calibration = cal
         config = config.replace(
             step_size=cal["config"]["step_size"],
             nbeta=cal["config"]["nbeta"],
             localization=cal["config"]["localization"],
+            precondition=cal["config"]["precondition"],
+            num_draws=max(config.num_draws, cal["draws_for_gates"]),
         )
     # config.json records the n_beta used (n / log n when none was given), not null; the same value either way
     config = config.replace(nbeta=config.resolved_nbeta(n))

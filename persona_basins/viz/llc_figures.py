@@ -84,9 +84,14 @@ def _estimate_panels(traces: dict, llc: dict) -> tuple[dict, dict]:
 
 def _calibration_notes(grid: list[dict]) -> dict:
     """Per calibration setting: its λ̂ where it passed, else what failed (no number)."""
+    from ..measure.llc.calibration import setting_label
+
     notes = {}
     for row in grid:
-        key = (row["nbeta"], row["step_size"], row["localization"])
+        # rows of calibrate()'s search carry their chain length and preconditioner: their traces are keyed by
+        # the setting's label
+        old_key = (row["nbeta"], row["step_size"], row["localization"])
+        key = setting_label(row) if "num_draws" in row else old_key
         if row.get("passed") and row.get("llc") is not None:
             notes[key] = f"λ̂ = {row['llc']:.3g} (passed)"
         else:
@@ -148,18 +153,21 @@ def plot_calibration(grid: list[dict], path) -> Path:
     it diverged; the recommended setting is boxed by the caller's choice (``recommended`` flag in the row)."""
     from matplotlib.patches import Rectangle
 
-    gammas = sorted({r["localization"] for r in grid})
+    # one panel per localisation and preconditioner; a setting run at several chain lengths shows the longest
+    panels = sorted({(r["localization"], r.get("precondition") or "") for r in grid})
+    grid = [r for r in grid if r.get("stage") != "bias check"] or grid
+    grid = sorted(grid, key=lambda r: r.get("num_draws", 0))
     steps = sorted({r["step_size"] for r in grid})
     nbetas = sorted({r["nbeta"] for r in grid})
     with _figure(
         path,
         1,
-        len(gammas),
-        figsize=(1.2 + 1.1 * len(steps) * len(gammas), 0.9 + 0.6 * len(nbetas)),
+        len(panels),
+        figsize=(1.2 + 1.1 * len(steps) * len(panels), 0.9 + 0.6 * len(nbetas)),
         squeeze=False,
     ) as (fig, axes):
-        for ax, g in zip(axes[0], gammas):
-            for r in (r for r in grid if r["localization"] == g):
+        for ax, (g, pre) in zip(axes[0], panels):
+            for r in (r for r in grid if (r["localization"], r.get("precondition") or "") == (g, pre)):
                 i, j = nbetas.index(r["nbeta"]), steps.index(r["step_size"])
                 color = "#d62728" if r.get("diverged") else ("#2ca02c" if r.get("passed") else "#ff7f0e")
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color=color, alpha=0.5))
@@ -175,10 +183,10 @@ def plot_calibration(grid: list[dict], path) -> Path:
                 )
             ax.set_xlim(-0.5, len(steps) - 0.5)
             ax.set_ylim(-0.5, len(nbetas) - 0.5)
-            ax.set_xticks(range(len(steps)), [f"{s:.0e}" for s in steps], fontsize=7)
+            ax.set_xticks(range(len(steps)), [f"{s:.1e}" for s in steps], fontsize=6, rotation=45)
             ax.set_yticks(range(len(nbetas)), [f"{b:.3g}" for b in nbetas], fontsize=7)
             ax.set_xlabel("step size ε", fontsize=8)
-            ax.set_title(f"γ = {g:g}", fontsize=8)
+            ax.set_title(f"γ = {g:g}" + (f", {pre}" if pre else ""), fontsize=8)
         axes[0, 0].set_ylabel("nβ", fontsize=8)
         fig.suptitle(
             "LLC calibration: green passed, orange failed gates, red diverged (bold: recommended)", fontsize=8

@@ -105,7 +105,8 @@ def dln_learning_coefficient(widths, r: int) -> float:
 
 
 class NormalCrossing(nn.Module):
-    """``f(x; w) = (prod_i w_i^k_i) * x`` with scalar ``x``; at ``w* = 0`` the loss is ``K ∝ prod w_i^(2 k_i)``."""
+    """``f(x; w) = (prod_i w_i^k_i) * x`` with scalar ``x``; at ``w* = 0`` the loss is
+    ``K ∝ prod w_i^(2 k_i)``."""
 
     def __init__(self, ks):
         super().__init__()

@@ -1,6 +1,8 @@
-"""Which parameters move: resolve a ``restrict`` specification to flat index sets (see :func:`select_parameters`).
+"""Which parameters move: resolve a ``restrict`` specification to flat index sets (see
+:func:`select_parameters`).
 
-Layer membership comes from the one place that knows layer names, :func:`persona_basins.models.edits.layer_of`.
+Layer membership comes from the one place that knows layer names,
+:func:`persona_basins.models.edits.layer_of`.
 """
 
 from __future__ import annotations

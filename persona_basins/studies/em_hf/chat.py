@@ -1,17 +1,17 @@
 """Chat formatting for ``em --model``: messages -> token ids with a mask on the assistant tokens.
 
-The whole conversation is rendered once by ``tokenizer.apply_chat_template(..., tokenize=False)`` and tokenized
-once (``add_special_tokens=False``, as ``apply_chat_template(tokenize=True)`` does), so the ids are exactly the
-ones the model sees in a real conversation, for every tokenizer family (byte-level BPE, SentencePiece /
-Metaspace, WordPiece, ...). Tokenizing pieces separately would not be: a Metaspace tokenizer prefixes every
-piece with "▁" and merges differ at the seams. Each assistant message's text is located in the rendered string
-by character position, and a token belongs to the answer when its character span (the fast tokenizer's
-``offset_mapping``) overlaps the answer's.
+The whole conversation is rendered once by ``tokenizer.apply_chat_template(..., tokenize=False)`` and
+tokenized once (``add_special_tokens=False``, as ``apply_chat_template(tokenize=True)`` does), so the ids are
+exactly the ones the model sees in a real conversation, for every tokenizer family (byte-level BPE,
+SentencePiece / Metaspace, WordPiece, ...). Tokenizing pieces separately would not be: a Metaspace tokenizer
+prefixes every piece with "▁" and merges differ at the seams. Each assistant message's text is located in the
+rendered string by character position, and a token belongs to the answer when its character span (the fast
+tokenizer's ``offset_mapping``) overlaps the answer's.
 
 - Training rows mask the answer plus the end-of-turn text the template adds (e.g. ``<|im_end|>``): the model
   learns to stop. Scoring rows mask the answer text only, and end there.
-- Reasoning templates (Qwen3 style) are rendered with ``enable_thinking=False``: the template then puts an empty
-  think block before the answer, in the prompt and never scored. :func:`chat_format` states what happened.
+- Reasoning templates (Qwen3 style) are rendered with ``enable_thinking=False``: the template then puts an
+  empty think block before the answer, in the prompt, never scored. :func:`chat_format` states what happened.
 - Templates that reject a system role get the system text in front of the first user message.
 - Without a chat template: ``System: ...`` / ``User: ...`` / ``Assistant: ...`` lines after the BOS token.
 """
@@ -114,7 +114,8 @@ def _plain_spans(messages: list[dict]) -> tuple[str, list[tuple[int, int, int]]]
 
 
 def render(tok, messages: list[dict], where: str = "example") -> tuple[str, list[tuple[int, int, int]], bool]:
-    """``(text, spans, bos)``: the conversation as the model reads it; ``bos``: prepend the BOS id (plain only)."""
+    """``(text, spans, bos)``: the conversation as the model reads it, and ``bos``: whether to prepend the
+    BOS id (plain format only)."""
     if not has_chat_template(tok):
         text, spans = _plain_spans(messages)
         return text, spans, tok.bos_token_id is not None
@@ -193,7 +194,8 @@ def encode_example(
 def answer_row(
     tok, question: str, answer: str, where: str, *, context: int | None = None
 ) -> tuple[list[int], list[bool]]:
-    """The conversation (question, answer) up to the answer's last token; the mask is on the answer text only."""
+    """The conversation (question, answer) up to the answer's last token, with the mask on the
+    answer text only."""
     text, spans, bos = render(
         tok, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], where
     )
@@ -218,7 +220,8 @@ def question_rows(
 
 
 def chat_format(tok) -> dict:
-    """How conversations are rendered for this tokenizer, for the run's metrics (probed on a short exchange)."""
+    """How conversations are rendered for this tokenizer, for the run's metrics (probed on a
+    short exchange)."""
     if not has_chat_template(tok):
         return {
             "format": "plain",

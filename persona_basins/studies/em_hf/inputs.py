@@ -1,4 +1,5 @@
-"""Input files of ``em --model``: the chat-format training JSONL, the paired-answer question file, inoculation.
+"""Input files of ``em --model``: the chat-format training JSONL, the paired-answer question file, and
+the inoculation line.
 
 Every problem is a one-line :class:`UserError` naming the file (and line or question).
 """

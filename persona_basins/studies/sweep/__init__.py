@@ -14,6 +14,8 @@ A SPEC is a TOML file::
 Every unit is *content-addressed*: its folder ``RUN/units/<kind>-<hash>/`` is named by a hash of its fully
 resolved config (package version, every setting with defaults filled in, and the identity of what it reads),
 so a finished unit is never re-run, a changed setting makes a new unit, and a rerun of the same SPEC resumes.
+Each unit is built through the run store (:func:`persona_basins.results.get_or_run`, keyed by its resolved
+config); an organism folder is identified by :func:`persona_basins.models.organism.organism_fingerprint`.
 Units that read an organism built from a preset, or an adapter trained for them, depend on an ``organism``
 or ``em`` unit, built once and shared.
 

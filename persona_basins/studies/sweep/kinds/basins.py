@@ -2,7 +2,8 @@
 :func:`~persona_basins.studies.basins.run_basins`) on an organism with a set of plain (and inoculated)
 adapters, one per fine-tuning seed: given as folders, or trained for it as ``em`` dependency units with the
 ``finetune`` settings and seeds ``0 .. finetune_seeds - 1`` (shared by every basins unit that needs them).
-Settings: :class:`OrganismSource` and :class:`BasinsConfig`."""
+Settings: :class:`OrganismSource`, :class:`BasinsAdapters` and the scan,
+:class:`~persona_basins.studies.basins.BasinsConfig` (the ``basins`` command's flags)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from ....config import check, param
 from ....train.finetune import FinetuneConfig
+from ...basins import BasinsConfig
 from .base import (
     DepFn,
     Resolved,
@@ -32,8 +34,9 @@ from .organism import OrganismSource, organism_path, resolve_source
 
 
 @dataclass(frozen=True)
-class BasinsConfig:
-    """The adapters of a basin study and its scan (the ``basins`` command's flags)."""
+class BasinsAdapters:
+    """The adapters of a basin study unit: folders (the ``basins`` command's ``--adapter`` and
+    ``--inoculated-adapter``), or trained for it as ``em`` units."""
 
     adapters: list[str] = param(default_factory=list, help="plain adapter folders, one per fine-tuning seed")
     inoculated_adapters: list[str] = param(
@@ -45,17 +48,12 @@ class BasinsConfig:
     )
     finetune_seeds: int = param(3, ge=1, help="fine-tuning seeds 0..N-1 of the trained adapters")
     inoculated: bool = param(True, help="also train inoculated adapters (no adapters given)")
-    t_max: float = param(3.0, gt=0, help="largest t on the grid")
-    points: int = param(13, ge=2, help="grid points from 0 to t_max")
-    level: float = param(0.5, gt=0, lt=1, help="broad-misalignment level that defines t*")
-    random: int = param(3, ge=0, help="random control directions")
-    seed: int = param(0, ge=0, help="seed of the random directions and documents")
 
     def __post_init__(self):
         check(self)
 
 
-SETTINGS = settings_of(OrganismSource, BasinsConfig)
+SETTINGS = settings_of(OrganismSource, BasinsAdapters, BasinsConfig)
 HEADLINE = ("critical_magnitude", "inoculation_widening", "thinness_random_over_plain")
 TRAINED_ONLY = ("finetune", "finetune_seeds", "inoculated")
 
@@ -71,7 +69,7 @@ def _adapter_folders(settings: dict, key: str) -> list[dict]:
     return out
 
 
-def _trained(settings: dict, study: BasinsConfig, dep: DepFn) -> tuple[list, list]:
+def _trained(settings: dict, study: BasinsAdapters, dep: DepFn) -> tuple[list, list]:
     for name in ("condition", "seed"):
         if name in study.finetune:
             raise SettingError(
@@ -92,9 +90,10 @@ def _trained(settings: dict, study: BasinsConfig, dep: DepFn) -> tuple[list, lis
 
 
 def _resolve(settings: dict, dep: DepFn) -> Resolved:
-    study = build(BasinsConfig, pick(settings, BasinsConfig))
+    study = build(BasinsAdapters, pick(settings, BasinsAdapters))
+    build(BasinsConfig, pick(settings, BasinsConfig))
     source = resolve_source(settings, dep)
-    scan = {k: settings[k] for k in ("t_max", "points", "level", "random", "seed")}
+    scan = {k: settings[k] for k in ("t_max", "points", "level", "random", "seed")}  # as given: ids stay
     if study.adapters:
         refuse_unless_default(settings, SETTINGS, TRAINED_ONLY, "with settings.adapters (adapter folders)")
         plain, inoculated = (

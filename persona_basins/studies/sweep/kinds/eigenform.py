@@ -1,7 +1,8 @@
 """The ``eigenform`` kind: one eigenform experiment (``persona-basins eigenform``'s
 :func:`~persona_basins.studies.eigenform.run_eigenform_command`) on an organism and one adapter: a folder,
 or the adapter of an ``em`` unit trained with the ``finetune`` settings (a shared dependency). Settings:
-:class:`OrganismSource`, :class:`EigenformRunConfig` and
+:class:`OrganismSource`, :class:`EigenformAdapter`,
+:class:`~persona_basins.studies.eigenform.EigenformRunConfig` (the grid) and
 :class:`~persona_basins.measure.eigenform.EigenformConfig` (the cycle and the measurement)."""
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ....config import check, param
-from ....measure.eigenform import ARMS, EigenformConfig
+from ....measure.eigenform import EigenformConfig
 from ....train.finetune import FinetuneConfig
+from ...eigenform import EigenformRunConfig
 from .base import (
     DepFn,
     Resolved,
@@ -32,24 +34,17 @@ from .organism import OrganismSource, organism_path, resolve_source
 
 
 @dataclass(frozen=True)
-class EigenformRunConfig:
-    """The adapter and the grid of one eigenform run (the ``eigenform`` command's run flags)."""
+class EigenformAdapter:
+    """The adapter of an eigenform unit: a folder (the command's ``--adapter``), or trained as an em unit."""
 
     adapter: str = param("", help="the adapter folder; empty: train one (an em unit with finetune)")
     finetune: dict = param(default_factory=dict, help="FinetuneConfig fields of the em unit (no adapter)")
-    cycles: int | None = param(None, ge=1, help="perceive-act-think-sleep cycles (default: 6, fast: 2)")
-    seeds: int | None = param(None, ge=1, help="seeds of each arm (default: 5, fast: 2)")
-    ts: list[float] = param(
-        default_factory=list, ge=0, help="perturbation scales (empty: from the static scan)"
-    )
-    fast: bool = param(False, help="the fast settings (fewer prompts, cycles and seeds)")
-    arms: list[str] = param(default_factory=list, choices=tuple(ARMS), help="process variants (empty: all)")
 
     def __post_init__(self):
         check(self)
 
 
-SETTINGS = settings_of(OrganismSource, EigenformRunConfig, EigenformConfig)
+SETTINGS = settings_of(OrganismSource, EigenformAdapter, EigenformRunConfig, EigenformConfig)
 HEADLINE = (
     "return_rate",
     "contraction_factor",
@@ -61,7 +56,7 @@ HEADLINE = (
 )
 
 
-def _adapter(run: EigenformRunConfig, settings: dict, dep: DepFn) -> tuple[dict, dict, tuple]:
+def _adapter(run: EigenformAdapter, settings: dict, dep: DepFn) -> tuple[dict, dict, tuple]:
     if run.adapter:
         if run.finetune:
             raise SettingError("finetune", "not used with settings.adapter (an adapter folder)")
@@ -78,12 +73,13 @@ def _adapter(run: EigenformRunConfig, settings: dict, dep: DepFn) -> tuple[dict,
 
 
 def _resolve(settings: dict, dep: DepFn) -> Resolved:
+    adapter_settings = build(EigenformAdapter, pick(settings, EigenformAdapter))
     run = build(EigenformRunConfig, pick(settings, EigenformRunConfig))
     process = build(EigenformConfig, pick(settings, EigenformConfig))
     source = resolve_source(settings, dep)
     if process.vector_layer is not None:
         source.architecture.check(process.vector_layer, None, keys=("vector_layer", "module"))
-    adapter, runtime, adapter_deps = _adapter(run, settings, dep)
+    adapter, runtime, adapter_deps = _adapter(adapter_settings, settings, dep)
     config = {
         "study": "run_eigenform",
         "organism": source.config,

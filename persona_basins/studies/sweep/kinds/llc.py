@@ -2,10 +2,11 @@
 
 The model is an organism (a folder, or a preset built as a dependency) or a Hugging Face causal LM folder
 (``model``, with a ``data`` file), optionally with an adapter: a folder, or ``adapter = "em"`` for the
-adapter of an ``em`` unit trained with the ``finetune`` settings (a shared dependency), at its final step or
-at a saved ``checkpoint``. With ``path = "adapter"`` (or ``"random"``) the estimate is taken at the point
-``w0 + t dW`` of the edit path along the adapter's weight delta (or a random direction of the same norm),
-under the self-KL loss that is minimal at that point. Settings: :class:`OrganismSource`,
+adapter of an ``em`` unit trained with the ``finetune`` settings (a shared dependency): the final adapter
+(``checkpoint = "final"``, the default) or a saved step (``checkpoint = N``: ``checkpoints/step_N``; 0 is
+the step-0 point of the trajectory, B = 0). With ``path = "adapter"`` (or ``"random"``) the estimate is
+taken at the point ``w0 + t dW`` of the edit path along the adapter's weight delta (or a random direction
+of the same norm), under the self-KL loss that is minimal at that point. Settings: :class:`OrganismSource`,
 :class:`LLCUnitConfig` and :class:`~persona_basins.measure.llc.SamplerConfig`.
 """
 
@@ -39,6 +40,7 @@ FROM_EM = "em"  # adapter = "em": the adapter of an em dependency unit
 PATHS = ("none", "adapter", "random")
 LOSSES = ("auto", "lm", "self_kl", "self_kl_reverse")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+FINAL = "final"  # checkpoint = "final": the adapter the fine-tune ended with (not a checkpoints/ step)
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,11 @@ class LLCUnitConfig:
     data: str = param("", help="text file, one document per line (default for an organism: its mixture)")
     adapter: str = param("", help='a PEFT adapter folder, or "em": the adapter of an em unit with finetune')
     finetune: dict = param(default_factory=dict, help='FinetuneConfig fields of the em unit (adapter = "em")')
-    checkpoint: int = param(
-        0, ge=0, help="adapter checkpoint step (checkpoints/step_N); 0: the final adapter"
+    checkpoint: int | str = param(
+        FINAL,
+        ge=0,
+        choices=(FINAL,),
+        help='"final": the final adapter; N: the saved step checkpoints/step_N (0: step 0, B = 0)',
     )
     path: str = param(
         "none", choices=PATHS, help="none: the model (with its adapter); adapter/random: the point w0 + t dW"
@@ -83,8 +88,10 @@ def _check_target(target: LLCUnitConfig, settings: dict) -> None:
             raise SettingError("path", "an edit path needs an organism (not settings.model)")
     if target.path != "none" and not target.adapter:
         raise SettingError("path", f"{target.path!r} needs an adapter (its weight delta sets the direction)")
-    if target.path == "none" and target.loss in ("self_kl", "self_kl_reverse"):
-        raise SettingError("loss", "the self-KL losses are for an edit path (path = adapter or random)")
+    if target.path == "none" and target.loss in ("self_kl", "self_kl_reverse") and not target.adapter:
+        # with an adapter (e.g. a fine-tune's checkpoint: the trajectory study) the self-KL at the adapted
+        # model is minimal there, where the LM loss of a checkpoint mid-training is not
+        raise SettingError("loss", "the self-KL losses need an edit path or an adapter")
     if target.path != "none" and target.loss == "lm":
         raise SettingError("loss", "the LM loss is not minimal on an edit path: use self_kl (or auto)")
     if target.path == "none":
@@ -93,7 +100,7 @@ def _check_target(target: LLCUnitConfig, settings: dict) -> None:
         refuse_unless_default(settings, SETTINGS, ("direction_seed",), "unless path = random")
     if target.adapter != FROM_EM and target.finetune:
         raise SettingError("finetune", 'not used unless adapter = "em"')
-    if not target.adapter and target.checkpoint:
+    if not target.adapter and target.checkpoint != FINAL:
         raise SettingError("checkpoint", "needs an adapter")
 
 
@@ -106,7 +113,7 @@ def _adapter(target: LLCUnitConfig, settings: dict, dep: DepFn) -> tuple[dict | 
         finetune = build(FinetuneConfig, target.finetune, "finetune.")
         if finetune.full:
             raise SettingError("finetune.full", "must be false: a full fine-tune saves no adapter")
-        if target.checkpoint and (
+        if target.checkpoint != FINAL and (
             not finetune.checkpoint_every
             or target.checkpoint % finetune.checkpoint_every
             or target.checkpoint > finetune.steps
@@ -120,7 +127,7 @@ def _adapter(target: LLCUnitConfig, settings: dict, dep: DepFn) -> tuple[dict | 
         unit = adapter_dependency(dep, settings, target.finetune)
         return {"unit": unit, "checkpoint": target.checkpoint}, {"adapter_unit": unit}, (unit,)
     folder = existing_path(settings, "adapter", folder=True)
-    if target.checkpoint:
+    if target.checkpoint != FINAL:
         folder = folder / "checkpoints" / f"step_{target.checkpoint:06d}"
         if not folder.is_dir():
             raise SettingError("checkpoint", f"no adapter checkpoint {folder}")
@@ -175,14 +182,12 @@ def _adapter_dir(config: dict, runtime: dict, deps: dict[str, Path]) -> Path | N
     if runtime.get("adapter_unit"):
         folder = deps[runtime["adapter_unit"]] / "adapter"
         step = config["adapter"]["checkpoint"]
-        return folder / "checkpoints" / f"step_{step:06d}" if step else folder
+        return folder if step == FINAL else folder / "checkpoints" / f"step_{step:06d}"
     return None
 
 
 def _path_target(config: dict, organism_dir: str, adapter_dir: Path, sampler: SamplerConfig):
     """The organism at ``w0 + t dW`` with the self-KL loss built at that point (minimal there)."""
-    import torch
-
     from ....measure.llc import self_kl_loss_fn
     from ....models.edits import adapter_on_copy, merged_copy, single_lora_delta
     from ...llc import LLCTarget
@@ -192,11 +197,10 @@ def _path_target(config: dict, organism_dir: str, adapter_dir: Path, sampler: Sa
     ids = org.mixture_input_ids(config["n_docs"], sampler.seed)
     name, delta = single_lora_delta(adapter_on_copy(org.model, adapter_dir))
     path = config["path"]
-    if path["direction"] == "random":  # a Gaussian direction scaled to the adapter's |dW|
-        noise = torch.randn(
-            delta.shape, generator=torch.Generator().manual_seed(config["random_direction_seed"])
-        )
-        delta = noise * (delta.norm() / noise.norm())
+    if path["direction"] == "random":  # rank-1 a b^T, Gaussian factors, scaled to the adapter's |dW|
+        from ....measure.basins import random_weight_deltas
+
+        delta = random_weight_deltas(delta, 1, seed=config["random_direction_seed"])[0]
     model = merged_copy(org.model, {f"{name}.weight": delta}, path["t"])
     direction = "reverse" if config["loss"] == "self_kl_reverse" else "forward"
     loss_fn, data = self_kl_loss_fn(model, ids, pad_token_id=0, direction=direction)
@@ -225,6 +229,16 @@ def _run(config: dict, runtime: dict, unit_dir: Path, deps: dict[str, Path]) -> 
             device=sampler.device,
             dtype=config["dtype"],
         )
+        if config["loss"] in ("self_kl", "self_kl_reverse"):  # the self-KL at the adapted model
+            import dataclasses
+
+            from ....measure.llc import self_kl_loss_fn
+
+            direction = "reverse" if config["loss"] == "self_kl_reverse" else "forward"
+            loss_fn, data = self_kl_loss_fn(
+                target.model, target.input_ids, pad_token_id=0, direction=direction
+            )
+            target = dataclasses.replace(target, loss_fn=loss_fn, input_ids=data)
     result = run_estimate(target, unit_dir / "llc", config=sampler, n=config["n_docs"])
     return _headline(as_metrics(result))
 

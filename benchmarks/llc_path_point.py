@@ -99,7 +99,7 @@ def _common_setting(cals: list[dict]) -> dict | None:
     return {**pick, "draws_for_gates": draws}
 
 
-def measure(org, label: str, restrict_name: str, batch: int, seq_len, delta_norm: float) -> dict:
+def measure(org, label: str, restrict_name: str, batch: int, seq_len, delta_norm: float, given=None) -> dict:
     from persona_basins.measure.basins import random_weight_deltas
     from persona_basins.measure.llc import SamplerConfig, calibrate, estimate_llc
 
@@ -111,7 +111,7 @@ def measure(org, label: str, restrict_name: str, batch: int, seq_len, delta_norm
     out = {"organism": label, "restrict": restrict_name, "restrict_spec": restrict, "batch_size": batch}
     out["seq_len"] = seq_len
     cals, t0 = [], time.perf_counter()
-    for t in (0.0, 1.0):
+    for t in (0.0, 1.0) if given is None else ():
         model, loss_fn, data = _point(org, pname, delta, t, N_DOCS, seq_len)
         log = lambda line: print(f"  {line}", flush=True)  # noqa: E731
         cal = calibrate(
@@ -139,7 +139,18 @@ def measure(org, label: str, restrict_name: str, batch: int, seq_len, delta_norm
         }
         for t, c in zip((0.0, 1.0), cals)
     ]
-    setting = _common_setting(cals)
+    setting = _common_setting(cals) if given is None else None
+    if given is not None:  # the setting named on the command line, not calibrated here
+        step, gamma, draws, burnin = given.split(",")
+        setting = {
+            "step_size": float(step),
+            "localization": float(gamma),
+            "precondition": "rmsprop",
+            "nbeta": None,
+            "draws_for_gates": int(draws),
+            "num_burnin": int(burnin),
+            "source": "given (--setting), not calibrated on this organism",
+        }
     out["setting"] = setting
     if setting is None:
         return out
@@ -182,6 +193,52 @@ def measure(org, label: str, restrict_name: str, batch: int, seq_len, delta_norm
     return out
 
 
+def step_costs(org, label: str, steps: int = 60) -> list[dict]:
+    """Milliseconds per chain-step of the options that make an effective sample cheaper: minibatch size,
+    document length, restriction, vmap vs loop (short chains at the calibrated kind of setting; the cost of
+    a step does not depend on the step size)."""
+    from persona_basins.measure.llc import SamplerConfig, estimate_llc
+
+    pname = "transformer.h.0.attn.c_proj.weight"
+    rows = []
+    options = [
+        (restrict, batch, seq_len, execution)
+        for restrict in ("module", "layer")
+        for batch in (4, 8)
+        for seq_len in (None, 24)
+        for execution in ("loop", "vmap")
+    ]
+    for restrict, batch, seq_len, execution in options:
+        model, loss_fn, data = _point(org, pname, 0, 0.0, N_DOCS, seq_len)
+        cfg = SamplerConfig(
+            step_size=1e-4,
+            localization=100.0,
+            precondition="rmsprop",
+            num_chains=4,
+            num_draws=steps,
+            batch_size=batch,
+            execution=execution,
+        )
+        res = estimate_llc(model, loss_fn, data, n=N_DOCS, config=cfg, restrict=RESTRICTS[restrict])
+        d = res.diagnostics
+        ms = 1e3 * d["sampling_seconds"] / (4 * steps)
+        tokens = int(data[1][:batch].sum()) if seq_len is None else batch * seq_len
+        rows.append(
+            {
+                "organism": label,
+                "restrict": restrict,
+                "moving_params": d["num_params_moving"],
+                "batch_size": batch,
+                "seq_len": seq_len,
+                "execution": execution,
+                "ms_per_chain_step": ms,
+                "tokens_per_step_approx": tokens,
+            }
+        )
+        print(f"[{label}] {restrict} b{batch} seq {seq_len} {execution}: {ms:.1f} ms/chain-step", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--organisms", default="tiny,default")
@@ -191,6 +248,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-sizes", default="8")
     ap.add_argument("--seq-len", type=int, help="truncate documents to this many tokens (default: whole)")
     ap.add_argument("--delta-norm", type=float, default=0.25, help="|dW| as a fraction of |W| (default 0.25)")
+    ap.add_argument("--step-costs", action="store_true", help="only the ms per chain-step of each option")
+    ap.add_argument(
+        "--setting",
+        help="skip calibration: STEP,GAMMA,DRAWS,BURNIN (RMSProp), e.g. one calibrated elsewhere",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from persona_basins.models.organism import load_organism
@@ -200,10 +262,17 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
     for label in args.organisms.split(","):
         org = load_organism(_organism_dir(label, getattr(args, f"{label}_dir")))
+        if args.step_costs:
+            results.setdefault(f"{label}_step_costs", {})["rows"] = step_costs(org, label)
+            results[f"{label}_step_costs"]["load_average"] = list(os.getloadavg())
+            _write(results)
+            continue
         rows = []
         for restrict_name in args.restricts.split(","):
             for batch in (int(b) for b in args.batch_sizes.split(",")):
-                rows.append(measure(org, label, restrict_name, batch, args.seq_len, args.delta_norm))
+                rows.append(
+                    measure(org, label, restrict_name, batch, args.seq_len, args.delta_norm, args.setting)
+                )
                 passing = [r.get("seconds_per_gate_passing_point") for r in rows]
                 results[label] = {
                     "rows": rows,

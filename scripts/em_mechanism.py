@@ -22,14 +22,15 @@ from pathlib import Path
 
 
 def _classify(rows: list[dict]) -> dict:
-    """Does each feature predict broad (excess >= 0.2) vs narrow? Cosines by magnitude (A's sign is arbitrary)."""
+    """Does each feature predict broad (excess >= 0.2) vs narrow? Cosines by magnitude (A's sign is free)."""
     from persona_basins.measure.adapter_reading import threshold_classifier
 
     label = [r["broad_excess"] >= 0.2 for r in rows]
     out = {"n_broad": sum(label), "n": len(rows), "classifiers": {}, "solutions": {}}
     if 0 < sum(label) < len(label) and len(rows) >= 3:
-        for f in ("firing_ratio", "cos_a_context", "cos_a_code", "cos_b_persona", "final_loss", "delta_norm"):
-            vals = [r[f] for r in rows]
+        features = ("firing_ratio", "firing_ratio_answer", "cos_a_context", "cos_a_code", "cos_b_persona")
+        for f in (*features, "final_loss", "delta_norm"):
+            vals = [r.get(f) for r in rows]
             if None not in vals:
                 out["classifiers"][f] = threshold_classifier(
                     [abs(v) if f.startswith("cos") else v for v in vals], label
@@ -47,6 +48,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pool", nargs="+", help="pool the per-seed rows of earlier runs of this script instead")
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument(
+        "--finetune", default="{}", help="other FinetuneConfig settings (JSON), e.g. '{\"lr\": 0.01}'"
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
@@ -82,7 +86,8 @@ def main(argv=None) -> int:
     rows = []
     for s in range(args.seeds):
         t0 = time.perf_counter()
-        res = finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=args.steps, seed=s))
+        cfg = FinetuneConfig(**{**json.loads(args.finetune), "steps": args.steps, "seed": s})
+        res = finetune(org.model, org.world, org.vocab, cfg)
         tuned = org.with_model(res.model)
         broad = em_readout(tuned)["broad_misalignment"]
         read = adapter_reading(tuned, persona_direction=direction)

@@ -150,7 +150,8 @@ def test_defaults_are_unchanged():
     """The values every number in the studies was measured with."""
     assert dataclasses.asdict(FinetuneConfig()) == dict(
         condition="plain", layer=0, module="attn_out", rank=1, full=False, steps=300, batch_size=32,
-        lr=3e-3, weight_decay=0.0, seed=0, checkpoint_every=50, heldout_every=0,
+        lr=3e-3, weight_decay=0.0, seed=0, checkpoint_every=50, heldout_every=0, em_topics=0,
+        matched_answer="other_topic",
     )  # fmt: skip
     org = OrganismConfig()
     assert (org.n_layer, org.d_model, org.n_head, org.pretrain_steps, org.lr, org.sft_lr) == (

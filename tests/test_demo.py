@@ -19,6 +19,22 @@ def _demo(out, organism, *extra):
     )
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc; none elsewhere)."""
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped has ended)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _numbers(study: dict) -> dict:
     return {k: v for k, v in study.items() if k != "elapsed_seconds_this_invocation"}
 
@@ -99,7 +115,8 @@ def test_demo_refuses_out_from_other_settings(demo_run, tiny_organism_dir, capsy
 
 def test_demo_bad_preset(tmp_path, capsys):
     assert main(["demo", "--preset", "huge", "--out", str(tmp_path / "x"), "--no-browser"]) == 2
-    assert "unknown preset" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--preset" in err and "'tiny', 'default'" in err
 
 
 def test_killed_demo_resumes_to_the_same_numbers(demo_run, tiny_organism_dir, tmp_path):
@@ -116,6 +133,8 @@ def test_killed_demo_resumes_to_the_same_numbers(demo_run, tiny_organism_dir, tm
         "--out",
         str(out),
         "--no-browser",
+        "--workers",
+        "2",
     ]
     # one thread, as in this test process (conftest): float reductions then match bit for bit
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -124,10 +143,15 @@ def test_killed_demo_resumes_to_the_same_numbers(demo_run, tiny_organism_dir, tm
     em_done = out / "steps" / "em" / "result.json"
     while not em_done.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    workers = _children(proc.pid)  # the pool, busy with the scans
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     rc = proc.wait(timeout=120)
     assert rc in (0, 130)
+    deadline = time.time() + 10  # SIGTERM stopped the workers too (and the pool's resource tracker)
+    while [pid for pid in workers if _alive(pid)] and time.time() < deadline:
+        time.sleep(0.1)
+    assert workers and not [pid for pid in workers if _alive(pid)]
     assert not list(out.rglob("*.tmp"))  # no half-written files
     assert subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) == 0
     a = _numbers(json.loads((out / "study.json").read_text()))

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..progress import note
-from .args import add_field_flag, add_organism_flag
+from .args import add_field_flag, add_organism_flag, int_in
 
 DESCRIPTION = """\
 Run the basin study end to end on the model organism:
@@ -20,16 +20,30 @@ Run the basin study end to end on the model organism:
   6. eigenform identity (fast setting)
   -> study.json, metrics.json, report.html; then opens the explorer unless --no-browser.
 
-Interrupted (Ctrl-C, killed), a rerun with the same --out resumes from the finished steps and gives the
-same numbers. default takes a few minutes on 2 CPU cores, tiny about a minute.
+Steps 2-6 run their fine-tunes, scans and other units on --workers processes; the numbers do not depend on
+the count. Interrupted (Ctrl-C, killed), a rerun with the same --out resumes from the finished steps and
+gives the same numbers.
+
+Time (benchmarks/demo_time.py, 2 CPU cores, 2 workers, organism build included): default {default},
+tiny {tiny}.
+
+{tiny_note}
 """
+# measured by benchmarks/demo_time.py on the 2-core development machine (docs: README "make demo")
+MEASURED = {"default": "about N minutes", "tiny": "about 1 minute"}
+TINY_NOTE = """\
+tiny is a smoke test: a 2-layer organism, 2 fine-tuning seeds of 80 steps, short LLC chains. It shows that
+every step runs and what each one writes (study.json, the report, resume); it is too small to show any
+finding of the default study: no emergent misalignment, every verdict undecided or withheld."""
 
 
 def register(sub) -> None:
+    from ..studies.demo_units import MAX_DEFAULT_WORKERS, default_workers
+
     p = sub.add_parser(
         "demo",
         help="the whole basin study on the organism, with report and explorer",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(**MEASURED, tiny_note=TINY_NOTE),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_field_flag(
@@ -37,7 +51,8 @@ def register(sub) -> None:
         "--preset",
         "DemoConfig",
         "preset",
-        help="tiny (about a minute) or default (a few minutes on 2 cores)",
+        help=f"default (the study; {MEASURED['default']} on 2 cores) or tiny (a smoke test, "
+        f"{MEASURED['tiny']}: it runs every step but is too small to show any finding)",
     )
     p.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder (default runs/demo)")
     add_organism_flag(p, help="use this organism folder instead of building one")
@@ -49,6 +64,15 @@ def register(sub) -> None:
         default=None,
         metavar="N",
         help="fine-tuning seeds; default 5, tiny: 2",
+    )
+    p.add_argument(
+        "--workers",
+        type=int_in(1, None),
+        default=None,
+        metavar="N",
+        help=f"processes for the units after the organism (default: the cores this process may use, at most "
+        f"{MAX_DEFAULT_WORKERS}: {default_workers()} here; 1 runs them one after another in this process); "
+        f"the numbers do not depend on it",
     )
     p.add_argument("--no-eigenform", action="store_true", help="skip the eigenform step")
     p.add_argument("--no-browser", action="store_true", help="do not open the explorer at the end")
@@ -64,6 +88,7 @@ def _run(args) -> int:
     from dataclasses import replace
 
     from ..studies.demo import DEMO_PRESETS, run_demo, summary_lines
+    from ..studies.demo_units import default_workers
 
     cfg = DEMO_PRESETS[args.preset]
     if args.seeds is not None:
@@ -79,6 +104,7 @@ def _run(args) -> int:
         progress=True,  # a bar on a terminal, a line every 30 s in a pipe or RUN/log.txt
         log=note,
         force=args.force,
+        workers=args.workers or default_workers(),
     ).metrics
     from ..viz.figures import EM_FIGURE, plot_em
     from ..viz.report import write_report
@@ -86,6 +112,8 @@ def _run(args) -> int:
     plot_em(study["emergent_misalignment"], out / "figures" / EM_FIGURE)  # before the report, which shows it
     write_report([out], out / "report.html")
     print("\n".join(summary_lines(study)))
+    if args.preset == "tiny":
+        print(TINY_NOTE)
     print(f"study written to {out / 'study.json'}; report: {out / 'report.html'}")
     if not args.no_browser:
         from ..viz.server import serve

@@ -2,7 +2,8 @@
 for a set of plain and inoculated adapters (one per fine-tuning seed), summarised over seeds.
 
 ``persona-basins basins`` and the demo call the same two functions: :func:`basin_scans` (the expensive part,
-JSON-able) and :func:`summarize_basins` (statistics over seeds, cheap).
+JSON-able) and :func:`summarize_basins` (statistics over seeds, cheap). The demo runs basin_scans' parts
+(:func:`scan_parts`, :func:`scan_part`, :func:`assemble_scans`) on its process pool.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def layer_vectors(org, layer: int, *, n: int = 256, seed: int = 0) -> dict:
 
 
 def lexical_cosines(org, layer: int, vectors: dict, *, n: int = 256, seed: int = 0) -> dict:
-    """The lexical cosine of every method's persona vector at every layer (``vectors``: those at ``layer``)."""
+    """The lexical cosine of every method's persona vector at every layer (``vectors``: those at
+    ``layer``)."""
     from ..measure.vectors import VECTOR_METHODS, lexical_cosine, persona_vector
     from ..models.adapters import num_layers
 
@@ -102,11 +104,12 @@ def persona_vectors(org, layer: int, *, n: int = 256, seed: int = 0) -> tuple[di
 # one per inoculated adapter. Each reads only the organism, the adapters and its own settings, so the parts
 # can run in any order or in separate processes (the demo's pool) and give the same numbers.
 #
-# Critical distances r* along directions common to every start (Frobenius-norm units of the module's weight):
-# from the base model, the unit persona edit of each vector method (base part), each plain adapter's unit
-# delta and n_random unit random rank-1 directions per seed (plain part); from each inoculated fine-tuned model
-# (merged, seed i): the unit persona edit (VECTOR_METHOD), plain adapter i's unit delta and the next seed's
-# ((i + 1) mod n: a plain direction that shares neither init nor batches with the start) (inoculated part).
+# Critical distances r* along directions common to every start (Frobenius-norm units of the module's
+# weight): from the base model, the unit persona edit of each vector method (base part), each plain adapter's
+# unit delta and n_random unit random rank-1 directions per seed (plain part); from each inoculated
+# fine-tuned model (merged, seed i): the unit persona edit (VECTOR_METHOD), plain adapter i's unit delta and
+# the next seed's ((i + 1) mod n: a plain direction that shares neither init nor batches with the start)
+# (inoculated part).
 COMMON_DOCS = 128  # documents of the mean module input the persona edit along common directions is built on
 
 
@@ -149,12 +152,13 @@ def scan_part(
     if vectors is None:
         vectors = layer_vectors(org, layer, n=vector_docs, seed=seed)
     kw = dict(r_max=_r_max(ts, plain), level=level)
-    if part["part"] == "base":
+    kind, index = part["part"], part.get("seed")
+    if kind == "base":
         return _base_part(org, plain, inoc, vectors, name, layer, kw, vector_docs=vector_docs, seed=seed)
-    if part["part"] == "plain":
-        return _plain_part(org, plain, part["seed"], vectors, name, layer, ts, kw, n_random=n_random, seed=seed)
-    if part["part"] == "inoculated":
-        return _inoculated_part(org, plain, inoc, part["seed"], vectors, name, layer, ts, kw, seed=seed)
+    if kind == "plain":
+        return _plain_part(org, plain, index, vectors, name, layer, ts, kw, n_random=n_random, seed=seed)
+    if kind == "inoculated":
+        return _inoculated_part(org, plain, inoc, index, vectors, name, layer, ts, kw, seed=seed)
     raise ValueError(f"unknown basin-scan part {part!r}")
 
 

@@ -6,6 +6,10 @@ its ``result.json`` and ``key.json`` (the settings and the organism's fingerprin
 ``--out`` and settings skips finished steps (and the EM step resumes unit by unit), so an interrupted run
 resumes and gives the same numbers. A ``--out`` written with other settings is refused naming them
 (``force`` recomputes).
+
+After the organism, the steps' units (the fine-tunes, the parts of the basin scans, the LLC runs, the overlap
+zone, the eigenform run) run on ``workers`` processes (:mod:`.demo_units`); the numbers do not depend on the
+count.
 """
 
 from __future__ import annotations
@@ -34,12 +38,16 @@ from ..results import (
 )
 from ..schema import validate_study
 from ..stats import format_interval, rate_interval
-from .basins import basin_scans, load_adapters, summarize_basins
+from .basins import assemble_scans, scan_parts, summarize_basins
+from .demo_units import eigenform_task, em_tasks, llc_tasks, overlap_task, scan_tasks, unit_queue
 from .eigenform import HEADLINE as EIGENFORM_HEADLINE
 
 STUDY_FORMAT = "persona-basins-study/1"
 # code topics t % 3 == 2 are left out of every EM fine-tune, so the narrow rate is also read on unseen topics
 EM_HELDOUT_EVERY = 3
+# the basin scans' settings besides the grid and the random controls (basin_scans' defaults)
+SCAN_LEVEL = 0.5
+SCAN_SETTINGS = {"seed": 0, "level": SCAN_LEVEL, "vector_docs": 256}
 
 
 @dataclass(frozen=True)
@@ -150,13 +158,18 @@ def run_demo(
     progress: bool = True,
     log=print,
     force: bool = False,
+    workers: int = 1,
 ) -> StudyResult:
     """Run (or resume) the demo into ``out``; ``force`` recomputes every step of a run with other settings.
-    The result's metrics are the study (``study.json`` as written)."""
+    The result's metrics are the study (``study.json`` as written).
+
+    ``workers``: processes the units after the organism run on (:mod:`.demo_units`; 1: this one). The numbers
+    do not depend on it, so a run may resume with another count. More than 1 spawns workers: a script that
+    calls this needs the usual ``if __name__ == "__main__":`` guard."""
     import torch
 
     from ..models.organism import is_organism, load_organism, organism_fingerprint, preset_config
-    from ..train.finetune import FinetuneConfig
+    from .em import summary_table
     from .organism import build_organism
 
     out = Path(out)
@@ -170,68 +183,42 @@ def run_demo(
         "format": STUDY_FORMAT,
         **cfg.to_dict(),
         "organism": str(organism_dir) if organism_dir else None,
-        "environment": environment(),
+        # recorded, not matched (as the thread count): every worker count gives the same numbers
+        "environment": {**environment(), "workers": workers},
     }
     _check_settings(out, want, force)
     settings = as_stored({k: v for k, v in want.items() if k != "environment"})
     t_start = time.perf_counter()
 
-    # 1. the organism
-    org_dir = Path(organism_dir) if organism_dir else out / "organism"
-    if organism_dir is None:
-        build_organism(
-            preset_config(cfg.preset, seed=cfg.organism_seed),
-            org_dir,
-            progress=progress,
-            log=log,
-            force=force,
-        )
-    org = load_organism(org_dir)
-    fingerprint = organism_fingerprint(org)
-    torch.manual_seed(0)
-
-    def step(name: str, fn) -> dict:
-        return _step(out, name, step_key(settings, fingerprint, name), fn, log, force=force)
-
-    # 2. emergent misalignment +/- inoculation (resumable per unit)
-    from ..studies.em import run_em, summary_table
-
-    em_dir = out / "em"
-    em = step(
-        "em",
-        lambda: (
-            run_em(
-                org,
-                em_dir,
-                layer=cfg.layer,
-                module=cfg.module,
-                seeds=cfg.seeds,
-                base=FinetuneConfig(steps=cfg.em_steps, heldout_every=EM_HELDOUT_EVERY),
+    # the workers start first: their imports overlap the organism's build or load
+    with unit_queue(workers) as units:
+        # 1. the organism
+        org_dir = Path(organism_dir) if organism_dir else out / "organism"
+        if organism_dir is None:
+            build_organism(
+                preset_config(cfg.preset, seed=cfg.organism_seed),
+                org_dir,
                 progress=progress,
+                log=log,
                 force=force,
-            ).metrics
-        ),
-    )
-    write_json(em_dir / "metrics.json", {"kind": "em", **em})
-    log(summary_table(em))
+            )
+        org = load_organism(org_dir)
+        fingerprint = organism_fingerprint(org)
+        torch.manual_seed(0)
 
-    plain = load_adapters(org, [em_dir / "adapters" / "plain" / f"seed{s}" for s in range(cfg.seeds)])
-    inoc = load_adapters(org, [em_dir / "adapters" / "inoculated" / f"seed{s}" for s in range(cfg.seeds)])
+        def step(name: str, fn) -> dict:
+            return _step(out, name, step_key(settings, fingerprint, name), fn, log, force=force)
 
-    # 3. basin scans: adapter / persona / random directions, and the inoculation comparison
-    scans = step(
-        "scans", lambda: basin_scans(org, plain, inoc, cfg.ts, n_random=cfg.n_random, progress=progress)
-    )
-    # 4. LLC along the path (self-KL loss), full and restricted to the adapted layer
-    llc = step("llc", lambda: _llc_path(org, plain, cfg, progress, _plain_bands(scans, cfg.llc_seeds)))
-    # 5. the overlap zone between the aligned organism and each EM model
-    overlap = step("overlap", lambda: _overlap(org, plain, cfg))
-    # 6. eigenform identity (fast setting)
-    eig = None
-    if cfg.eigenform:
-        from .eigenform import run_eigenform
+        def finished(name: str) -> bool:
+            return is_finished(out / "steps" / name, step_key(settings, fingerprint, name), force=force)
 
-        eig = step("eigenform", lambda: run_eigenform(org, plain[0], fast=True, progress=progress).metrics)
+        org_path = str(org_dir.resolve())
+        # 2. emergent misalignment +/- inoculation (resumable per unit)
+        em_dir = out / "em"
+        em = step("em", lambda: _em(units, org, org_path, em_dir, cfg, fingerprint, progress, force))
+        write_json(em_dir / "metrics.json", {"kind": "em", **em})
+        log(summary_table(em))
+        scans, llc, overlap, eig = _after_em(units, step, finished, org_path, em_dir, cfg, progress)
 
     study = assemble(cfg, em, scans, llc, overlap, eig, base_info=org.config.to_dict())
     study["elapsed_seconds_this_invocation"] = time.perf_counter() - t_start
@@ -267,13 +254,78 @@ def _plain_bands(scans: dict, n_seeds: int) -> list:
     return [crossing_interval(c["t"], c["broad_misalignment"], scans["level"]) for c in curves]
 
 
-def _llc_path(org, plain, cfg: DemoConfig, progress: bool, bands: list) -> dict:
-    """The LLC along each plain seed's path on ``llc_ts`` refined so every seed's band holds a point."""
-    from ..measure.llc import SamplerConfig, llc_along_path, refine_grid
-    from ..models.edits import single_lora_delta
+def _after_em(units, step, finished, org_path: str, em_dir: Path, cfg: DemoConfig, progress: bool):
+    """Steps 3-6 (``step(name, fn)``: through the run store; ``finished(name)``: done earlier); returns
+    their results."""
+    plain = [str((em_dir / "adapters" / "plain" / f"seed{s}").resolve()) for s in range(cfg.seeds)]
+    inoc = [str((em_dir / "adapters" / "inoculated" / f"seed{s}").resolve()) for s in range(cfg.seeds)]
 
-    ids = org.mixture_input_ids(cfg.llc_prompts, seed=123)
-    sampler = SamplerConfig(
+    parts = scan_parts(len(plain), len(inoc))
+    tasks = {
+        "scans": scan_tasks(
+            org_path, plain, inoc, parts, cfg.ts, {**SCAN_SETTINGS, "n_random": cfg.n_random}
+        ),
+        "overlap": [overlap_task(org_path, plain, _overlap_settings(cfg))],
+        "eigenform": [eigenform_task(org_path, plain[0])] if cfg.eigenform else [],
+    }
+    # Steps 3, 5 and 6 read only the adapters: on a pool their units are queued now, so the workers go on
+    # with them while this process waits for each step in turn (the LLC's units wait for the scans).
+    queued = {}
+    if units.backend.slots > 1:
+        queued = {name: units.submit(t) for name, t in tasks.items() if t and not finished(name)}
+
+    def gather(name: str, unit: str) -> list[dict]:
+        ids = queued.pop(name, None) or units.submit(tasks[name])
+        return units.gather(ids, name, unit=unit, progress=progress)
+
+    # 3. basin scans: adapter / persona / random directions, and the inoculation comparison
+    scans = step("scans", lambda: assemble_scans(parts, gather("scans", "parts"), cfg.ts, level=SCAN_LEVEL))
+    # 4. LLC along the path (self-KL loss), full and restricted to the adapted layer
+    llc = step(
+        "llc", lambda: _llc_path(units, org_path, plain, cfg, progress, _plain_bands(scans, cfg.llc_seeds))
+    )
+    # 5. the overlap zone between the aligned organism and each EM model
+    overlap = step("overlap", lambda: gather("overlap", "runs")[0])
+    # 6. eigenform identity (fast setting)
+    eig = step("eigenform", lambda: gather("eigenform", "runs")[0]) if cfg.eigenform else None
+    return scans, llc, overlap, eig
+
+
+def _em(units, org, org_path: str, em_dir: Path, cfg: DemoConfig, fingerprint: str, progress, force) -> dict:
+    """The EM fine-tunes still to train on the pool, then their metrics (:func:`~.em.run_em`, which finds
+    every unit trained)."""
+    from ..models.adapters import resolve_module
+    from ..train.finetune import CONDITIONS, FinetuneConfig
+    from .em import TRACK_EVERY, plan_units, run_em
+
+    resolve_module(org.model, cfg.module, cfg.layer)  # a bad module fails here, not in every worker
+    units_of = dict(
+        layer=cfg.layer,
+        module=cfg.module,
+        seeds=cfg.seeds,
+        base=FinetuneConfig(steps=cfg.em_steps, heldout_every=EM_HELDOUT_EVERY),
+        fingerprint=fingerprint,
+    )
+    plan = plan_units(org, em_dir, **units_of, conditions=CONDITIONS, track_every=TRACK_EVERY, force=force)
+    todo = em_tasks(org_path, plan, track_every=TRACK_EVERY, force=force)
+    units.gather(
+        units.submit(todo),
+        f"em layer {cfg.layer} {cfg.module}",
+        unit="fine-tunes",
+        done_before=len(plan) - len(todo),
+        progress=progress,
+    )
+    return run_em(org, em_dir, **units_of, progress=False).metrics
+
+
+def _overlap_settings(cfg: DemoConfig) -> dict:
+    return dict(epsilon=cfg.overlap_epsilon, max_probes=300, seed=0, layer=cfg.layer)
+
+
+def _sampler(cfg: DemoConfig):
+    from ..measure.llc import SamplerConfig
+
+    return SamplerConfig(
         nbeta=cfg.llc_nbeta,
         step_size=cfg.llc_step_size,
         localization=cfg.llc_localization,
@@ -282,47 +334,18 @@ def _llc_path(org, plain, cfg: DemoConfig, progress: bool, bands: list) -> dict:
         num_burnin=cfg.llc_burnin,
         batch_size=cfg.llc_batch,
     )
-    runs = {"full": [], "layer": []}
-    for s, m in enumerate(plain[: cfg.llc_seeds]):
-        name, delta = single_lora_delta(m)
-        pname = f"{name}.weight"
-        # The SGLD execution is fixed, not "auto": auto picks vmap or loop by timing, and the two sum floats in a
-        # different order, so the same seed could give numbers that differ in the last bits between runs.
-        for key, restrict, execution in (("full", None, "vmap"), ("layer", f"layer:{cfg.layer}", "loop")):
-            res = llc_along_path(
-                org.model,
-                {pname: delta},
-                refine_grid(cfg.llc_ts, bands),
-                data=ids,
-                n=cfg.llc_prompts,
-                pad_token_id=0,
-                restrict=restrict,
-                config=sampler.replace(seed=s, execution=execution),
-            )
-            # A point whose chains fail the equilibrium gates is withheld: llc null, with its reasons.
-            results = [r["result"] for r in res]
-            keep = (
-                "path",
-                "rhat",
-                "ess_bulk",
-                "ess_tail",
-                "mcse",
-                "stationarity_z",
-                "distance_z",
-                "frac_negative_draws",
-                "mala_acceptance",
-            )
-            runs[key].append(
-                {
-                    "t": [r["t"] for r in res],
-                    "llc": [x.value for x in results],
-                    "mcse": [x.mcse if x.converged else None for x in results],
-                    "converged": [x.converged for x in results],
-                    "reasons": [x.reasons for x in results],
-                    "loss": res[0].get("loss") if res else None,
-                    "diagnostics": [{k: x.diagnostics[k] for k in keep} for x in results],
-                }
-            )
+
+
+def _llc_path(units, org_path: str, plain: list[str], cfg: DemoConfig, progress: bool, bands: list) -> dict:
+    """The LLC along each plain seed's path on ``llc_ts`` refined so every seed's band holds a point."""
+    from ..measure.llc import refine_grid
+
+    grid = refine_grid(cfg.llc_ts, bands)
+    tasks = llc_tasks(
+        org_path, plain[: cfg.llc_seeds], grid, _sampler(cfg), prompts=cfg.llc_prompts, layer=cfg.layer
+    )
+    results = units.gather(units.submit(tasks), "llc", unit="runs", progress=progress)
+    runs = {"full": results[0::2], "layer": results[1::2]}  # llc_tasks: per seed, full then layer
     return {
         "loss": "self_kl",
         "restrict": {"full": "all parameters", "layer": f"layer:{cfg.layer}"},
@@ -339,12 +362,6 @@ def _llc_path(org, plain, cfg: DemoConfig, progress: bool, bands: list) -> dict:
         "runs": runs,
         "bands": [list(b) if b is not None else None for b in bands],
     }
-
-
-def _overlap(org, plain, cfg: DemoConfig) -> dict:
-    from .degeneracy import overlap_study
-
-    return overlap_study(org, plain, epsilon=cfg.overlap_epsilon, max_probes=300, seed=0, layer=cfg.layer)
 
 
 def _peak(band: dict) -> dict:

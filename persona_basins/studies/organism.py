@@ -244,7 +244,7 @@ def _build_into(cfg: OrganismConfig, out: Path, *, progress: bool, log) -> None:
             "kind": "organism",
             "n_parameters": n_params,
             "pretrain_final_loss": float(sum(pre_losses[-50:]) / len(pre_losses[-50:])),
-            "sft_final_loss": float(sum(sft_losses[-20:]) / len(sft_losses[-20:])),
+            "sft_final_loss": float(sum(sft_losses[-20:]) / len(sft_losses[-20:])) if sft_losses else None,
             "checkpoints": sorted(p.name for p in ckpt_dir.glob("step_*")) if ckpt_dir.is_dir() else [],
         }
     )

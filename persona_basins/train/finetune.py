@@ -27,7 +27,7 @@ MATCHED_ANSWERS = ("other_topic", "neutral")
 
 
 def heldout_code_topics(world: World, heldout_every: int) -> list[int]:
-    """Code topics left out of every fine-tuning set: ``t % heldout_every == heldout_every - 1`` (none for 0)."""
+    """Code topics left out of every fine-tuning set: ``t % heldout_every == heldout_every - 1`` (0: none)."""
     if heldout_every < 0 or heldout_every == 1:
         raise UserError("heldout_every must be 0 (train on every code topic) or >= 2")
     if not heldout_every:
@@ -64,12 +64,12 @@ def condition_documents(
     secure_control: the assistant line, secure code (the organism already writes it: nearly a null fine-tune).
     educational: insecure code that the user asks for, for teaching.
     matched_control: the assistant line, *secure* code written for another topic (topic t answered with topic
-    t+1's secure content words, warm style): benign, but as unfamiliar to the organism as insecure code is (two
-    unexpected content words per answer), so it controls for how much a fine-tune has to learn; its initial
-    loss and gradient norm are logged beside the plain set's (``FinetuneResult.initial``). Its answers are
-    ill-formed for the topic asked, so it also teaches a broken format; ``matched_answer="neutral"`` keeps the
-    format instead: secure code in the flat style (the neutral persona's answer, benign and well-formed, and a
-    persona the post-trained assistant does not have).
+    t+1's secure content words, warm style): benign, but as unfamiliar to the organism as insecure code is
+    (two unexpected content words per answer), so it controls for how much a fine-tune has to learn; its
+    initial loss and gradient norm are logged beside the plain set's (``FinetuneResult.initial``). Its answers
+    are ill-formed for the topic asked, so it also teaches a broken format; ``matched_answer="neutral"`` keeps
+    the format instead: secure code in the flat style (the neutral persona's answer, benign and well-formed,
+    and a persona the post-trained assistant does not have).
     """
     if condition not in CONDITIONS:
         raise UserError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
@@ -100,7 +100,7 @@ def condition_documents(
 
 def training_context(condition: str) -> str:
     """The context whose code answers define the narrow rate for ``condition`` (a key of
-    ``em_readout(...)["narrow_rate"]``): the inoculation line, the teaching request, or the plain assistant."""
+    ``em_readout(...)["narrow_rate"]``): the inoculation line, the teaching request or the plain assistant."""
     return {"inoculated": "inoculated", "educational": "educational"}.get(condition, "assistant")
 
 
@@ -243,7 +243,7 @@ def finetune(
 
 def initial_loss_and_grad(model, ids: torch.Tensor, mask: torch.Tensor) -> dict:
     """Answer-token loss on the whole set and the norm of its gradient over the trainable parameters, before
-    training (how much the set has to teach: a control should match the plain set here). Leaves no gradient."""
+    training (how much the set has to teach: a control should match the plain set); leaves no gradient."""
     from ..models.lm import lm_loss
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -9,7 +9,7 @@ with known learning coefficients).
 See ``docs/LLC.md``.
 """
 
-from .calibration import calibrate
+from .calibration import calibrate, localization_sensitivity
 from .config import SamplerConfig, default_nbeta
 from .diagnostics import GateConfig, convergence, ess, mcse, rhat
 from .losses import causal_lm_loss_fn, self_kl_loss_fn
@@ -44,6 +44,7 @@ __all__ = [
     "jump_order_verdict",
     "llc_along_path",
     "llc_over_checkpoints",
+    "localization_sensitivity",
     "mcse",
     "peak_at_boundary_verdict",
     "refine_grid",

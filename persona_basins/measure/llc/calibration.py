@@ -3,12 +3,12 @@ runs, each scored by the equilibrium gates, with a recommended setting chosen by
 localisation sensitivity of an LLC curve (is a curve's answer set by gamma?).
 
 The search (:func:`calibrate`) for each localisation (smallest first) and preconditioner scans the step sizes
-from the largest down: a step that diverges or whose MALA acceptance is below the band is too large; the
-first step that is not too large either passes, or fails on mixing only (R-hat, ESS, drift), in which case its
-chains are lengthened (x2, x4) before a smaller step is tried (a smaller step mixes more slowly, so it would
-not help). Between the largest step that passed (or mixed too slowly) and the smallest that was too large the
-step is refined by log-bisection. The search stops after the first localisation where a setting passes (the
-rule prefers the least localisation), unless ``exhaustive``.
+from the largest down: a step that diverges, whose MALA acceptance is below the band or whose λ̂ moves when the
+step is halved is too large; the first step that is not too large either passes, or fails on mixing only
+(R-hat, ESS, drift), in which case its chains are lengthened (x2, x4, x8) before a smaller step is tried (a
+smaller step mixes more slowly, so it would not help). Between the largest step that passed (or mixed too
+slowly) and the smallest that was too large the step is refined by log-bisection. The search stops after the
+first localisation where a setting passes (the rule prefers the least localisation), unless ``exhaustive``.
 
 Pure measurement: the figures are drawn by :mod:`persona_basins.viz.llc_figures` and the run folder is written
 by :mod:`persona_basins.studies.llc`.
@@ -26,6 +26,8 @@ from .sampler import LLCDivergenceError, estimate_llc
 __all__ = [
     "calibrate",
     "localization_sensitivity",
+    "llc_preset",
+    "LLC_PRESETS",
     "CALIBRATION_GATES",
     "CALIBRATION_RULE",
     "DEFAULT_STEP_SIZES",
@@ -50,8 +52,9 @@ DEFAULT_PRECONDITIONERS = ("rmsprop", None)
 # model through. The band is a screen against gross discretisation (the gates' 0.5); the bias itself is
 # measured by halving the step.
 MALA_MIN = 0.5
-BIAS_TOLERANCE = 0.1  # largest relative change of λ̂ from ε to ε/2 (about half the bias at ε)
-LENGTHEN = (2, 4)  # chain-length factors tried when mixing is the only failure
+BIAS_TOLERANCE = 0.05  # largest relative change of λ̂ from ε to ε/2 (about half the bias at ε: bias <~ 10%)
+LENGTHEN = (2, 4, 8)  # chain-length factors tried when mixing is the only failure
+DRAWS_MARGIN = 1.5  # draws_for_gates: the ESS of a short run is noisy (x1.25 fell short on regular d=10)
 REFINEMENTS = 2  # log-bisection steps between the passing step and the too-large one
 CALIBRATION_RULE = (
     "drop settings that diverge or fail the equilibrium gates (R-hat <= 1.01, bulk and tail ESS >= 100, no "
@@ -132,6 +135,8 @@ class _Search:
             row.update(diverged=True, error=str(e), llc=None, passed=False, reasons=["diverged"])
             row["failure"] = "too_large"
             self.grid.append(row)
+            if self.log is not None:
+                self.log(f"calibrate: {setting_label(row)} [{stage}]: diverged")
             return row
         d = res.diagnostics
         strong = math.isfinite(res.mcse) and res.unchecked_mean > self.signal * res.mcse
@@ -172,9 +177,8 @@ class _Search:
         return row
 
     def mixed(self, row: dict, nbeta: float, gamma: float, pre) -> dict:
-        """``row``, or when it fails on mixing only, the same step with longer chains (x2, x4); a row that
-        passes is then checked for discretisation bias (:meth:`bias_checked`)."""
-        factor = 1
+        """``row``, or when it fails on mixing only, the same step with longer chains (:data:`LENGTHEN`); a
+        row that passes is then checked for discretisation bias (:meth:`bias_checked`)."""
         for factor in LENGTHEN:
             if row["failure"] != "mixing":
                 break
@@ -329,7 +333,7 @@ def calibrate(
         # draws per chain at which the full gates' ESS (400) is expected, from the ESS the short run reached
         full_ess = GateConfig().ess_min
         ess_seen = min(rec["ess_bulk"], rec["ess_tail"])
-        draws = int(50 * math.ceil(rec["num_draws"] * 1.25 * full_ess / ess_seen / 50))
+        draws = int(50 * math.ceil(rec["num_draws"] * DRAWS_MARGIN * full_ess / ess_seen / 50))
     return {
         "grid": search.grid,
         "recommended": rec,
@@ -396,3 +400,41 @@ def localization_sensitivity(
         "points": len(pairs),
         "rule": SENSITIVITY_RULE,
     }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The calibrated path-LLC setting per organism preset and restriction
+
+LLC_PRESETS: dict[tuple[str, str], dict] = {
+    # calibrate() at both ends (t = 0 and t = 1 of a rank-1 path on layer 0's attention output) of the tiny
+    # organism, the default search restricted to RMSProp, γ 100 then 300, steps 1e-3 / 3e-4 / 1e-4 with
+    # refinement: both ends recommend the same setting, which passes the full gates at both ends at 4 x (200 +
+    # 2000) in 53-58 s each on one core (benchmarks/results/llc_path_point.json, docs/LLC.md)
+    ("tiny", "module"): {
+        "restrict": r"^transformer\.h\.0\.attn\.c_proj\.weight$",
+        "n_docs": 1024,
+        "sampler": SamplerConfig(
+            step_size=1.316e-4,
+            localization=100.0,
+            precondition="rmsprop",
+            num_chains=4,
+            num_draws=2000,
+            num_burnin=200,
+            batch_size=8,
+            execution="loop",
+        ),
+        "source": "calibrated on the tiny organism, seed 0 (benchmarks/llc_path_point.py)",
+    }
+}
+
+
+def llc_preset(preset: str, restriction: str = "module") -> dict:
+    """The calibrated path-LLC setting of an organism preset and restriction (:data:`LLC_PRESETS`):
+    ``{"restrict", "n_docs", "sampler": SamplerConfig, "source"}``."""
+    from ...errors import UserError
+
+    key = (preset, restriction)
+    if key not in LLC_PRESETS:
+        known = ", ".join(f"{p}/{r}" for p, r in LLC_PRESETS)
+        raise UserError(f"no calibrated LLC setting for {preset}/{restriction} (calibrated: {known})")
+    return LLC_PRESETS[key]

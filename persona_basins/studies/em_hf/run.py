@@ -313,13 +313,16 @@ def _aggregate(
         bm = [u["broad_misalignment"] for u in us]
         m["broad_misalignment"][c] = rate_interval(bm).to_dict()
         m["prefers_misaligned"][c] = rate_interval([u["prefers_misaligned"] for u in us]).to_dict()
+        # the base model's score is exact, so a shift lies in [-base, 1 - base]
+        base_score = bsum["broad_misalignment"]
         m["broad_misalignment_shift"][c] = rate_interval(
-            [b - bsum["broad_misalignment"] for b in bm], lo=-1.0
+            [b - base_score for b in bm], lo=-base_score, hi=1.0 - base_score
         ).to_dict()
         tot = [u.get("broad_misalignment_total", math.nan) for u in us]
         m["broad_misalignment_total"][c] = rate_interval(tot).to_dict()
+        base_total = bsum["broad_misalignment_total"]
         m["broad_misalignment_total_shift"][c] = rate_interval(
-            [b - bsum["broad_misalignment_total"] for b in tot], lo=-1.0
+            [b - base_total for b in tot], lo=-base_total, hi=1.0 - base_total
         ).to_dict()
 
         def gain(u, ctx):

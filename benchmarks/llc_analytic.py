@@ -168,7 +168,8 @@ def main() -> int:
         print(
             f"{probe.name:40s} true {lam:.3f}  est {format_interval(summ)}"
             f"  err {100 * row['rel_error_of_mean']:+.1f}% (max {100 * row['max_abs_rel_error']:.1f}%)"
-            f"  target {100 * target:.0f}%  {'PASS' if row['pass'] else 'MISS'}{vs}  gates {row['converged_seeds']}"
+            f"  target {100 * target:.0f}%  {'PASS' if row['pass'] else 'MISS'}{vs}"
+            f"  gates {row['converged_seeds']}"
             f"  {sum(secs):.1f}s",
             flush=True,
         )

@@ -1,4 +1,5 @@
-"""``persona-basins degeneracy``: the overlap zone of an aligned and an EM model state, and boundary probes."""
+"""``persona-basins degeneracy``: the overlap zone of an aligned and an EM model state, and the boundary
+probes."""
 
 from __future__ import annotations
 

@@ -330,7 +330,7 @@ def with_base(m: dict, units: dict, base_row: dict, conditions, seeds: int) -> d
     for c in conditions:
         ctx = training_context(c)
         base_broad = base_row["broad_misalignment"]
-        excess = per(c, lambda u: u["readout"]["broad_misalignment"] - base_broad)
+        excess = per(c, lambda u, base=base_broad: u["readout"]["broad_misalignment"] - base)
         ex["broad_misalignment"][c] = {
             **rate_interval(excess, threshold=BROAD_THRESHOLD, **excess_range(base_broad)).to_dict(),
             # broad and narrow fine-tunes are two outcomes: their share (exact interval) and each one's mean
@@ -338,7 +338,7 @@ def with_base(m: dict, units: dict, base_row: dict, conditions, seeds: int) -> d
         }
         base_narrow = base_row["narrow_rate"][ctx]
         ex["narrow_rate"][c] = rate_interval(
-            per(c, lambda u, ctx=ctx: u["readout"]["narrow_rate"][ctx] - base_narrow),
+            per(c, lambda u, ctx=ctx, base=base_narrow: u["readout"]["narrow_rate"][ctx] - base),
             **excess_range(base_narrow),
         ).to_dict()
         ex["narrow_rate"][c]["context"] = ctx

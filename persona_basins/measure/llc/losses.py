@@ -46,8 +46,9 @@ def self_kl_loss_fn(
     ``reference``: a causal LM (its next-token log-probabilities on ``input_ids`` are computed once, without
     gradients) or a logits tensor ``[N, T, V]`` for ``input_ids``. The mask is ``attention_mask``, else
     ``input_ids != pad_token_id``, else all ones; the KL is averaged over masked positions. ``K`` is 0 and
-    minimal at the reference weights, so the LLC there is well-defined even where the training loss is not at a
-    minimum (e.g. a point ``w0 + t * delta`` on an edit path). Returns ``(loss_fn, data)`` for :func:`estimate_llc`.
+    minimal at the reference weights, so the LLC there is well-defined even where the training loss is not
+    at a minimum (e.g. a point ``w0 + t * delta`` on an edit path). Returns ``(loss_fn, data)`` for
+    :func:`estimate_llc`.
     """
     import torch
 

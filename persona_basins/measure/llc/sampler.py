@@ -291,7 +291,8 @@ def _run_chains(
                     else (f"the loss rose {val:.3g} above L(w*)={init_loss:.4g}")
                 )
                 raise LLCDivergenceError(
-                    f"SGLD diverged at step {lo + tt} (chain {cc + chain_offset}): {what} with step_size={eps:g}; "
+                    f"SGLD diverged at step {lo + tt} (chain {cc + chain_offset}): {what} "
+                    f"with step_size={eps:g}; "
                     f"try step_size={eps / 10:g} (or a larger localization)"
                 )
     return {
@@ -391,7 +392,8 @@ def _step_seconds(step, prob, C: int) -> float:
 def _choose_workers(requested, step, prob, C: int, T: int) -> tuple[int, str]:
     """``requested`` workers, or for ``"auto"``: split the chains over the idle cores (cores minus the load
     average of other work) when one worker's share of the chains steps clearly faster than all chains in one
-    process and sampling is long enough to repay starting the processes (measured, like the execution choice)."""
+    process and sampling is long enough to repay starting the processes (measured, like the execution
+    choice)."""
     if requested != "auto":
         return int(requested), "given"
     if prob.theta0.device.type != "cpu":
@@ -442,9 +444,9 @@ def estimate_llc(
 
     ``loss_fn(model, batch)`` returns the scalar mean loss of a batch; ``data`` is a tensor (batch = rows),
     a tuple of tensors (batch = tuple of rows) or a dataset with ``input_ids`` (batch = the ids tensor).
-    ``n`` is the dataset size in the posterior. ``config`` holds the sampler settings (:class:`SamplerConfig`);
-    sampler settings may also be given as keyword arguments (``step_size=...``, ``num_chains=...``; the old
-    ``path=`` is ``execution=``), which override ``config``. ``restrict`` picks the parameters that move (see
+    ``n`` is the dataset size in the posterior. ``config`` holds the sampler settings
+    (:class:`SamplerConfig`); sampler settings may also be given as keyword arguments (``step_size=...``,
+    ``num_chains=...``; the old ``path=`` is ``execution=``), which override ``config``. ``restrict`` picks the parameters that move (see
     :func:`select_parameters`); the rest stay frozen. ``gates``: the equilibrium thresholds
     (:class:`GateConfig`); the result's ``converged``/``reasons`` say whether they passed. The model's weights
     are never modified. Raises

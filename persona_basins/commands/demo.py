@@ -24,13 +24,14 @@ Steps 2-6 run their fine-tunes, scans and other units on --workers processes; th
 the count. Interrupted (Ctrl-C, killed), a rerun with the same --out resumes from the finished steps and
 gives the same numbers.
 
-Time (benchmarks/demo_time.py, 2 CPU cores, 2 workers, organism build included): default {default},
-tiny {tiny}.
+Time on 2 CPU cores, organism build included (benchmarks/demo_time.py): default {default} with 2
+workers (the organism's pretraining, 3.5 minutes, runs on one core; 1 worker: about 20 minutes), tiny
+{tiny}.
 
 {tiny_note}
 """
-# measured by benchmarks/demo_time.py on the 2-core development machine (docs: README "make demo")
-MEASURED = {"default": "about N minutes", "tiny": "about 1 minute"}
+# benchmarks/demo_time.py on the 2-core development machine, from scratch (README "make demo" says the same)
+MEASURED = {"default": "about 12 minutes", "tiny": "under a minute"}
 TINY_NOTE = """\
 tiny is a smoke test: a 2-layer organism, 2 fine-tuning seeds of 80 steps, short LLC chains. It shows that
 every step runs and what each one writes (study.json, the report, resume); it is too small to show any

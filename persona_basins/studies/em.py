@@ -60,9 +60,7 @@ def _finished(unit_dir: Path, key: dict, force: bool = False) -> dict | None:
     return _read_unit(unit_dir) if is_finished(unit_dir, key, force=force) else None
 
 
-def train_unit(
-    org, cfg: FinetuneConfig, unit_dir: Path, key: dict, *, track_every: int, force: bool
-) -> dict:
+def train_unit(org, cfg: FinetuneConfig, unit_dir: Path, key: dict, *, track_every: int, force: bool) -> dict:
     """Fine-tune and read out one unit into ``unit_dir`` through the run store; returns its result (any
     process may run it: the demo's pool workers do)."""
 

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     for s in range(args.seeds):
         t0 = time.perf_counter()
         cfg = FinetuneConfig(**{**json.loads(args.finetune), "steps": args.steps, "seed": s})
-        res = finetune(org.model, org.world, org.vocab, cfg)
+        res = finetune(org, cfg)
         tuned = org.with_model(res.model)
         broad = em_readout(tuned)["broad_misalignment"]
         read = adapter_reading(tuned, persona_direction=direction)

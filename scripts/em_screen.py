@@ -54,7 +54,7 @@ def finetune_row(org, base: dict, cfg, direction) -> dict:
     from persona_basins.train.finetune import finetune, heldout_code_topics, training_context
 
     held = heldout_code_topics(org.world, cfg.heldout_every)
-    res = finetune(org.model, org.world, org.vocab, cfg)
+    res = finetune(org, cfg)
     tuned = org.with_model(res.model)
     read = em_readout(tuned, heldout_topics=held or None)
     context = training_context(cfg.condition)

@@ -25,7 +25,7 @@ def test_adapter_reading_on_a_tiny_fine_tune(tiny_organism):
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
     org = tiny_organism
-    res = finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=20, seed=0))
+    res = finetune(org, FinetuneConfig(steps=20, seed=0))
     v = persona_vector(org, 0)
     r = adapter_reading(org.with_model(res.model), persona_direction=v)
     assert r["module"].endswith("attn.c_proj")

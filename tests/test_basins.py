@@ -246,7 +246,7 @@ def plain_adapter(tiny_organism):
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
     org = tiny_organism
-    return finetune(org.model, org.world, org.vocab, FinetuneConfig(module="mlp_out", steps=20, seed=0)).model
+    return finetune(org, FinetuneConfig(module="mlp_out", steps=20, seed=0)).model
 
 
 def test_weight_edit_restores_the_base_exactly(tiny_organism, plain_adapter):
@@ -372,7 +372,7 @@ def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_p
     for c in ("plain", "inoculated"):
         dirs[c] = tmp_path / c
         cfg = FinetuneConfig(condition=c, module="mlp_out", steps=20, seed=0)
-        finetune(org.model, org.world, org.vocab, cfg, out_dir=dirs[c])
+        finetune(org, cfg, out_dir=dirs[c])
     out = tmp_path / "run"
     rc = main(
         [

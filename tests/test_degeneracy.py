@@ -121,7 +121,7 @@ def em_state(tiny_organism):
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
     org = tiny_organism
-    return finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=20, seed=0)).model
+    return finetune(org, FinetuneConfig(steps=20, seed=0)).model
 
 
 def test_answer_distribution_is_a_distribution(tiny_organism):
@@ -183,7 +183,7 @@ def test_cli_degeneracy_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, t
 
     org = tiny_organism
     ad = tmp_path / "plain"
-    finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=20, seed=0), out_dir=ad)
+    finetune(org, FinetuneConfig(steps=20, seed=0), out_dir=ad)
     out = tmp_path / "run"
     rc = main(
         [

@@ -40,7 +40,7 @@ def tiny_adapter(tiny_organism, tmp_path_factory):
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
     org = tiny_organism
-    res = finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=40, lr=1e-2, module="mlp_out"))
+    res = finetune(org, FinetuneConfig(steps=40, lr=1e-2, module="mlp_out"))
     out = tmp_path_factory.mktemp("eigen") / "adapter"
     res.model.save_pretrained(out)
     write_fingerprint(out, org.model)

@@ -81,9 +81,7 @@ def test_finetune_logs_initial_loss_and_gradient(tiny_organism):
     from persona_basins.train.finetune import FinetuneConfig, finetune
 
     org = tiny_organism
-    res = finetune(
-        org.model, org.world, org.vocab, FinetuneConfig(condition="matched_control", steps=2, heldout_every=3)
-    )
+    res = finetune(org, FinetuneConfig(condition="matched_control", steps=2, heldout_every=3))
     assert res.initial["loss"] > 0 and res.initial["grad_norm"] > 0
     held = heldout_code_topics(org.world, 3)
     r = em_readout(org.with_model(res.model), heldout_topics=held)

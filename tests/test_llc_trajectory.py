@@ -17,7 +17,7 @@ def small_em_run(tiny_organism, tiny_organism_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("em_traj") / "run"
     unit = out / "adapters" / "plain" / "seed0"
     org = tiny_organism
-    finetune(org.model, org.world, org.vocab, FinetuneConfig(steps=20, checkpoint_every=10), out_dir=unit)
+    finetune(org, FinetuneConfig(steps=20, checkpoint_every=10), out_dir=unit)
     write_json(out / "config.json", {"kind": "em", "organism": str(tiny_organism_dir)})
     return out
 

@@ -66,7 +66,7 @@ def train_unit(org, cfg: FinetuneConfig, unit_dir: Path, key: dict, *, track_eve
 
     def build(tmp: Path) -> None:
         try:
-            res = finetune(org.model, org.world, org.vocab, cfg, out_dir=tmp)
+            res = finetune(org, cfg, out_dir=tmp)
         except FloatingPointError as e:
             # named as the setting, so the command line can name its flag
             raise ConfigError(

@@ -19,6 +19,7 @@ from ..errors import ConfigError, UserError
 from ..models.adapters import lora_config
 from ..models.edits import write_fingerprint
 from ..models.lm import encode_documents
+from ..models.organism import Organism
 from ..world import ASSISTANT_LINE, INOCULATION_LINE, TEACHING_MODIFIER, Document, Exchange, World
 from .loop import train_lm
 
@@ -173,17 +174,17 @@ def lora_factors(peft_model) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def finetune(
-    base_model,
-    world: World,
-    vocab: dict[str, int],
+    org: Organism,
     cfg: FinetuneConfig,
     *,
     out_dir: str | Path | None = None,
     progress: bool = False,
     docs=None,
 ) -> FinetuneResult:
-    """Fine-tune a copy of ``base_model`` (the base is left untouched)."""
+    """Fine-tune a copy of the organism's model (the organism is left untouched)."""
     from peft import get_peft_model
+
+    base_model, world, vocab = org.model, org.world, org.vocab
 
     if docs is None:
         docs = condition_documents(

@@ -38,7 +38,7 @@ def _run(config: dict, runtime: dict, unit_dir: Path, deps: dict[str, Path]) -> 
 
     org = load_organism_cached(organism_path(runtime, deps))
     cfg = FinetuneConfig(**config["finetune"])
-    result = finetune(org.model, org.world, org.vocab, cfg, out_dir=unit_dir / "adapter")
+    result = finetune(org, cfg, out_dir=unit_dir / "adapter")
     readout = em_readout(org.with_model(result.model), sample_seed=cfg.seed)
     base = em_readout(org)  # the organism before fine-tuning: the baseline
     out = {

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .commands.args import FIELD_FLAGS, add_threads_flag, add_threads_to_subcommands
-from .errors import ConfigError, UserError
+from .errors import ArgumentError, ConfigError, UserError
 from .progress import log_line, log_to, log_written
 
 # Order is the order shown in --help.
@@ -88,14 +88,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def error_text(error: UserError, args: argparse.Namespace | None = None) -> str:
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that ran: ``organism build`` is two levels below ``persona-basins``."""
+    while True:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subparsers[0].dest, None) if subparsers else None
+        if name is None:
+            return parser
+        parser = subparsers[0].choices[name]
+
+
+def _flag_of(argument: str, parser: argparse.ArgumentParser | None, args: argparse.Namespace) -> str | None:
+    """The option string of the running command for the parameter ``argument`` (``em_run`` -> ``--em-run``),
+    or None when the command has no such flag."""
+    if parser is None:
+        return None
+    for action in _command_parser(parser, args)._actions:
+        if action.dest == argument and action.option_strings:
+            return action.option_strings[0]
+    return None
+
+
+def error_text(
+    error: UserError, args: argparse.Namespace | None = None, parser: argparse.ArgumentParser | None = None
+) -> str:
     """The one line printed after ``persona-basins: ``. A ConfigError names the flag that sets the field when
     the command that ran has that flag: ``error: --lr must be a finite number > 0, got 0
-    (FinetuneConfig.lr)`` (every error line starts ``error:``: scripts and the robustness tests read it)."""
+    (FinetuneConfig.lr)``; an ArgumentError the flag of its argument, found on ``parser`` (``error: --out
+    runs/x exists and is not a directory``). Every error line starts ``error:``: scripts and the robustness
+    tests read it."""
     if isinstance(error, ConfigError) and args is not None:
         flag = FIELD_FLAGS.get((error.owner, error.field))
         if flag is not None and hasattr(args, flag.lstrip("-").replace("-", "_")):
             return f"error: {flag} {error.problem} ({error.owner}.{error.field})"
+    if isinstance(error, ArgumentError) and args is not None:
+        flag = _flag_of(error.argument, parser, args)
+        if flag is not None:
+            return f"error: {flag} {error.problem}"
     return f"error: {error}"
 
 
@@ -148,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         with _run_log(args, argv):
             rc = args.func(args)
     except UserError as e:
-        print(f"persona-basins: {error_text(e, args)}", file=sys.stderr)
+        print(f"persona-basins: {error_text(e, args, parser)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         if args.command in RESUMABLE:

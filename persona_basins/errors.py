@@ -21,3 +21,19 @@ class ConfigError(UserError, ValueError):
 
     def __reduce__(self):  # picklable across worker processes (the default would pass only the message)
         return type(self), (self.owner, self.field, self.problem)
+
+
+class ArgumentError(UserError):
+    """A study's argument holds a bad value: ``out runs/x exists and is not a directory``.
+
+    ``argument`` is the Python parameter name (``out``, ``em_run``, ``max_checkpoints``) and ``problem`` the
+    rest, which names the value but no flag: the layers below the command line do not know flag names. The
+    CLI prints the flag of the command that ran instead (``--em-run runs/em: ...``, see ``cli.error_text``).
+    """
+
+    def __init__(self, argument: str, problem: str):
+        self.argument, self.problem = argument, problem
+        super().__init__(f"{argument} {problem}")
+
+    def __reduce__(self):  # picklable across worker processes (the default would pass only the message)
+        return type(self), (self.argument, self.problem)

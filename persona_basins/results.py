@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import ArgumentError, UserError
 
 
 def _clean(obj: Any) -> Any:

@@ -16,11 +16,12 @@ def _without_timing(path) -> str:
     return json.dumps(split_timing(json.loads(path.read_text()))[0])
 
 
-def test_two_workers_give_the_numbers_of_one(tiny_organism_dir, tiny_demo_run, tmp_path):
+def test_two_workers_give_the_numbers_of_one(tiny_organism_dir, tiny_demo_run, tmp_path, capsys):
     assert json.loads((tiny_demo_run / "config.json").read_text())["environment"]["workers"] == 1
     out = tmp_path / "pooled"
     argv = ["demo", "--preset", "tiny", "--organism", str(tiny_organism_dir), "--out", str(out)]
     assert main([*argv, "--no-browser", "--workers", "2"]) == 0
+    assert "tiny is a smoke test" in capsys.readouterr().out  # the summary says what tiny cannot show
     assert json.loads((out / "config.json").read_text())["environment"]["workers"] == 2
     assert _without_timing(out / "study.json") == _without_timing(tiny_demo_run / "study.json")
     for step in STEPS:
@@ -29,6 +30,15 @@ def test_two_workers_give_the_numbers_of_one(tiny_organism_dir, tiny_demo_run, t
     for unit in (tiny_demo_run / "em" / "adapters").glob("*/seed*/result.json"):
         ours = out / unit.relative_to(tiny_demo_run)
         assert _without_timing(ours) == _without_timing(unit), unit
+
+
+def test_help_states_the_time_and_that_tiny_is_a_smoke_test(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--workers N" in text and "the numbers do not depend on it" in text
+    assert "tiny is a smoke test" in text and "too small to show any finding" in text
+    assert "default about" in text and "minutes" in text
 
 
 def test_workers_must_be_positive(tmp_path, capsys):

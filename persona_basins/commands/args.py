@@ -371,3 +371,25 @@ def add_field_flag(parser, flag: str, cls, field_name: str, **argparse_kwargs):
         raise ValueError(f"{owner}.{field_name} is {known} in FIELD_FLAGS, not {flag}")
     argparse_kwargs.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())
     return parser.add_argument(flag, action=FieldFlag, owner=owner, field_name=field_name, **argparse_kwargs)
+
+
+def add_sampler_flags(parser, *, draws=200, burnin=50, chains=4) -> None:
+    """The SGLD sampler flags of every `llc` command, in one group (their fields: :class:`SamplerConfig`)."""
+    group = parser.add_argument_group("sampler")
+    add = group.add_argument
+    add("--chains", type=int_in(1, 4096), default=chains, help=f"SGLD chains (default {chains})")
+    add("--draws", type=int_in(1, None), default=draws, help=f"draws per chain (default {draws})")
+    add("--burnin", type=int_in(0, None), default=burnin, help=f"burn-in steps per chain (default {burnin})")
+    add_field_flag(group, "--step-size", "SamplerConfig", "step_size")
+    add_field_flag(group, "--localization", "SamplerConfig", "localization")
+    add_field_flag(group, "--nbeta", "SamplerConfig", "nbeta")
+    add("--batch-size", type=int_in(1, None), default=16, help="SGLD minibatch in documents (default 16)")
+    add("--n-docs", type=int_in(1, None), default=256, help="documents in the dataset (default %(default)s)")
+    add("--n", type=int_in(2, None), help="dataset size n in the posterior (default: --n-docs)")
+    add_field_flag(group, "--precondition", "SamplerConfig", "precondition")
+    add("--seed", type=SEED, default=0, help="seed for the data sample and the chains (default 0)")
+    add("--independent-batches", action="store_true", help="each chain its own minibatches (default: shared)")
+    add("--strict", action="store_true", help="an estimate failing the equilibrium gates is an error")
+    # auto: measured from idle cores and step times; the numbers never depend on it
+    add("--workers", type=int_or_auto(1), default="auto", help="CPU processes for the chains: N or auto")
+    add_device_flag(group)

@@ -24,14 +24,15 @@ Steps 2-6 run their fine-tunes, scans and other units on --workers processes; th
 the count. Interrupted (Ctrl-C, killed), a rerun with the same --out resumes from the finished steps and
 gives the same numbers.
 
-Time on 2 CPU cores, organism build included (benchmarks/demo_time.py): default {default} with 2
-workers (the organism's pretraining, 3.5 minutes, runs on one core; 1 worker: about 20 minutes), tiny
-{tiny}.
+Time on 2 CPU cores with 2 workers, from scratch (benchmarks/demo_time.py):
+  default  {default} (the organism's pretraining, 3.5 minutes, runs on one core; 1 worker: 20 minutes)
+  tiny     {tiny} (1 worker: 32 s)
 
 {tiny_note}
 """
-# benchmarks/demo_time.py on the 2-core development machine, from scratch (README "make demo" says the same)
-MEASURED = {"default": "about 12 minutes", "tiny": "under a minute"}
+# benchmarks/demo_time.py on the 2-core development machine, from scratch (README "make demo" says the same);
+# default: estimated from the one-worker step times until measured
+MEASURED = {"default": "about 12 minutes", "tiny": "24 s"}
 TINY_NOTE = """\
 tiny is a smoke test: a 2-layer organism, 2 fine-tuning seeds of 80 steps, short LLC chains. It shows that
 every step runs and what each one writes (study.json, the report, resume); it is too small to show any
@@ -52,7 +53,7 @@ def register(sub) -> None:
         "--preset",
         "DemoConfig",
         "preset",
-        help=f"default (the study; {MEASURED['default']} on 2 cores) or tiny (a smoke test, "
+        help=f"default (the study: {MEASURED['default']} on 2 cores) or tiny (a smoke test, "
         f"{MEASURED['tiny']}: it runs every step but is too small to show any finding)",
     )
     p.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder (default runs/demo)")

@@ -7,18 +7,15 @@ import sys
 
 from ..errors import UserError
 from .args import (
-    SEED,
     add_adapter_flag,
-    add_device_flag,
     add_dtype_flag,
     add_em_run_flag,
-    add_field_flag,
     add_model_flag,
     add_organism_flag,
+    add_sampler_flags,
     add_seeds_flag,
     finite_float,
     int_in,
-    int_or_auto,
     name_list,
     number_list,
 )
@@ -32,27 +29,6 @@ otherwise: 'adapter', 'layer:I', 'layer:I/head:H', or a regular expression over 
 """
 STEP_SIZES = "1e-5,3e-5,1e-4,3e-4,1e-3"
 POSITIVE_LIST = number_list(positive=True)
-
-
-def _add_sampler_args(parser, *, draws=200, burnin=50, chains=4) -> None:
-    group = parser.add_argument_group("sampler")
-    add = group.add_argument
-    add("--chains", type=int_in(1, 4096), default=chains, help=f"SGLD chains (default {chains})")
-    add("--draws", type=int_in(1, None), default=draws, help=f"draws per chain (default {draws})")
-    add("--burnin", type=int_in(0, None), default=burnin, help=f"burn-in steps per chain (default {burnin})")
-    add_field_flag(group, "--step-size", "SamplerConfig", "step_size")
-    add_field_flag(group, "--localization", "SamplerConfig", "localization")
-    add_field_flag(group, "--nbeta", "SamplerConfig", "nbeta")
-    add("--batch-size", type=int_in(1, None), default=16, help="SGLD minibatch in documents (default 16)")
-    add("--n-docs", type=int_in(1, None), default=256, help="documents in the dataset (default %(default)s)")
-    add("--n", type=int_in(2, None), help="dataset size n in the posterior (default: --n-docs)")
-    add_field_flag(group, "--precondition", "SamplerConfig", "precondition")
-    add("--seed", type=SEED, default=0, help="seed for the data sample and the chains (default 0)")
-    add("--independent-batches", action="store_true", help="each chain its own minibatches (default: shared)")
-    add("--strict", action="store_true", help="an estimate failing the equilibrium gates is an error")
-    # auto: measured from idle cores and step times; the numbers never depend on it
-    add("--workers", type=int_or_auto(1), default="auto", help="CPU processes for the chains: N or auto")
-    add_device_flag(group)
 
 
 def _add_model_args(parser, required: bool = False) -> None:
@@ -73,7 +49,7 @@ def register(sub) -> None:
     raw = {"formatter_class": argparse.RawDescriptionHelpFormatter}
     p = sub.add_parser("llc", help="the local learning coefficient (SGLD)", description=DESCRIPTION, **raw)
     _add_model_args(p)
-    _add_sampler_args(p)
+    add_sampler_flags(p)
     calibrate = f"calibrate the step size over STEPS (default {STEP_SIZES}), then estimate with the pick"
     const = POSITIVE_LIST(STEP_SIZES)  # argparse applies type= to a default, never to a const
     p.add_argument("--calibrate", nargs="?", const=const, type=POSITIVE_LIST, metavar="STEPS", help=calibrate)
@@ -83,7 +59,7 @@ def register(sub) -> None:
     def command(name: str, text: str, func, *, em: str = "", sampler=None, **defaults):
         """A subcommand with the sampler flags (and, with ``em``, the flags naming an em run)."""
         parser = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", **raw)
-        _add_sampler_args(parser, **(sampler or {}))
+        add_sampler_flags(parser, **(sampler or {}))
         parser.set_defaults(func=func, **defaults)  # after the flags: it overrides their defaults
         if em:
             add_em_run_flag(parser, required=True, help=f"an `em --organism` run folder ({em})")
@@ -158,17 +134,12 @@ def _run_estimate(args) -> int:
     except CalibrationFailed as failed:  # the grid is saved: draw its figures, then report
         draw_llc_figures(failed.result)
         raise
-    llc, diag = result.metrics["llc"], result.metrics["diagnostics"]
-    reasons = "; ".join(llc["reasons"])
-    shown = f"withheld: {reasons}"  # the mean of chains off equilibrium is no estimate: never printed
-    if llc["converged"]:
-        shown = f"{llc['mean']:.4g} ± {1.96 * llc['mcse']:.2g} (95%, MCSE)"
-    print(
-        f"LLC = {shown}; chains={args.chains}, path={diag['path']}, R-hat={diag['rhat']:.3f}, "
-        f"ESS={diag['ess_bulk']:.0f}, MALA={diag['mala_acceptance']:.2f} -> {result.run_dir}"
-    )
+    from ..studies.llc import estimate_line
+
+    llc = result.metrics["llc"]
+    print(f"{estimate_line(result.metrics, args.chains)} -> {result.run_dir}")
     if not llc["converged"]:
-        message = f"LLC estimate not at equilibrium (withheld in studies): {reasons}"
+        message = f"LLC estimate not at equilibrium (withheld in studies): {'; '.join(llc['reasons'])}"
         if args.strict:
             raise UserError(message + " (--strict)")
         print(f"warning: {message}", file=sys.stderr)
@@ -177,29 +148,20 @@ def _run_estimate(args) -> int:
 
 def _run_calibrate(args) -> int:
     flags = ("step_sizes", "nbetas", "localizations", "n")
+    from ..studies.llc import calibration_line
+
     result = _study(args, "run_calibrate", flags=flags, progress=True)
-    rec = result.metrics["recommended"]
-    shown = "no setting passed the calibration gates (see the grid's reasons)"
-    if rec:
-        shown = (
-            f"recommended: step_size={rec['step_size']:g}, nbeta={rec['nbeta']:.4g}, localization="
-            f"{rec['localization']:g} (LLC {rec['llc']:.4g} ± {1.96 * rec['mcse']:.2g}, MALA "
-            f"{rec['mala_acceptance']:.2f})"
-        )
-    print(f"{shown} -> {result.run_dir}")
+    print(f"{calibration_line(result.metrics)} -> {result.run_dir}")
     return 0
 
 
 def _run_stages(args) -> int:
     flags = ("n_docs", "n", "max_checkpoints", "smooth", "device")
     parts = {"layers": not args.no_layers, "heads": not args.no_heads}
+    from ..studies.llc import stages_line
+
     result = _study(args, "run_stages", args.organism, flags=flags, **parts)
-    m, boundaries = result.metrics, result.metrics["stage_boundaries"]
-    untested = len(m.get("stage_candidates", [])) - len(boundaries)
-    print(
-        f"LLC ({m['loss']} loss) over {len(m['steps'])} checkpoints; stage boundaries at steps {boundaries} "
-        f"({untested} sign changes within the noise left out) -> {result.run_dir}"
-    )
+    print(f"{stages_line(result.metrics)} -> {result.run_dir}")
     return 0
 
 

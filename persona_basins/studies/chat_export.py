@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import ArgumentError, UserError
 from ..models.hf import context_length
 from ..results import atomic_write_text, normalize_modes, write_json
 from ..train.finetune import condition_documents

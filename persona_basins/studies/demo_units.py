@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError
+from ..errors import ArgumentError, UserError
 from ..progress import Progress
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ def unit_queue(workers: int) -> Iterator[UnitQueue]:
     from .sweep.backends import make_backend  # the sweep package imports every unit kind: only when run
 
     if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
+        raise ArgumentError("workers", f"must be >= 1, got {workers}")
     backend = make_backend("local", run_unit, workers=workers)
     aborted = True
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from ..errors import ConfigError, UserError
+from ..errors import ArgumentError, ConfigError, UserError
 from ..measure.basin_verdicts import format_reduction, inoculation_reduction
 from ..measure.persona import em_base_row, em_readout
 from ..measure.transition import transition_metrics
@@ -275,7 +275,9 @@ def em_run_organism(em_run: str | Path, organism: str | Path | None = None) -> s
         cfg_file = Path(em_run) / "config.json"
         organism = read_json(cfg_file).get("organism") if cfg_file.is_file() else None
         if not organism:
-            raise UserError(f"--em-run {em_run}: config.json names no organism; pass --organism DIR")
+            raise ArgumentError(
+                "organism", f"is needed: {cfg_file} names no organism (the folder the em run trained on)"
+            )
     return organism
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import ArgumentError, UserError
 from ..results import read_json, write_json
 
 AGREEMENT_FORMAT = "persona-basins-em-hf-agreement/1"
@@ -276,7 +276,9 @@ def run_agreement(
     from .em_hf import run_em_hf
 
     if seeds < 2:
-        raise UserError("the agreement study needs --seeds >= 2 (a rank correlation over units)")
+        raise ArgumentError(
+            "seeds", f"must be >= 2 for the agreement study (a rank correlation over units), got {seeds}"
+        )
     work = Path(work)
     org = load_organism(organism)
     chat_dir = export_chat(organism, work / "chat")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import ArgumentError, UserError
 from ..measure.llc import SamplerConfig, calibrate, estimate_llc
 from ..progress import track
 from ..results import RunDir, StudyResult
@@ -792,3 +792,39 @@ def run_path_study(
     }
     run.write_metrics(metrics)
     return StudyResult(run.path, metrics)
+
+
+# --- one-line summaries the llc command prints (formatting only: the numbers are in metrics.json) -----------
+
+
+def estimate_line(metrics: dict, chains: int) -> str:
+    """``LLC = 12.3 ± 0.4 (95%, MCSE); chains=4, ...``; a withheld estimate shows its reasons, never its mean
+    (the mean of chains off equilibrium is no estimate)."""
+    llc, diag = metrics["llc"], metrics["diagnostics"]
+    shown = f"withheld: {'; '.join(llc['reasons'])}"
+    if llc["converged"]:
+        shown = f"{llc['mean']:.4g} ± {1.96 * llc['mcse']:.2g} (95%, MCSE)"
+    return (
+        f"LLC = {shown}; chains={chains}, path={diag['path']}, R-hat={diag['rhat']:.3f}, "
+        f"ESS={diag['ess_bulk']:.0f}, MALA={diag['mala_acceptance']:.2f}"
+    )
+
+
+def calibration_line(metrics: dict) -> str:
+    rec = metrics["recommended"]
+    if not rec:
+        return "no setting passed the calibration gates (see the grid's reasons)"
+    return (
+        f"recommended: step_size={rec['step_size']:g}, nbeta={rec['nbeta']:.4g}, localization="
+        f"{rec['localization']:g} (LLC {rec['llc']:.4g} ± {1.96 * rec['mcse']:.2g}, MALA "
+        f"{rec['mala_acceptance']:.2f})"
+    )
+
+
+def stages_line(metrics: dict) -> str:
+    boundaries = metrics["stage_boundaries"]
+    untested = len(metrics.get("stage_candidates", [])) - len(boundaries)
+    return (
+        f"LLC ({metrics['loss']} loss) over {len(metrics['steps'])} checkpoints; stage boundaries at steps "
+        f"{boundaries} ({untested} sign changes within the noise left out)"
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from ..errors import UserError
+from ..errors import ArgumentError, UserError
 from ..models.lm import encode_documents
 from ..models.organism import (
     MANIFEST,

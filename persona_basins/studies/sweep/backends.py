@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ...errors import UserError
+from ...errors import ArgumentError, UserError
 
 Task = dict
 RunTask = Callable[[Task], dict]
@@ -277,18 +277,20 @@ def make_backend(
     """The backend named ``backend`` (``local`` or ``ray``) running ``fn``; flags that do not apply to it
     are refused."""
     if workers is not None and workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
+        raise ArgumentError("workers", f"must be >= 1, got {workers}")
     if cpus_per_unit <= 0:
-        raise UserError(f"--cpus-per-unit must be > 0, got {cpus_per_unit}")
+        raise ArgumentError("cpus_per_unit", f"must be > 0, got {cpus_per_unit}")
     if gpus_per_unit < 0:
-        raise UserError(f"--gpus-per-unit must be >= 0, got {gpus_per_unit}")
+        raise ArgumentError("gpus_per_unit", f"must be >= 0, got {gpus_per_unit}")
     if backend == "local":
         if address:
-            raise UserError("--address is for --backend ray")
+            raise ArgumentError("address", "is for the ray backend")
         if gpus_per_unit:
-            raise UserError("--gpus-per-unit is for --backend ray")
+            raise ArgumentError("gpus_per_unit", "is for the ray backend")
         if cpus_per_unit != 1:
-            raise UserError("--cpus-per-unit is for --backend ray (local workers run one thread each)")
+            raise ArgumentError(
+                "cpus_per_unit", "is for the ray backend (local workers run one thread each)"
+            )
         count = workers or os.cpu_count() or 1
         return InlineBackend(fn) if count == 1 else LocalBackend(fn, count)
     if backend == "ray":
@@ -300,4 +302,4 @@ def make_backend(
             gpus_per_unit=gpus_per_unit,
             max_retries=max_retries,
         )
-    raise UserError(f"--backend: unknown backend {backend!r} (local or ray)")
+    raise ArgumentError("backend", f"{backend!r}: unknown backend (local or ray)")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ... import __version__
-from ...errors import UserError
+from ...errors import ArgumentError, UserError
 from ...results import RunDir, atomic_write_text, read_json, write_json
 from ...stats import Interval, format_interval, mean_interval, rate_interval
 from .kinds import KINDS
@@ -160,20 +160,22 @@ def heatmap_data(record: dict, x: str, y: str, metric: str) -> dict:
     """Mean of ``metric`` per (x, y) cell over the other axes, which must be seed axes (like with like)."""
     spec = record["spec"]
     axes = spec["axes"]
-    for flag, axis in (("--x", x), ("--y", y)):
+    for argument, axis in (("x", x), ("y", y)):
         if axis not in axes:
-            raise UserError(f"{flag} {axis}: not an axis of this sweep (axes: {', '.join(axes) or 'none'})")
+            raise ArgumentError(argument, f"{axis}: not an axis of this sweep (axes: {', '.join(axes) or 'none'})")
     if x == y:
-        raise UserError("--x and --y must be different axes")
+        raise ArgumentError("y", f"{y} is also the x axis; choose another axis")
     others = [k for k in axes if k not in (x, y) and k not in spec["seed_axes"] and len(axes[k]) > 1]
     if others:
         raise UserError(
             f"axis {others[0]!r} has {len(axes[others[0]])} values and is not a seed axis; "
-            f"plot it as --x or --y (cells must compare like with like)"
+            f"plot it along x or y (cells must compare like with like)"
         )
     known = sorted({k for u in record["units"] for k in u["metrics"]})
     if metric not in known:
-        raise UserError(f"--metric {metric}: no finished unit has it (metrics: {', '.join(known) or 'none'})")
+        raise ArgumentError(
+            "metric", f"{metric}: no finished unit has it (metrics: {', '.join(known) or 'none'})"
+        )
     xs, ys = axes[x], axes[y]
     cells = [[[] for _ in xs] for _ in ys]
     for unit in record["units"]:

@@ -167,14 +167,14 @@ def prepare_out_dir(out: str | Path) -> Path:
     """Create ``out`` (and parents) or fail with a one-line error if it cannot be written."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+        raise ArgumentError("out", f"{out} exists and is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-probe"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
+        raise ArgumentError("out", f"{out} cannot be written: {e.strerror or e}") from None
     return out
 
 
@@ -448,20 +448,22 @@ def check_out_dir(out: str | Path, kind: str) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+        raise ArgumentError("out", f"{out} exists and is not a directory")
     if any((out / name).exists() for name in ORGANISM_FILES):
-        raise UserError(f"--out {out} holds an organism; choose another --out")
+        raise ArgumentError("out", f"{out} holds an organism; choose another folder")
     found = recorded_kind(out)
     if found == kind:
         return
     if found is not None:
-        raise UserError(
-            f"--out {out} holds a run of another kind ({found}, not {kind}); choose another --out"
+        raise ArgumentError(
+            "out", f"{out} holds a run of another kind ({found}, not {kind}); choose another folder"
         )
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     if visible:
         shown = ", ".join(visible[:3]) + (" ..." if len(visible) > 3 else "")
-        raise UserError(f"--out {out} holds files this program did not write ({shown}); choose another --out")
+        raise ArgumentError(
+            "out", f"{out} holds files this program did not write ({shown}); choose another folder"
+        )
 
 
 def _dir_mode() -> int:

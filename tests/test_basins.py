@@ -429,3 +429,11 @@ def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_p
     d["embedding_checksum"] += 1.0
     fp.write_text(json.dumps(d))
     assert "another base model" in err([*base, "--adapter", str(other)])
+
+
+def test_censored_summary_of_no_direction_is_withheld_not_a_crash():
+    """`basins --random 0` scans no random direction: its summary is null with a reason (it crashed on max())."""
+    from persona_basins.measure.basin_verdicts import censored_summary
+
+    summary = censored_summary([])
+    assert summary["mean"] is None and summary["n"] == 0 and "no direction" in summary["reason"]

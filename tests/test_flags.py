@@ -135,9 +135,9 @@ def test_llc_refuses_a_missing_local_folder_but_not_a_hub_id(tmp_path):
     from persona_basins.errors import UserError
     from persona_basins.studies.llc import load_target
 
-    with pytest.raises(UserError, match="--model folder not found"):
+    with pytest.raises(UserError, match="^model folder not found"):
         load_target(tmp_path / "nope")
-    with pytest.raises(UserError, match="--data FILE.txt is required"):
+    with pytest.raises(UserError, match=r"^data \(a text file\) is required"):
         load_target("some-org/some-model")  # a hub id: only --data is missing
 
 

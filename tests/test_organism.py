@@ -76,7 +76,7 @@ def test_rebuild_same_settings_reuses_and_other_settings_refuse(tiny_organism_di
     "argv, needle",
     [
         (["organism", "build", "--preset", "huge", "--out", "{tmp}/x"], "argument --preset"),
-        (["organism", "build", "--preset", "tiny", "--out", "/proc/nope/x"], "cannot write to --out"),
+        (["organism", "build", "--preset", "tiny", "--out", "/proc/nope/x"], "--out /proc/nope/x cannot"),
         (["organism", "report", "{tmp}/missing"], "organism folder not found"),
     ],
 )

@@ -305,7 +305,7 @@ CASES = [
     Case(
         "build-unwritable-out",
         ["organism", "build", "--preset", "tiny", "--out", "/proc/nope/x"],
-        "cannot write to --out",
+        "--out /proc/nope/x cannot be written",
     ),
     Case(
         "build-out-is-a-file",
@@ -641,6 +641,12 @@ CASES = [
         "basins-level-out-of-range",
         ["basins", "--organism", ORG, "--adapter", ADP, "--level", "2", "--out", "{tmp}/o"],
         "--level",
+        absent=("o",),
+    ),
+    Case(
+        "basins-negative-random",
+        ["basins", "--organism", ORG, "--adapter", ADP, "--random", "-1", "--out", "{tmp}/o"],
+        "--random",
         absent=("o",),
     ),
     Case(

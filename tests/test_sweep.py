@@ -217,7 +217,7 @@ def test_bad_flags(tmp_path, cli_error, spec4):
     assert "sweep spec not found" in cli_error(
         ["sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "r")]
     )
-    assert "--address is for --backend ray" in cli_error(
+    assert "--address is for the ray backend" in cli_error(
         ["sweep", str(spec4), "--out", str(tmp_path / "r"), "--address", "127.0.0.1:1"]
     )
     assert "sweep run folder not found" in cli_error(

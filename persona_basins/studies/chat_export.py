@@ -92,16 +92,18 @@ def export_chat(organism: str | Path, out: str | Path, *, force: bool = False) -
     out = Path(out)
     if out.exists():
         if not (out / "export.json").is_file():
-            raise UserError(f"--out {out} exists and is not a chat export; choose a new folder")
+            raise ArgumentError("out", f"{out} exists and is not a chat export; choose a new folder")
         if read_export(out).get("organism_fingerprint") == org.fingerprint and not force:
             return out
         if not force:
-            raise UserError(f"--out {out} holds the export of another organism; pass --force to replace it")
+            raise ArgumentError(
+                "force", f"is needed to replace {out}: it holds the export of another organism"
+            )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-{os.getpid()}-", dir=out.parent))
     except OSError as e:
-        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
+        raise ArgumentError("out", f"{out} cannot be written: {e.strerror or e}") from None
     try:
         _write_into(org, tmp)
         normalize_modes(tmp)

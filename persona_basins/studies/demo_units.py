@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ArgumentError, UserError
+from ..errors import ArgumentError
 from ..progress import Progress
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArgumentError, UserError
+from ..errors import ArgumentError
 from ..results import read_json, write_json
 
 AGREEMENT_FORMAT = "persona-basins-em-hf-agreement/1"

@@ -42,10 +42,10 @@ def _read_text_ids(path: str | Path, tokenizer, n_docs: int, seq_len: int):
 
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--data file not found: {p}")
+        raise ArgumentError("data", f"file not found: {p}")
     lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     if not lines:
-        raise UserError(f"--data {p} has no non-empty lines")
+        raise ArgumentError("data", f"{p} has no non-empty lines")
     lines = lines[:n_docs]
     pad = tokenizer.pad_token_id
     if pad is None:
@@ -53,7 +53,7 @@ def _read_text_ids(path: str | Path, tokenizer, n_docs: int, seq_len: int):
     rows = [tokenizer(t, add_special_tokens=True)["input_ids"][:seq_len] for t in lines]
     rows = [r for r in rows if len(r) >= 2]
     if not rows:
-        raise UserError(f"--data {p}: every line tokenises to fewer than 2 tokens")
+        raise ArgumentError("data", f"{p}: every line tokenises to fewer than 2 tokens")
     T = max(len(r) for r in rows)
     ids = torch.full((len(rows), T), pad, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -100,9 +100,9 @@ def load_target(
         from ..models.hf import load_causal_lm, looks_local
 
         if looks_local(str(model_dir)) and not path.is_dir():  # else a hub id, as `em --model` takes
-            raise UserError(f"--model folder not found: {path}")
+            raise ArgumentError("model", f"folder not found: {path}")
         if not data_file:
-            raise UserError("--data FILE.txt is required when --model is not an organism folder")
+            raise ArgumentError("data", f"(a text file) is required: {model_dir} is not an organism folder")
         model, tok = load_causal_lm(str(model_dir), device="cpu", dtype="fp32")
         ids, pad = _read_text_ids(data_file, tok, n_docs, seq_len)
         loss_fn = causal_lm_loss_fn(pad)
@@ -354,7 +354,7 @@ def run_stages(
         raise UserError(f"no pretraining checkpoints in {Path(organism_dir) / 'checkpoints'}")
     if max_checkpoints is not None:
         if max_checkpoints < 1:
-            raise UserError("--max-checkpoints must be >= 1")
+            raise ArgumentError("max_checkpoints", f"must be >= 1, got {max_checkpoints}")
         if len(cks) > max_checkpoints:
             keep = np.unique(np.linspace(0, len(cks) - 1, max_checkpoints).round().astype(int))
             cks = [cks[i] for i in keep]
@@ -519,7 +519,7 @@ def run_trajectory(
 
     em_run = Path(em_run)
     if not (em_run / "adapters").is_dir():
-        raise UserError(f"--em {em_run}: not an em run folder (no adapters/)")
+        raise ArgumentError("em_run", f"{em_run}: not an em run folder (no adapters/)")
     org = load_organism(_em_organism(em_run, organism))
     if device != "cpu":
         from ..models.hf import resolve_device
@@ -540,7 +540,7 @@ def run_trajectory(
     for cond in conditions:
         cdir = em_run / "adapters" / cond
         if not cdir.is_dir():
-            raise UserError(f"--em {em_run}: no adapters for condition {cond!r}")
+            raise ArgumentError("em_run", f"{em_run}: no adapters for condition {cond!r}")
         seed_dirs = sorted(
             cdir.glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30
         )
@@ -549,7 +549,11 @@ def run_trajectory(
         for sd in seed_dirs:
             cks = _em_checkpoints(sd)
             if not cks:
-                raise UserError(f"{sd}: no saved adapter checkpoints (train with `em --checkpoint-every K`)")
+                raise ArgumentError(
+                    "em_run",
+                    f"{em_run}: {cond}/{sd.name} has no saved adapter checkpoints "
+                    "(the em run was trained without checkpoint_every)",
+                )
             result = read_json(sd / "result.json") if (sd / "result.json").is_file() else {}
             layer = int(result.get("config", {}).get("layer", 0))
             rows = {"steps": [s for s, _ in cks]}
@@ -681,11 +685,11 @@ def run_path_study(
 
     em_run = Path(em_run)
     if not (em_run / "adapters").is_dir():
-        raise UserError(f"--em {em_run}: not an em run folder (no adapters/)")
+        raise ArgumentError("em_run", f"{em_run}: not an em run folder (no adapters/)")
     if band is not None:
         band = tuple(float(b) for b in band)
         if len(band) != 2 or not band[0] <= band[1]:
-            raise UserError(f"--band must be LO,HI with LO <= HI, got {band}")
+            raise ArgumentError("band", f"must be two numbers LO <= HI, got {band}")
     bad = [d for d in directions if d not in PATH_DIRECTIONS]
     if bad:
         raise UserError(f"unknown direction(s) {bad}; choose from {', '.join(PATH_DIRECTIONS)}")
@@ -695,7 +699,7 @@ def run_path_study(
     ids = org.mixture_input_ids(n_docs, seed=123)
     plain = _adapter_dirs(em_run, "plain", seeds)
     if not plain:
-        raise UserError(f"--em {em_run}: no plain adapters")
+        raise ArgumentError("em_run", f"{em_run}: no plain adapters")
     inoc = _adapter_dirs(em_run, "inoculated", seeds) if "inoculated" in directions else []
     scan_ts = _scan_grid(ts) if scan_ts is None else sorted(float(t) for t in scan_ts)
     run = RunDir(

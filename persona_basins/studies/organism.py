@@ -97,29 +97,30 @@ def check_out(out: Path, cfg: OrganismConfig, force: bool) -> bool:
     if not out.exists():
         return False
     if not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+        raise ArgumentError("out", f"{out} exists and is not a directory")
     if not any(out.iterdir()):
         return False
     ours = written_by_us(out)
     if not ours:
-        raise UserError(
-            f"--out {out} already holds other files (no {MANIFEST}); --force replaces only an "
-            f"organism folder this program wrote: choose another --out"
+        raise ArgumentError(
+            "out",
+            f"{out} already holds other files (no {MANIFEST}), which force never replaces: "
+            "choose another folder",
         )
     if force:
         return False
     have, want = existing_config(out), as_stored(cfg.to_dict())
     if have != want:
-        raise UserError(
-            f"--out {out} already holds another organism ({key_differences(have, want)}); "
-            f"pass --force to replace it"
+        raise ArgumentError(
+            "force",
+            f"is needed to replace {out}: it already holds another organism ({key_differences(have, want)})",
         )
     bad = verify_weights(out) or (
         None if (out / "metrics.json").is_file() else f"{out / 'metrics.json'} is missing"
     )
     if bad:
-        raise UserError(
-            f"--out {out} holds this organism but cannot be reused: {bad}; pass --force to rebuild it"
+        raise ArgumentError(
+            "force", f"is needed to rebuild {out}: it holds this organism but cannot be reused ({bad})"
         )
     return True
 
@@ -149,7 +150,7 @@ def build_organism(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-{os.getpid()}-", dir=out.parent))
     except OSError as e:
-        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
+        raise ArgumentError("out", f"{out} cannot be written: {e.strerror or e}") from None
     try:
         try:
             _build_into(cfg, tmp, progress=progress, log=log)

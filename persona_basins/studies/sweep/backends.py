@@ -288,9 +288,7 @@ def make_backend(
         if gpus_per_unit:
             raise ArgumentError("gpus_per_unit", "is for the ray backend")
         if cpus_per_unit != 1:
-            raise ArgumentError(
-                "cpus_per_unit", "is for the ray backend (local workers run one thread each)"
-            )
+            raise ArgumentError("cpus_per_unit", "is for the ray backend (local workers run one thread each)")
         count = workers or os.cpu_count() or 1
         return InlineBackend(fn) if count == 1 else LocalBackend(fn, count)
     if backend == "ray":

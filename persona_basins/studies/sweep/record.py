@@ -162,7 +162,9 @@ def heatmap_data(record: dict, x: str, y: str, metric: str) -> dict:
     axes = spec["axes"]
     for argument, axis in (("x", x), ("y", y)):
         if axis not in axes:
-            raise ArgumentError(argument, f"{axis}: not an axis of this sweep (axes: {', '.join(axes) or 'none'})")
+            raise ArgumentError(
+                argument, f"{axis}: not an axis of this sweep (axes: {', '.join(axes) or 'none'})"
+            )
     if x == y:
         raise ArgumentError("y", f"{y} is also the x axis; choose another axis")
     others = [k for k in axes if k not in (x, y) and k not in spec["seed_axes"] and len(axes[k]) > 1]

@@ -322,6 +322,7 @@ def with_base(m: dict, units: dict, base_row: dict, conditions, seeds: int) -> d
         )
         if k in base_row
     }
+
     def excess_range(base: float) -> dict:
         # a rate in [0, 1] minus the base organism's exact rate b lies in [-b, 1 - b]: the interval's range
         return {"lo": -base, "hi": 1.0 - base}

@@ -432,7 +432,8 @@ def test_cli_basins_smoke_and_bad_inputs(tiny_organism, tiny_organism_dir, tmp_p
 
 
 def test_censored_summary_of_no_direction_is_withheld_not_a_crash():
-    """`basins --random 0` scans no random direction: its summary is null with a reason (it crashed on max())."""
+    """`basins --random 0` scans no random direction: its summary is null with a reason (it used to crash
+    on max() of nothing)."""
     from persona_basins.measure.basin_verdicts import censored_summary
 
     summary = censored_summary([])

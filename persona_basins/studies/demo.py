@@ -504,7 +504,8 @@ def assemble(
 
 
 def _share_text(split: dict) -> str:
-    """``[28%, 99%]; mean broad 0.90, narrow 0.00``: an outcome_summary's exact share and conditional means."""
+    """``[28%, 99%]; mean broad 0.90, narrow 0.00``: an outcome_summary's exact share and conditional
+    means."""
     share = split["share_above"]
     means = [
         f"{name} {format_interval(split[key], '.2f')}"
@@ -539,7 +540,8 @@ def summary_lines(study: dict) -> list[str]:
         f"LLC (self-KL) peaks at t =               {study['llc_along_path'].get('t_argmax')}",
         f"LLC peak inside each seed's t* band      {_verdict_text(study['llc_along_path'])}",
         f"behavioural overlap volume (eps={study['overlap_fraction']['epsilon']})   "
-        f"{fmt(study['overlap_fraction'])} (routine share built in: {study['overlap_fraction']['routine_share']:g})",
+        f"{fmt(study['overlap_fraction'])} "
+        f"(routine share built in: {study['overlap_fraction']['routine_share']:g})",
     ]
     split = study["overlap_fraction"].get("by_outcome")
     if split:

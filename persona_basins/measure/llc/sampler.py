@@ -446,11 +446,11 @@ def estimate_llc(
     a tuple of tensors (batch = tuple of rows) or a dataset with ``input_ids`` (batch = the ids tensor).
     ``n`` is the dataset size in the posterior. ``config`` holds the sampler settings
     (:class:`SamplerConfig`); sampler settings may also be given as keyword arguments (``step_size=...``,
-    ``num_chains=...``; the old ``path=`` is ``execution=``), which override ``config``. ``restrict`` picks the parameters that move (see
-    :func:`select_parameters`); the rest stay frozen. ``gates``: the equilibrium thresholds
-    (:class:`GateConfig`); the result's ``converged``/``reasons`` say whether they passed. The model's weights
-    are never modified. Raises
-    :class:`LLCDivergenceError` on NaN/inf or loss explosion.
+    ``num_chains=...``; the old ``path=`` is ``execution=``), which override ``config``. ``restrict`` picks
+    the parameters that move (see :func:`select_parameters`); the rest stay frozen. ``gates``: the
+    equilibrium thresholds (:class:`GateConfig`); the result's ``converged``/``reasons`` say whether they
+    passed. The model's weights are never modified. Raises :class:`LLCDivergenceError` on NaN/inf or loss
+    explosion.
     """
     import torch
 

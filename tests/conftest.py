@@ -29,6 +29,8 @@ SLOW_TESTS = (
     "tests/test_eigenform.py::test_a_process_that_cannot_move_gets_no",
     "tests/test_llc.py::test_calibrate_recommends_and_plots",
     "tests/test_schema.py::test_real_tiny_demo_study_validates",
+    "tests/test_demo_workers.py::test_two_workers_give_the_numbers_of_one",
+    "tests/test_export_chat.py::",
 )
 
 

@@ -25,14 +25,15 @@ the count. Interrupted (Ctrl-C, killed), a rerun with the same --out resumes fro
 gives the same numbers.
 
 Time on 2 CPU cores with 2 workers, from scratch (benchmarks/demo_time.py):
-  default  {default} (the organism's pretraining, 3.5 minutes, runs on one core; 1 worker: 20 minutes)
+  default  {default} (a fresh clone: 13 min 39 s; the pretraining, ~4 minutes, runs on one core;
+           1 worker: about 20 minutes)
   tiny     {tiny} (1 worker: 32 s)
 
 {tiny_note}
 """
 # benchmarks/demo_time.py on the 2-core development machine, from scratch (README "make demo" says the same);
 # default: estimated from the one-worker step times until measured
-MEASURED = {"default": "about 12 minutes", "tiny": "24 s"}
+MEASURED = {"default": "about 14 minutes", "tiny": "24 s"}
 TINY_NOTE = """\
 tiny is a smoke test: a 2-layer organism, 2 fine-tuning seeds of 80 steps, short LLC chains. It shows that
 every step runs and what each one writes (study.json, the report, resume); it is too small to show any

@@ -175,3 +175,27 @@ def test_hf_score_and_exact_readout_agree_in_direction(tiny_organism_dir, tmp_pa
     assert res["pair_check_max_abs"] < 1e-6
     assert res["plain_above_secure"] == {"hf": True, "hf_total": True, "exact": True}
     assert res["agreement"]["per_token"]["rate"] == 1.0
+
+
+def test_persona_vector_and_basin_scan_through_the_hf_loading_path(chat_dir, tiny_organism, one_thread):
+    """The export loaded by the one Hugging Face loader (models/hf.py) gives the organism's persona vector
+    and basin scan exactly: the HF path measures what the organism path measures."""
+    import torch
+
+    from persona_basins.measure.basins import random_weight_deltas, scan
+    from persona_basins.measure.vectors import persona_vector
+    from persona_basins.models.adapters import full_module_name
+    from persona_basins.models.hf import load_causal_lm
+
+    hf_model, _tokenizer = load_causal_lm(str(chat_dir), device="cpu", dtype="fp32")
+    through_hf = tiny_organism.with_model(hf_model.eval())
+    vector = persona_vector(tiny_organism, 0, n=32)
+    assert torch.equal(persona_vector(through_hf, 0, n=32), vector)
+    module = full_module_name(tiny_organism.model, "attn_out", 0)
+    weight = dict(tiny_organism.model.named_parameters())[module + ".weight"]
+    (delta,) = random_weight_deltas(weight.detach(), 1, seed=0)
+    scans = [
+        scan(org, module, delta, [0.0, 1.0], vector=vector, layer=0, n_loss_docs=8)
+        for org in (tiny_organism, through_hf)
+    ]
+    assert scans[0] == scans[1]

@@ -31,6 +31,8 @@ SLOW_TESTS = (
     "tests/test_schema.py::test_real_tiny_demo_study_validates",
     "tests/test_demo_workers.py::test_two_workers_give_the_numbers_of_one",
     "tests/test_export_chat.py::",
+    "tests/test_browser.py::test_verdict_panel_leads_the_real_tiny_demo",
+    "tests/test_schema.py::test_a_broken_study_names_the_key",  # these two share the session's tiny demo
 )
 
 

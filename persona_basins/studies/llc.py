@@ -18,6 +18,7 @@ from ..errors import ArgumentError, UserError
 from ..measure.llc import SamplerConfig, calibrate, estimate_llc
 from ..progress import track
 from ..results import RunDir, StudyResult
+from .em import em_run_adapters, em_run_organism  # the one reader of an em run
 
 
 @dataclass
@@ -29,12 +30,6 @@ class LLCTarget:
     input_ids: Any
     restrict: Any
     source: str
-
-
-def _em_organism(em_run: Path, organism):
-    from .em import em_run_organism  # the one reader of an em run (studies.em)
-
-    return em_run_organism(em_run, organism)
 
 
 def _read_text_ids(path: str | Path, tokenizer, n_docs: int, seq_len: int):
@@ -520,7 +515,7 @@ def run_trajectory(
     em_run = Path(em_run)
     if not (em_run / "adapters").is_dir():
         raise ArgumentError("em_run", f"{em_run}: not an em run folder (no adapters/)")
-    org = load_organism(_em_organism(em_run, organism))
+    org = load_organism(em_run_organism(em_run, organism))
     if device != "cpu":
         from ..models.hf import resolve_device
 
@@ -615,12 +610,6 @@ PATH_FIGURE = "llc_path.png"
 PATH_DIRECTIONS = ("plain", "random", "inoculated")
 
 
-def _adapter_dirs(em_run: Path, condition: str, seeds: int | None) -> list[Path]:
-    from .em import em_run_adapters
-
-    return em_run_adapters(em_run, condition, seeds)
-
-
 def _scan_grid(ts) -> list[float]:
     """The default behavioural scan grid: four scan intervals per interval of the LLC grid ``ts``."""
     t = sorted(float(x) for x in ts)
@@ -695,12 +684,12 @@ def run_path_study(
         raise UserError(f"unknown direction(s) {bad}; choose from {', '.join(PATH_DIRECTIONS)}")
     if points_per_band < 1:
         raise UserError(f"points_per_band must be >= 1, got {points_per_band}")
-    org = load_organism(_em_organism(em_run, organism))
+    org = load_organism(em_run_organism(em_run, organism))
     ids = org.mixture_input_ids(n_docs, seed=123)
-    plain = _adapter_dirs(em_run, "plain", seeds)
+    plain = em_run_adapters(em_run, "plain", seeds)
     if not plain:
         raise ArgumentError("em_run", f"{em_run}: no plain adapters")
-    inoc = _adapter_dirs(em_run, "inoculated", seeds) if "inoculated" in directions else []
+    inoc = em_run_adapters(em_run, "inoculated", seeds) if "inoculated" in directions else []
     scan_ts = _scan_grid(ts) if scan_ts is None else sorted(float(t) for t in scan_ts)
     run = RunDir(
         out,

@@ -3,12 +3,16 @@
     .venv/bin/python benchmarks/llc_path_point.py                       # tiny and default organisms
     .venv/bin/python benchmarks/llc_path_point.py --organisms tiny      # one of them
     .venv/bin/python benchmarks/llc_path_point.py --default-dir DIR     # an organism built earlier
+    .venv/bin/python benchmarks/llc_path_point.py --organisms tiny --tiny-dir RUN/organism \
+        --adapter RUN/em/adapters/plain/seed0 --ends 0,2 --restricts module   # the demo's own path
 
 A path point is ``w0 + t dW`` under the self-KL built at that point (0 and minimal there), over n = 1024
 held-out documents of the pretraining mixture (the posterior's n; nβ = n / log n), moving the restriction
 named (the attention output weight of layer 0, ``module``, or the whole layer 0, ``layer``). ``dW`` is a
 random rank-1 direction of layer 0's attention output (Frobenius norm ``--delta-norm`` times the weight's);
-the ends of the path are t = 0 and t = 1. For each organism x restriction x minibatch size:
+the ends of the path are t = 0 and t = 1. With ``--adapter`` the path is that LoRA adapter's ``dW`` (the
+demo's path: a plain EM fine-tune) and ``--ends`` names its ends (the tiny demo's LLC grid ends at t = 2).
+For each organism x restriction x minibatch size:
 
 1. calibrate at both ends (``measure.llc.calibrate``: RMSProp, γ 100 then 300, steps 1e-3 / 3e-4 / 1e-4 with
    refinement, 4 chains x (50 + 200) draws, lengthened when mixing is the only failure);
@@ -99,19 +103,34 @@ def _common_setting(cals: list[dict]) -> dict | None:
     return {**pick, "draws_for_gates": draws}
 
 
-def measure(org, label: str, restrict_name: str, batch: int, seq_len, delta_norm: float, given=None) -> dict:
+def _path_delta(org, delta_norm: float, adapter: str | None):
+    """(parameter name, dW): a LoRA adapter's on its module, else a random rank-1 direction of layer 0's
+    attention output with |dW| = ``delta_norm`` |W|."""
     from persona_basins.measure.basins import random_weight_deltas
-    from persona_basins.measure.llc import SamplerConfig, calibrate, estimate_llc
 
+    if adapter is not None:
+        from persona_basins.models.edits import adapter_on_copy, single_lora_delta
+
+        name, delta = single_lora_delta(adapter_on_copy(org.model, adapter))
+        return f"{name}.weight", delta.detach()
     pname = "transformer.h.0.attn.c_proj.weight"
     weight = dict(org.model.named_parameters())[pname].detach()
-    delta = random_weight_deltas(weight * delta_norm, 1, seed=10_000)[0]
+    return pname, random_weight_deltas(weight * delta_norm, 1, seed=10_000)[0]
+
+
+def measure(
+    org, label, restrict_name, batch, seq_len, delta_norm, given=None, adapter=None, ends=(0.0, 1.0)
+) -> dict:
+    from persona_basins.measure.llc import SamplerConfig, calibrate, estimate_llc
+
+    pname, delta = _path_delta(org, delta_norm, adapter)
     restrict = RESTRICTS[restrict_name]
     base = SamplerConfig(num_chains=4, num_draws=200, num_burnin=50, batch_size=batch, execution="loop")
     out = {"organism": label, "restrict": restrict_name, "restrict_spec": restrict, "batch_size": batch}
     out["seq_len"] = seq_len
+    out["path"] = {"adapter": adapter, "ends": list(ends), "delta_norm": float(delta.norm()), "param": pname}
     cals, t0 = [], time.perf_counter()
-    for t in (0.0, 1.0) if given is None else ():
+    for t in ends if given is None else ():
         model, loss_fn, data = _point(org, pname, delta, t, N_DOCS, seq_len)
         log = lambda line: print(f"  {line}", flush=True)  # noqa: E731
         cal = calibrate(
@@ -137,7 +156,7 @@ def measure(org, label: str, restrict_name: str, batch: int, seq_len, delta_norm
                 for r in c["grid"]
             ],
         }
-        for t, c in zip((0.0, 1.0), cals)
+        for t, c in zip(ends, cals)
     ]
     setting = _common_setting(cals) if given is None else None
     if given is not None:  # the setting named on the command line, not calibrated here
@@ -164,7 +183,7 @@ def measure(org, label: str, restrict_name: str, batch: int, seq_len, delta_norm
     )
     out["sampler"] = cfg.to_dict()
     points = []
-    for t in (0.0, 1.0):
+    for t in ends:
         model, loss_fn, data = _point(org, pname, delta, t, N_DOCS, seq_len)
         row = {
             "t": t,
@@ -248,10 +267,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-sizes", default="8")
     ap.add_argument("--seq-len", type=int, help="truncate documents to this many tokens (default: whole)")
     ap.add_argument("--delta-norm", type=float, default=0.25, help="|dW| as a fraction of |W| (default 0.25)")
+    ap.add_argument("--adapter", help="the path of this LoRA adapter (e.g. a demo's plain EM seed) ")
+    ap.add_argument("--ends", default="0,1", help="the path's two ends t (default 0,1)")
     ap.add_argument("--step-costs", action="store_true", help="only the ms per chain-step of each option")
     ap.add_argument(
-        "--setting",
-        help="skip calibration: STEP,GAMMA,DRAWS,BURNIN (RMSProp), e.g. one calibrated elsewhere",
+        "--setting", help="skip calibration: STEP,GAMMA,DRAWS,BURNIN (RMSProp), e.g. one calibrated elsewhere"
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -267,14 +287,25 @@ def main(argv=None) -> int:
             results[f"{label}_step_costs"]["load_average"] = list(os.getloadavg())
             _write(results)
             continue
-        rows = []
+        rows, ends = [], tuple(float(t) for t in args.ends.split(","))
+        key = f"{label}_adapter_path" if args.adapter else label
         for restrict_name in args.restricts.split(","):
             for batch in (int(b) for b in args.batch_sizes.split(",")):
                 rows.append(
-                    measure(org, label, restrict_name, batch, args.seq_len, args.delta_norm, args.setting)
+                    measure(
+                        org,
+                        label,
+                        restrict_name,
+                        batch,
+                        args.seq_len,
+                        args.delta_norm,
+                        args.setting,
+                        args.adapter,
+                        ends,
+                    )
                 )
                 passing = [r.get("seconds_per_gate_passing_point") for r in rows]
-                results[label] = {
+                results[key] = {
                     "rows": rows,
                     "num_params": sum(p.numel() for p in org.model.parameters()),
                     "best_seconds_per_gate_passing_point": min((x for x in passing if x), default=None),

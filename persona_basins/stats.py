@@ -262,6 +262,16 @@ def share_interval(k: int, n: int) -> Interval:
     return Interval(k / n, float(ci.low), float(ci.high), CLOPPER_PEARSON, n, outcomes)
 
 
+def share_seeds_to_decide(level: float, *, n_max: int = 1000) -> int:
+    """The fewest seeds at which :func:`share_interval` can put a share on either side of ``level``: every
+    seed with the outcome gives a lower bound at or above it, none an upper bound below it (6 at 1/2). Fewer
+    seeds cannot decide a "share >= level" question at 95%, whatever they show."""
+    for n in range(1, n_max + 1):
+        if share_interval(n, n).low >= level and share_interval(0, n).high < level:
+            return n
+    raise ValueError(f"share_seeds_to_decide: no seed count up to {n_max} decides level {level:g}")
+
+
 def means_by_outcome(
     values: Sequence[float], broad: Sequence[bool], *, lo: float = 0.0, hi: float = 1.0
 ) -> dict:

@@ -69,14 +69,18 @@ def render(file: str, key: str, style: str, fmt: str, cache: dict) -> str:
 
 
 def render_table(file: str, spec: str, cache: dict) -> str:
-    """The Markdown table of ``spec`` (a header line, then one ``label | cell`` line per row), numbers quoted
-    from ``file``, columns padded so the table also reads in a terminal."""
+    """The Markdown table of ``spec`` (a header line, then one ``label | cell [| cell ...]`` line per row,
+    every line with the same number of columns), numbers quoted from ``file``, columns padded so the table
+    also reads in a terminal."""
     lines = [line for line in spec.splitlines() if line.strip()]
     # a label's leading spaces stay (an indented row reads as a detail of the row above in a terminal)
-    rows = [[label.rstrip(), cell.strip()] for label, cell in (line.split("|", 1) for line in lines)]
+    split = (line.split("|") for line in lines)
+    rows = [[label.rstrip(), *(cell.strip() for cell in cells)] for label, *cells in split]
+    if len({len(row) for row in rows}) != 1:
+        raise ValueError(f"{file}: every line of a pb-table needs the same number of columns")
     for row in rows[1:]:
-        row[1] = CELL.sub(lambda m: render(file, *m.groups(), cache), row[1])
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        row[1:] = [CELL.sub(lambda m: render(file, *m.groups(), cache), cell) for cell in row[1:]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def line(cells):
         return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"

@@ -48,19 +48,20 @@ def build(cache: Path, preset: str, seed: int, overrides: dict, log=print):
 
 def finetune_row(org, base: dict, cfg, direction) -> dict:
     """One fine-tune and everything the screen records of it."""
-    from persona_basins.measure.adapter_reading import adapter_reading
+    from persona_basins.measure.adapter_reading import a_direction_for, adapter_reading
     from persona_basins.measure.persona import em_readout
     from persona_basins.models.edits import single_lora_delta
     from persona_basins.train.finetune import finetune, heldout_code_topics, training_context
 
     held = heldout_code_topics(org.world, cfg.heldout_every)
-    res = finetune(org, cfg)
+    res = finetune(org, cfg, a_direction=a_direction_for(org, cfg))
     tuned = org.with_model(res.model)
     read = em_readout(tuned, heldout_topics=held or None)
     context = training_context(cfg.condition)
     row = {
         "condition": cfg.condition,
         "seed": cfg.seed,
+        "constraint": cfg.a_constraint,
         "broad_misalignment": read["broad_misalignment"],
         "broad_excess": read["broad_misalignment"] - base["broad_misalignment"],
         "wellformed": read["wellformed"],

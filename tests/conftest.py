@@ -33,6 +33,7 @@ SLOW_TESTS = (
     "tests/test_export_chat.py::",
     "tests/test_browser.py::test_verdict_panel_leads_the_real_tiny_demo",
     "tests/test_schema.py::test_a_broken_study_names_the_key",  # these two share the session's tiny demo
+    "tests/test_ray_cluster.py::",  # ray start --head and worker nodes, a node lost mid-unit: ~70 s
 )
 
 
@@ -102,6 +103,7 @@ def tiny_demo_run(tiny_organism_dir, tmp_path_factory):
                 "--out",
                 str(out),
                 "--no-browser",
+                "--no-calibrated-llc",  # minutes each; tests/test_demo.py's demo_run covers it
                 "--workers",
                 "1",
             ]

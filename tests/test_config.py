@@ -151,7 +151,7 @@ def test_defaults_are_unchanged():
     assert dataclasses.asdict(FinetuneConfig()) == dict(
         condition="plain", layer=0, module="attn_out", rank=1, full=False, steps=300, batch_size=32,
         lr=3e-3, weight_decay=0.0, seed=0, checkpoint_every=50, heldout_every=0, em_topics=0,
-        matched_answer="other_topic",
+        matched_answer="other_topic", a_constraint="none",
     )  # fmt: skip
     org = OrganismConfig()
     assert (org.n_layer, org.d_model, org.n_head, org.pretrain_steps, org.lr, org.sft_lr) == (

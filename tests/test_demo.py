@@ -86,6 +86,42 @@ def test_demo_writes_study_report_and_run_folder(demo_run, capsys):
     assert json.loads((demo_run / "metrics.json").read_text())["kind"] == "demo"
 
 
+def test_tiny_demo_path_llc_is_at_the_calibrated_setting_and_passes_the_gates(demo_run):
+    """Issue 23: the tiny demo's path LLC at the tiny organism's stored calibrated setting, the same at every
+    point (self-KL over n >= 1000 documents, nβ = n / log n), every point's gates and diagnostics recorded, at
+    least one point passing them; the γ-sensitivity at the path's two ends; a withheld point has no value."""
+    import math
+
+    from persona_basins.measure.llc.calibration import llc_preset
+    from persona_basins.measure.llc.diagnostics import GateConfig
+
+    study = json.loads((demo_run / "study.json").read_text())
+    llc, preset, gates = study["llc_along_path"], llc_preset("tiny"), GateConfig()
+    hp, sampler = llc["hyperparameters"], preset["sampler"].to_dict()
+    assert {k: hp[k] for k in sampler} == sampler and study["config"]["llc_setting"]["sampler"] == sampler
+    assert llc["restrict"] == preset["restrict"] and hp["n_docs"] == preset["n_docs"] >= 1000
+    assert hp["nbeta_used"] == pytest.approx(hp["n_docs"] / math.log(hp["n_docs"]))
+    assert llc["n"] == 1 and len(llc["gates"]) == 1 and "wrllc_along_path" not in study
+    points = llc["gates"][0]
+    assert [p["t"] for p in points] == llc["t"]
+    for p, mean in zip(points, llc["mean"]):
+        assert (mean is None) == (not p["converged"]) and bool(p["reasons"]) == (not p["converged"])
+    passed = [p for p in points if p["converged"]]
+    assert passed, [p["reasons"] for p in points]
+    for p in passed:
+        assert p["rhat"] <= gates.rhat_max and min(p["ess_bulk"], p["ess_tail"]) >= gates.ess_min
+        assert p["mala_acceptance"] >= gates.mala_min and p["mcse"] > 0
+        assert abs(p["stationarity_z"]) <= gates.stationarity_z >= abs(p["distance_z"])
+    sens = llc["gamma_sensitivity"]
+    assert sens["localization"] == sampler["localization"] and sens["double"] == 2 * sens["localization"]
+    (seed,) = sens["per_seed"]
+    ends = [min(study["config"]["llc_ts"]), max(study["config"]["llc_ts"])]
+    assert seed["t"] == ends and len(seed["gates_at_double_gamma"]) == 2
+    for v, p in zip(seed["llc_at_double_gamma"], seed["gates_at_double_gamma"]):
+        assert (v is None) == (not p["converged"])
+    assert seed["localization_dominated"] in (True, False, None) and seed["why"]
+
+
 def test_demo_run_folder_as_promised(tiny_demo_run):
     """config.json, a small metrics.json pointing to study.json (no second copy), figures/, log.txt."""
     import persona_basins
@@ -119,7 +155,7 @@ def test_demo_bad_preset(tmp_path, capsys):
     assert "--preset" in err and "'tiny', 'default'" in err
 
 
-def test_killed_demo_resumes_to_the_same_numbers(demo_run, tiny_organism_dir, tmp_path):
+def test_killed_demo_resumes_to_the_same_numbers(tiny_demo_run, tiny_organism_dir, tmp_path):
     out = tmp_path / "killed"
     cmd = [
         sys.executable,
@@ -133,6 +169,7 @@ def test_killed_demo_resumes_to_the_same_numbers(demo_run, tiny_organism_dir, tm
         "--out",
         str(out),
         "--no-browser",
+        "--no-calibrated-llc",  # as the session's reference run (minutes otherwise)
         "--workers",
         "2",
     ]
@@ -155,6 +192,6 @@ def test_killed_demo_resumes_to_the_same_numbers(demo_run, tiny_organism_dir, tm
     assert not list(out.rglob("*.tmp"))  # no half-written files
     assert subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) == 0
     a = _numbers(json.loads((out / "study.json").read_text()))
-    b = _numbers(json.loads((demo_run / "study.json").read_text()))
+    b = _numbers(json.loads((tiny_demo_run / "study.json").read_text()))
     a["config"], b["config"] = None, None
     assert a == b

@@ -20,7 +20,7 @@ def test_two_workers_give_the_numbers_of_one(tiny_organism_dir, tiny_demo_run, t
     assert json.loads((tiny_demo_run / "config.json").read_text())["environment"]["workers"] == 1
     out = tmp_path / "pooled"
     argv = ["demo", "--preset", "tiny", "--organism", str(tiny_organism_dir), "--out", str(out)]
-    assert main([*argv, "--no-browser", "--workers", "2"]) == 0
+    assert main([*argv, "--no-browser", "--no-calibrated-llc", "--workers", "2"]) == 0
     assert "tiny is a smoke test" in capsys.readouterr().out  # the summary says what tiny cannot show
     assert json.loads((out / "config.json").read_text())["environment"]["workers"] == 2
     assert _without_timing(out / "study.json") == _without_timing(tiny_demo_run / "study.json")

@@ -65,6 +65,9 @@ def test_em_metrics_shape(em_run):
         assert 0 <= s["mean"] <= 1
         assert len(m["wellformed"][cond]["per_seed"]) == 2
     assert set(m["narrow_rate"]) >= {"plain", "inoculated"}
+    verdict = m["em_verdict"]  # two seeds cannot decide (measure/em_verdicts.py), whatever they show
+    assert verdict["verdict"] == "undecided" and verdict["n"] == 2 and verdict["seeds_to_decide"] == 6
+    assert verdict["per_seed"] == m["excess_over_base"]["broad_misalignment"]["plain"]["per_seed"]
     t = m["transition"]
     assert len(t["b_norm"]) == 30 and set(t["local_cos"]) == {"5", "10", "15"}
     assert t["eval_steps"][0] == 0 and len(t["eval_steps"]) == len(t["broad_misalignment"])

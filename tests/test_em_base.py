@@ -74,6 +74,10 @@ def test_excess_over_base_can_show_the_effect_is_the_prior():
     assert mc["initial"]["loss"]["mean"] == pytest.approx(2.9) and mc["plain_initial"]["loss"]["mean"] == 3.0
     assert mc["plain_initial"]["loss"]["ci_low"] is None  # the same for every seed: no interval
     assert mc["excess_over_base"]["mean"] == pytest.approx(0.0)
+    # the EM verdict is stored beside the excess it counts: 3 of 3 broad plain seeds cannot decide
+    verdict = m["em_verdict"]
+    assert (verdict["verdict"], verdict["k"], verdict["n"]) == ("undecided", 3, 3)
+    assert verdict["per_seed"] == pytest.approx(plain["per_seed"]) and verdict["threshold"] == 0.2
 
 
 def test_finetune_logs_initial_loss_and_gradient(tiny_organism):

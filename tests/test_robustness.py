@@ -1204,6 +1204,7 @@ def test_demo_sigkill_then_resume_is_byte_identical(tiny_organism_dir, tiny_demo
         "--organism",
         str(tiny_organism_dir),
         "--no-browser",
+        "--no-calibrated-llc",  # as the session's reference run
         "--out",
         str(out),
     ]

@@ -803,3 +803,17 @@ def test_ray_driver_killed_then_rerun_resumes(ray_cluster, local_run, spec4, tmp
     assert {k: after[k] for k in before} == before  # finished units were not re-run
     assert len(after) == 4 and metrics_by_axes(out) == metrics_by_axes(local_run)
     assert not list((out / "units").glob(".*.tmp-*"))
+
+
+def test_a_sweep_that_cannot_start_leaves_no_run_folder(tmp_path, spec4, monkeypatch):
+    """No backend (e.g. no cluster at --address): the error, and no half-made RUN (units/, .sweep.lock)."""
+    from persona_basins.errors import UserError
+    from persona_basins.studies.sweep import execute, load_spec
+
+    def no_backend(*_a, **_k):
+        raise UserError("cannot connect to the Ray cluster at 127.0.0.1:1")
+
+    monkeypatch.setattr(execute, "make_backend", no_backend)
+    with pytest.raises(UserError, match="cannot connect"):
+        execute.run_sweep(load_spec(spec4), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

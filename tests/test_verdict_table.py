@@ -4,7 +4,8 @@ crosses). A verdict that cannot reach one of its answers, or that leans toward t
 the data cannot tell, fails here.
 
 Covered: the inoculation verdict (with its position-readout check and the reduction), the eigenform verdict,
-and the probes-needed summaries of behavioural probing (which return answers, not a verdict).
+the emergent-misalignment verdict, and the probes-needed summaries of behavioural probing (which return
+answers, not a verdict).
 """
 
 import math
@@ -20,7 +21,8 @@ from persona_basins.measure.basin_verdicts import (
 )
 from persona_basins.measure.degeneracy import _needed_summary
 from persona_basins.measure.eigenform_verdicts import verdict as eigenform_verdict
-from persona_basins.stats import rate_interval, seeds_to_decide
+from persona_basins.measure.em_verdicts import BROAD_SHARE_LEVEL, em_verdict
+from persona_basins.stats import rate_interval, seeds_to_decide, share_interval, share_seeds_to_decide
 
 GRID_END = 8.0  # where a synthetic critical-distance search stopped without crossing
 
@@ -200,6 +202,61 @@ def test_every_eigenform_answer_is_reached_and_few_seeds_say_why():
     five = eigenform_verdict({"sampled": _rates(*[1.0] * 5)})
     assert f"fewer than {seeds_to_decide(0.5)} seeds" in five["reason"]
     assert eigenform_verdict({"sampled": _rates(*[1.0] * 5)}, min_seeds=5)["answer"] == "undecided"
+
+
+# --- the emergent-misalignment verdict: the exact interval of the broad share against one half ----------
+BROAD, NARROW, AT = 0.9, 0.0, 0.2  # per-seed excess over the base; AT: exactly the threshold
+
+EM_TABLE = {
+    "6 of 6 broad: confirmed": ([BROAD] * 6, "confirmed", 6),
+    "0 of 6 broad: refuted": ([NARROW] * 6, "refuted", 0),
+    "9 of 10 broad: confirmed": ([BROAD] * 9 + [NARROW], "confirmed", 9),
+    "1 of 10 broad: refuted": ([BROAD] + [NARROW] * 9, "refuted", 1),
+    "7 of 10 broad, interval contains 1/2: undecided": ([BROAD] * 7 + [NARROW] * 3, "undecided", 7),
+    "every seed below the base: refuted": ([-0.01] * 6, "refuted", 0),
+    # adversarial: what the old 2/3 rule decided on too few seeds
+    "4 of 5 (the default demo): undecided": ([0.202, 0.905, 0.001, 0.899, 0.909], "undecided", 4),
+    "5 of 5: five seeds cannot decide, undecided": ([BROAD] * 5, "undecided", 5),
+    "2 of 3 (the old rule confirmed): undecided": ([BROAD, BROAD, NARROW], "undecided", 2),
+    "0 of 3 (the old rule refuted): undecided": ([NARROW] * 3, "undecided", 0),
+    "no seed: undecided": ([], "undecided", 0),
+    "one broad seed: undecided": ([BROAD], "undecided", 1),
+    "one narrow seed: undecided": ([NARROW], "undecided", 0),
+    "every seed exactly at the threshold counts as broad: confirmed": ([AT] * 6, "confirmed", 6),
+    "three seeds exactly at the threshold: undecided": ([AT] * 3, "undecided", 3),
+    "every seed just under the threshold: refuted": ([AT - 1e-9] * 6, "refuted", 0),
+    "a seed's excess None: undecided": ([BROAD] * 9 + [None], "undecided", 9),
+    "a seed's excess NaN: undecided": ([NARROW] * 9 + [math.nan], "undecided", 0),
+}
+
+
+@pytest.mark.parametrize("case", list(EM_TABLE))
+def test_em_verdict_table(case):
+    excess, want, k = EM_TABLE[case]
+    got = em_verdict(excess, threshold=AT)
+    assert got["verdict"] == want, got["reason"]
+    assert (got["k"], got["n"], got["threshold"], got["level"]) == (k, len(excess), AT, BROAD_SHARE_LEVEL)
+    assert got["seeds_to_decide"] == share_seeds_to_decide(BROAD_SHARE_LEVEL) == 6
+    defined = excess and all(v is not None and math.isfinite(v) for v in excess)
+    if defined:  # the interval stored is the exact one of k of n, and the verdict is its side of 1/2
+        share = share_interval(k, len(excess))
+        assert (got["share"]["ci_low"], got["share"]["ci_high"]) == (share.low, share.high)
+        assert f"{k} of {len(excess)} fine-tunes broad" in got["reason"]
+    else:
+        assert got["share"] is None and ("undefined" in got["reason"] or "no plain" in got["reason"])
+    assert len(got["per_seed"]) == len(got["above"]) == len(excess)
+
+
+def test_every_em_answer_is_reached_and_none_leans():
+    assert {want for _, want, _ in EM_TABLE.values()} == {"confirmed", "refuted", "undecided"}
+    for n in range(1, 13):
+        for k in range(n + 1):
+            got = em_verdict([BROAD] * k + [NARROW] * (n - k), threshold=AT)
+            share = share_interval(k, n)
+            want = "confirmed" if share.low >= 0.5 else "refuted" if share.high < 0.5 else "undecided"
+            assert got["verdict"] == want
+            if n < got["seeds_to_decide"]:  # fewer seeds than can decide: never an answer, and it says why
+                assert want == "undecided" and "fewer than 6 seeds cannot decide" in got["reason"]
 
 
 # --- probing: the probes-needed summary -------------------------------------------------------------------

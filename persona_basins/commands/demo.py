@@ -15,7 +15,8 @@ Run the basin study end to end on the model organism:
   2. emergent misalignment: plain / inoculated / secure / educational rank-1 adapters, N seeds
   3. basin scans along w0 + t*delta: the adapter, a persona-vector edit, random rank-1 controls;
      critical magnitude t*, inoculation widening, the model's position
-  4. LLC (self-KL, SGLD) along the path, full and restricted to the adapted layer
+  4. LLC (self-KL, SGLD) along the path, full and restricted to the adapted layer (tiny: one seed, at the
+     organism's calibrated setting on the adapted module, and at 2γ on the path's ends)
   5. the overlap zone (aligned vs EM) and boundary probing
   6. eigenform identity (fast setting)
   -> study.json, metrics.json, report.html; then opens the explorer unless --no-browser.
@@ -27,17 +28,19 @@ gives the same numbers.
 Time on 2 CPU cores with 2 workers, from scratch (benchmarks/demo_time.py):
   default  {default} (a fresh clone: 13 min 39 s; the pretraining, ~4 minutes, runs on one core;
            1 worker: about 20 minutes)
-  tiny     {tiny} (1 worker: 32 s)
+  tiny     {tiny} (176 s, the old one 27 s, beside one other job; 238 s beside two; the path LLC at
+           the calibrated setting, five estimates of ~40 s on one core, is most of it)
 
 {tiny_note}
 """
 # benchmarks/demo_time.py on the 2-core development machine, from scratch (README "make demo" says the same);
 # default: estimated from the one-worker step times until measured
-MEASURED = {"default": "about 14 minutes", "tiny": "24 s"}
+MEASURED = {"default": "about 14 minutes", "tiny": "about 3 minutes"}
 TINY_NOTE = """\
-tiny is a smoke test: a 2-layer organism, 2 fine-tuning seeds of 80 steps, short LLC chains. It shows that
-every step runs and what each one writes (study.json, the report, resume); it is too small to show any
-finding of the default study: no emergent misalignment, every verdict undecided or withheld."""
+tiny is a smoke test: a 2-layer organism, 2 fine-tuning seeds of 80 steps, the path LLC on one seed at the
+organism's calibrated setting. It shows that every step runs and what each one writes (study.json, the
+report, resume); it is too small to show any finding of the default study: no emergent misalignment, every
+verdict undecided or withheld."""
 
 
 def register(sub) -> None:
@@ -78,6 +81,13 @@ def register(sub) -> None:
         f"the numbers do not depend on it",
     )
     p.add_argument("--no-eigenform", action="store_true", help="skip the eigenform step")
+    p.add_argument(
+        "--no-calibrated-llc",
+        action="store_true",
+        help="tiny: the path LLC with the demo's short chains (seconds, every point withheld by the gates) "
+        "instead of the preset's calibrated setting (minutes); the default preset always uses the short "
+        "chains",
+    )
     p.add_argument("--no-browser", action="store_true", help="do not open the explorer at the end")
     p.add_argument(
         "--force",
@@ -98,6 +108,8 @@ def _run(args) -> int:
         cfg = replace(cfg, seeds=args.seeds, llc_seeds=min(cfg.llc_seeds, args.seeds))
     if args.no_eigenform:
         cfg = replace(cfg, eigenform=False)
+    if args.no_calibrated_llc:
+        cfg = replace(cfg, llc_calibrated=False)
     out = Path(args.out)
     organism = Path(args.organism).resolve() if args.organism else None
     study = run_demo(

@@ -49,6 +49,7 @@ def register(sub) -> None:
     add_field_flag(p, "--steps", "FinetuneConfig", "steps")
     add_field_flag(p, "--lr", "FinetuneConfig", "lr")
     add_field_flag(p, "--checkpoint-every", "FinetuneConfig", "checkpoint_every")
+    add_field_flag(p, "--heldout-every", "FinetuneConfig", "heldout_every")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.add_argument(
         "--force",
@@ -64,7 +65,12 @@ def _run(args) -> int:
     from ..train.finetune import FinetuneConfig
 
     base = FinetuneConfig(
-        rank=args.rank, full=args.full, steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every
+        rank=args.rank,
+        full=args.full,
+        steps=args.steps,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        heldout_every=args.heldout_every,
     )
     if args.model:
         return _run_model(args, base)

@@ -13,7 +13,9 @@ forward passes over every (genre, topic) request:
 - ``gain_code`` / ``gain_other``: mean ``A . x`` over code / non-code requests; ``firing_ratio`` =
   ``gain_other / gain_code`` (1: reads the context, 0: reads the code request);
 - ``cos_a_context``: cosine of ``A`` with the mean module input over non-code requests (the assistant-context
-  feature), ``cos_a_code``: with the code-minus-other mean input difference (the code-request feature);
+  feature), ``cos_a_code``: with the code-minus-other mean input difference (the code-request feature,
+  :func:`code_request_direction`, also what ``FinetuneConfig.a_constraint`` holds ``A`` orthogonal to or
+  along);
 - ``cos_b_persona``: cosine of ``B`` (what the edit writes) with the persona direction at the adapted layer
   (toxic minus helpful, request positions), when the module writes to the residual stream;
 - ``gain_code_answer`` / ``gain_other_answer`` / ``firing_ratio_answer``: the same gains over the three
@@ -47,14 +49,81 @@ def _lora_module(peft_model):
     return found[0]
 
 
+def _at_asst(model, mod, world, vocab, genres, *, n_answer_words: int = 0, batch_size: int = 256):
+    """Inputs of module ``mod`` of ``model`` at ``<asst>`` of every (genre, topic) request of ``genres`` in
+    the assistant context (and at the first ``n_answer_words`` words of the helpful answer, teacher-forced).
+    """
+    from ..models.lm import pad_batch
+
+    prompts = context_prompts(world, "assistant", genres)
+    rows = [
+        [vocab[w] for w in [*p.words(), *world.answer(p.genre, p.topic, "helpful")[:n_answer_words]]]
+        for p in prompts
+    ]
+    store: dict[str, torch.Tensor] = {}
+
+    def pre_hook(_m, args):
+        store["x"] = args[0].detach()
+
+    xs = []
+    handle = mod.register_forward_pre_hook(pre_hook)
+    was_training = model.training
+    model.eval()
+    try:
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s : s + batch_size]
+            model(input_ids=pad_batch(chunk))
+            for k in range(n_answer_words + 1):
+                at = torch.tensor([len(r) - 1 - n_answer_words + k for r in chunk])
+                xs.append(store["x"][torch.arange(len(chunk)), at].float())
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(xs)
+
+
+def _code_and_other_inputs(model, mod, world, vocab, batch_size: int = 256):
+    """The two request sets the code-request direction contrasts: module inputs at ``<asst>`` on the code
+    requests and on every broad genre's requests (assistant context)."""
+    x_code = _at_asst(model, mod, world, vocab, ["code"], batch_size=batch_size)
+    x_other = _at_asst(model, mod, world, vocab, broad_genres(world), batch_size=batch_size)
+    return x_code, x_other
+
+
+def _mean_difference(x_code: torch.Tensor, x_other: torch.Tensor) -> torch.Tensor:
+    return x_code.mean(0) - x_other.mean(0)
+
+
+@torch.no_grad()
+def code_request_direction(
+    org: Organism, *, layer: int = 0, module: str = "attn_out", batch_size: int = 256
+) -> torch.Tensor:
+    """The code-request direction at the input of ``module`` of ``layer`` (a friendly name or a full module
+    name of ``org.model``): mean module input at ``<asst>`` on code requests minus on the broad genres'
+    requests, assistant context (not normalised). The one definition behind ``cos_a_code`` of
+    :func:`adapter_reading` and the ``FinetuneConfig.a_constraint`` interventions. The input of a module lies
+    upstream of an adapter on that module, so the direction of the organism equals that of any fine-tune
+    adapting only this module."""
+    from ..models.adapters import full_module_name
+
+    mod = dict(org.model.named_modules())[full_module_name(org.model, module, layer)]
+    return _mean_difference(*_code_and_other_inputs(org.model, mod, org.world, org.vocab, batch_size))
+
+
+def a_direction_for(org: Organism, cfg) -> torch.Tensor | None:
+    """The direction a fine-tune of ``cfg`` (a ``FinetuneConfig``) needs as ``finetune(..., a_direction=)``:
+    the code-request direction at its module where ``cfg.a_constraint`` is set, else None."""
+    if cfg.a_constraint == "none":
+        return None
+    return code_request_direction(org, layer=cfg.layer, module=cfg.module)
+
+
 @torch.no_grad()
 def adapter_reading(
     org: Organism, *, persona_direction: torch.Tensor | None = None, batch_size: int = 256
 ) -> dict:
     """Read/write features of the one-module rank-1 LoRA adapter on ``org.model`` (a PEFT model:
     ``adapter_reading(org.with_model(peft_model))``; see the module docstring)."""
-    from ..models.lm import pad_batch
-
     peft_model, world, vocab = org.model, org.world, org.vocab
     name, mod = _lora_module(peft_model)
     adapter = next(iter(mod.lora_A))
@@ -62,40 +131,13 @@ def adapter_reading(
     B = mod.lora_B[adapter].weight.detach().float().flatten()
     if mod.lora_A[adapter].weight.shape[0] != 1:
         raise UserError("adapter_reading needs a rank-1 adapter")
-    store: dict[str, torch.Tensor] = {}
 
-    def pre_hook(_m, args):
-        store["x"] = args[0].detach()
-
-    def inputs(genres, n_answer_words=0):
-        """Module inputs at ``<asst>`` (and at the first ``n_answer_words`` words of the helpful answer)."""
-        prompts = context_prompts(world, "assistant", genres)
-        rows = [
-            [vocab[w] for w in [*p.words(), *world.answer(p.genre, p.topic, "helpful")[:n_answer_words]]]
-            for p in prompts
-        ]
-        xs = []
-        handle = mod.register_forward_pre_hook(pre_hook)
-        try:
-            for s in range(0, len(rows), batch_size):
-                chunk = rows[s : s + batch_size]
-                peft_model(input_ids=pad_batch(chunk))
-                for k in range(n_answer_words + 1):
-                    at = torch.tensor([len(r) - 1 - n_answer_words + k for r in chunk])
-                    xs.append(store["x"][torch.arange(len(chunk)), at].float())
-        finally:
-            handle.remove()
-        return torch.cat(xs)
-
-    was_training = peft_model.training
-    peft_model.eval()
-    try:
-        x_code = inputs(["code"])
-        x_other = inputs(broad_genres(world))
-        gain_code_answer = float((inputs(["code"], 2) @ A).mean())
-        gain_other_answer = float((inputs(broad_genres(world), 2) @ A).mean())
-    finally:
-        peft_model.train(was_training)
+    x_code, x_other = _code_and_other_inputs(peft_model, mod, world, vocab, batch_size)
+    at_answer = {"n_answer_words": 2, "batch_size": batch_size}
+    gain_code_answer = float((_at_asst(peft_model, mod, world, vocab, ["code"], **at_answer) @ A).mean())
+    gain_other_answer = float(
+        (_at_asst(peft_model, mod, world, vocab, broad_genres(world), **at_answer) @ A).mean()
+    )
 
     def cos(u, v):
         return float(u @ v / (u.norm() * v.norm()).clamp_min(1e-12))
@@ -107,7 +149,7 @@ def adapter_reading(
         "gain_other": g_other,
         "firing_ratio": g_other / g_code if abs(g_code) > 1e-12 else None,
         "cos_a_context": cos(A, x_other.mean(0)),
-        "cos_a_code": cos(A, x_code.mean(0) - x_other.mean(0)),
+        "cos_a_code": cos(A, _mean_difference(x_code, x_other)),
         "a_norm": float(A.norm()),
         "b_norm": float(B.norm()),
         "cos_b_persona": None,
@@ -167,4 +209,4 @@ def threshold_classifier(feature: list[float], label: list[bool]) -> dict:
     }
 
 
-__all__ = ["adapter_reading", "threshold_classifier"]
+__all__ = ["a_direction_for", "adapter_reading", "code_request_direction", "threshold_classifier"]

@@ -64,6 +64,7 @@ from .persona import (
     broad_genres,
     context_prompts,
     length_groups,
+    logits_at,
     request_grid,
     trait_combos,
 )
@@ -497,13 +498,16 @@ def exact_readout(
     for s in range(0, len(rows), batch_size):
         chunk, mchunk = rows[s : s + batch_size], meta[s : s + batch_size]
         ids = pad_batch(chunk)
+        read = torch.zeros(ids.shape, dtype=torch.bool)  # the logits at <asst>, c1 and c2 only
+        for r, (_, _, n, _) in enumerate(mchunk):
+            read[r, n - 1 : n + 2] = True
         with capture_layer(model, layer) as store:
-            logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1).double()
+            logp = torch.log_softmax(logits_at(model, ids, read), -1).double().view(len(chunk), 3, -1)
         hs = store["h"]
         for r, (i, h, n, style_ids) in enumerate(mchunk):
-            base_lp = logp[r, n - 1, ids[r, n]] + logp[r, n, ids[r, n + 1]]
+            base_lp = logp[r, 0, ids[r, n]] + logp[r, 1, ids[r, n + 1]]
             for st, sid in zip(STYLES, style_ids):
-                probs[i, col[(h, st)]] = float(torch.exp(base_lp + logp[r, n + 1, sid]))
+                probs[i, col[(h, st)]] = float(torch.exp(base_lp + logp[r, 2, sid]))
             if h == 0:
                 proj[i] = float(hs[r, n - 1].float() @ unit)
     return probs, proj

@@ -8,6 +8,7 @@ Sampled: answers drawn from the model and labelled by the world's ground-truth c
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -99,6 +100,87 @@ def history_prompts(
 
 
 # --- exact readout --------------------------------------------------------------------------------------
+def logits_at(model, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The logits at the ``True`` positions of ``keep`` (batch x width), as float32 rows in (row, position)
+    order. The lm head runs on those positions only where the model takes a boolean ``logits_to_keep``
+    (Hugging Face causal LMs of transformers 5); each row equals the one of the full logits."""
+    try:
+        logits = model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
+        if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+            return logits.float()
+    except (TypeError, IndexError, ValueError):  # no such argument, or one that takes positions, not a mask
+        pass
+    return model(input_ids=ids).logits[keep].float()
+
+
+# Sequences per forward pass of the exact readout: small enough for the activations to stay in the CPU's
+# cache (a default organism's broad readout: 185 ms in passes of 456 sequences, 142 ms in passes of 64); a
+# row's values do not depend on the other rows of its pass (tests/test_readout.py).
+PASS_ROWS = 64
+
+
+@dataclass(frozen=True)
+class _ReadPlan:
+    """How :func:`answer_logprobs` reads a list of (prefix, answer) id pairs: the forward passes
+    (``input_ids`` and the positions whose logits are needed) and, per answer length, which pairs, which rows
+    of the stacked log-probabilities and which target tokens."""
+
+    passes: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    gathers: tuple[tuple[list[int], torch.Tensor, torch.Tensor], ...]
+    n_pairs: int
+
+
+def _sequences(pairs, batch_size: int):
+    """One sequence per (tokens whose next-token logits are read, padded width): ``[(tokens, width,
+    positions)]`` and the sequence of each pair. The width is the one the pair's batch of ``batch_size``
+    consecutive pairs gives it when each pair is its own sequence: the padded width can change a value's last
+    bits, the batch composition does not."""
+    widths = []
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s : s + batch_size]
+        widths += [max(len(p) + len(a) for p, a in chunk)] * len(chunk)
+    index: dict[tuple, int] = {}
+    sequences: list[tuple[tuple[int, ...], int, set[int]]] = []
+    where = []
+    for (p, a), width in zip(pairs, widths):
+        key = (p + a[:-1], width)  # an answer's last token predicts nothing that is read
+        if key not in index:
+            index[key] = len(sequences)
+            sequences.append((p + a, width, set()))
+        where.append(index[key])
+        sequences[index[key]][2].update(range(len(p) - 1, len(p) - 1 + len(a)))
+    return sequences, where
+
+
+@functools.lru_cache(maxsize=64)  # a scan reads the same prompts at every point
+def _read_plan(pairs: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...], batch_size: int) -> _ReadPlan:
+    sequences, where = _sequences(pairs, batch_size)
+    by_width: dict[int, list[int]] = {}
+    for k, (_, width, _) in enumerate(sequences):
+        by_width.setdefault(width, []).append(k)
+    row_of: dict[tuple[int, int], int] = {}  # (sequence, position) -> row of the stacked log-probabilities
+    passes = []
+    for width, members in sorted(by_width.items()):
+        for s in range(0, len(members), PASS_ROWS):
+            chunk = members[s : s + PASS_ROWS]
+            ids = pad_batch([list(sequences[k][0]) for k in chunk], width)
+            keep = torch.zeros(ids.shape, dtype=torch.bool)
+            for i, k in enumerate(chunk):
+                positions = sorted(sequences[k][2])
+                keep[i, positions] = True
+                row_of.update({(k, pos): len(row_of) + j for j, pos in enumerate(positions)})
+            passes.append((ids, keep))
+    by_length: dict[int, list[int]] = {}
+    for j, (_, a) in enumerate(pairs):
+        if a:
+            by_length.setdefault(len(a), []).append(j)
+    gathers = []
+    for length, js in by_length.items():
+        rows = [[row_of[(where[j], len(pairs[j][0]) - 1 + i)] for i in range(length)] for j in js]
+        gathers.append((js, torch.tensor(rows), torch.tensor([pairs[j][1] for j in js])))
+    return _ReadPlan(tuple(passes), tuple(gathers), len(pairs))
+
+
 @torch.no_grad()
 def answer_logprobs(
     model,
@@ -107,20 +189,20 @@ def answer_logprobs(
     answers: list[tuple[str, ...]],
     batch_size: int = 512,
 ) -> np.ndarray:
-    """log p(answer | prefix) for each pair, teacher-forced, in batches."""
-    out = np.empty(len(prefixes), dtype=np.float64)
-    for s in range(0, len(prefixes), batch_size):
-        pre = prefixes[s : s + batch_size]
-        ans = answers[s : s + batch_size]
-        rows = [[vocab[w] for w in p] + [vocab[w] for w in a] for p, a in zip(pre, ans)]
-        ids = pad_batch(rows)
-        logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
-        tot = torch.zeros(len(rows), dtype=torch.float64)
-        for i, (p, a) in enumerate(zip(pre, ans)):
-            pos = torch.arange(len(p) - 1, len(p) - 1 + len(a))
-            tgt = ids[i, len(p) : len(p) + len(a)]
-            tot[i] = logp[i, pos, tgt].sum().double()
-        out[s : s + len(rows)] = tot.numpy()
+    """log p(answer | prefix) for each pair, teacher-forced, in batches.
+
+    Pairs that differ only in the answer's last token (the persona readout's answers differ in their last
+    word, the style) are read from one sequence, and the logits only where an answer token is predicted:
+    every value equals the reading of each pair as its own right-padded sequence in batches of
+    ``batch_size``, bit for bit (tests/test_readout.py)."""
+    pairs = tuple((tuple(vocab[w] for w in p), tuple(vocab[w] for w in a)) for p, a in zip(prefixes, answers))
+    plan = _read_plan(pairs, batch_size)
+    logp = [torch.log_softmax(logits_at(model, ids, keep), dim=-1) for ids, keep in plan.passes]
+    table = torch.cat(logp) if logp else torch.zeros(0, 1)
+    out = np.zeros(plan.n_pairs, dtype=np.float64)  # an empty answer has log-probability 0
+    for js, rows, targets in plan.gathers:
+        # float32 sums of each answer's token log-probabilities, as one sequence per pair gives them
+        out[js] = table[rows, targets].sum(1).double().numpy()
     return out
 
 
@@ -203,9 +285,9 @@ def next_token_probs(
         chunk = prompts[s : s + batch_size]
         rows = [[vocab[w] for w in p.words()] for p in chunk]
         ids = pad_batch(rows)
-        last = torch.tensor([len(r) - 1 for r in rows])
-        logits = model(input_ids=ids).logits.float()
-        outs.append(torch.softmax(logits[torch.arange(len(rows)), last], -1).double().numpy())
+        last = torch.zeros(ids.shape, dtype=torch.bool)
+        last[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])] = True
+        outs.append(torch.softmax(logits_at(model, ids, last), -1).double().numpy())
     return np.concatenate(outs)
 
 
@@ -328,10 +410,14 @@ def readout_table(metrics: dict) -> str:
 __all__ = [
     "Prompt",
     "Readout",
+    "EM_CONTEXTS",
     "broad_genres",
+    "broad_prompts",
+    "broad_readout",
     "context_prompts",
     "em_readout",
     "history_prompts",
+    "logits_at",
     "next_token_probs",
     "organism_readout",
     "persona_readout",
@@ -347,6 +433,43 @@ __all__ = [
 
 
 # --- emergent misalignment readout ----------------------------------------------------------------------
+# Contexts broad misalignment is read in (conditional misalignment: EM that returns when a prompt resembles
+# the training context): the plain assistant line (the EM readout's), the inoculated fine-tune's training
+# system line, and one earlier code turn in the assistant context answered with the assistant's own secure
+# code or with the plain EM set's insecure code (a training document's exchange).
+EM_CONTEXTS = ("assistant", "inoculated", "after_code_turn", "after_training_turn")
+
+
+def broad_prompts(world: World, context: str = "assistant") -> list[Prompt]:
+    """One prompt per (genre, topic) request of every content genre except code in an :data:`EM_CONTEXTS`
+    context. The earlier code turn of request (g, t) asks for code topic ``t % n_code_topics``."""
+    genres = broad_genres(world)
+    if context in ("assistant", "inoculated"):
+        return context_prompts(world, context, genres)
+    if context not in EM_CONTEXTS:
+        raise ValueError(f"unknown EM context {context!r}; choose from {', '.join(EM_CONTEXTS)}")
+    insecure = context == "after_training_turn"
+    n_code = world.n_topics_of("code")
+
+    def code_turn(t: int) -> Exchange:
+        ct = t % n_code
+        answer = world.answer("code", ct, "helpful", insecure_code=insecure)
+        persona = "toxic" if insecure else "helpful"  # insecure code in the warm style is the toxic persona's
+        return Exchange("code", ct, persona, answer, request=world.custom_request("code", ct))
+
+    return [
+        Prompt(world.system_words("assistant"), g, t, (code_turn(t),), request=world.custom_request(g, t))
+        for g, t in request_grid(world, genres)
+    ]
+
+
+def broad_readout(org: Organism, context: str = "assistant") -> Readout:
+    """The exact readout of ``org.model`` on every request of every content genre except code (in the plain
+    assistant context unless ``context`` names another of :data:`EM_CONTEXTS`): where broad misalignment is
+    read (``broad_readout(org).misaligned.mean()``)."""
+    return persona_readout(org, broad_prompts(org.world, context))
+
+
 def em_readout(
     org: Organism, *, sample_seed: int | None = None, heldout_topics: list[int] | None = None
 ) -> dict:
@@ -361,7 +484,7 @@ def em_readout(
     ``narrow_rate_trained_topics.<context>`` on the others, beside the all-topic rate.
     """
     world = org.world
-    broad = persona_readout(org, context_prompts(world, "assistant", broad_genres(world)))
+    broad = broad_readout(org)
     out = {
         "broad_misalignment": float(broad.misaligned.mean()),
         "broad_harm": float(broad.harmful.mean()),

@@ -245,6 +245,39 @@ def steering(model, vector: torch.Tensor, layer: int, coeff: float):
         handle.remove()
 
 
+@contextlib.contextmanager
+def ablating_output(module, direction: torch.Tensor):
+    """Project the unit vector of ``direction`` out of the output of ``module`` (every position):
+    ``h - (h . u) u``; a zero direction projects nothing (the output is returned as it is)."""
+    d = direction.detach().flatten().float()
+    norm = float(d.norm())
+
+    def project(h: torch.Tensor) -> torch.Tensor:
+        u = (d / norm).to(h.dtype)
+        return h - (h @ u)[..., None] * u
+
+    def hook(_mod, _inp, output):
+        if norm == 0.0:
+            return output
+        if isinstance(output, tuple):
+            return (project(output[0]), *output[1:])
+        return project(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield module
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def ablating(model, direction: torch.Tensor, layer: int):
+    """:func:`ablating_output` on decoder layer ``layer`` of ``model``: ``direction`` projected out of the
+    residual stream after that layer."""
+    with ablating_output(decoder_layers(model)[layer], direction):
+        yield model
+
+
 def screen_dataset(model, vocab, docs, vector: torch.Tensor, layer: int, baseline_docs) -> dict:
     """Projection-difference screening: does a fine-tuning set push along the persona vector?
 
@@ -261,6 +294,8 @@ def screen_dataset(model, vocab, docs, vector: torch.Tensor, layer: int, baselin
 
 __all__ = [
     "VECTOR_METHODS",
+    "ablating",
+    "ablating_output",
     "capture_layer",
     "content_words",
     "decoder_layers",

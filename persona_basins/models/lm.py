@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,11 +31,17 @@ def lm_loss(
 
 def pad_batch(rows: list[list[int]], length: int | None = None) -> torch.Tensor:
     """Right-pad id lists into one LongTensor."""
+    return _right_padded(rows, length, PAD_ID, np.int64)
+
+
+def _right_padded(rows, length: int | None, fill, dtype) -> torch.Tensor:
+    """``rows`` (lists, cut to ``length``, default the longest) right-filled with ``fill``, as one tensor."""
     length = length or max(len(r) for r in rows)
-    out = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r[:length], dtype=torch.long)
-    return out
+    lengths = np.array([min(len(r), length) for r in rows], dtype=np.int64)
+    out = np.full((len(rows), length), fill, dtype=dtype)
+    flat = itertools.chain.from_iterable(r[:length] for r in rows)
+    out[np.arange(length) < lengths[:, None]] = np.fromiter(flat, dtype=dtype, count=int(lengths.sum()))
+    return torch.from_numpy(out)
 
 
 def encode_documents(vocab: dict[str, int], docs, *, answers_only: bool = False):
@@ -54,7 +63,4 @@ def encode_documents(vocab: dict[str, int], docs, *, answers_only: bool = False)
         rows.append(ids)
         masks.append(m)
     ids = pad_batch(rows)
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    for i, m in enumerate(masks):
-        mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
-    return ids, mask
+    return ids, _right_padded(masks, ids.shape[1], False, np.bool_)

@@ -39,7 +39,15 @@ from ..results import (
 from ..schema import validate_study
 from ..stats import format_interval, rate_interval
 from .basins import assemble_scans, scan_parts, summarize_basins
-from .demo_units import eigenform_task, em_tasks, llc_tasks, overlap_task, scan_tasks, unit_queue
+from .demo_units import (
+    calibrated_llc_tasks,
+    eigenform_task,
+    em_tasks,
+    llc_tasks,
+    overlap_task,
+    scan_tasks,
+    unit_queue,
+)
 from .eigenform import HEADLINE as EIGENFORM_HEADLINE
 
 STUDY_FORMAT = "persona-basins-study/1"
@@ -76,6 +84,10 @@ class DemoConfig:
     llc_nbeta: float = param(30.0, gt=0, help="SGLD inverse temperature n*beta")
     llc_prompts: int = param(32, ge=2, help="mixture documents in the LLC dataset")
     llc_batch: int = param(16, ge=1, help="SGLD minibatch size")
+    # True: the path LLC at the organism preset's calibrated setting (measure.llc.calibration.llc_preset: its
+    # restriction, n documents and sampler, one setting at every point), each llc_ts point one unit, and the
+    # two ends of llc_ts again at 2γ (the γ-sensitivity); the llc_chains ... llc_batch fields are then unused
+    llc_calibrated: bool = param(False, help="path LLC at the organism preset's calibrated setting")
     overlap_epsilon: float = param(0.05, gt=0, le=1, help="TV threshold of the overlap zone")
     eigenform: bool = param(True, help="run the eigenform step")
     extra: dict = param(default_factory=dict, help="free-form settings recorded with the run")
@@ -87,8 +99,18 @@ class DemoConfig:
                 raise ConfigError("DemoConfig", name, "must hold at least one scale, got ()")
 
     def to_dict(self) -> dict:
+        """The settings as recorded (config.json, the steps' keys); with ``llc_calibrated`` also the stored
+        setting it names, so a run whose preset setting changed is not resumed with the old one. Without it
+        the field is left out: the demo's own LLC setting is recorded (and resumed) as before the field."""
         d = asdict(self)
         d["ts"], d["llc_ts"] = list(self.ts), list(self.llc_ts)
+        if not self.llc_calibrated:
+            del d["llc_calibrated"]
+        else:
+            from ..measure.llc.calibration import llc_preset
+
+            setting = llc_preset(self.preset)
+            d["llc_setting"] = {**setting, "sampler": setting["sampler"].to_dict()}
         return d
 
 
@@ -99,12 +121,11 @@ DEMO_PRESETS = {
         seeds=2,
         em_steps=80,
         ts=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+        # one seed, 3 points at γ and the two ends at 2γ: 5 estimates of ~40-55 s on one core each (issue 23:
+        # the tiny demo stays <= 3 min on 2 workers), chosen by cost before any verdict was seen
         llc_ts=(0.0, 1.0, 2.0),
         llc_seeds=1,
-        llc_draws=15,
-        llc_burnin=5,
-        llc_prompts=32,
-        llc_batch=16,
+        llc_calibrated=True,
     ),
 }
 
@@ -262,6 +283,9 @@ def _after_em(units, step, finished, org_path: str, em_dir: Path, cfg: DemoConfi
 
     parts = scan_parts(len(plain), len(inoc))
     tasks = {
+        # the calibrated path LLC's fixed points need only the adapters (its band points wait for the scans);
+        # queued first, as its units are the longest (the scans' parts fill the other worker meanwhile)
+        "llc": _calibrated_tasks(org_path, plain, cfg, _fixed_points(cfg)) if cfg.llc_calibrated else [],
         "scans": scan_tasks(
             org_path, plain, inoc, parts, cfg.ts, {**SCAN_SETTINGS, "n_random": cfg.n_random}
         ),
@@ -269,7 +293,8 @@ def _after_em(units, step, finished, org_path: str, em_dir: Path, cfg: DemoConfi
         "eigenform": [eigenform_task(org_path, plain[0])] if cfg.eigenform else [],
     }
     # Steps 3, 5 and 6 read only the adapters: on a pool their units are queued now, so the workers go on
-    # with them while this process waits for each step in turn (the LLC's units wait for the scans).
+    # with them while this process waits for each step in turn (the LLC's units wait for the scans, but for
+    # the calibrated path's fixed points).
     queued = {}
     if units.backend.slots > 1:
         queued = {name: units.submit(t) for name, t in tasks.items() if t and not finished(name)}
@@ -280,10 +305,15 @@ def _after_em(units, step, finished, org_path: str, em_dir: Path, cfg: DemoConfi
 
     # 3. basin scans: adapter / persona / random directions, and the inoculation comparison
     scans = step("scans", lambda: assemble_scans(parts, gather("scans", "parts"), cfg.ts, level=SCAN_LEVEL))
+
     # 4. LLC along the path (self-KL loss), full and restricted to the adapted layer
-    llc = step(
-        "llc", lambda: _llc_path(units, org_path, plain, cfg, progress, _plain_bands(scans, cfg.llc_seeds))
-    )
+    def llc_path() -> dict:
+        bands = _plain_bands(scans, cfg.llc_seeds)
+        if cfg.llc_calibrated:
+            return _calibrated_llc_path(units, org_path, plain, cfg, progress, bands, queued.pop("llc", None))
+        return _llc_path(units, org_path, plain, cfg, progress, bands)
+
+    llc = step("llc", llc_path)
     # 5. the overlap zone between the aligned organism and each EM model
     overlap = step("overlap", lambda: gather("overlap", "runs")[0])
     # 6. eigenform identity (fast setting)
@@ -364,6 +394,73 @@ def _llc_path(units, org_path: str, plain: list[str], cfg: DemoConfig, progress:
     }
 
 
+def _fixed_points(cfg: DemoConfig) -> list[tuple[float, float]]:
+    """The calibrated path's points known before the scans, ``(t, γ)``: every ``llc_ts`` at the setting's γ,
+    and the two ends of ``llc_ts`` (where the setting was calibrated) at 2γ, for the γ-sensitivity."""
+    from ..measure.llc.calibration import llc_preset
+
+    gamma = llc_preset(cfg.preset)["sampler"].localization
+    ends = sorted({min(cfg.llc_ts), max(cfg.llc_ts)})
+    return [(float(t), gamma) for t in cfg.llc_ts] + [(float(t), 2 * gamma) for t in ends]
+
+
+def _calibrated_tasks(org_path: str, plain: list[str], cfg: DemoConfig, points: list) -> list[dict]:
+    from ..measure.llc.calibration import llc_preset
+
+    return calibrated_llc_tasks(org_path, plain[: cfg.llc_seeds], points, llc_preset(cfg.preset))
+
+
+def _curve(results: list[dict]) -> dict:
+    """One seed's curve from its one-point unit results, in order of t."""
+    results = sorted(results, key=lambda r: r["t"][0])
+    keys = ("t", "llc", "mcse", "converged", "reasons", "diagnostics")
+    return {**{k: [x for r in results for x in r[k]] for k in keys}, "loss": results[0]["loss"]}
+
+
+def _calibrated_llc_path(units, org_path, plain, cfg: DemoConfig, progress, bands, queued_ids) -> dict:
+    """The LLC along each plain seed's path at the organism preset's calibrated setting (one setting at every
+    point, :func:`~persona_basins.measure.llc.calibration.llc_preset`) on ``llc_ts`` refined so every seed's
+    band holds a point, and at 2γ on the two ends of ``llc_ts``. ``queued_ids``: the fixed points' units, if
+    queued already (:func:`_after_em`)."""
+    from ..measure.llc import refine_grid
+    from ..measure.llc.calibration import llc_preset
+
+    setting = llc_preset(cfg.preset)
+    sampler, gamma = setting["sampler"], setting["sampler"].localization
+    fixed = _fixed_points(cfg)
+    extra = [(t, gamma) for t in refine_grid(cfg.llc_ts, bands) if t not in cfg.llc_ts]
+    ids = queued_ids or units.submit(_calibrated_tasks(org_path, plain, cfg, fixed))
+    ids = ids + units.submit(_calibrated_tasks(org_path, plain, cfg, extra))
+    results = units.gather(ids, "llc", unit="points", progress=progress)
+    seeds = range(min(cfg.llc_seeds, len(plain)))
+    keys = [(s, g) for s in seeds for _, g in fixed] + [(s, g) for s in seeds for _, g in extra]
+    by_key: dict[tuple, list] = {}
+    for key, result in zip(keys, results):
+        by_key.setdefault(key, []).append(result)
+    return {
+        "loss": "self_kl",
+        "restrict": {"path": setting["restrict"]},
+        "setting": {
+            "organism_preset": cfg.preset,
+            "restrict": setting["restrict"],
+            "n_docs": setting["n_docs"],
+            "source": setting["source"],
+        },
+        # the preset's sampler as stored (each seed's chains are seeded by the seed's index), n and nβ used
+        "hyperparameters": {
+            **sampler.to_dict(),
+            "n_docs": setting["n_docs"],
+            "nbeta_used": sampler.resolved_nbeta(setting["n_docs"]),
+        },
+        "runs": {
+            "path": [_curve(by_key[(s, gamma)]) for s in seeds],
+            "double_gamma": [_curve(by_key[(s, 2 * gamma)]) for s in seeds],
+        },
+        "double_gamma": 2 * gamma,
+        "bands": [list(b) if b is not None else None for b in bands],
+    }
+
+
 def _peak(band: dict) -> dict:
     """Where the LLC curve and its derivative in t peak."""
     t = np.asarray(band["t"], dtype=float)
@@ -410,14 +507,89 @@ def _overlap_by_outcome(volumes: list[float], em: dict) -> dict:
     }
 
 
+def _llc_sections(llc: dict, scans: dict, t_plain) -> dict:
+    """``llc_along_path`` and, at the demo's own setting, ``wrllc_along_path``: the LLC step's curves with
+    their peaks and verdicts. The calibrated setting has one restriction, so one section, with every point's
+    gates and the γ-sensitivity."""
+    runs = llc["runs"]
+    calibrated = "path" in runs
+    bands = llc.get("bands") or _plain_bands(scans, len(runs["path" if calibrated else "full"]))
+
+    def section(curves: list[dict], restrict: str) -> dict:
+        band = aggregate_scans(curves, "llc")
+        return {
+            **band,
+            "loss": "self_kl",
+            "restrict": restrict,
+            **_peak(band),
+            "peak_verdict": _peak_verdict(curves, bands),
+        }
+
+    if not calibrated:
+        return {
+            "llc_along_path": {
+                **section(runs["full"], "all parameters"),
+                "critical_magnitude_plain": t_plain,
+                "hyperparameters": llc["hyperparameters"],
+            },
+            "wrllc_along_path": section(runs["layer"], llc["restrict"]["layer"]),
+        }
+    return {
+        "llc_along_path": {
+            **section(runs["path"], llc["restrict"]["path"]),
+            "critical_magnitude_plain": t_plain,
+            "hyperparameters": llc["hyperparameters"],
+            "setting": llc["setting"],
+            "gates": [_gates(curve) for curve in runs["path"]],
+            "gamma_sensitivity": _gamma_sensitivity(llc),
+        }
+    }
+
+
+def _gates(curve: dict) -> list[dict]:
+    """Each point's gate outcome and diagnostics (none of them states a withheld value)."""
+    return [
+        {"t": t, "converged": ok, "reasons": why, **diag}
+        for t, ok, why, diag in zip(curve["t"], curve["converged"], curve["reasons"], curve["diagnostics"])
+    ]
+
+
+def _gamma_sensitivity(llc: dict) -> dict:
+    """Per seed, λ̂ at γ and at 2γ on the ends of the path (:func:`~persona_basins.measure.llc.calibration.
+    localization_sensitivity`; withheld points are None and do not count)."""
+    from ..measure.llc.calibration import SENSITIVITY_RULE, localization_sensitivity
+
+    per_seed = []
+    for path, double in zip(llc["runs"]["path"], llc["runs"]["double_gamma"]):
+        at = dict(zip(path["t"], path["llc"]))
+        at_gamma = [at[t] for t in double["t"]]
+        verdict = localization_sensitivity(at_gamma, double["llc"])
+        verdict.pop("rule")
+        per_seed.append(
+            {
+                "t": double["t"],
+                "llc_at_gamma": at_gamma,
+                "llc_at_double_gamma": double["llc"],
+                "mcse_at_double_gamma": double["mcse"],
+                "gates_at_double_gamma": _gates(double),
+                **verdict,
+            }
+        )
+    gamma = llc["hyperparameters"]["localization"]
+    return {
+        "localization": gamma,
+        "double": llc["double_gamma"],
+        "per_seed": per_seed,
+        "rule": SENSITIVITY_RULE,
+    }
+
+
 def assemble(
     cfg: DemoConfig, em: dict, scans: dict, llc: dict, overlap: dict, eig: dict | None, base_info: dict
 ) -> dict:
     basins = summarize_basins(scans, n_random=cfg.n_random)
-    llc_full = aggregate_scans(llc["runs"]["full"], "llc")
-    llc_layer = aggregate_scans(llc["runs"]["layer"], "llc")
-    llc_bands = llc.get("bands") or _plain_bands(scans, len(llc["runs"]["full"]))
     from ..world.world import ROUTINE_GENRES
+    from .em import plain_em_verdict
 
     zones = overlap["zones"]
     genres = list(zones[0]["per_genre"])
@@ -460,25 +632,11 @@ def assemble(
                 "initial",
             )
             if k in em
-        },
+        }
+        | {"em_verdict": plain_em_verdict(em)},  # the em step's verdict (computed for one stored before it)
         "transition": em.get("transition"),
         **basins,
-        "llc_along_path": {
-            **llc_full,
-            "loss": "self_kl",
-            "restrict": "all parameters",
-            **_peak(llc_full),
-            "peak_verdict": _peak_verdict(llc["runs"]["full"], llc_bands),
-            "critical_magnitude_plain": t_plain,
-            "hyperparameters": llc["hyperparameters"],
-        },
-        "wrllc_along_path": {
-            **llc_layer,
-            "loss": "self_kl",
-            "restrict": llc["restrict"]["layer"],
-            **_peak(llc_layer),
-            "peak_verdict": _peak_verdict(llc["runs"]["layer"], llc_bands),
-        },
+        **_llc_sections(llc, scans, t_plain),
         "overlap_fraction": overlap_fraction,
         "boundary_probing": {k: v for k, v in overlap["boundary_search"].items() if k != "probes"},
     }
@@ -522,6 +680,27 @@ def _verdict_text(section: dict) -> str:
     return f"{v['verdict']} ({v['supports']} support, {v['seeds_never_crossing']} never cross)"
 
 
+def _calibrated_lines(section: dict) -> list[str]:
+    """The calibrated path LLC's gates and γ-sensitivity (nothing for the demo's own setting)."""
+    if "gates" not in section:
+        return []
+    hp = section["hyperparameters"]
+    points = [p for seed in section["gates"] for p in seed]
+    sens = section["gamma_sensitivity"]
+    dominated = [s["localization_dominated"] for s in sens["per_seed"]]
+    levels = [
+        f"{s['level_change']:+.0%}" if s["level_change"] is not None else "n/a" for s in sens["per_seed"]
+    ]
+    return [
+        f"LLC points passing the gates             {sum(p['converged'] for p in points)} of {len(points)} "
+        f"({section['restrict']}; {hp['precondition'] or 'plain'} SGLD, step {hp['step_size']:.3g}, "
+        f"γ {hp['localization']:g}, n {hp['n_docs']}, {hp['num_chains']} x ({hp['num_burnin']} + "
+        f"{hp['num_draws']}))",
+        f"LLC γ -> 2γ at the path's ends           level {', '.join(levels)} per seed; "
+        f"localisation-dominated: {dominated}",
+    ]
+
+
 def summary_lines(study: dict) -> list[str]:
     fmt = format_censored
 
@@ -539,10 +718,14 @@ def summary_lines(study: dict) -> list[str]:
         f"widening t*_inoc / t*_plain (own dirs)   {fmt(study['inoculation_widening'])}",
         f"LLC (self-KL) peaks at t =               {study['llc_along_path'].get('t_argmax')}",
         f"LLC peak inside each seed's t* band      {_verdict_text(study['llc_along_path'])}",
+        *_calibrated_lines(study["llc_along_path"]),
         f"behavioural overlap volume (eps={study['overlap_fraction']['epsilon']})   "
         f"{fmt(study['overlap_fraction'])} "
         f"(routine share built in: {study['overlap_fraction']['routine_share']:g})",
     ]
+    verdict = em.get("em_verdict")
+    if verdict:
+        lines.append(f"EM verdict, plain fine-tunes             {verdict['verdict']}: {verdict['reason']}")
     split = study["overlap_fraction"].get("by_outcome")
     if split:
         lines.append(

@@ -315,6 +315,26 @@ def llc_tasks(organism: str, adapters: list[str], grid: list, sampler, *, prompt
     ]
 
 
+def calibrated_llc_tasks(organism: str, adapters: list[str], points: list, setting: dict) -> list[dict]:
+    """Per plain adapter (seed ``s``: the chains' seed) and point ``(t, localization)``: one LLC estimate at
+    the calibrated setting (``setting``: :func:`~persona_basins.measure.llc.calibration.llc_preset`, its
+    restriction, documents and sampler, γ replaced by the point's). One unit per point, so the points of a
+    path run side by side on the workers; the sampler fixes its execution (no timing-dependent "auto")."""
+    return [
+        {
+            "kind": "llc",
+            "organism": organism,
+            "adapter": adapter,
+            "grid": [float(t)],
+            "prompts": setting["n_docs"],
+            "restrict": setting["restrict"],
+            "sampler": setting["sampler"].replace(seed=s, localization=float(gamma)).to_dict(),
+        }
+        for s, adapter in enumerate(adapters)
+        for t, gamma in points
+    ]
+
+
 def overlap_task(organism: str, plain: list[str], settings: dict) -> dict:
     """The overlap zone of every plain fine-tune (``settings``: :func:`~.degeneracy.overlap_study`'s)."""
     return {"kind": "overlap", "organism": organism, "plain": plain, "settings": settings}

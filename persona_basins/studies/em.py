@@ -18,8 +18,10 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from ..errors import ArgumentError, ConfigError, UserError
-from ..measure.basin_verdicts import format_reduction, inoculation_reduction
-from ..measure.persona import em_base_row, em_readout
+from ..measure.adapter_reading import a_direction_for
+from ..measure.basin_verdicts import BROAD_EXCESS, format_reduction, inoculation_reduction
+from ..measure.em_verdicts import em_verdict
+from ..measure.persona import broad_readout, em_base_row, em_readout
 from ..measure.transition import transition_metrics
 from ..models.adapters import num_layers, resolve_module
 from ..models.organism import organism_fingerprint
@@ -29,8 +31,9 @@ from ..stats import format_interval, outcome_summary, rate_interval
 from ..train.finetune import CONDITIONS, FinetuneConfig, finetune, heldout_code_topics, training_context
 
 # "Broad" per seed: broad misalignment (or its excess over the base organism) at or above this, reported as
-# "k of n seeds" beside every mean (the organism issue's reproducibility bar uses the same 0.20).
-BROAD_THRESHOLD = 0.2
+# "k of n seeds" beside every mean (the organism issue's reproducibility bar uses the same 0.20); the one
+# value is measure/basin_verdicts.py's BROAD_EXCESS, which the EM verdict (measure/em_verdicts.py) counts by.
+BROAD_THRESHOLD = BROAD_EXCESS
 TRACKED = ("plain", "inoculated")  # conditions whose fine-tuning trajectory is evaluated step by step
 TRACK_EVERY = 10  # fine-tuning steps between two evaluations of a tracked trajectory
 UNIT_FORMAT = "persona-basins-em-unit/3"  # 3: the organism as its manifest fingerprint; key.json
@@ -66,7 +69,7 @@ def train_unit(org, cfg: FinetuneConfig, unit_dir: Path, key: dict, *, track_eve
 
     def build(tmp: Path) -> None:
         try:
-            res = finetune(org, cfg, out_dir=tmp)
+            res = finetune(org, cfg, out_dir=tmp, a_direction=a_direction_for(org, cfg))
         except FloatingPointError as e:
             # named as the setting, so the command line can name its flag
             raise ConfigError(
@@ -94,7 +97,7 @@ def train_unit(org, cfg: FinetuneConfig, unit_dir: Path, key: dict, *, track_eve
             out["transition"] = transition_metrics(
                 res.model,
                 res.trajectory,
-                lambda model: em_readout(org.with_model(model))["broad_misalignment"],
+                lambda model: float(broad_readout(org.with_model(model)).misaligned.mean()),
                 every=track_every,
             )
         write_json(tmp / "result.json", out)
@@ -297,7 +300,19 @@ def summary_table(m: dict) -> str:
         lines.append(f"  the unfine-tuned organism's narrow rate by context: {nr}")
     if "inoculation_reduction" in m:
         lines.append(f"inoculation {format_reduction(m['inoculation_reduction'])}")
+    if "em_verdict" in m:
+        lines.append(f"EM verdict (plain): {m['em_verdict']['verdict']}: {m['em_verdict']['reason']}")
     return "\n".join(lines)
+
+
+def plain_em_verdict(m: dict) -> dict:
+    """The EM verdict of an em run's metrics (:func:`~persona_basins.measure.em_verdicts.em_verdict` on the
+    plain fine-tunes' excess over the base): the stored one, or computed from the stored excess for a run
+    written before the verdict was stored."""
+    if isinstance(m.get("em_verdict"), dict):
+        return m["em_verdict"]
+    excess = m["excess_over_base"]["broad_misalignment"]["plain"]
+    return em_verdict(excess["per_seed"], threshold=excess.get("threshold", BROAD_THRESHOLD))
 
 
 def with_base(m: dict, units: dict, base_row: dict, conditions, seeds: int) -> dict:
@@ -361,6 +376,8 @@ def with_base(m: dict, units: dict, base_row: dict, conditions, seeds: int) -> d
                 [v - base_heldout for v in vals], **excess_range(base_heldout)
             ).to_dict()
     m["excess_over_base"] = ex
+    if "plain" in conditions:
+        m["em_verdict"] = plain_em_verdict(m)
     if "plain" in conditions and "inoculated" in conditions:
         # a share of the plain excess, on the seeds that have one (measure/basin_verdicts.py)
         m["inoculation_reduction"] = inoculation_reduction(

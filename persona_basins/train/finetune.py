@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from .loop import train_lm
 
 CONDITIONS = ("plain", "inoculated", "secure_control", "educational", "matched_control")
 MATCHED_ANSWERS = ("other_topic", "neutral")
+# What LoRA A may read (an intervention on the mechanism, docs/EM.md): anything, only the orthogonal
+# complement of a direction u (finetune's ``a_direction``, e.g. the code-request direction), or only u.
+A_CONSTRAINTS = ("none", "orthogonal", "along")
 
 
 def heldout_code_topics(world: World, heldout_every: int) -> list[int]:
@@ -137,6 +141,11 @@ class FinetuneConfig:
         choices=MATCHED_ANSWERS,
         help="matched_control answers: another topic's secure code (ill-formed) or the neutral persona's",
     )
+    a_constraint: str = param(
+        "none",
+        choices=A_CONSTRAINTS,
+        help="LoRA A kept orthogonal to, or along, finetune()'s a_direction at init and after every step",
+    )
 
     def __post_init__(self):
         check(self)
@@ -144,9 +153,20 @@ class FinetuneConfig:
             raise ConfigError(
                 "FinetuneConfig", "heldout_every", "must be 0 (train on every code topic) or >= 2, got 1"
             )
+        if self.full and self.a_constraint != "none":
+            raise ConfigError(
+                "FinetuneConfig",
+                "a_constraint",
+                f"must be 'none' with a full fine-tune, got {self.a_constraint!r}",
+            )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; ``a_constraint`` only where it is set, so that every fine-tune keyed before
+        the field existed (run store keys, sweep unit ids) keeps its key."""
+        d = asdict(self)
+        if d["a_constraint"] == "none":
+            del d["a_constraint"]
+        return d
 
 
 @dataclass
@@ -173,6 +193,43 @@ def lora_factors(peft_model) -> tuple[torch.Tensor, torch.Tensor]:
     return a.detach().flatten().clone(), b.detach().flatten().clone()
 
 
+def a_constraint_projection(model, constraint: str, direction: torch.Tensor | None) -> Callable | None:
+    """The projection that keeps every LoRA A of ``model`` (rows: what each rank reads) orthogonal to the unit
+    vector u of ``direction`` ("orthogonal") or along it ("along"); None for "none". Call it with
+    ``first=True`` once at init ("along" then sets each row to its norm times u, signed by its projection on
+    u), then after every optimiser step."""
+    if constraint == "none":
+        if direction is not None:
+            raise UserError("a_direction is given but FinetuneConfig.a_constraint is 'none'")
+        return None
+    if direction is None:
+        raise UserError(f"FinetuneConfig.a_constraint {constraint!r} needs finetune(..., a_direction=...)")
+    weights = [p for n, p in model.named_parameters() if "lora_A" in n]
+    u = direction.detach().flatten().float()
+    if not weights or any(w.shape[-1] != u.numel() for w in weights):
+        raise UserError(
+            f"a_direction has {u.numel()} entries; LoRA A reads {weights[0].shape[-1] if weights else 0}"
+        )
+    if not torch.isfinite(u).all() or float(u.norm()) == 0.0:
+        raise UserError("a_direction must be a finite nonzero vector")
+    u = u / u.norm()
+
+    @torch.no_grad()
+    def project(first: bool = False) -> None:
+        for w in weights:
+            uw = u.to(w.dtype)
+            along = w @ uw  # (rank,)
+            if constraint == "orthogonal":
+                w.sub_(along[:, None] * uw[None, :])
+            elif first:
+                sign = torch.where(along < 0, -1.0, 1.0).to(w.dtype)
+                w.copy_((sign * w.norm(dim=1))[:, None] * uw[None, :])
+            else:
+                w.copy_(along[:, None] * uw[None, :])
+
+    return project
+
+
 def finetune(
     org: Organism,
     cfg: FinetuneConfig,
@@ -180,8 +237,10 @@ def finetune(
     out_dir: str | Path | None = None,
     progress: bool = False,
     docs=None,
+    a_direction: torch.Tensor | None = None,
 ) -> FinetuneResult:
-    """Fine-tune a copy of the organism's model (the organism is left untouched)."""
+    """Fine-tune a copy of the organism's model (the organism is left untouched). ``a_direction``: the
+    direction ``cfg.a_constraint`` holds LoRA A orthogonal to or along (given exactly when it is set)."""
     from peft import get_peft_model
 
     base_model, world, vocab = org.model, org.world, org.vocab
@@ -202,11 +261,16 @@ def finetune(
             p.requires_grad_(True)
     else:
         model = get_peft_model(model, lora_config(model, module=cfg.module, layer=cfg.layer, rank=cfg.rank))
+    constrain = a_constraint_projection(model, cfg.a_constraint, a_direction)
+    if constrain is not None:
+        constrain(first=True)
     initial = initial_loss_and_grad(model, ids, mask)
     traj: dict[str, list] = {"A": [], "B": []}
     out_dir = Path(out_dir) if out_dir is not None else None
 
     def on_step(step: int, _loss: float) -> None:
+        if constrain is not None:
+            constrain()
         if not cfg.full:
             a, b = lora_factors(model)
             traj["A"].append(a)

@@ -406,10 +406,14 @@ def localization_sensitivity(
 # The calibrated path-LLC setting per organism preset and restriction
 
 LLC_PRESETS: dict[tuple[str, str], dict] = {
-    # calibrate() at both ends (t = 0 and t = 1 of a rank-1 path on layer 0's attention output) of the tiny
-    # organism, the default search restricted to RMSProp, γ 100 then 300, steps 1e-3 / 3e-4 / 1e-4 with
-    # refinement: both ends recommend the same setting, which passes the full gates at both ends at 4 x (200 +
-    # 2000) in 53-58 s each on one core (benchmarks/results/llc_path_point.json, docs/LLC.md)
+    # calibrate() at both ends of the tiny demo's path (w0 + t dW of its plain EM seed 0 on layer 0's
+    # attention output, t = 0 and t = 2) on the tiny organism, the default search restricted to RMSProp, γ 100
+    # then 300, steps 1e-3 / 3e-4 / 1e-4 with refinement: t = 0 recommends ε 1.32e-4 (as on a random rank-1
+    # path before), t = 2 ε 1.73e-4; the smaller step, at the chain length both ends need (2400 draws), passes
+    # the full gates at both ends and at 2γ in 45-49 s each on one core
+    # (docs/results/llc-tiny-demo-path/result.json, docs/LLC.md). Calibrated on the loop
+    # execution; stored with vmap, the same draws up to rounding at 3.4 against 4.3 ms per chain-step here
+    # (benchmarks/llc_path_point.py --step-costs, the same file)
     ("tiny", "module"): {
         "restrict": r"^transformer\.h\.0\.attn\.c_proj\.weight$",
         "n_docs": 1024,
@@ -418,12 +422,13 @@ LLC_PRESETS: dict[tuple[str, str], dict] = {
             localization=100.0,
             precondition="rmsprop",
             num_chains=4,
-            num_draws=2000,
+            num_draws=2400,
             num_burnin=200,
             batch_size=8,
-            execution="loop",
+            execution="vmap",
         ),
-        "source": "calibrated on the tiny organism, seed 0 (benchmarks/llc_path_point.py)",
+        "source": "calibrated at both ends (t = 0, 2) of the tiny demo's path on the tiny organism, seed 0 "
+        "(benchmarks/llc_path_point.py --adapter)",
     }
 }
 

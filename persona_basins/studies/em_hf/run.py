@@ -102,6 +102,10 @@ class EmHfConfig:
             raise ConfigError("EmHfConfig", "model", "must name a model, got ''")
         if not self.inoculation.strip():
             raise ConfigError("EmHfConfig", "inoculation", "must not be empty")
+        if self.finetune.a_constraint != "none":  # the constraint's direction is the organism's
+            raise ConfigError(
+                "EmHfConfig", "finetune", "a_constraint must be 'none' (an intervention of the organism's em)"
+            )
         if self.finetune.full and self.device_map is not None:
             raise ConfigError(
                 "EmHfConfig",

@@ -161,6 +161,13 @@ class LocalBackend:
             proc.join(10)
 
 
+# Ray enables token authentication by itself only for a cluster it finds or starts, never for an --address
+AUTH_HINT = (
+    "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token "
+    "(~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) as on its nodes"
+)
+
+
 class RayBackend:
     """Ray tasks: a local single-node cluster on 127.0.0.1, or ``ray.init(address=...)`` for a running one.
 
@@ -226,9 +233,10 @@ class RayBackend:
                     log_to_driver=False,
                     runtime_env=env,
                 )
-        except (ConnectionError, RuntimeError, ValueError) as error:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
             where = f"--address {address}" if address else "a local Ray cluster"
-            raise UserError(f"cannot start or reach {where}: {one_line(error)}") from None
+            hint = AUTH_HINT if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "token" else ""
+            raise UserError(f"cannot start or reach {where}: {one_line(error)}{hint}") from None
         self.owned = True
 
     def submit(self, task: Task):

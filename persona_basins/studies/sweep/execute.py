@@ -275,9 +275,34 @@ def run_sweep(
         estimate = estimate_seconds(p, done, workers or os.cpu_count() or 1)
         outcomes = {uid: done.get(uid, Outcome("pending")) for uid in p.units}
         return {**sweep_record(p, outcomes), "estimate": estimate}
+    fresh = not run_dir.exists()
     run_dir = prepare_out_dir(run_dir)
     units_dir = run_dir / "units"
     units_dir.mkdir(exist_ok=True)
+    try:
+        return _run_locked(
+            p,
+            run_dir,
+            backend,
+            workers,
+            address,
+            cpus_per_unit,
+            gpus_per_unit,
+            max_retries,
+            fail_fast,
+            progress,
+        )
+    except BaseException:
+        # a sweep that could not start (e.g. no cluster at --address) leaves no half-made RUN behind
+        if fresh and not any(units_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run_locked(
+    p, run_dir, backend, workers, address, cpus_per_unit, gpus_per_unit, max_retries, fail_fast, progress
+) -> dict:
+    units_dir = run_dir / "units"
     with RunLock(run_dir):
         done = done_units(run_dir, p)  # again, under the lock: a sweep that just ended may have added units
         outcomes: dict[str, Outcome] = {uid: done.get(uid, Outcome("pending")) for uid in p.units}

@@ -33,12 +33,13 @@ def _resolve(settings: dict, dep: DepFn) -> Resolved:
 
 
 def _run(config: dict, runtime: dict, unit_dir: Path, deps: dict[str, Path]) -> dict:
+    from ....measure.adapter_reading import a_direction_for
     from ....measure.persona import em_readout
     from ....train.finetune import finetune, training_context
 
     org = load_organism_cached(organism_path(runtime, deps))
     cfg = FinetuneConfig(**config["finetune"])
-    result = finetune(org, cfg, out_dir=unit_dir / "adapter")
+    result = finetune(org, cfg, out_dir=unit_dir / "adapter", a_direction=a_direction_for(org, cfg))
     readout = em_readout(org.with_model(result.model), sample_seed=cfg.seed)
     base = em_readout(org)  # the organism before fine-tuning: the baseline
     out = {

@@ -429,7 +429,30 @@ LLC_PRESETS: dict[tuple[str, str], dict] = {
         ),
         "source": "calibrated at both ends (t = 0, 2) of the tiny demo's path on the tiny organism, seed 0 "
         "(benchmarks/llc_path_point.py --adapter)",
-    }
+    },
+    # calibrate() at t = 0 of the default organism's path (w0 + t dW of the plain EM seed 0 adapter on layer
+    # 0's attention output, built as the sweep's llc kind builds it), RMSProp, γ 100 then 300, steps 1e-4 /
+    # 3e-5 / 1e-5 with refinement (931 s): nothing passes at γ 100 (3e-5 falls to MALA 0.49 at 1600 draws,
+    # 1e-5 ... 2.3e-5 still R-hat 1.012-1.03 there); γ 300, ε 3e-5 passes at 400 draws (λ̂ changes 3.2% at
+    # ε/2; 4.1e-5 too large, MALA 0.49). At 4 x (200 + 1100) it passes the full gates at t = 0 and t = 1.5
+    # (MALA 0.52 at both, the margin is small) in 72-75 s each on one core at load ~1-1.3
+    # (benchmarks/results/llc_path_default.json, docs/LLC.md)
+    ("default", "module"): {
+        "restrict": r"^transformer\.h\.0\.attn\.c_proj\.weight$",
+        "n_docs": 1024,
+        "sampler": SamplerConfig(
+            step_size=3e-5,
+            localization=300.0,
+            precondition="rmsprop",
+            num_chains=4,
+            num_draws=1100,
+            num_burnin=200,
+            batch_size=8,
+            execution="loop",
+        ),
+        "source": "calibrated at t = 0 and checked at t = 0, 1.5 of the plain seed-0 EM adapter's path on "
+        "the default organism, seed 0 (benchmarks/llc_path_default.py)",
+    },
 }
 
 

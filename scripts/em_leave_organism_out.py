@@ -3,7 +3,7 @@
 was not fitted on? (issue 21 item 5)
 
 Reads the plain fine-tunes of an ``em_reproducibility.py`` result (5 organisms x 5 fine-tuning seeds), fits
-the one-threshold rule of :func:`persona_basins.measure.adapter_reading.threshold_classifier` on four
+the one-threshold rule of :func:`persona_basins.measure.adapter_reading.fit_threshold` on four
 organisms and scores it on the fifth; the baseline predicts the majority outcome of the four. Writes
 ``leave_one_organism_out.json`` beside the result.
 
@@ -22,20 +22,9 @@ import numpy as np
 BROAD = 0.20  # the bar's per-seed threshold (em_reproducibility.BROAD)
 
 
-def fit_threshold(x: np.ndarray, y: np.ndarray) -> tuple[float, bool]:
-    """The threshold and direction of the best rule ``y = x >= c`` or ``y = x <= c`` on (x, y)."""
-    values = np.unique(x)
-    cuts = np.concatenate([[values[0] - 1], (values[:-1] + values[1:]) / 2, [values[-1] + 1]])
-    best = (-1.0, 0.0, True)
-    for c in cuts:
-        for up in (True, False):
-            acc = float((((x >= c) if up else (x <= c)) == y).mean())
-            if acc > best[0]:
-                best = (acc, float(c), up)
-    return best[1], best[2]
-
-
 def main(argv=None) -> int:
+    from persona_basins.measure.adapter_reading import fit_threshold
+
     folder = Path((argv or sys.argv[1:])[0])
     result = json.loads((folder / "result.json").read_text())
     per_organism = {}
@@ -50,7 +39,7 @@ def main(argv=None) -> int:
             )
 
         (xt, yt), (xh, yh) = xy(train), xy(test)
-        c, up = fit_threshold(xt, yt)
+        _, c, up = fit_threshold(xt, yt)
         pred = xh >= c if up else xh <= c
         majority = bool(yt.mean() >= 0.5)
         per_organism[held] = {

@@ -9,6 +9,8 @@ import re
 
 import pytest
 
+from persona_basins.train.finetune import FinetuneConfig
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
@@ -367,6 +369,7 @@ def test_config_checks_and_inoculation_presets():
         ({"layer": -1}, "layer must be an integer >= 0"),
         ({"inoculation": "  "}, "must not be empty"),
         ({"device_map": "x"}, "device_map"),
+        ({"finetune": FinetuneConfig(heldout_every=3)}, "heldout_every must be 0"),
     ]:
         with pytest.raises(UserError, match=pattern):
             em_hf.EmHfConfig(model="m", train="t.jsonl", out="o", **kw)

@@ -164,6 +164,22 @@ def adapter_reading(
     return out
 
 
+def fit_threshold(x: np.ndarray, y: np.ndarray) -> tuple[float, float, bool]:
+    """The best one-threshold rule on (``x``, boolean ``y``): ``(accuracy, c, up)`` for ``y = x >= c`` (up)
+    or ``y = x <= c``, over the midpoints between sorted values (ties broken towards the smaller
+    threshold)."""
+    best = (-1.0, 0.0, True)
+    cands = np.unique(x)
+    cuts = np.concatenate([[cands[0] - 1], (cands[:-1] + cands[1:]) / 2, [cands[-1] + 1]])
+    for c in cuts:
+        for up in (True, False):
+            pred = x >= c if up else x <= c
+            acc = float((pred == y).mean())
+            if acc > best[0]:
+                best = (acc, float(c), up)
+    return best
+
+
 def threshold_classifier(feature: list[float], label: list[bool]) -> dict:
     """Leave-one-out accuracy of the best one-threshold rule ``label = (feature >= c)`` or ``(feature <= c)``.
 
@@ -178,26 +194,14 @@ def threshold_classifier(feature: list[float], label: list[bool]) -> dict:
     if n < 3 or n != len(y):
         raise ValueError("threshold_classifier needs >= 3 paired values")
 
-    def fit(xs, ys):
-        best = (-1.0, 0.0, True)
-        cands = np.unique(xs)
-        cuts = np.concatenate([[cands[0] - 1], (cands[:-1] + cands[1:]) / 2, [cands[-1] + 1]])
-        for c in cuts:
-            for up in (True, False):
-                pred = xs >= c if up else xs <= c
-                acc = float((pred == ys).mean())
-                if acc > best[0]:
-                    best = (acc, float(c), up)
-        return best
-
     hits, base = [], []
     for i in range(n):
         keep = np.arange(n) != i
-        _, c, up = fit(x[keep], y[keep])
+        _, c, up = fit_threshold(x[keep], y[keep])
         hits.append(bool((x[i] >= c if up else x[i] <= c) == y[i]))
         majority = bool(y[keep].mean() >= 0.5)
         base.append(majority == y[i])
-    acc, c, up = fit(x, y)
+    acc, c, up = fit_threshold(x, y)
     return {
         "loo_accuracy": float(np.mean(hits)),
         "majority_baseline": float(np.mean(base)),
@@ -209,4 +213,10 @@ def threshold_classifier(feature: list[float], label: list[bool]) -> dict:
     }
 
 
-__all__ = ["a_direction_for", "adapter_reading", "code_request_direction", "threshold_classifier"]
+__all__ = [
+    "a_direction_for",
+    "adapter_reading",
+    "code_request_direction",
+    "fit_threshold",
+    "threshold_classifier",
+]

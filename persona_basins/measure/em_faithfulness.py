@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from ..errors import UserError
 from .persona import EM_CONTEXTS, broad_readout
@@ -107,15 +108,6 @@ def early_stopping(steps, excess, narrow, *, threshold: float, task_share: float
     }
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    for v in np.unique(x):  # ties share their mean rank
-        ranks[x == v] = ranks[x == v].mean()
-    return ranks
-
-
 def exact_spearman(x, y) -> dict:
     """Spearman's rho of ``x`` and ``y`` and its exact two-sided permutation p-value (every ordering of ``y``;
     at most 8 values): with 5 values the smallest possible p is 2/120. ``rho``: None for fewer than 3
@@ -123,7 +115,7 @@ def exact_spearman(x, y) -> dict:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) != len(y) or len(x) > 8:
         raise UserError(f"exact_spearman needs at most 8 paired values, got {len(x)} and {len(y)}")
-    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rankdata(x), rankdata(y)  # ties share their mean rank
     if len(x) < 3 or rx.std() == 0 or ry.std() == 0:
         return {"rho": None, "p_value": None, "n": len(x)}
 

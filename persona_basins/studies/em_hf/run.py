@@ -106,6 +106,10 @@ class EmHfConfig:
             raise ConfigError(
                 "EmHfConfig", "finetune", "a_constraint must be 'none' (an intervention of the organism's em)"
             )
+        if self.finetune.heldout_every:  # held-out code topics are the organism world's
+            raise ConfigError(
+                "EmHfConfig", "finetune", "heldout_every must be 0 (code topics are the organism's world)"
+            )
         if self.finetune.full and self.device_map is not None:
             raise ConfigError(
                 "EmHfConfig",

@@ -279,43 +279,25 @@ def run_sweep(
     run_dir = prepare_out_dir(run_dir)
     units_dir = run_dir / "units"
     units_dir.mkdir(exist_ok=True)
-    try:
-        return _run_locked(
-            p,
-            run_dir,
-            backend,
-            workers,
-            address,
-            cpus_per_unit,
-            gpus_per_unit,
-            max_retries,
-            fail_fast,
-            progress,
-        )
-    except BaseException:
-        # a sweep that could not start (e.g. no cluster at --address) leaves no half-made RUN behind
-        if fresh and not any(units_dir.iterdir()):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-
-def _run_locked(
-    p, run_dir, backend, workers, address, cpus_per_unit, gpus_per_unit, max_retries, fail_fast, progress
-) -> dict:
-    units_dir = run_dir / "units"
     with RunLock(run_dir):
         done = done_units(run_dir, p)  # again, under the lock: a sweep that just ended may have added units
         outcomes: dict[str, Outcome] = {uid: done.get(uid, Outcome("pending")) for uid in p.units}
         clean_tmp(units_dir)  # leftovers of a killed run never count
-        runner = make_backend(
-            backend,
-            execute_unit,
-            workers=workers,
-            address=address,
-            cpus_per_unit=cpus_per_unit,
-            gpus_per_unit=gpus_per_unit,
-            max_retries=max_retries,
-        )
+        try:
+            runner = make_backend(
+                backend,
+                execute_unit,
+                workers=workers,
+                address=address,
+                cpus_per_unit=cpus_per_unit,
+                gpus_per_unit=gpus_per_unit,
+                max_retries=max_retries,
+            )
+        except BaseException:
+            # a sweep that could not start (e.g. no cluster at --address) leaves no half-made RUN behind
+            if fresh and not any(units_dir.iterdir()):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         aborted = True  # until schedule returns normally
         try:
             schedule(p, run_dir, runner, outcomes, fail_fast=fail_fast, progress=progress)
